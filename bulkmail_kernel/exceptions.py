@@ -1,0 +1,53 @@
+"""Errors that bulkmail raises on purpose, each saying where, what, and what to do.
+
+The tree::
+
+    BulkmailError
+    ├── ConfigError          settings, database URL, credentials
+    ├── ContactImportError   a source file or table that cannot be imported
+    ├── FilterError          a segment filter naming an unknown field or a wrong value
+    ├── TemplateError        a template that does not load or render
+    ├── SendError            a campaign or message that cannot be sent
+    └── ProviderError        a provider (SMTP relay, SendPulse, EuroSMS) said no
+
+Library errors are converted where they enter the package, so a notebook user
+sees one of these with structured fields instead of a stack of foreign frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BulkmailError(Exception):
+    """Base of every error bulkmail raises on purpose."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Structured details (row number, contact id, SMTP code, ...) for programs.
+        self.fields: dict[str, Any] = fields
+
+
+class ConfigError(BulkmailError):
+    """A setting, database URL or credential is missing or wrong."""
+
+
+class ContactImportError(BulkmailError):
+    """A contact source cannot be read at all (as opposed to single bad rows)."""
+
+
+class FilterError(BulkmailError):
+    """A filter names an unknown field or gives a value of the wrong type."""
+
+
+class TemplateError(BulkmailError):
+    """A template cannot be loaded or rendered."""
+
+
+class SendError(BulkmailError):
+    """A campaign or message cannot be sent."""
+
+
+class ProviderError(BulkmailError):
+    """A provider refused a request."""

@@ -1,0 +1,112 @@
+"""Storage: migrations, pragmas, time zones and constraints on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.db import Contact, ContactPoint, open_database
+
+
+def test_open_creates_schema_at_head(database: dbmod.Database) -> None:
+    names = set(sa.inspect(database.engine).get_table_names())
+    assert {
+        "contacts", "contact_points", "segments", "segment_members", "campaigns", "messages",
+        "message_bodies", "events", "suppressions", "sender_accounts", "unsubscribe_tokens",
+        "import_runs", "rate_buckets", "workers", "alembic_version",
+    } <= names
+    assert dbmod.current_revision(database.engine) is not None
+
+
+def test_migrations_match_models(database: dbmod.Database) -> None:
+    """A model change without a migration would make upgrades silently lose columns."""
+    with database.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(ctx, dbmod.Base.metadata)
+    assert diff == []
+
+
+def test_reopen_keeps_data_and_is_idempotent(db_url: str) -> None:
+    db = open_database(db_url)
+    with db.session() as s:
+        c = Contact(first_name="Ľubica", last_name="Šťastná", registered_at=datetime.now(UTC))
+        c.points.append(ContactPoint(channel="email", value="L@x.sk", normalized="L@x.sk"))
+        s.add(c)
+    dbmod.close_all()
+    # A second open runs the migrations again: nothing may be rebuilt or lost.
+    db2 = open_database(db_url)
+    with db2.session() as s:
+        row = s.scalars(sa.select(Contact)).one()
+        assert (row.first_name, row.last_name) == ("Ľubica", "Šťastná")
+        assert [p.normalized for p in row.points] == ["L@x.sk"]
+
+
+def test_upgrade_from_empty_file_keeps_foreign_rows(sqlite_url: str) -> None:
+    """A database stamped at an older revision is upgraded in place, not recreated."""
+    engine = dbmod.create_db_engine(sqlite_url)
+    dbmod.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO contacts (first_name, last_name, patronymic, language, registered_at,"
+            " attributes, source, created_at, updated_at)"
+            " VALUES ('Ivan', 'Petrov', 'Ivanovič', 'ru', '2024-01-01 00:00:00', '{}', 'old',"
+            " '2024-01-01 00:00:00', '2024-01-01 00:00:00')"
+        ))
+    engine.dispose()
+    db = open_database(sqlite_url)
+    with db.session() as s:
+        assert s.scalars(sa.select(Contact.last_name)).all() == ["Petrov"]
+
+
+def test_datetimes_round_trip_in_utc(database: dbmod.Database) -> None:
+    bratislava_summer = timezone(timedelta(hours=2))
+    when = datetime(2025, 7, 1, 9, 30, tzinfo=bratislava_summer)
+    with database.session() as s:
+        s.add(Contact(first_name="A", registered_at=when))
+    with database.session() as s:
+        got = s.scalars(sa.select(Contact.registered_at)).one()
+    assert got == when
+    assert got.tzinfo is not None and got.utcoffset() == timedelta(0)
+
+
+def test_naive_datetime_is_refused(database: dbmod.Database) -> None:
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"), database.session() as s:
+        s.add(Contact(first_name="A", registered_at=datetime(2025, 1, 1)))  # noqa: DTZ001
+
+
+def test_foreign_keys_and_uniques_are_enforced(database: dbmod.Database) -> None:
+    with pytest.raises(sa.exc.IntegrityError), database.session() as s:
+        s.add(ContactPoint(contact_id=999_999, channel="email", value="a@b.sk", normalized="a@b.sk"))
+    with database.session() as s:
+        c = Contact(first_name="A", registered_at=datetime.now(UTC))
+        c.points.append(ContactPoint(channel="email", value="a@b.sk", normalized="a@b.sk"))
+        s.add(c)
+    with pytest.raises(sa.exc.IntegrityError), database.session() as s:
+        c2 = Contact(first_name="B", registered_at=datetime.now(UTC))
+        c2.points.append(ContactPoint(channel="email", value="A@b.sk", normalized="a@b.sk"))
+        s.add(c2)
+    with pytest.raises(sa.exc.IntegrityError), database.session() as s:
+        c3 = Contact(first_name="C", registered_at=datetime.now(UTC))
+        c3.points.append(ContactPoint(channel="fax", value="1", normalized="1"))
+        s.add(c3)
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:
+    db = open_database(sqlite_url)
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_bad_url_is_a_config_error() -> None:
+    from bulkmail_kernel.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="not a SQLAlchemy URL"):
+        open_database("data/bulkmail.db")
+    with pytest.raises(ConfigError, match="cannot open the database"):
+        open_database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
