@@ -39,7 +39,7 @@ def data_dir() -> Path:
 
 
 def templates_dir() -> Path:
-    """Return the directory of predefined templates (``BULKMAIL_TEMPLATES_DIR`` or ``templates/``)."""
+    """Return the predefined templates directory (``BULKMAIL_TEMPLATES_DIR`` or ``templates/``)."""
     env = os.environ.get("BULKMAIL_TEMPLATES_DIR")
     return Path(env).expanduser().resolve() if env else project_dir() / "templates"
 

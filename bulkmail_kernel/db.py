@@ -15,13 +15,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from . import config
 from .exceptions import ConfigError
@@ -45,6 +52,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Convert an aware datetime to UTC (naive UTC on SQLite); refuse naive ones."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -53,6 +61,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Attach UTC to what the database hands back."""
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -73,7 +82,10 @@ class Base(DeclarativeBase):
     """Declarative base with constraint names Alembic can rely on."""
 
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONType,
+    }
 
 
 class Channel(enum.StrEnum):
@@ -192,7 +204,9 @@ class Suppression(Base):
     #: unsubscribe, hard_bounce, soft_bounce_limit, complaint, manual
     reason: Mapped[str] = mapped_column(sa.String(30))
     detail: Mapped[str] = mapped_column(sa.Text, default="")
-    message_id: Mapped[int | None] = mapped_column(sa.ForeignKey("messages.id", ondelete="SET NULL"))
+    message_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("messages.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (sa.UniqueConstraint("channel", "normalized"),)
@@ -255,7 +269,9 @@ class Campaign(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200), unique=True)
     channel: Mapped[str] = mapped_column(sa.String(10), default=Channel.EMAIL.value)
-    status: Mapped[str] = mapped_column(sa.String(20), default=CampaignStatus.DRAFT.value, index=True)
+    status: Mapped[str] = mapped_column(
+        sa.String(20), default=CampaignStatus.DRAFT.value, index=True
+    )
     template_name: Mapped[str] = mapped_column(sa.String(200), default="")
     #: The template as it was at registration (subject, html, text, sms), for the record.
     template_source: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -263,7 +279,9 @@ class Campaign(Base):
     values: Mapped[dict[str, Any]] = mapped_column(default=dict)
     attachments: Mapped[dict[str, Any]] = mapped_column(default=dict)
     send_as_is: Mapped[bool] = mapped_column(default=False)
-    segment_id: Mapped[int | None] = mapped_column(sa.ForeignKey("segments.id", ondelete="SET NULL"))
+    segment_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("segments.id", ondelete="SET NULL")
+    )
     sender_account_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("sender_accounts.id", ondelete="RESTRICT")
     )
@@ -340,7 +358,9 @@ class UnsubscribeToken(Base):
     contact_point_id: Mapped[int] = mapped_column(
         sa.ForeignKey("contact_points.id", ondelete="CASCADE"), index=True
     )
-    campaign_id: Mapped[int | None] = mapped_column(sa.ForeignKey("campaigns.id", ondelete="SET NULL"))
+    campaign_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("campaigns.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     used_at: Mapped[datetime | None] = mapped_column()
 
@@ -424,7 +444,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def create_db_engine(url: str | None = None) -> Engine:
-    """Create an engine for ``url`` (see ``config.database_url``) with the pragmas bulkmail needs."""
+    """Create an engine for ``url`` (see ``config.database_url``) with the pragmas we need."""
     resolved = config.database_url(url)
     try:
         engine = sa.create_engine(resolved, future=True)

@@ -12,9 +12,7 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import db as dbmod
 
-PG_URL = os.environ.get(
-    "BULKMAIL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+PG_URL = os.environ.get("BULKMAIL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 

@@ -16,9 +16,21 @@ from bulkmail_kernel.db import Contact, ContactPoint, open_database
 def test_open_creates_schema_at_head(database: dbmod.Database) -> None:
     names = set(sa.inspect(database.engine).get_table_names())
     assert {
-        "contacts", "contact_points", "segments", "segment_members", "campaigns", "messages",
-        "message_bodies", "events", "suppressions", "sender_accounts", "unsubscribe_tokens",
-        "import_runs", "rate_buckets", "workers", "alembic_version",
+        "contacts",
+        "contact_points",
+        "segments",
+        "segment_members",
+        "campaigns",
+        "messages",
+        "message_bodies",
+        "events",
+        "suppressions",
+        "sender_accounts",
+        "unsubscribe_tokens",
+        "import_runs",
+        "rate_buckets",
+        "workers",
+        "alembic_version",
     } <= names
     assert dbmod.current_revision(database.engine) is not None
 
@@ -51,12 +63,14 @@ def test_upgrade_from_empty_file_keeps_foreign_rows(sqlite_url: str) -> None:
     engine = dbmod.create_db_engine(sqlite_url)
     dbmod.upgrade(engine, "0001")
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO contacts (first_name, last_name, patronymic, language, registered_at,"
-            " attributes, source, created_at, updated_at)"
-            " VALUES ('Ivan', 'Petrov', 'Ivanovič', 'ru', '2024-01-01 00:00:00', '{}', 'old',"
-            " '2024-01-01 00:00:00', '2024-01-01 00:00:00')"
-        ))
+        conn.execute(
+            sa.text(
+                "INSERT INTO contacts (first_name, last_name, patronymic, language, registered_at,"
+                " attributes, source, created_at, updated_at)"
+                " VALUES ('Ivan', 'Petrov', 'Ivanovič', 'ru', '2024-01-01 00:00:00', '{}', 'old',"
+                " '2024-01-01 00:00:00', '2024-01-01 00:00:00')"
+            )
+        )
     engine.dispose()
     db = open_database(sqlite_url)
     with db.session() as s:
@@ -71,17 +85,20 @@ def test_datetimes_round_trip_in_utc(database: dbmod.Database) -> None:
     with database.session() as s:
         got = s.scalars(sa.select(Contact.registered_at)).one()
     assert got == when
-    assert got.tzinfo is not None and got.utcoffset() == timedelta(0)
+    assert got.tzinfo is not None
+    assert got.utcoffset() == timedelta(0)
 
 
 def test_naive_datetime_is_refused(database: dbmod.Database) -> None:
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), database.session() as s:
-        s.add(Contact(first_name="A", registered_at=datetime(2025, 1, 1)))  # noqa: DTZ001
+        s.add(Contact(first_name="A", registered_at=datetime(2025, 1, 1)))
 
 
 def test_foreign_keys_and_uniques_are_enforced(database: dbmod.Database) -> None:
     with pytest.raises(sa.exc.IntegrityError), database.session() as s:
-        s.add(ContactPoint(contact_id=999_999, channel="email", value="a@b.sk", normalized="a@b.sk"))
+        s.add(
+            ContactPoint(contact_id=999_999, channel="email", value="a@b.sk", normalized="a@b.sk")
+        )
     with database.session() as s:
         c = Contact(first_name="A", registered_at=datetime.now(UTC))
         c.points.append(ContactPoint(channel="email", value="a@b.sk", normalized="a@b.sk"))

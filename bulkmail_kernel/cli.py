@@ -1,0 +1,197 @@
+"""The ``bulkmail`` command: a thin 1:1 layer over the Python API for work outside a notebook.
+
+Every sub-command calls one public function with the same words and options
+(``bulkmail import FILE`` calls ``import_contacts(FILE)``) and prints a DataFrame
+or a one-line summary. Errors of bulkmail are printed as one clear line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+from . import config
+from .exceptions import BulkmailError
+
+log = logging.getLogger("bulkmail")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        default=None,
+        help="SQLAlchemy URL of the database (default: BULKMAIL_DB_URL or data/bulkmail.db)",
+    )
+
+
+def _print_frame(frame: object) -> None:
+    import pandas as pd
+
+    if isinstance(frame, pd.DataFrame):
+        with pd.option_context("display.max_rows", 50, "display.width", 160):
+            print(frame.to_string(index=False) if len(frame) else "(nothing)")
+    else:
+        print(frame)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the database migrations."""
+    from .db import current_revision, open_database
+
+    db = open_database(args.db)
+    print(f"{db.url}: at revision {current_revision(db.engine)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate the demo database and the dirty sample files."""
+    from .demo import generate_demo
+
+    today = date.fromisoformat(args.today) if args.today else None
+    summary = generate_demo(
+        args.contacts, url=args.db, seed=args.seed, today=today, replace=args.replace
+    )
+    _print_frame(summary)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import contacts from a file or a SQL source and print the report."""
+    from .contacts import import_contacts
+
+    result = import_contacts(
+        args.source,
+        url=args.db,
+        encoding=args.encoding,
+        delimiter=args.delimiter,
+        region=args.region,
+        on_error=args.on_error,
+        table=args.table,
+        query=args.query,
+        sheet=args.sheet,
+    )
+    print(repr(result))
+    if len(result.report):
+        _print_frame(result.report)
+        if args.report:
+            result.report.to_csv(args.report, index=False, encoding="utf-8-sig")
+            print(f"report written to {args.report}")
+    return 0 if result.committed else 1
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Create the demo database if missing and open JupyterLab on notebooks/."""
+    import sqlalchemy as sa
+
+    from .db import Contact, open_database
+
+    if args.db:
+        os.environ["BULKMAIL_DB_URL"] = args.db
+    db = open_database(args.db)
+    with db.session() as s:
+        empty = s.scalar(sa.select(Contact.id).limit(1)) is None
+    if empty:
+        from .demo import generate_demo
+
+        print(f"{db.url} is empty: generating the demo data set (5,000 contacts) ...")
+        generate_demo(5000, db=db)
+    db.dispose()
+    notebooks = config.project_dir() / "notebooks"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        f"--notebook-dir={notebooks}",
+        f"--ServerApp.port={args.port}",
+        "--ServerApp.ip=127.0.0.1",
+    ]
+    if args.no_browser:
+        cmd.append("--no-browser")
+    print("starting JupyterLab:", " ".join(cmd[2:]))
+    return subprocess.call(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser (one sub-command per public function)."""
+    parser = argparse.ArgumentParser(
+        prog="bulkmail",
+        description="bulkmail: contacts, segments, templates and throttled sending.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply database migrations (also done on every open)")
+    _add_db(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("demo", help="generate the deterministic demo data set and sample files")
+    p.add_argument("--contacts", type=int, default=5000, help="how many contacts (default 5000)")
+    p.add_argument("--seed", type=int, default=20261123, help="random seed (same seed, same data)")
+    p.add_argument("--today", default=None, help="anchor date YYYY-MM-DD (default: today)")
+    p.add_argument("--replace", action="store_true", help="replace existing demo data")
+    _add_db(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("import", help="import contacts from CSV, .xlsx, XML or a SQL URL")
+    p.add_argument("source", help="file path, or a SQLAlchemy URL with --table or --query")
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="raise: import nothing if any row is bad (default); skip: import the good rows",
+    )
+    p.add_argument("--encoding", help="force the CSV encoding (default: detected)")
+    p.add_argument("--delimiter", help="force the CSV delimiter (default: detected)")
+    p.add_argument("--region", help="phone region for numbers without +code (default SK)")
+    p.add_argument("--table", help="table to read when SOURCE is a database URL")
+    p.add_argument("--query", help="SQL query to read when SOURCE is a database URL")
+    p.add_argument("--sheet", help="worksheet name of an .xlsx file (default: the first)")
+    p.add_argument("--report", type=Path, help="also write the import report to this CSV file")
+    _add_db(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("lab", help="create the demo database if needed and open JupyterLab")
+    p.add_argument("--port", type=int, default=8888, help="JupyterLab port (default 8888)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    _add_db(p)
+    p.set_defaults(func=cmd_lab)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bulkmail`` command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except BulkmailError as exc:
+        print(f"bulkmail {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
