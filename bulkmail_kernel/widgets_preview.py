@@ -1,0 +1,260 @@
+"""Preview a template for each recipient in a notebook: thin ipywidgets over tested functions."""
+
+from __future__ import annotations
+
+import base64
+import html as htmlmod
+from collections.abc import Mapping
+from dataclasses import replace
+from html.parser import HTMLParser
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+
+from .exceptions import BulkmailError
+from .mime import build_mime
+from .sms import sms_segments
+from .templates import PREVIEW_UNSUBSCRIBE_URL, Mailbox, RenderedMessage, Template, render
+
+DESKTOP_WIDTH = 700
+MOBILE_WIDTH = 375
+MAX_SUBJECT_CHARS = 78
+_PREVIEW_SENDER = Mailbox("Preview", "preview@example.invalid")
+_PREVIEW_MESSAGE_ID = "<preview@example.invalid>"
+
+
+class _ImageAltFinder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.missing: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            found = dict(attrs)
+            if "alt" not in found:
+                self.missing.append(found.get("src") or "?")
+
+
+def images_without_alt(html: str) -> list[str]:
+    """Return the ``src`` of every ``<img>`` that has no ``alt`` attribute."""
+    finder = _ImageAltFinder()
+    finder.feed(html)
+    finder.close()
+    return finder.missing
+
+
+def message_size_kb(rendered: RenderedMessage) -> float | None:
+    """Return the size of the MIME message in KB, or None for an SMS-only message."""
+    if rendered.html is None and rendered.text is None:
+        return None
+    if not rendered.to.address:
+        return None
+    sender = rendered.sender if rendered.sender.address else _PREVIEW_SENDER
+    data = build_mime(replace(rendered, sender=sender), message_id=_PREVIEW_MESSAGE_ID)
+    return round(len(data) / 1024, 1)
+
+
+def preview_warnings(rendered: RenderedMessage) -> list[str]:
+    """Return what a careful sender would want to fix before sending this message."""
+    warnings = []
+    is_email = rendered.html is not None or rendered.text is not None
+    if is_email:
+        url = rendered.unsubscribe_url
+        bodies = (rendered.html or "") + (rendered.text or "")
+        if not url:
+            warnings.append("No unsubscribe URL: the message has no List-Unsubscribe header.")
+        elif url not in bodies and htmlmod.escape(url) not in bodies:
+            warnings.append('No visible unsubscribe link: add <a href="{{ unsubscribe_url }}">.')
+        if not rendered.subject:
+            warnings.append("The subject is empty.")
+        elif len(rendered.subject) > MAX_SUBJECT_CHARS:
+            warnings.append(
+                f"The subject is {len(rendered.subject)} characters long "
+                f"(over {MAX_SUBJECT_CHARS}); mail apps will cut it."
+            )
+        if rendered.html is not None:
+            for src in images_without_alt(rendered.html):
+                warnings.append(f"Image {src!r} has no alt text.")
+    if rendered.sms is not None:
+        info = sms_segments(rendered.sms)
+        if info.segments > 1:
+            warnings.append(
+                f"The SMS needs {info.segments} segments ({info.encoding}, {info.units} units, "
+                f"{info.per_segment} per segment): each segment is billed."
+            )
+    return warnings
+
+
+def preview_html(rendered: RenderedMessage, width: int = DESKTOP_WIDTH) -> str:
+    """Return the message's HTML inside an ``<iframe srcdoc>`` of the given width."""
+    if rendered.html is not None:
+        doc = rendered.html
+    elif rendered.text is not None:
+        doc = f"<pre style='white-space: pre-wrap'>{htmlmod.escape(rendered.text)}</pre>"
+    else:
+        bubble = "font-family: sans-serif; background: #e9f5e9; padding: 12px; border-radius: 12px"
+        sms = htmlmod.escape(rendered.sms or "")
+        doc = f"<div style='{bubble}; white-space: pre-wrap'>{sms}</div>"
+    # cid: images cannot load in a browser; inline them as data: URLs for the preview only.
+    for image in rendered.inline_images:
+        data_url = f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
+        doc = doc.replace(f"cid:{image.cid}", data_url)
+    return (
+        f'<iframe srcdoc="{htmlmod.escape(doc, quote=True)}" '
+        f'style="width: {int(width)}px; height: 640px; border: 1px solid #ccc; '
+        'background: #fff;" sandbox=""></iframe>'
+    )
+
+
+def preview_summary(rendered: RenderedMessage) -> str:
+    """Return From/To/Subject, size, attachments and SMS length as a small HTML table."""
+    rows = [
+        ("From", str(rendered.sender) or "(no sender given)"),
+        ("To", str(rendered.to) or "(no address)"),
+        ("Subject", rendered.subject),
+    ]
+    try:
+        size = message_size_kb(rendered)
+    except BulkmailError as exc:
+        size = None
+        rows.append(("Size", f"cannot build the message: {exc.message}"))
+    if size is not None:
+        rows.append(("Size", f"{size} KB"))
+    if rendered.attachments:
+        rows.append(("Attachments", ", ".join(a.filename for a in rendered.attachments)))
+    if rendered.sms is not None:
+        info = sms_segments(rendered.sms)
+        rows.append(("SMS", f"{info.segments} segment(s), {info.encoding}, {info.units} units"))
+    cells = "".join(
+        f"<tr><th style='text-align: left; padding-right: 12px'>{htmlmod.escape(k)}</th>"
+        f"<td>{htmlmod.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table>{cells}</table>"
+
+
+def recipient_labels(frame: pd.DataFrame) -> list[str]:
+    """Return one unique, searchable label per recipient row: "1. Name Surname <address>"."""
+    labels = []
+    for number, record in enumerate(frame.to_dict("records"), start=1):
+        name = " ".join(
+            str(record[k]) for k in ("first_name", "last_name") if isinstance(record.get(k), str)
+        )
+        address = record.get("address")
+        address = f" <{address}>" if isinstance(address, str) else ""
+        labels.append(f"{number}. {name}{address}".strip())
+    return labels
+
+
+def render_preview(
+    template: Template,
+    frame: pd.DataFrame,
+    index: int,
+    *,
+    values: Mapping[str, Any] | None = None,
+    sender: str | Mailbox | None = None,
+) -> RenderedMessage:
+    """Render the template for the recipient at position ``index`` (sample values as defaults)."""
+    merged = {**template.sample, **(values or {})}
+    row = frame.iloc[index]
+    return render(
+        template, row, values=merged, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL, sender=sender
+    )
+
+
+class PreviewPanel(widgets.VBox):
+    """The preview panel; every control calls one of the public functions above."""
+
+    def __init__(
+        self,
+        template: Template,
+        frame: pd.DataFrame,
+        *,
+        values: Mapping[str, Any] | None = None,
+        sender: str | Mailbox | None = None,
+    ) -> None:
+        self.template = template
+        self.frame = frame
+        self.values = values
+        self.sender = sender
+        self.index = 0
+        self.labels = recipient_labels(frame)
+        self.picker = widgets.Combobox(
+            options=self.labels,
+            value=self.labels[0] if self.labels else "",
+            placeholder="Type a name or address",
+            ensure_option=True,
+            description="Recipient",
+        )
+        self.prev_button = widgets.Button(description="◀ Previous")
+        self.next_button = widgets.Button(description="Next ▶")
+        self.width_toggle = widgets.ToggleButtons(
+            options=[("Desktop", DESKTOP_WIDTH), ("Mobile", MOBILE_WIDTH)], value=DESKTOP_WIDTH
+        )
+        self.summary = widgets.HTML()
+        self.body = widgets.HTML()
+        self.text_view = widgets.Textarea(
+            disabled=True, layout=widgets.Layout(width="100%", height="160px")
+        )
+        self.warnings = widgets.HTML()
+        self.prev_button.on_click(lambda _: self.show(self.index - 1))
+        self.next_button.on_click(lambda _: self.show(self.index + 1))
+        self.picker.observe(self._on_pick, names="value")
+        self.width_toggle.observe(lambda _: self.show(self.index), names="value")
+        super().__init__(
+            [
+                widgets.HBox([self.picker, self.prev_button, self.next_button, self.width_toggle]),
+                self.summary,
+                self.warnings,
+                self.body,
+                widgets.Label("Text alternative"),
+                self.text_view,
+            ]
+        )
+        self.show(0)
+
+    def _on_pick(self, change: dict[str, Any]) -> None:
+        if change["new"] in self.labels:
+            self.show(self.labels.index(change["new"]))
+
+    def show(self, index: int) -> None:
+        """Show the recipient at ``index`` (wrapping around at both ends)."""
+        if not self.labels:
+            self.warnings.value = "<b>The recipient frame is empty.</b>"
+            return
+        self.index = index % len(self.labels)
+        if self.picker.value != self.labels[self.index]:
+            self.picker.value = self.labels[self.index]
+        try:
+            rendered = render_preview(
+                self.template, self.frame, self.index, values=self.values, sender=self.sender
+            )
+        except BulkmailError as exc:
+            self.summary.value = ""
+            self.body.value = ""
+            self.text_view.value = ""
+            self.warnings.value = f"<b style='color: #b00'>{htmlmod.escape(exc.message)}</b>"
+            return
+        self.summary.value = preview_summary(rendered)
+        self.body.value = preview_html(rendered, self.width_toggle.value)
+        self.text_view.value = rendered.text or rendered.sms or ""
+        found = preview_warnings(rendered)
+        self.warnings.value = (
+            "<ul style='color: #a15c00'>"
+            + "".join(f"<li>{htmlmod.escape(w)}</li>" for w in found)
+            + "</ul>"
+            if found
+            else "<span style='color: #2b8a3e'>No warnings.</span>"
+        )
+
+
+def preview(
+    template: Template,
+    frame: pd.DataFrame,
+    *,
+    values: Mapping[str, Any] | None = None,
+    sender: str | Mailbox | None = None,
+) -> PreviewPanel:
+    """Return a panel to browse the template rendered for each recipient of the frame."""
+    return PreviewPanel(template, frame, values=values, sender=sender)
