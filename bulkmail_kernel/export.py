@@ -1,0 +1,253 @@
+"""Export a recipient frame to .xlsx or .csv that Excel opens safely.
+
+Text that Excel would read as a formula (a cell starting with ``=``, ``+``, ``-``,
+``@``, tab or carriage return: OWASP "CSV injection") gets an apostrophe in front
+and is written as a string, never a formula. Contact data (addresses, e-mails,
+phones) leaves the workbench only when the caller says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import config
+from .exceptions import BulkmailError
+
+log = logging.getLogger("bulkmail")
+
+#: Columns that identify a person directly; exported only with include_contact_data=True.
+CONTACT_COLUMNS = ("address", "email", "phone")
+_CONTACT_WORDS = ("email", "e_mail", "phone", "address")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_RE = r"^[=+\-@\t\r]"
+_EXCEL_EPOCH = np.datetime64("1899-12-30T00:00:00", "us")
+_US_PER_DAY = 86_400 * 1_000_000
+_MAX_WIDTH = 50
+_PROGRESS_EVERY = 10_000
+
+
+class ExportError(BulkmailError):
+    """An export cannot be written: unknown columns, contact data not allowed, bad path."""
+
+
+def is_contact_column(name: str) -> bool:
+    """Return True if column ``name`` holds e-mail addresses, phone numbers or postal addresses."""
+    lowered = str(name).lower()
+    return lowered in CONTACT_COLUMNS or any(word in lowered for word in _CONTACT_WORDS)
+
+
+def neutralise(text: str) -> str:
+    """Return ``text`` with an apostrophe in front if Excel would run it as a formula."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _neutralise_series(col: pd.Series) -> list[Any]:
+    """Return the column as text cells, each neutralised, with None for missing values."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        # Neutralise each category once, then gather by code (-1, missing, hits the None slot).
+        cats = [neutralise(str(c)) for c in col.dtype.categories] + [None]
+        return np.asarray(cats, dtype=object)[col.array.codes].tolist()  # type: ignore[attr-defined]
+    text = col.astype("str")
+    risky = text.str.contains(_FORMULA_RE, regex=True, na=False)
+    text = text.where(~risky, "'" + text)
+    return text.astype(object).where(col.notna(), None).tolist()
+
+
+def choose_columns(
+    frame: pd.DataFrame, columns: Sequence[str] | None, *, include_contact_data: bool
+) -> list[str]:
+    """Return the columns to export, checking names and the contact-data permission."""
+    if columns is None:
+        chosen = [c for c in frame.columns if include_contact_data or not is_contact_column(c)]
+        left_out = [c for c in frame.columns if c not in chosen]
+        if left_out:
+            log.info("export leaves out contact columns %s (include_contact_data=False)", left_out)
+        return [str(c) for c in chosen]
+    if isinstance(columns, str):
+        raise ExportError(f"columns: give a list of column names, not the text {columns!r}")
+    chosen = list(columns)
+    if not chosen:
+        raise ExportError("columns: choose at least one column to export")
+    unknown = [c for c in chosen if c not in frame.columns]
+    if unknown:
+        raise ExportError(
+            f"columns {unknown} are not in the frame; "
+            f"available: {', '.join(map(str, frame.columns))}",
+            columns=unknown,
+        )
+    duplicated = sorted({c for c in chosen if chosen.count(c) > 1})
+    if duplicated:
+        raise ExportError(f"columns {duplicated} are chosen twice; list each column once")
+    identifying = [c for c in chosen if is_contact_column(c)]
+    if identifying and not include_contact_data:
+        raise ExportError(
+            f"columns {identifying} identify people (e-mail addresses, phone numbers): "
+            "pass include_contact_data=True to export them, or leave them out",
+            columns=identifying,
+        )
+    return chosen
+
+
+def export_recipients(
+    frame: pd.DataFrame,
+    path: str | Path,
+    columns: Sequence[str] | None = None,
+    *,
+    include_contact_data: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write the chosen ``columns`` of ``frame`` to ``path`` (.xlsx or .csv) and return the path.
+
+    Args:
+        frame: recipients (e.g. from ``filter_recipients``).
+        path: target file; the suffix picks the format.
+        columns: column names in the order wanted (default: every column, without
+            contact columns unless ``include_contact_data``).
+        include_contact_data: allow columns with addresses, e-mails or phones.
+        progress: show a progress bar.
+
+    Raises:
+        ExportError: unknown or identifying columns, or an unsupported suffix.
+
+    """
+    target = Path(path).expanduser()
+    suffix = target.suffix.lower()
+    if suffix not in (".xlsx", ".csv"):
+        raise ExportError(f"{target}: export to .xlsx or .csv, not {suffix or 'no suffix'!r}")
+    chosen = choose_columns(frame, columns, include_contact_data=include_contact_data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = frame[chosen]
+    try:
+        if suffix == ".xlsx":
+            _write_xlsx(data, target, progress=progress)
+        else:
+            _write_csv(data, target, progress=progress)
+    except OSError as exc:
+        raise ExportError(f"{target}: cannot write the export: {exc}") from exc
+    log.info("exported %d recipients to %s", len(data), target)
+    return target
+
+
+def _local_naive(col: pd.Series) -> pd.Series:
+    """Return datetimes as the analyst's wall-clock time: Excel cells have no time zone."""
+    if getattr(col.dtype, "tz", None) is not None:
+        col = col.dt.tz_convert(config.local_timezone()).dt.tz_localize(None)
+    return col
+
+
+def _excel_serials(col: pd.Series) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Return Excel date serial numbers, a missing-value mask and whether any time of day is set."""
+    values = _local_naive(col).to_numpy(dtype="datetime64[us]")
+    missing = np.isnat(values)
+    micros = (values - _EXCEL_EPOCH).astype(np.int64)
+    serials = micros / _US_PER_DAY
+    has_time = bool(np.any((micros[~missing] % _US_PER_DAY) != 0))
+    return serials, missing, has_time
+
+
+def _width(name: str, sample: pd.Series) -> float:
+    lengths = sample.dropna().astype("str").str.len()
+    longest = int(lengths.max()) if len(lengths) else 0
+    return float(min(_MAX_WIDTH, max(len(name), longest) + 2))
+
+
+def _write_xlsx(data: pd.DataFrame, target: Path, *, progress: bool) -> None:
+    import xlsxwriter
+
+    workbook = xlsxwriter.Workbook(
+        str(target),
+        {
+            # Rows go straight to disk: memory stays flat for a million rows.
+            "constant_memory": True,
+            # Never let a cell become a formula or a link, whatever the text says.
+            "strings_to_formulas": False,
+            "strings_to_urls": False,
+            "strings_to_numbers": False,
+        },
+    )
+    try:
+        sheet = workbook.add_worksheet("recipients")
+        bold = workbook.add_format({"bold": True})
+        date_fmt = workbook.add_format({"num_format": "yyyy-mm-dd"})
+        datetime_fmt = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm"})
+        sample = data.head(1000)
+
+        # Each column becomes a Python list and a writer, so the row loop does no type checks.
+        writers: list[Callable[[int, int, Any], Any]] = []
+        cells: list[list[Any]] = []
+        for j, name in enumerate(data.columns):
+            col = data[name]
+            width = _width(str(name), sample[name])
+            if pd.api.types.is_datetime64_any_dtype(col.dtype):
+                serials, missing, has_time = _excel_serials(col)
+                fmt = datetime_fmt if has_time else date_fmt
+                values = serials.astype(object)
+                values[missing] = None
+                width = max(len(str(name)) + 2, 17.0 if has_time else 11.0)
+                writers.append(lambda r, c, v, _f=fmt: sheet.write_number(r, c, v, _f))
+                cells.append(values.tolist())
+            elif pd.api.types.is_bool_dtype(col.dtype):
+                writers.append(sheet.write_boolean)
+                cells.append(col.astype(object).where(col.notna(), None).tolist())
+            elif pd.api.types.is_numeric_dtype(col.dtype):
+                values = col.to_numpy(dtype=float, na_value=np.nan)
+                obj = values.astype(object)
+                obj[~np.isfinite(values)] = None
+                writers.append(sheet.write_number)
+                cells.append(obj.tolist())
+            else:
+                writers.append(sheet.write_string)
+                cells.append(_neutralise_series(col))
+            sheet.set_column(j, j, width)
+        sheet.freeze_panes(1, 0)
+        for j, name in enumerate(data.columns):
+            sheet.write_string(0, j, neutralise(str(name)), bold)
+
+        n = len(data)
+        columns = list(zip(range(len(writers)), writers, cells, strict=True))
+        with tqdm(total=n, unit="row", desc=target.name, disable=not progress) as bar:
+            for i in range(n):
+                row = i + 1
+                for j, write, values in columns:
+                    value = values[i]
+                    if value is not None:
+                        write(row, j, value)
+                if row % _PROGRESS_EVERY == 0:
+                    bar.update(_PROGRESS_EVERY)
+            bar.update(n - bar.n)
+    finally:
+        workbook.close()
+
+
+def _write_csv(data: pd.DataFrame, target: Path, *, progress: bool) -> None:
+    out = pd.DataFrame(index=data.index)
+    for name in data.columns:
+        col = data[name]
+        if pd.api.types.is_datetime64_any_dtype(col.dtype):
+            local = _local_naive(col)
+            has_time = bool((local.dropna() != local.dropna().dt.normalize()).any())
+            out[name] = local.dt.strftime("%Y-%m-%d %H:%M:%S" if has_time else "%Y-%m-%d")
+        elif pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+            out[name] = col
+        else:
+            out[name] = pd.Series(_neutralise_series(col), index=data.index, dtype=object)
+    header = [neutralise(str(c)) for c in data.columns]
+    # utf-8-sig: the BOM is what makes Excel read the file as UTF-8 (diacritics, Cyrillic).
+    with (
+        target.open("w", encoding="utf-8-sig", newline="") as fh,
+        tqdm(total=len(out), unit="row", desc=target.name, disable=not progress) as bar,
+    ):
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for start in range(0, len(out), 50_000):
+            chunk = out.iloc[start : start + 50_000]
+            chunk.to_csv(fh, header=False, index=False, lineterminator="\r\n")
+            bar.update(len(chunk))
