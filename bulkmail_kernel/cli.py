@@ -91,6 +91,64 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0 if result.committed else 1
 
 
+def cmd_templates(args: argparse.Namespace) -> int:
+    """List the predefined templates."""
+    from .templates import list_templates
+
+    _print_frame(list_templates(args.directory))
+    return 0
+
+
+def cmd_check_template(args: argparse.Namespace) -> int:
+    """Render a template for every recipient of a segment and list the failures."""
+    from .contacts import contacts_frame
+    from .segments import segment_recipients
+    from .templates import check_template, load_template
+
+    frame = contacts_frame(url=args.db)
+    if args.segment:
+        frame = segment_recipients(args.segment, frame, url=args.db)
+    failures = check_template(load_template(args.template), frame, provider=args.provider)
+    _print_frame(failures)
+    print(f"{len(failures)} failing of {len(frame)} recipients")
+    return 1 if len(failures) else 0
+
+
+def cmd_segments(args: argparse.Namespace) -> int:
+    """List, show, rename or delete saved segments."""
+    from . import segments
+
+    if args.action == "list":
+        _print_frame(segments.list_segments(url=args.db))
+    elif args.action == "show":
+        loaded = segments.load_segment(args.name, url=args.db)
+        print(loaded.info)
+        print(loaded.spec.to_json())
+    elif args.action == "rename":
+        print(segments.rename_segment(args.name, args.new_name, url=args.db))
+    elif args.action == "delete":
+        segments.delete_segment(args.name, url=args.db)
+        print(f"segment {args.name!r} deleted")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a saved segment's recipients to .xlsx or .csv."""
+    from .contacts import contacts_frame
+    from .export import export_recipients
+    from .segments import segment_recipients
+
+    frame = contacts_frame(url=args.db)
+    mode = "reevaluate" if args.reevaluate else "snapshot"
+    chosen = segment_recipients(args.segment, frame, mode=mode, url=args.db)
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    path = export_recipients(
+        chosen, args.path, columns, include_contact_data=args.include_contact_data
+    )
+    print(f"{len(chosen)} recipients written to {path}")
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Create the demo database if missing and open JupyterLab on notebooks/."""
     import sqlalchemy as sa
@@ -165,6 +223,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="also write the import report to this CSV file")
     _add_db(p)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("templates", help="list the predefined templates")
+    p.add_argument("--directory", help="templates folder (default: templates/)")
+    p.set_defaults(func=cmd_templates)
+
+    p = sub.add_parser(
+        "check-template", help="render a template for every recipient and list failures"
+    )
+    p.add_argument("template", help="template name (folder under templates/) or path")
+    p.add_argument("--segment", help="saved segment to check (default: every contact point)")
+    p.add_argument(
+        "--provider", choices=["sendpulse"], help="also apply a provider's merge-tag rules"
+    )
+    _add_db(p)
+    p.set_defaults(func=cmd_check_template)
+
+    p = sub.add_parser("segments", help="list, show, rename or delete saved segments")
+    p.add_argument("action", choices=["list", "show", "rename", "delete"], help="what to do")
+    p.add_argument("name", nargs="?", help="segment name (show, rename, delete)")
+    p.add_argument("new_name", nargs="?", help="new name (rename)")
+    _add_db(p)
+    p.set_defaults(func=cmd_segments)
+
+    p = sub.add_parser("export", help="export a saved segment to .xlsx or .csv")
+    p.add_argument("segment", help="saved segment name")
+    p.add_argument("path", type=Path, help="target file: .xlsx or .csv")
+    p.add_argument("--columns", help="comma-separated columns in order (default: all safe ones)")
+    p.add_argument(
+        "--include-contact-data",
+        action="store_true",
+        help="allow addresses and phone numbers in the export",
+    )
+    p.add_argument(
+        "--reevaluate", action="store_true", help="apply the saved filter to today's data"
+    )
+    _add_db(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("lab", help="create the demo database if needed and open JupyterLab")
     p.add_argument("--port", type=int, default=8888, help="JupyterLab port (default 8888)")

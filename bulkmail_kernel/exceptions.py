@@ -6,6 +6,8 @@ The tree::
     ├── ConfigError          settings, database URL, credentials
     ├── ContactImportError   a source file or table that cannot be imported
     ├── FilterError          a segment filter naming an unknown field or a wrong value
+    ├── SegmentError         a saved segment that is unknown, taken, or cannot be stored
+    ├── ExportError          an export with unknown or not-allowed columns, or a bad path
     ├── TemplateError        a template that does not load or render
     ├── SendError            a campaign or message that cannot be sent
     └── ProviderError        a provider (SMTP relay, SendPulse, EuroSMS) said no
@@ -39,6 +41,14 @@ class ContactImportError(BulkmailError):
 
 class FilterError(BulkmailError):
     """A filter names an unknown field or gives a value of the wrong type."""
+
+
+class SegmentError(BulkmailError):
+    """A saved segment is unknown, its name is taken, or its members cannot be stored."""
+
+
+class ExportError(BulkmailError):
+    """An export cannot be written: unknown columns, contact data not allowed, bad path."""
 
 
 class TemplateError(BulkmailError):

@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import config
-from .exceptions import BulkmailError
+from .exceptions import ExportError
 
 log = logging.getLogger("bulkmail")
 
@@ -32,10 +32,6 @@ _EXCEL_EPOCH = np.datetime64("1899-12-30T00:00:00", "us")
 _US_PER_DAY = 86_400 * 1_000_000
 _MAX_WIDTH = 50
 _PROGRESS_EVERY = 10_000
-
-
-class ExportError(BulkmailError):
-    """An export cannot be written: unknown columns, contact data not allowed, bad path."""
 
 
 def is_contact_column(name: str) -> bool:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from . import config
 from .db import Database, Segment, SegmentMember, open_database, utcnow
-from .exceptions import BulkmailError, FilterError
+from .exceptions import FilterError, SegmentError
 
 log = logging.getLogger("bulkmail")
 
@@ -67,10 +67,6 @@ GENDERS = ("m", "f")
 
 _EMAIL_RE = r"[^@\s]+@[^@\s]+\.[^@\s.]+"
 _E164_RE = r"\+[1-9][0-9]{6,14}"
-
-
-class SegmentError(BulkmailError):
-    """A saved segment is unknown, its name is taken, or its members cannot be stored."""
 
 
 # --------------------------------------------------------------------------- the spec
