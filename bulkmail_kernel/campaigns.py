@@ -1,0 +1,971 @@
+"""Campaigns: creation, registration into the durable outbox, and queue operations.
+
+``register(campaign)`` renders one message per recipient into ``messages`` (the
+state) and ``message_bodies`` (the bytes), so what was previewed is what is
+sent. The Message-ID is fixed here, on the sender's domain, so retries keep it;
+each recipient gets an unsubscribe token stored only as its SHA-256.
+
+A campaign is named by its name or id everywhere (``campaign: str | int``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .db import (
+    Campaign,
+    CampaignStatus,
+    ContactPoint,
+    Database,
+    Event,
+    Message,
+    MessageBody,
+    MessageStatus,
+    SenderAccount,
+    Suppression,
+    UnsubscribeToken,
+    open_database,
+    utcnow,
+)
+from .exceptions import BulkmailError, ConfigError, SendError
+
+log = logging.getLogger("bulkmail")
+
+CampaignRef = str | int
+
+#: Statuses a message can be removed from the queue in (sent ones are history).
+REMOVABLE = (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class CampaignInfo:
+    """A campaign as stored."""
+
+    id: int
+    name: str
+    channel: str
+    status: str
+    template_name: str
+    segment_id: int | None
+    sender_account_id: int | None
+    rate_per_hour: int
+    burst: int
+    scheduled_at: datetime | None
+    registered_at: datetime | None
+    finished_at: datetime | None
+    last_error: str
+
+
+@dataclass(frozen=True)
+class SenderInfo:
+    """A sender account as stored (secrets are never stored, only where to find them)."""
+
+    id: int
+    name: str
+    kind: str
+    from_name: str
+    from_email: str
+    settings: dict[str, Any]
+    credential_ref: str
+
+    @property
+    def envelope_from(self) -> str:
+        """Return the MAIL FROM address (``settings['envelope_from']`` or ``from_email``)."""
+        return str(self.settings.get("envelope_from") or self.from_email)
+
+
+def _database(db: Database | None, url: str | None) -> Database:
+    return db if db is not None else open_database(url)
+
+
+def _info(c: Campaign) -> CampaignInfo:
+    return CampaignInfo(
+        id=c.id,
+        name=c.name,
+        channel=c.channel,
+        status=c.status,
+        template_name=c.template_name,
+        segment_id=c.segment_id,
+        sender_account_id=c.sender_account_id,
+        rate_per_hour=c.rate_per_hour,
+        burst=c.burst,
+        scheduled_at=c.scheduled_at,
+        registered_at=c.registered_at,
+        finished_at=c.finished_at,
+        last_error=c.last_error,
+    )
+
+
+def _sender_info(a: SenderAccount) -> SenderInfo:
+    return SenderInfo(
+        a.id, a.name, a.kind, a.from_name, a.from_email, dict(a.settings), a.credential_ref
+    )
+
+
+def get_campaign_row(s: Session, campaign: CampaignRef) -> Campaign:
+    """Return the ORM row of ``campaign`` (name or id) or raise SendError naming it."""
+    if isinstance(campaign, CampaignInfo):
+        campaign = campaign.id
+    column = Campaign.id if isinstance(campaign, int) else Campaign.name
+    row = s.scalars(sa.select(Campaign).where(column == campaign)).one_or_none()
+    if row is None:
+        known = s.scalars(sa.select(Campaign.name).order_by(Campaign.name)).all()
+        raise SendError(
+            f"campaign {campaign!r} does not exist; campaigns: {', '.join(known) or '(none)'}",
+            campaign=campaign,
+        )
+    return row
+
+
+def get_campaign(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> CampaignInfo:
+    """Return campaign ``campaign`` (name or id) as stored."""
+    with _database(db, url).session() as s:
+        return _info(get_campaign_row(s, campaign))
+
+
+def sender_of(s: Session, c: Campaign) -> SenderInfo:
+    """Return the sender account of campaign ``c`` or raise SendError saying how to set one."""
+    account = s.get(SenderAccount, c.sender_account_id) if c.sender_account_id else None
+    if account is None:
+        raise SendError(
+            f"campaign {c.name!r} has no sender account: create one with add_sender_account() "
+            "and pass sender=... to create_campaign()",
+            campaign=c.name,
+        )
+    return _sender_info(account)
+
+
+def add_sender_account(
+    name: str,
+    *,
+    kind: str,
+    from_email: str,
+    from_name: str = "",
+    settings: dict[str, Any] | None = None,
+    credential_ref: str = "",
+    db: Database | None = None,
+    url: str | None = None,
+) -> SenderInfo:
+    """Create or update the sender account ``name`` (smtp or file); secrets stay out of it.
+
+    ``settings`` for smtp: host, port, security (ssl, starttls, none), user,
+    unsubscribe_url (with ``{token}``), envelope_from; for file: folder.
+    ``credential_ref`` names the environment variable holding the password; without
+    one the password is looked up in the keyring that ``yagmail.register`` fills.
+    """
+    settings = dict(settings or {})
+    if kind not in ("smtp", "file", "sendpulse", "eurosms"):
+        raise ConfigError(f"sender account {name!r}: kind={kind!r}: use smtp, file, ...")
+    for key in ("password", "pass", "secret"):
+        if key in settings:
+            raise ConfigError(
+                f"sender account {name!r}: settings[{key!r}]: passwords are never stored in the "
+                "database; put it in the keyring (yagmail.register) or an environment variable "
+                "and give its name as credential_ref",
+                account=name,
+            )
+    if "@" not in from_email:
+        raise ConfigError(f"sender account {name!r}: from_email={from_email!r} is not an address")
+    with _database(db, url).session() as s:
+        row = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == name)).one_or_none()
+        if row is None:
+            row = SenderAccount(name=name)
+            s.add(row)
+        row.kind, row.from_email, row.from_name = kind, from_email, from_name
+        row.settings, row.credential_ref = settings, credential_ref
+        s.flush()
+        return _sender_info(row)
+
+
+def create_campaign(
+    name: str,
+    *,
+    sender: str,
+    template: Any = None,
+    segment: str | None = None,
+    values: dict[str, Any] | None = None,
+    rate_per_hour: int = 1000,
+    burst: int = 10,
+    scheduled_at: datetime | None = None,
+    channel: str = "email",
+    db: Database | None = None,
+    url: str | None = None,
+) -> CampaignInfo:
+    """Create the campaign ``name``: a template, a segment (or a frame at registration), a sender.
+
+    ``template`` is a templates ``Template`` (or its name); ``scheduled_at`` (aware)
+    leaves the sending to ``bulkmail worker``; ``rate_per_hour`` is the throttle.
+    """
+    if rate_per_hour <= 0:
+        raise ConfigError(f"campaign {name!r}: rate_per_hour={rate_per_hour}: give a positive rate")
+    if scheduled_at is not None and scheduled_at.tzinfo is None:
+        raise ConfigError(f"campaign {name!r}: scheduled_at must be time-zone aware")
+    database = _database(db, url)
+    with database.session() as s:
+        if s.scalars(sa.select(Campaign.id).where(Campaign.name == name)).first() is not None:
+            raise SendError(f"campaign {name!r} already exists: pick another name", campaign=name)
+        account = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == sender)).first()
+        if account is None:
+            raise SendError(
+                f"campaign {name!r}: sender account {sender!r} does not exist: "
+                "create it with add_sender_account()",
+                campaign=name,
+            )
+        segment_id = None
+        if segment is not None:
+            from .db import Segment
+
+            segment_id = s.scalars(sa.select(Segment.id).where(Segment.name == segment)).first()
+            if segment_id is None:
+                raise SendError(f"campaign {name!r}: segment {segment!r} does not exist")
+        template_name = template if isinstance(template, str) else getattr(template, "name", "")
+        source: dict[str, Any] = {}
+        if template is not None and not isinstance(template, str):
+            source = {
+                k: getattr(template, k, None)
+                for k in ("subject", "html", "text", "sms", "language")
+            }
+        row = Campaign(
+            name=name,
+            channel=channel,
+            status=CampaignStatus.DRAFT.value,
+            template_name=template_name or "",
+            template_source=source,
+            values=dict(values or {}),
+            segment_id=segment_id,
+            sender_account_id=account.id,
+            rate_per_hour=int(rate_per_hour),
+            burst=int(burst),
+            scheduled_at=scheduled_at,
+        )
+        s.add(row)
+        s.flush()
+        return _info(row)
+
+
+# --------------------------------------------------------------------------- queue
+
+
+_QUEUE_COLUMNS = [
+    "message_id",
+    "contact_id",
+    "contact_point_id",
+    "recipient",
+    "subject",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "sent_at",
+    "last_code",
+    "last_error",
+    "message_id_header",
+]
+
+
+def queue(
+    campaign: CampaignRef,
+    *,
+    status: str | Sequence[str] | None = None,
+    db: Database | None = None,
+    url: str | None = None,
+) -> pd.DataFrame:
+    """Return the campaign's messages (optionally only those in ``status``) as a DataFrame."""
+    database = _database(db, url)
+    with database.session() as s:
+        c = get_campaign_row(s, campaign)
+        q = (
+            sa.select(
+                Message.id,
+                Message.contact_id,
+                Message.contact_point_id,
+                Message.recipient,
+                MessageBody.subject,
+                Message.status,
+                Message.attempts,
+                Message.next_attempt_at,
+                Message.sent_at,
+                Message.last_code,
+                Message.last_error,
+                Message.message_id_header,
+            )
+            .join(MessageBody, MessageBody.message_id == Message.id, isouter=True)
+            .where(Message.campaign_id == c.id)
+            .order_by(Message.id)
+        )
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            q = q.where(Message.status.in_(wanted))
+        rows = s.execute(q).all()
+    frame = pd.DataFrame(rows, columns=_QUEUE_COLUMNS)
+    frame["message_id"] = frame["message_id"].astype("int64")
+    for col in ("contact_id", "contact_point_id", "attempts"):
+        frame[col] = frame[col].astype("Int64")
+    for col in ("next_attempt_at", "sent_at"):
+        frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[us, UTC]")
+    frame["status"] = frame["status"].astype(pd.CategoricalDtype([m.value for m in MessageStatus]))
+    return frame
+
+
+def _message_ids(messages: Iterable[int] | pd.DataFrame | pd.Series) -> list[int]:
+    if isinstance(messages, pd.DataFrame):
+        if "message_id" not in messages.columns:
+            raise SendError(
+                "remove_from_queue: the frame has no 'message_id' column: "
+                "filter the frame that queue() returned"
+            )
+        messages = messages["message_id"]
+    return [int(m) for m in messages]
+
+
+def remove_from_queue(
+    campaign: CampaignRef,
+    messages: Iterable[int] | pd.DataFrame | pd.Series,
+    *,
+    reason: str = "removed by the analyst",
+    db: Database | None = None,
+    url: str | None = None,
+) -> int:
+    """Take messages (ids, or a frame filtered from ``queue()``) out of the queue; return how many.
+
+    Only queued, deferred and unknown messages can be removed; sent and failed
+    ones are history and stay.
+    """
+    ids = _message_ids(messages)
+    database = _database(db, url)
+    removed = 0
+    with database.session() as s:
+        c = get_campaign_row(s, campaign)
+        for chunk in _chunks(ids, 500):
+            rows = s.execute(
+                sa.update(Message)
+                .where(
+                    Message.campaign_id == c.id,
+                    Message.id.in_(chunk),
+                    Message.status.in_([m.value for m in REMOVABLE]),
+                )
+                .values(status=MessageStatus.REMOVED.value, last_error=reason, updated_at=utcnow())
+                .returning(Message.id, Message.contact_id, Message.contact_point_id)
+            ).all()
+            if rows:
+                s.execute(
+                    sa.insert(Event),
+                    [
+                        {
+                            "kind": "removed",
+                            "contact_id": r.contact_id,
+                            "contact_point_id": r.contact_point_id,
+                            "campaign_id": c.id,
+                            "message_id": r.id,
+                            "detail": reason,
+                            "data": {},
+                        }
+                        for r in rows
+                    ],
+                )
+            removed += len(rows)
+    log.info("campaign %s: %d messages removed from the queue", campaign, removed)
+    return removed
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _set_status(
+    campaign: CampaignRef,
+    new: CampaignStatus,
+    allowed_from: Sequence[CampaignStatus],
+    db: Database | None,
+    url: str | None,
+) -> CampaignInfo:
+    with _database(db, url).session() as s:
+        c = get_campaign_row(s, campaign)
+        if c.status not in [a.value for a in allowed_from]:
+            raise SendError(
+                f"campaign {c.name!r} is {c.status}: cannot make it {new.value}",
+                campaign=c.name,
+                status=c.status,
+            )
+        c.status = new.value
+        s.flush()
+        return _info(c)
+
+
+def pause(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> CampaignInfo:
+    """Pause the campaign: senders stop after the message in hand; ``resume`` continues."""
+    return _set_status(
+        campaign,
+        CampaignStatus.PAUSED,
+        [
+            CampaignStatus.REGISTERED,
+            CampaignStatus.SCHEDULED,
+            CampaignStatus.SENDING,
+            CampaignStatus.STOPPED,
+        ],
+        db,
+        url,
+    )
+
+
+def resume(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> CampaignInfo:
+    """Resume a paused or stopped campaign (scheduled again if it has a send time)."""
+    with _database(db, url).session() as s:
+        c = get_campaign_row(s, campaign)
+        if c.status not in (CampaignStatus.PAUSED.value, CampaignStatus.STOPPED.value):
+            raise SendError(f"campaign {c.name!r} is {c.status}, not paused", campaign=c.name)
+        c.status = (
+            CampaignStatus.SCHEDULED.value if c.scheduled_at else CampaignStatus.REGISTERED.value
+        )
+        c.last_error = ""
+        s.flush()
+        return _info(c)
+
+
+def cancel(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> CampaignInfo:
+    """Cancel the campaign: every message not yet sent is removed from the queue."""
+    database = _database(db, url)
+    with database.session() as s:
+        c = get_campaign_row(s, campaign)
+        c.status = CampaignStatus.CANCELLED.value
+        cid = c.id
+    pending = queue(cid, status=[m.value for m in REMOVABLE], db=database)
+    remove_from_queue(cid, pending, reason="campaign cancelled", db=database)
+    return get_campaign(cid, db=database)
+
+
+def unknown_messages(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """List the messages whose fate is unknown (a worker died or a connection broke mid-send)."""
+    return queue(campaign, status=MessageStatus.UNKNOWN.value, db=db, url=url)
+
+
+def requeue(
+    campaign: CampaignRef,
+    messages: Iterable[int] | pd.DataFrame | pd.Series,
+    *,
+    db: Database | None = None,
+    url: str | None = None,
+) -> int:
+    """Queue unknown messages again, after checking they did not arrive; return how many."""
+    ids = _message_ids(messages)
+    with _database(db, url).session() as s:
+        c = get_campaign_row(s, campaign)
+        n = 0
+        for chunk in _chunks(ids, 500):
+            result = s.execute(
+                sa.update(Message)
+                .where(
+                    Message.campaign_id == c.id,
+                    Message.id.in_(chunk),
+                    Message.status == MessageStatus.UNKNOWN.value,
+                )
+                .values(status=MessageStatus.QUEUED.value, next_attempt_at=None)
+            )
+            n += result.rowcount
+        if n and c.status == CampaignStatus.FINISHED.value:
+            c.status = CampaignStatus.REGISTERED.value
+    return n
+
+
+# --------------------------------------------------------------------------- unsubscribe
+
+
+def hash_token(token: str) -> str:
+    """Return the SHA-256 hex digest under which an unsubscribe token is stored."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    """Return a fresh opaque unsubscribe token."""
+    return secrets.token_urlsafe(24)
+
+
+def unsubscribe_url(sender: SenderInfo, token: str) -> str:
+    """Return the recipient's unsubscribe link from the account's (or the env's) URL pattern."""
+    pattern = sender.settings.get("unsubscribe_url") or os.environ.get("BULKMAIL_UNSUBSCRIBE_URL")
+    if not pattern or "{token}" not in pattern:
+        raise ConfigError(
+            f"sender account {sender.name!r}: no unsubscribe link pattern: set "
+            "settings['unsubscribe_url'] (or BULKMAIL_UNSUBSCRIBE_URL) to an https URL "
+            "containing {token}, e.g. https://sk.example.net/unsubscribe?t={token}",
+            account=sender.name,
+        )
+    return str(pattern).replace("{token}", token)
+
+
+def new_message_id(sender: SenderInfo) -> str:
+    """Return a globally unique Message-ID on the sender's domain."""
+    domain = sender.from_email.rsplit("@", 1)[-1]
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def unsubscribe(token: str, *, db: Database | None = None, url: str | None = None) -> bool:
+    """Honour an unsubscribe token: clear mailing-allowed and suppress the address.
+
+    Returns False for an unknown token. Using a token twice is harmless (RFC 8058
+    one-click senders may POST more than once).
+    """
+    database = _database(db, url)
+    with database.session() as s:
+        row = s.get(UnsubscribeToken, hash_token(token))
+        if row is None:
+            log.warning("unsubscribe: unknown token (ignored)")
+            return False
+        point = s.get(ContactPoint, row.contact_point_id)
+        if point is None:
+            return False
+        now = utcnow()
+        if row.used_at is not None and not point.mailing_allowed:
+            return True  # already honoured: a second POST records nothing new
+        row.used_at = row.used_at or now
+        point.mailing_allowed = False
+        exists = s.scalars(
+            sa.select(Suppression.id).where(
+                Suppression.channel == point.channel, Suppression.normalized == point.normalized
+            )
+        ).first()
+        if exists is None:
+            s.add(
+                Suppression(
+                    channel=point.channel,
+                    normalized=point.normalized,
+                    reason="unsubscribe",
+                    detail=f"campaign {row.campaign_id}",
+                )
+            )
+        s.add(
+            Event(
+                kind="unsubscribed",
+                contact_id=point.contact_id,
+                contact_point_id=point.id,
+                campaign_id=row.campaign_id,
+                detail=point.normalized,
+            )
+        )
+    return True
+
+
+# --------------------------------------------------------------------------- registration
+
+_DATE_LINE = re.compile(rb"^Date: [^\r\n]*\r\n", re.MULTILINE)
+
+
+def _without_date(data: bytes) -> bytes:
+    """Drop the Date header ``build_mime`` wrote: the sender adds the real one at sending."""
+    end = data.find(b"\r\n\r\n")
+    head, rest = data[: end + 2], data[end + 2 :]
+    return _DATE_LINE.sub(b"", head, count=1) + rest
+
+
+def _campaign_template(c: Campaign, template: Any) -> Any:
+    from .templates import load_template, template_from_html
+
+    if template is not None:
+        return load_template(template) if isinstance(template, str) else template
+    source = c.template_source or {}
+    if source.get("folder"):
+        return load_template(source["folder"])
+    if source.get("html") or source.get("text"):
+        return template_from_html(
+            source.get("html") or "",
+            source.get("subject") or "",
+            source.get("text"),
+            name=c.template_name or "pasted",
+            language=source.get("language"),
+        )
+    if c.template_name:
+        return load_template(c.template_name)
+    raise SendError(
+        f"campaign {c.name!r} has no template: pass template=... to create_campaign() "
+        "or register()",
+        campaign=c.name,
+    )
+
+
+def _recipients_of(c: Campaign, database: Database) -> pd.DataFrame:
+    from .contacts import contacts_frame
+    from .segments import segment_recipients
+
+    if c.segment_id is None:
+        raise SendError(
+            f"campaign {c.name!r} has no segment: pass recipients=<a frame of contacts_frame() "
+            "rows> to register()",
+            campaign=c.name,
+        )
+    with database.session() as s:
+        from .db import Segment
+
+        seg = s.get(Segment, c.segment_id)
+        assert seg is not None
+        name = seg.name
+    return segment_recipients(name, contacts_frame(database), db=database)
+
+
+def register(
+    campaign: CampaignRef,
+    recipients: pd.DataFrame | None = None,
+    *,
+    template: Any = None,
+    db: Database | None = None,
+    url: str | None = None,
+) -> pd.DataFrame:
+    """Render one message per recipient into the outbox and return the queue.
+
+    ``recipients`` are rows of ``contacts_frame()`` (default: the campaign's
+    segment). Registering again adds only recipients not yet in the campaign.
+    Suppressed, not-allowed, duplicate and unrenderable recipients are skipped and
+    listed by ``skipped(campaign)``. Bodies are rendered now, so what was previewed
+    is what is sent; the Date header is added when each message is sent.
+    """
+    from .mime import build_mime
+    from .templates import Mailbox, render
+
+    database = _database(db, url)
+    with database.session() as s:
+        c = get_campaign_row(s, campaign)
+        if c.status in (CampaignStatus.CANCELLED.value,):
+            raise SendError(f"campaign {c.name!r} is cancelled: create a new one", campaign=c.name)
+        sender = sender_of(s, c)
+        tmpl = _campaign_template(c, template)
+        if template is not None:
+            c.template_name = getattr(tmpl, "name", "") or c.template_name
+            c.template_source = {
+                k: getattr(tmpl, k, None) for k in ("subject", "html", "text", "sms", "language")
+            }
+            if getattr(tmpl, "folder", None) is not None and tmpl.html is None:
+                c.template_source["folder"] = str(tmpl.folder)
+        cid, cname, channel, values = c.id, c.name, c.channel, dict(c.values or {})
+    frame = recipients if recipients is not None else _recipients_of(c, database)
+    if "contact_point_id" not in frame.columns:
+        raise SendError(
+            f"register {cname!r}: the recipients frame has no 'contact_point_id' column: "
+            "pass rows of contacts_frame() (or of filter_recipients())",
+            campaign=cname,
+        )
+    point_ids = [int(x) for x in frame["contact_point_id"]]
+    cp = ContactPoint.__table__
+    with database.engine.connect() as conn:
+        points = {
+            r.id: r
+            for chunk in _chunks(point_ids, 500)
+            for r in conn.execute(
+                sa.select(
+                    cp.c.id, cp.c.contact_id, cp.c.channel, cp.c.normalized, cp.c.mailing_allowed
+                ).where(cp.c.id.in_(chunk))
+            )
+        }
+        suppressed = {
+            (ch, n)
+            for ch, n in conn.execute(sa.select(Suppression.channel, Suppression.normalized))
+        }
+        already = set(
+            conn.execute(sa.select(Message.recipient).where(Message.campaign_id == cid)).scalars()
+        )
+    from_box = Mailbox(sender.from_name, sender.from_email)
+    skipped: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    now = utcnow()
+    for (_, row), pid in zip(frame.iterrows(), point_ids, strict=True):
+        point = points.get(pid)
+        reason = None
+        if point is None:
+            reason = "contact point no longer exists"
+        elif point.channel != channel:
+            reason = f"not an {channel} contact point ({point.channel})"
+        elif (point.channel, point.normalized) in suppressed:
+            reason = "suppressed"
+        elif not point.mailing_allowed:
+            reason = "mailing not allowed"
+        elif point.normalized in already:
+            continue  # registered before: idempotent, not a skip
+        elif point.normalized in seen:
+            reason = "duplicate address in this campaign"
+        if reason is None:
+            token = new_token()
+            try:
+                rendered = render(
+                    tmpl,
+                    row,
+                    values=values,
+                    unsubscribe_url=unsubscribe_url(sender, token),
+                    sender=from_box,
+                )
+                message_id = new_message_id(sender)
+                data = _without_date(build_mime(rendered, message_id=message_id))
+            except BulkmailError as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                reason = f"cannot render: {exc.message}"
+            else:
+                seen.add(point.normalized)
+                messages.append(
+                    {
+                        "point": point,
+                        "token": token,
+                        "message_id": message_id,
+                        "subject": rendered.subject,
+                        "body": data,
+                    }
+                )
+        if reason is not None:
+            skipped.append(
+                {
+                    "kind": "skipped",
+                    "contact_id": getattr(point, "contact_id", None),
+                    "contact_point_id": pid if point is not None else None,
+                    "campaign_id": cid,
+                    "message_id": None,
+                    "detail": reason,
+                    "occurred_at": now,
+                    "data": {"address": getattr(point, "normalized", None), "at": "registration"},
+                }
+            )
+    _store_messages(database, cid, channel, messages, skipped, now)
+    with database.session() as s:
+        c = get_campaign_row(s, cid)
+        if c.status in (CampaignStatus.DRAFT.value, CampaignStatus.FINISHED.value):
+            c.status = (
+                CampaignStatus.SCHEDULED.value
+                if c.scheduled_at
+                else CampaignStatus.REGISTERED.value
+            )
+        c.registered_at = now
+    log.info(
+        "campaign %s: %d messages registered, %d recipients skipped (see skipped())",
+        cname,
+        len(messages),
+        len(skipped),
+    )
+    return queue(cid, db=database)
+
+
+def _store_messages(
+    database: Database,
+    cid: int,
+    channel: str,
+    messages: list[dict[str, Any]],
+    skipped: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    with database.engine.begin() as conn:
+        for chunk in _chunks(messages, 500):
+            rows = conn.execute(
+                sa.insert(Message).returning(Message.id, Message.recipient),
+                [
+                    {
+                        "campaign_id": cid,
+                        "contact_id": m["point"].contact_id,
+                        "contact_point_id": m["point"].id,
+                        "channel": channel,
+                        "recipient": m["point"].normalized,
+                        "status": MessageStatus.QUEUED.value,
+                        "attempts": 0,
+                        "message_id_header": m["message_id"],
+                        "last_error": "",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for m in chunk
+                ],
+            ).all()
+            ids = {r.recipient: r.id for r in rows}
+            conn.execute(
+                sa.insert(MessageBody),
+                [
+                    {
+                        "message_id": ids[m["point"].normalized],
+                        "subject": m["subject"],
+                        "body": m["body"],
+                    }
+                    for m in chunk
+                ],
+            )
+            conn.execute(
+                sa.insert(UnsubscribeToken),
+                [
+                    {
+                        "token_hash": hash_token(m["token"]),
+                        "contact_point_id": m["point"].id,
+                        "campaign_id": cid,
+                        "created_at": now,
+                    }
+                    for m in chunk
+                ],
+            )
+            conn.execute(
+                sa.insert(Event),
+                [
+                    {
+                        "kind": "registered",
+                        "contact_id": m["point"].contact_id,
+                        "contact_point_id": m["point"].id,
+                        "campaign_id": cid,
+                        "message_id": ids[m["point"].normalized],
+                        "detail": m["subject"][:2000],
+                        "data": {},
+                        "occurred_at": now,
+                    }
+                    for m in chunk
+                ],
+            )
+        if skipped:
+            conn.execute(sa.insert(Event), skipped)
+
+
+def skipped(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """Return who was skipped, when and why (at registration or, later, at send time)."""
+    database = _database(db, url)
+    with database.session() as s:
+        cid = get_campaign_row(s, campaign).id
+        rows = s.execute(
+            sa.select(
+                Event.occurred_at,
+                Event.contact_id,
+                Event.contact_point_id,
+                ContactPoint.normalized,
+                Event.detail,
+                Event.data,
+            )
+            .join(ContactPoint, ContactPoint.id == Event.contact_point_id, isouter=True)
+            .where(Event.campaign_id == cid, Event.kind == "skipped")
+            .order_by(Event.id)
+        ).all()
+    frame = pd.DataFrame(
+        [(r[0], r[1], r[2], r[3], r[4], (r[5] or {}).get("at", "")) for r in rows],
+        columns=["occurred_at", "contact_id", "contact_point_id", "address", "reason", "at"],
+    )
+    for col in ("contact_id", "contact_point_id"):
+        frame[col] = frame[col].astype("Int64")
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
+    return frame
+
+
+__all__ = [
+    "CampaignInfo",
+    "SenderInfo",
+    "add_sender_account",
+    "cancel",
+    "create_campaign",
+    "get_campaign",
+    "pause",
+    "queue",
+    "register",
+    "remove_from_queue",
+    "requeue",
+    "resume",
+    "send_samples",
+    "skipped",
+    "test_send",
+    "unknown_messages",
+    "unsubscribe",
+]
+
+
+def send_samples(
+    campaign: CampaignRef,
+    to: Sequence[str],
+    *,
+    recipients: pd.DataFrame | None = None,
+    template: Any = None,
+    transport: Any = None,
+    db: Database | None = None,
+    url: str | None = None,
+) -> pd.DataFrame:
+    """Send one rendered sample per address in ``to``, subject marked [TEST]; return the outcomes.
+
+    Samples are rendered for the campaign's first recipients (registered ones, else
+    ``recipients`` or the segment) and go only to the test addresses: the queue,
+    the history and the unsubscribe tokens are not touched.
+    """
+    from dataclasses import replace as dc_replace
+
+    from .contacts import contacts_frame
+    from .mime import build_mime
+    from .templates import Mailbox, render
+    from .transports import open_transport, with_date
+
+    if not to:
+        raise SendError("test_send: give at least one test address in to=[...]")
+    database = _database(db, url)
+    with database.session() as s:
+        c = get_campaign_row(s, campaign)
+        sender = sender_of(s, c)
+        tmpl = _campaign_template(c, template)
+        registered = s.scalars(
+            sa.select(Message.contact_point_id)
+            .where(Message.campaign_id == c.id, Message.contact_point_id.is_not(None))
+            .order_by(Message.id)
+            .limit(len(to))
+        ).all()
+        values = dict(c.values or {})
+    if recipients is None:
+        frame = contacts_frame(database)
+        if registered:
+            frame = frame[frame["contact_point_id"].isin(registered)]
+        else:
+            frame = _recipients_of(c, database)
+    else:
+        frame = recipients
+    if frame.empty:
+        raise SendError(f"test_send {c.name!r}: no recipient to render a sample for")
+    transport = transport or open_transport(sender.kind, sender.settings, sender.credential_ref)
+    opener = getattr(transport, "open", None)
+    if opener is not None:
+        opener()
+    results = []
+    try:
+        for i, address in enumerate(to):
+            row = frame.iloc[i % len(frame)]
+            rendered = render(
+                tmpl,
+                row,
+                values=values,
+                unsubscribe_url=unsubscribe_url(sender, "test-send-not-a-token"),
+                sender=Mailbox(sender.from_name, sender.from_email),
+            )
+            rendered = dc_replace(
+                rendered,
+                subject=f"[TEST] {rendered.subject}",
+                to=Mailbox(rendered.to.name, address),
+            )
+            data = _without_date(build_mime(rendered, message_id=new_message_id(sender)))
+            r = transport.send(
+                with_date(data, utcnow()), mail_from=sender.envelope_from, rcpt_to=address
+            )
+            results.append((address, rendered.subject, r.status, r.detail))
+    finally:
+        transport.close()
+    return pd.DataFrame(results, columns=["to", "subject", "status", "detail"])
+
+
+#: The issue's name for ``send_samples``; pytest must not collect it as a test.
+test_send = send_samples
+send_samples.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,976 @@
+"""The sending engine: a store that claims and records, a throttled loop, and the worker.
+
+Per message the state machine is::
+
+    queued ──claim──> sending ──> sent
+                         │──────> deferred ──(backoff elapsed)──> sending ...
+                         │──────> failed       (5xx, or retries expired)
+                         └──────> unknown      (worker died / connection broke after the content)
+
+A claim is one guarded UPDATE: ``... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``
+on PostgreSQL, so several workers never take the same message, and on SQLite the
+same statement is atomic because SQLite has one writer at a time. Outcomes are
+recorded per batch: if the process dies between sending and recording, the
+messages stay in ``sending`` and the next worker flags them ``unknown`` for the
+analyst to resend or drop; they are never resent silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from tqdm.auto import tqdm
+
+from .campaigns import (
+    CampaignRef,
+    SenderInfo,
+    _database,
+    get_campaign_row,
+    sender_of,
+)
+from .db import (
+    Campaign,
+    CampaignStatus,
+    ContactPoint,
+    Database,
+    Event,
+    Message,
+    MessageBody,
+    MessageStatus,
+    Suppression,
+    Worker,
+)
+from .exceptions import SendError
+from .throttle import SYSTEM_CLOCK, Clock, SharedTokenBucket, Throttle
+from .transports import SendResult, Transport, open_transport, with_date
+
+log = logging.getLogger("bulkmail")
+
+_M = Message.__table__
+_CLAIMABLE = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
+_OPEN = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value, MessageStatus.SENDING.value)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for 4xx answers and dropped connections (Postfix-like defaults)."""
+
+    retry_backoff_s: float = 300.0
+    max_backoff_s: float = 4000.0
+    expiry_s: float = 5 * 86400.0
+
+    def delay_s(self, attempts: int) -> float:
+        """Return the wait before the next try after ``attempts`` failed tries."""
+        return min(self.max_backoff_s, self.retry_backoff_s * 2 ** max(0, attempts - 1))
+
+    def waited_s(self, attempts: int) -> float:
+        """Return the total backoff spent once ``attempts`` tries were deferred."""
+        return sum(self.delay_s(k) for k in range(1, attempts + 1))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message this worker holds in ``sending``."""
+
+    id: int
+    contact_id: int | None
+    contact_point_id: int | None
+    recipient: str
+    attempts: int
+    body: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SendSummary:
+    """What one ``send`` call did, and what is left."""
+
+    campaign: str
+    status: str
+    sent: int
+    deferred: int
+    failed: int
+    unknown: int
+    removed: int
+    remaining: int
+    elapsed_s: float
+    connections: int
+
+
+# --------------------------------------------------------------------------- store
+
+
+class OutboxStore:
+    """Claims batches of messages for one worker and records what happened to them."""
+
+    def __init__(self, database: Database, worker_id: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.db = database
+        self.worker_id = worker_id
+        self.clock = clock
+
+    # -- workers ---------------------------------------------------------------
+
+    def register_worker(self) -> None:
+        """Announce this worker (so its claims are not taken for a dead one's)."""
+        now = self.clock.now()
+        with self.db.session() as s:
+            row = s.get(Worker, self.worker_id)
+            if row is None:
+                s.add(
+                    Worker(
+                        id=self.worker_id,
+                        hostname=socket.gethostname(),
+                        pid=os.getpid(),
+                        started_at=now,
+                        heartbeat_at=now,
+                    )
+                )
+            else:
+                row.heartbeat_at = now
+
+    def heartbeat(self) -> None:
+        """Say this worker is alive."""
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                sa.update(Worker)
+                .where(Worker.id == self.worker_id)
+                .values(heartbeat_at=self.clock.now())
+            )
+
+    def unregister_worker(self) -> None:
+        """Remove this worker's row on a clean exit."""
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.delete(Worker).where(Worker.id == self.worker_id))
+
+    def recover(self, *, stale_after_s: float = 120.0) -> pd.DataFrame:
+        """Flag ``unknown`` every message left in ``sending`` by a worker that is gone.
+
+        A worker is gone when its heartbeat is older than ``stale_after_s`` or, on
+        this machine, its process no longer exists. Returns the flagged messages.
+        """
+        now = self.clock.now()
+        host = socket.gethostname()
+        with self.db.session() as s:
+            workers = s.scalars(sa.select(Worker)).all()
+            alive = {
+                w.id
+                for w in workers
+                if w.id == self.worker_id
+                or (
+                    (now - w.heartbeat_at).total_seconds() < stale_after_s
+                    and (w.hostname != host or _pid_alive(w.pid))
+                )
+            }
+            rows = s.execute(
+                sa.select(
+                    _M.c.id,
+                    _M.c.campaign_id,
+                    _M.c.contact_id,
+                    _M.c.contact_point_id,
+                    _M.c.recipient,
+                    _M.c.claimed_by,
+                )
+                .where(_M.c.status == MessageStatus.SENDING.value)
+                .where(sa.or_(_M.c.claimed_by.is_(None), _M.c.claimed_by.not_in(alive)))
+            ).all()
+            if rows:
+                ids = [r.id for r in rows]
+                for chunk in _chunks(ids, 500):
+                    s.execute(
+                        sa.update(Message)
+                        .where(Message.id.in_(chunk), Message.status == MessageStatus.SENDING.value)
+                        .values(
+                            status=MessageStatus.UNKNOWN.value,
+                            last_error="the worker died while sending: it may or may not have "
+                            "gone out; check and requeue() or remove_from_queue()",
+                        )
+                    )
+                s.execute(
+                    sa.insert(Event),
+                    [
+                        {
+                            "kind": "unknown",
+                            "contact_id": r.contact_id,
+                            "contact_point_id": r.contact_point_id,
+                            "campaign_id": r.campaign_id,
+                            "message_id": r.id,
+                            "detail": f"worker {r.claimed_by} died while sending",
+                            "data": {"worker": r.claimed_by},
+                            "occurred_at": now,
+                        }
+                        for r in rows
+                    ],
+                )
+                log.warning(
+                    "%d messages were being sent by a worker that died: flagged 'unknown' "
+                    "(list them with unknown_messages())",
+                    len(rows),
+                )
+            dead = [w.id for w in workers if w.id not in alive]
+            if dead:
+                s.execute(sa.delete(Worker).where(Worker.id.in_(dead)))
+        return pd.DataFrame(
+            [(r.id, r.campaign_id, r.recipient, r.claimed_by) for r in rows],
+            columns=["message_id", "campaign_id", "recipient", "claimed_by"],
+        )
+
+    # -- claims ----------------------------------------------------------------
+
+    def claim(self, campaign_id: int, limit: int) -> list[Claimed]:
+        """Move up to ``limit`` due messages of the campaign to ``sending`` and return them.
+
+        Permission is checked again here: a contact point that was unsubscribed,
+        suppressed or had mailing disallowed since registration is removed, not sent.
+        """
+        now = self.clock.now()
+        due = sa.or_(
+            _M.c.status == MessageStatus.QUEUED.value,
+            sa.and_(_M.c.status == MessageStatus.DEFERRED.value, _M.c.next_attempt_at <= now),
+        )
+        candidates = (
+            sa.select(_M.c.id)
+            .where(_M.c.campaign_id == campaign_id, due)
+            .order_by(_M.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(
+                sa.update(_M)
+                .where(_M.c.id.in_(candidates.scalar_subquery()), _M.c.status.in_(_CLAIMABLE))
+                .values(
+                    status=MessageStatus.SENDING.value,
+                    claimed_by=self.worker_id,
+                    claimed_at=now,
+                    attempts=_M.c.attempts + 1,
+                    updated_at=now,
+                )
+                .returning(
+                    _M.c.id,
+                    _M.c.contact_id,
+                    _M.c.contact_point_id,
+                    _M.c.recipient,
+                    _M.c.attempts,
+                    _M.c.channel,
+                )
+            ).all()
+            if not rows:
+                return []
+            ids = [r.id for r in rows]
+            cp = ContactPoint.__table__
+            sup = Suppression.__table__
+            allowed_rows = conn.execute(
+                sa.select(_M.c.id, cp.c.mailing_allowed, sup.c.reason)
+                .select_from(_M)
+                .join(cp, cp.c.id == _M.c.contact_point_id, isouter=True)
+                .join(
+                    sup,
+                    sa.and_(sup.c.channel == _M.c.channel, sup.c.normalized == _M.c.recipient),
+                    isouter=True,
+                )
+                .where(_M.c.id.in_(ids))
+            ).all()
+            refused: dict[int, str] = {}
+            for mid, mailing_allowed, suppressed in allowed_rows:
+                if suppressed is not None:
+                    refused[mid] = f"suppressed since registration ({suppressed})"
+                elif not mailing_allowed:
+                    refused[mid] = "mailing no longer allowed for this contact point"
+            if refused:
+                self._remove(conn, [r for r in rows if r.id in refused], refused, now)
+            keep = [r for r in rows if r.id not in refused]
+            bodies = (
+                dict(
+                    conn.execute(
+                        sa.select(MessageBody.message_id, MessageBody.body).where(
+                            MessageBody.message_id.in_([r.id for r in keep])
+                        )
+                    ).all()
+                )
+                if keep
+                else {}
+            )
+        claimed = [
+            Claimed(r.id, r.contact_id, r.contact_point_id, r.recipient, r.attempts, bodies[r.id])
+            for r in sorted(keep, key=lambda r: r.id)
+        ]
+        return claimed
+
+    def _remove(self, conn: sa.Connection, rows: list[Any], why: dict[int, str], now: Any) -> None:
+        conn.execute(
+            sa.update(_M)
+            .where(_M.c.id == sa.bindparam("mid"))
+            .values(
+                status=MessageStatus.REMOVED.value,
+                last_error=sa.bindparam("b_why"),
+                attempts=_M.c.attempts - 1,
+                claimed_by=None,
+                updated_at=now,
+            ),
+            [{"mid": r.id, "b_why": why[r.id]} for r in rows],
+        )
+        conn.execute(
+            sa.insert(Event),
+            [_event("skipped", r, None, why[r.id], {"at": "send time"}, now) for r in rows],
+        )
+
+    def release(self, messages: list[Claimed]) -> None:
+        """Put claimed but unsent messages back in the queue (interrupt, stop, pause)."""
+        if not messages:
+            return
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                sa.update(_M)
+                .where(_M.c.id == sa.bindparam("mid"), _M.c.status == MessageStatus.SENDING.value)
+                .values(
+                    status=sa.case(
+                        (_M.c.next_attempt_at.is_(None), MessageStatus.QUEUED.value),
+                        else_=MessageStatus.DEFERRED.value,
+                    ),
+                    attempts=_M.c.attempts - 1,
+                    claimed_by=None,
+                ),
+                [{"mid": m.id} for m in messages],
+            )
+
+    def record(
+        self, campaign_id: int, outcomes: list[tuple[Claimed, SendResult]], retry: RetryPolicy
+    ) -> dict[str, int]:
+        """Store the outcome of each sent message and its event, in one transaction."""
+        counts = {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0, "fatal": 0}
+        if not outcomes:
+            return counts
+        now = self.clock.now()
+        updates: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        suppress: list[tuple[Claimed, SendResult]] = []
+        for m, r in outcomes:
+            code = str(r.code) if r.code is not None else None
+            data = {"attempt": m.attempts, "code": r.code, "worker": self.worker_id}
+            u: dict[str, Any] = {
+                "mid": m.id,
+                "b_status": r.status,
+                "b_code": code,
+                "b_error": "",
+                "b_next": None,
+                "b_sent": None,
+                "b_attempts": m.attempts,
+                "b_pmid": r.provider_message_id,
+            }
+            kind = r.status
+            if r.status == "sent":
+                u["b_sent"] = now
+            elif r.status == "deferred":
+                if retry.waited_s(m.attempts) >= retry.expiry_s:
+                    u["b_status"] = kind = "failed"
+                    u["b_error"] = f"gave up after {m.attempts} attempts: {r.detail}"
+                else:
+                    u["b_next"] = now + timedelta(seconds=retry.delay_s(m.attempts))
+                    u["b_error"] = r.detail
+            elif r.status == "fatal":
+                # Nothing is known against this message: back to where it was, attempt uncounted.
+                u["b_status"] = MessageStatus.QUEUED.value
+                u["b_attempts"] = m.attempts - 1
+                u["b_error"] = r.detail
+                kind = "error"
+            else:
+                u["b_error"] = r.detail
+                if r.status == "failed" and r.suppress:
+                    suppress.append((m, r))
+            counts[r.status] += 1
+            updates.append(u)
+            events.append(_event(kind, m, campaign_id, r.detail, data, now))
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                sa.update(_M)
+                .where(_M.c.id == sa.bindparam("mid"), _M.c.claimed_by == self.worker_id)
+                .values(
+                    status=sa.bindparam("b_status"),
+                    last_code=sa.bindparam("b_code"),
+                    last_error=sa.bindparam("b_error"),
+                    next_attempt_at=sa.bindparam("b_next", type_=_M.c.next_attempt_at.type),
+                    sent_at=sa.bindparam("b_sent", type_=_M.c.sent_at.type),
+                    attempts=sa.bindparam("b_attempts"),
+                    provider_message_id=sa.bindparam("b_pmid"),
+                    claimed_by=None,
+                    updated_at=now,
+                ),
+                updates,
+            )
+            conn.execute(sa.insert(Event), events)
+            for m, r in suppress:
+                self._suppress(conn, m, r, campaign_id, now)
+        return counts
+
+    def _suppress(
+        self, conn: sa.Connection, m: Claimed, r: SendResult, campaign_id: int, now: Any
+    ) -> None:
+        sup = Suppression.__table__
+        exists = conn.execute(
+            sa.select(sup.c.id).where(sup.c.channel == "email", sup.c.normalized == m.recipient)
+        ).first()
+        if exists is None:
+            conn.execute(
+                sup.insert().values(
+                    channel="email",
+                    normalized=m.recipient,
+                    reason="hard_bounce",
+                    detail=r.detail,
+                    message_id=m.id,
+                    created_at=now,
+                )
+            )
+        conn.execute(
+            sa.insert(Event).values(
+                _event("suppressed", m, campaign_id, f"hard bounce: {r.detail}", {}, now)
+            )
+        )
+
+    # -- campaign state ---------------------------------------------------------
+
+    def counts(self, campaign_id: int) -> dict[str, int]:
+        """Return the number of messages per status."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_M.c.status, sa.func.count())
+                .where(_M.c.campaign_id == campaign_id)
+                .group_by(_M.c.status)
+            ).all()
+        return {status: int(n) for status, n in rows}
+
+    def next_due(self, campaign_id: int) -> Any:
+        """Return when the next deferred message becomes due, or None."""
+        with self.db.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(_M.c.next_attempt_at)).where(
+                    _M.c.campaign_id == campaign_id,
+                    _M.c.status == MessageStatus.DEFERRED.value,
+                )
+            ).scalar()
+
+
+def _event(
+    kind: str, m: Any, campaign_id: int | None, detail: str, data: dict[str, Any], now: Any
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "contact_id": m.contact_id,
+        "contact_point_id": m.contact_point_id,
+        "campaign_id": campaign_id if campaign_id is not None else getattr(m, "campaign_id", None),
+        "message_id": m.id,
+        "detail": detail[:2000],
+        "data": data,
+        "occurred_at": now,
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _chunks(items: list[Any], size: int) -> Any:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def new_worker_id() -> str:
+    """Return a worker id naming the host and process, unique across restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- loop
+
+
+class _NoThrottle:
+    def acquire(self) -> float:
+        return 0.0
+
+
+@dataclass
+class _Run:
+    """Everything one campaign's send loop needs."""
+
+    db: Database
+    store: OutboxStore
+    campaign_id: int
+    name: str
+    sender: SenderInfo
+    transport: Transport
+    throttle: Throttle
+    clock: Clock
+    retry: RetryPolicy
+    batch: int
+    stop: threading.Event | None = None
+    on_progress: Callable[[int], None] | None = None
+    totals: dict[str, int] = field(
+        default_factory=lambda: {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0}
+    )
+
+
+def _campaign_state(db: Database, campaign_id: int) -> str:
+    with db.engine.connect() as conn:
+        return str(
+            conn.execute(sa.select(Campaign.status).where(Campaign.id == campaign_id)).scalar_one()
+        )
+
+
+def _stop_campaign(db: Database, campaign_id: int, error: str) -> None:
+    with db.session() as s:
+        c = s.get(Campaign, campaign_id)
+        assert c is not None
+        c.status = CampaignStatus.STOPPED.value
+        c.last_error = error
+        s.add(Event(kind="stopped", campaign_id=campaign_id, detail=error))
+
+
+def _run_batches(run: _Run) -> None:
+    """Claim, send and record batches until nothing is due, the campaign pauses or we're told."""
+    while True:
+        if run.stop is not None and run.stop.is_set():
+            return
+        if _campaign_state(run.db, run.campaign_id) != CampaignStatus.SENDING.value:
+            return  # paused, cancelled or stopped from elsewhere: leave the rest queued
+        run.store.heartbeat()
+        batch = run.store.claim(run.campaign_id, run.batch)
+        if not batch:
+            return
+        outcomes: list[tuple[Claimed, SendResult]] = []
+        in_flight: Claimed | None = None
+        fatal: SendResult | None = None
+        try:
+            for m in batch:
+                if run.stop is not None and run.stop.is_set():
+                    break
+                run.throttle.acquire()
+                in_flight = m
+                result = run.transport.send(
+                    with_date(m.body, run.clock.now()),
+                    mail_from=run.sender.envelope_from,
+                    rcpt_to=m.recipient,
+                )
+                in_flight = None
+                outcomes.append((m, result))
+                if result.status == "fatal":
+                    fatal = result
+                    break
+        except BaseException:
+            # Ctrl-C or a crash inside the transport: what was sent is recorded, what was in
+            # flight may have gone out (unknown), the rest goes back to the queue untouched.
+            if in_flight is not None:
+                outcomes.append(
+                    (in_flight, SendResult("unknown", None, "interrupted while sending"))
+                )
+                with contextlib.suppress(Exception):
+                    run.transport.close()
+            run.store.record(run.campaign_id, outcomes, run.retry)
+            run.store.release([m for m in batch if m.id not in {o[0].id for o in outcomes}])
+            raise
+        done = {o[0].id for o in outcomes}
+        counts = run.store.record(run.campaign_id, outcomes, run.retry)
+        run.store.release([m for m in batch if m.id not in done])
+        for k in run.totals:
+            run.totals[k] += counts[k]
+        if run.on_progress is not None:
+            run.on_progress(sum(counts[k] for k in ("sent", "failed", "unknown")))
+        if fatal is not None:
+            error = (
+                f"campaign {run.name!r} stopped: {fatal.detail}. Nothing after it was sent and no "
+                "message was marked; fix the sender account, then resume() and send() again"
+            )
+            _stop_campaign(run.db, run.campaign_id, error)
+            raise SendError(error, campaign=run.name, code=fatal.code)
+
+
+def _finish_if_done(db: Database, store: OutboxStore, campaign_id: int) -> str:
+    counts = store.counts(campaign_id)
+    with db.session() as s:
+        c = s.get(Campaign, campaign_id)
+        assert c is not None
+        if c.status == CampaignStatus.SENDING.value and not any(counts.get(k) for k in _OPEN):
+            c.status = CampaignStatus.FINISHED.value
+            c.finished_at = store.clock.now()
+            s.add(Event(kind="finished", campaign_id=campaign_id, data=counts))
+        return c.status
+
+
+def _batch_size(rate_per_hour: float, batch_size: int) -> int:
+    if math.isinf(rate_per_hour):
+        return batch_size
+    # Claim about five seconds' worth: a crash then leaves at most that many 'unknown'.
+    return max(1, min(batch_size, int(rate_per_hour / 3600 * 5)))
+
+
+def send(
+    campaign: CampaignRef,
+    *,
+    rate_per_hour: float | None = None,
+    burst: int | None = None,
+    progress: bool = True,
+    transport: Transport | None = None,
+    retry: RetryPolicy | None = None,
+    wait_for_retries: bool = False,
+    batch_size: int = 100,
+    clock: Clock = SYSTEM_CLOCK,
+    stop: threading.Event | None = None,
+    db: Database | None = None,
+    url: str | None = None,
+) -> SendSummary:
+    """Send the campaign's due messages, throttled, and return what happened.
+
+    Interrupting (Ctrl-C) leaves the queue consistent; calling ``send`` again resumes.
+    The throttle is shared through the database with any worker sending the same campaign.
+
+    Args:
+        campaign: name or id of a registered campaign.
+        rate_per_hour: messages per hour (default: the campaign's); ``math.inf`` sends
+            as fast as the server takes them (a local sink, benchmarks).
+        burst: how many may leave at once before the rate applies (default: the campaign's).
+        progress: show a ``tqdm`` progress bar.
+        transport: where messages go (default: the campaign's sender account).
+        retry: backoff and expiry for deferred messages.
+        wait_for_retries: keep waiting for deferred messages to come due instead of
+            returning with them pending (the worker picks them up later otherwise).
+        batch_size: most messages claimed at once when unthrottled.
+        clock: time source (tests pass a ``ManualClock``).
+        stop: an event that ends the run after the message in hand.
+        db: an open database (default: ``open_database(url)``).
+        url: the database URL when ``db`` is not given.
+
+    """
+    database = _database(db, url)
+    retry = retry or RetryPolicy()
+    with database.session() as s:
+        c = get_campaign_row(s, campaign)
+        if c.status == CampaignStatus.PAUSED.value:
+            raise SendError(f"campaign {c.name!r} is paused: resume() it first", campaign=c.name)
+        if c.status in (CampaignStatus.CANCELLED.value, CampaignStatus.DRAFT.value):
+            raise SendError(
+                f"campaign {c.name!r} is {c.status}: "
+                + ("register() it first" if c.status == "draft" else "it cannot be sent"),
+                campaign=c.name,
+            )
+        sender = sender_of(s, c)
+        campaign_id, name = c.id, c.name
+        rate = float(rate_per_hour if rate_per_hour is not None else c.rate_per_hour)
+        burst_n = int(burst if burst is not None else c.burst)
+    store = OutboxStore(database, new_worker_id(), clock)
+    store.register_worker()
+    start = clock.monotonic()
+    try:
+        store.recover()
+        own_transport = transport is None
+        if transport is None:
+            transport = open_transport(sender.kind, sender.settings, sender.credential_ref)
+        _open(transport, database, campaign_id, name)
+        with database.session() as s:
+            c = s.get(Campaign, campaign_id)
+            assert c is not None
+            c.status = CampaignStatus.SENDING.value
+            c.last_error = ""
+        throttle: Throttle = (
+            _NoThrottle()
+            if math.isinf(rate)
+            else SharedTokenBucket(database, f"campaign:{campaign_id}", rate, burst_n, clock=clock)
+        )
+        counts = store.counts(campaign_id)
+        todo = sum(counts.get(k, 0) for k in _CLAIMABLE)
+        bar = tqdm(total=todo, desc=name, unit="msg", disable=not progress)
+        run = _Run(
+            database,
+            store,
+            campaign_id,
+            name,
+            sender,
+            transport,
+            throttle,
+            clock,
+            retry,
+            _batch_size(rate, batch_size),
+            stop,
+            bar.update,
+        )
+        try:
+            while True:
+                _run_batches(run)
+                if not wait_for_retries or (stop is not None and stop.is_set()):
+                    break
+                if _campaign_state(database, campaign_id) != CampaignStatus.SENDING.value:
+                    break
+                due = store.next_due(campaign_id)
+                if due is None:
+                    break
+                store.heartbeat()
+                clock.sleep(min(60.0, max(0.0, (due - clock.now()).total_seconds())))
+        finally:
+            bar.close()
+            if own_transport:
+                transport.close()
+        status = _finish_if_done(database, store, campaign_id)
+    finally:
+        store.unregister_worker()
+    counts = store.counts(campaign_id)
+    return SendSummary(
+        campaign=name,
+        status=status,
+        sent=run.totals["sent"],
+        deferred=run.totals["deferred"],
+        failed=run.totals["failed"],
+        unknown=run.totals["unknown"],
+        removed=counts.get(MessageStatus.REMOVED.value, 0),
+        remaining=sum(counts.get(k, 0) for k in _OPEN),
+        elapsed_s=clock.monotonic() - start,
+        connections=getattr(transport, "logins", 1),
+    )
+
+
+def _open(transport: Transport, database: Database, campaign_id: int, name: str) -> None:
+    opener = getattr(transport, "open", None)
+    if opener is None:
+        return
+    try:
+        opener()
+    except SendError as exc:
+        if exc.fields.get("fatal"):
+            error = f"campaign {name!r} stopped: {exc.message}"
+            _stop_campaign(database, campaign_id, error)
+            raise SendError(error, campaign=name, **exc.fields) from exc
+        raise
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def run_worker(
+    *,
+    db: Database | None = None,
+    url: str | None = None,
+    poll_interval_s: float = 5.0,
+    stop: threading.Event | None = None,
+    exit_when_idle: bool = False,
+    retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    transport_factory: Callable[[SenderInfo], Transport] | None = None,
+) -> int:
+    """Send scheduled and running campaigns until stopped (``bulkmail worker``); return the count.
+
+    Each worker holds one connection per sender account, claims with ``SKIP LOCKED``
+    and shares each campaign's rate with every other worker through the database.
+    """
+    database = _database(db, url)
+    retry = retry or RetryPolicy()
+    stop = stop or threading.Event()
+    store = OutboxStore(database, new_worker_id(), clock)
+    store.register_worker()
+    log.info("worker %s started on %s", store.worker_id, database.url)
+    transports: dict[int, Transport] = {}
+    sent = 0
+    try:
+        while not stop.is_set():
+            store.heartbeat()
+            store.recover()
+            worked = False
+            for campaign_id in _due_campaigns(database, clock):
+                with database.session() as s:
+                    c = s.get(Campaign, campaign_id)
+                    if c is None:
+                        continue
+                    if c.status == CampaignStatus.SCHEDULED.value:
+                        c.status = CampaignStatus.SENDING.value
+                    sender = sender_of(s, c)
+                    name, rate, burst = c.name, float(c.rate_per_hour), c.burst
+                transport = transports.get(sender.id)
+                if transport is None:
+                    transport = (
+                        transport_factory(sender)
+                        if transport_factory
+                        else open_transport(sender.kind, sender.settings, sender.credential_ref)
+                    )
+                    try:
+                        _open(transport, database, campaign_id, name)
+                    except SendError as exc:
+                        log.error("worker: %s", exc.message)
+                        continue
+                    transports[sender.id] = transport
+                run = _Run(
+                    database,
+                    store,
+                    campaign_id,
+                    name,
+                    sender,
+                    transport,
+                    SharedTokenBucket(
+                        database, f"campaign:{campaign_id}", rate, burst, clock=clock
+                    ),
+                    clock,
+                    retry,
+                    _batch_size(rate, 100),
+                    stop,
+                )
+                try:
+                    _run_batches(run)
+                except SendError as exc:
+                    log.error("worker: %s", exc.message)
+                    transports.pop(sender.id, None)
+                sent += run.totals["sent"]
+                worked = worked or any(run.totals.values())
+                _finish_if_done(database, store, campaign_id)
+            if not worked:
+                if exit_when_idle and not _has_open_work(database):
+                    break
+                stop.wait(poll_interval_s) if clock is SYSTEM_CLOCK else clock.sleep(
+                    poll_interval_s
+                )
+    finally:
+        for t in transports.values():
+            with contextlib.suppress(Exception):
+                t.close()
+        store.unregister_worker()
+        log.info("worker %s stopped after %d messages", store.worker_id, sent)
+    return sent
+
+
+def _due_campaigns(database: Database, clock: Clock) -> list[int]:
+    now = clock.now()
+    with database.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(Campaign.id)
+                .where(
+                    sa.or_(
+                        Campaign.status == CampaignStatus.SENDING.value,
+                        sa.and_(
+                            Campaign.status == CampaignStatus.SCHEDULED.value,
+                            sa.or_(Campaign.scheduled_at.is_(None), Campaign.scheduled_at <= now),
+                        ),
+                    )
+                )
+                .order_by(Campaign.id)
+            ).scalars()
+        )
+
+
+def _has_open_work(database: Database) -> bool:
+    with database.engine.connect() as conn:
+        n = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(_M)
+            .join(Campaign, Campaign.id == _M.c.campaign_id)
+            .where(
+                _M.c.status.in_(_CLAIMABLE),
+                Campaign.status.in_([CampaignStatus.SENDING.value, CampaignStatus.SCHEDULED.value]),
+            )
+        ).scalar_one()
+    return bool(n)
+
+
+# --------------------------------------------------------------------------- history and reports
+
+
+def history(contact_id: int, *, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
+    """Return everything that happened to contact ``contact_id``, oldest first."""
+    database = _database(db, url)
+    ev = Event.__table__
+    query = (
+        sa.select(
+            ev.c.occurred_at,
+            ev.c.kind,
+            Campaign.name.label("campaign"),
+            ev.c.message_id,
+            _M.c.recipient,
+            ev.c.detail,
+        )
+        .select_from(ev)
+        .join(Campaign, Campaign.id == ev.c.campaign_id, isouter=True)
+        .join(_M, _M.c.id == ev.c.message_id, isouter=True)
+        .where(ev.c.contact_id == contact_id)
+        .order_by(ev.c.occurred_at, ev.c.id)
+    )
+    with database.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    frame = pd.DataFrame(
+        rows, columns=["occurred_at", "kind", "campaign", "message_id", "recipient", "detail"]
+    )
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
+    frame["message_id"] = frame["message_id"].astype("Int64")
+    return frame
+
+
+def campaign_report(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """Return the campaign's message count per status (every status, zeros included)."""
+    database = _database(db, url)
+    with database.session() as s:
+        cid = get_campaign_row(s, campaign).id
+    counts = OutboxStore(database, "report").counts(cid)
+    statuses = [m.value for m in MessageStatus]
+    frame = pd.DataFrame(
+        {"messages": [counts.get(k, 0) for k in statuses]},
+        index=pd.Index(statuses, name="status"),
+    )
+    total = int(frame["messages"].sum())
+    frame["share"] = frame["messages"] / total if total else 0.0
+    return frame
+
+
+def campaign_failures(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """Return the failed, removed and unknown messages with their code and reason."""
+    from .campaigns import queue
+
+    bad = [MessageStatus.FAILED.value, MessageStatus.REMOVED.value, MessageStatus.UNKNOWN.value]
+    frame = queue(campaign, status=bad, db=db, url=url)
+    return frame[["message_id", "recipient", "status", "attempts", "last_code", "last_error"]]
+
+
+def campaign_timeline(
+    campaign: CampaignRef,
+    *,
+    freq: str = "1min",
+    db: Database | None = None,
+    url: str | None = None,
+) -> pd.DataFrame:
+    """Return attempts per ``freq`` interval and outcome (sent, deferred, failed, ...)."""
+    database = _database(db, url)
+    ev = Event.__table__
+    kinds = ["sent", "deferred", "failed", "unknown"]
+    with database.session() as s:
+        cid = get_campaign_row(s, campaign).id
+        rows = s.execute(
+            sa.select(ev.c.occurred_at, ev.c.kind).where(
+                ev.c.campaign_id == cid, ev.c.kind.in_(kinds)
+            )
+        ).all()
+    frame = pd.DataFrame(rows, columns=["occurred_at", "kind"])
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True)
+    if frame.empty:
+        return pd.DataFrame(columns=kinds, index=pd.DatetimeIndex([], tz="UTC", name="time"))
+    table = (
+        frame.groupby([pd.Grouper(key="occurred_at", freq=freq), "kind"])
+        .size()
+        .unstack("kind", fill_value=0)
+        .reindex(columns=kinds, fill_value=0)
+    )
+    table.index.name = "time"
+    table.columns.name = None
+    return table

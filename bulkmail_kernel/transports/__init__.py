@@ -1,0 +1,112 @@
+"""Transports: how a serialised message leaves, and what the answer means.
+
+A transport takes pre-serialised bytes and an envelope and says what happened,
+as a :class:`SendResult`. SMTP answers are classified once, here, so the send
+loop only knows five outcomes:
+
+- ``sent``: the server took responsibility for the message (2xx after DATA);
+- ``deferred``: try again later (4xx, a dropped connection before DATA);
+- ``failed``: this message or recipient will never go (5xx on RCPT or DATA);
+- ``fatal``: nothing will go (authentication or the sender refused): stop the campaign;
+- ``unknown``: the connection broke after the content was sent, so the server may
+  have accepted it: never retried without the analyst deciding.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Any, Literal, Protocol
+
+from ..exceptions import ConfigError
+
+Outcome = Literal["sent", "deferred", "failed", "fatal", "unknown"]
+Stage = Literal["connect", "mail", "rcpt", "data", "content"]
+
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a transport says about one message."""
+
+    status: Outcome
+    code: int | None = None
+    detail: str = ""
+    #: Whether the recipient address should be suppressed (a hard bounce).
+    suppress: bool = False
+    provider_message_id: str | None = None
+
+
+class Transport(Protocol):
+    """Something that sends pre-serialised messages over one reused connection."""
+
+    def send(self, message: bytes, *, mail_from: str, rcpt_to: str) -> SendResult:
+        """Send ``message`` to ``rcpt_to`` and classify the answer."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def classify_smtp(code: int, reply: bytes | str, *, stage: Stage) -> SendResult:
+    """Classify an SMTP reply ``code`` received at ``stage`` of one transaction."""
+    text = _text(reply).strip()
+    detail = f"{code} {text}".strip()
+    if 200 <= code < 300:
+        return SendResult("sent", code, detail)
+    if code in (530, 534, 535, 538) or (stage == "connect" and code >= 500):
+        # RFC 4954: 535 bad credentials, 530/534/538 auth required or too weak.
+        return SendResult("fatal", code, f"authentication refused: {detail}")
+    if 400 <= code < 500:
+        return SendResult("deferred", code, detail)
+    if stage == "mail":
+        return SendResult("fatal", code, f"the server refused the sender: {detail}")
+    enhanced = _ENHANCED.match(text)
+    if stage == "rcpt":
+        return SendResult("failed", code, detail, suppress=True)
+    # A 5xx after DATA is about the content (spam, size) unless its enhanced code says the
+    # mailbox (5.1.x addressing, 5.2.x mailbox): only then is the address itself bad.
+    suppress = bool(enhanced and enhanced.group(2) in ("1", "2"))
+    return SendResult("failed", code, detail, suppress=suppress)
+
+
+def connection_lost(detail: str, *, stage: Stage) -> SendResult:
+    """Classify a connection that broke at ``stage``: unknown once the content was sent."""
+    if stage == "content":
+        return SendResult("unknown", None, f"connection lost after the message was sent: {detail}")
+    return SendResult("deferred", None, f"connection lost: {detail}")
+
+
+def with_date(message: bytes, when: datetime) -> bytes:
+    """Prepend the ``Date`` header for ``when`` to a message serialised without one.
+
+    Bodies are rendered at registration but the date is the moment of sending: a
+    campaign registered on Monday and sent on Friday must not say Monday.
+    """
+    return b"Date: " + format_datetime(when).encode("ascii") + b"\r\n" + message
+
+
+def open_transport(kind: str, settings: dict[str, Any], credential_ref: str = "") -> Transport:
+    """Return the transport for a sender account of ``kind`` (smtp or file), not yet connected."""
+    if kind == "smtp":
+        from .smtp import SmtpTransport
+
+        return SmtpTransport.from_settings(settings, credential_ref)
+    if kind == "file":
+        from .file import FileTransport
+
+        if not settings.get("folder"):
+            raise ConfigError("file sender account: settings has no 'folder' for the .eml files")
+        return FileTransport(settings["folder"])
+    raise ConfigError(
+        f"sender account kind {kind!r} cannot send e-mail here: use smtp or file",
+        kind=kind,
+    )

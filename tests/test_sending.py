@@ -1,0 +1,356 @@
+"""The send loop against a real aiosmtpd sink on loopback, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import math
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sending_support import address, make_campaign, sink_account
+
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.campaigns import get_campaign, pause, queue, requeue, resume, unknown_messages
+from bulkmail_kernel.db import ContactPoint, Event, Message, Suppression, Worker
+from bulkmail_kernel.exceptions import SendError
+from bulkmail_kernel.sending import OutboxStore, RetryPolicy, campaign_report, history, send
+from bulkmail_kernel.sink import Sink, start_sink
+from bulkmail_kernel.throttle import ManualClock
+from bulkmail_kernel.transports import SendResult
+from bulkmail_kernel.transports.smtp import SmtpTransport
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[Sink]:
+    s = start_sink(tmp_path / "sink")
+    yield s
+    s.stop()
+
+
+def _statuses(db: dbmod.Database, cid: int) -> Counter[str]:
+    return Counter(queue(cid, db=db)["status"].astype(str))
+
+
+def test_every_message_accepted_once_on_one_connection(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 300)
+    clock = ManualClock()
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database, clock=clock)
+    assert (summary.sent, summary.remaining, summary.status) == (300, 0, "finished")
+    assert sink.connections == 1
+    ids = Counter(m.message_id for m in sink.messages)
+    assert len(ids) == 300
+    assert set(ids.values()) == {1}
+    frame = queue(cid, db=database)
+    assert set(frame["status"].astype(str)) == {"sent"}
+    assert set(frame["message_id_header"]) == set(ids)
+    # The Date header is the moment of sending, not of registration, and dot-stuffing survived.
+    parsed = email.message_from_bytes(sink.messages[0].data)
+    assert parsedate_to_datetime(parsed["Date"]) == clock.now().replace(microsecond=0)
+    assert "\n.line that starts with a dot" in parsed.get_payload(decode=True).decode()
+    # The sink's log file agrees with the database.
+    logged = [line.split("\t")[2] for line in (sink.folder / "sink.log").read_text().splitlines()]
+    assert sorted(logged) == sorted(frame["message_id_header"])
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).where(Event.kind == "sent")) == 300
+        assert s.scalar(sa.select(sa.func.count()).select_from(Worker)) == 0
+    report = campaign_report(cid, db=database)
+    assert report.loc["sent", "messages"] == 300
+
+
+def test_4xx_is_retried_with_backoff_then_sent(database: dbmod.Database, tmp_path: Path) -> None:
+    sink = start_sink(
+        tmp_path / "s",
+        rcpt_replies={address(1): ["451 4.3.0 greylisted", "452 4.2.2 mailbox full"]},
+    )
+    try:
+        sink_account(database, sink.port)
+        cid = make_campaign(database, 3)
+        clock = ManualClock()
+        first = send(cid, rate_per_hour=math.inf, progress=False, db=database, clock=clock)
+        assert (first.sent, first.deferred, first.status) == (2, 1, "sending")
+        q = queue(cid, db=database).set_index("recipient")
+        assert q.loc[address(1), "status"] == "deferred"
+        assert q.loc[address(1), "next_attempt_at"] == clock.now() + pd_seconds(300)
+        # Not due yet: nothing is sent and the campaign is not finished.
+        clock.advance(299)
+        assert send(cid, progress=False, db=database, clock=clock).sent == 0
+        clock.advance(1)
+        second = send(cid, progress=False, db=database, clock=clock)
+        assert second.deferred == 1
+        q = queue(cid, db=database).set_index("recipient")
+        assert q.loc[address(1), "next_attempt_at"] == clock.now() + pd_seconds(600)  # doubled
+        clock.advance(600)
+        third = send(cid, progress=False, db=database, clock=clock)
+        assert (third.sent, third.status) == (1, "finished")
+        assert len(sink.received_by(address(1))) == 1
+        assert [r for r, _ in sink.refusals] == [address(1)] * 2
+        h = history(_contact_of(database, address(1)), db=database)
+        assert list(h["kind"]) == ["deferred", "deferred", "sent"]
+    finally:
+        sink.stop()
+
+
+def test_wait_for_retries_sleeps_on_the_clock(database: dbmod.Database, tmp_path: Path) -> None:
+    sink = start_sink(tmp_path / "s", rcpt_replies={address(0): ["421 4.7.0 try later"]})
+    try:
+        sink_account(database, sink.port)
+        cid = make_campaign(database, 2)
+        clock = ManualClock()
+        summary = send(
+            cid,
+            rate_per_hour=math.inf,
+            progress=False,
+            db=database,
+            clock=clock,
+            wait_for_retries=True,
+        )
+        assert (summary.sent, summary.status) == (2, "finished")
+        assert sum(clock.slept) >= 300
+        # 421 closes the connection: a second login, through yagmail, on the same transport.
+        assert sink.connections == 2
+    finally:
+        sink.stop()
+
+
+def test_retries_expire_into_failed(database: dbmod.Database, tmp_path: Path) -> None:
+    sink = start_sink(tmp_path / "s", rcpt_replies={address(0): ["450 4.2.0 busy"] * 10})
+    try:
+        sink_account(database, sink.port)
+        cid = make_campaign(database, 1)
+        clock = ManualClock()
+        policy = RetryPolicy(retry_backoff_s=300, max_backoff_s=4000, expiry_s=1000)
+        summary = send(
+            cid, progress=False, db=database, clock=clock, retry=policy, wait_for_retries=True
+        )
+        assert summary.status == "finished"
+        row = queue(cid, db=database).iloc[0]
+        assert row["status"] == "failed"
+        assert "gave up after 3 attempts" in row["last_error"]
+    finally:
+        sink.stop()
+
+
+def test_5xx_recipient_fails_and_is_suppressed(database: dbmod.Database, tmp_path: Path) -> None:
+    sink = start_sink(tmp_path / "s", rcpt_replies={address(2): ["550 5.1.1 no such user"]})
+    try:
+        sink_account(database, sink.port)
+        cid = make_campaign(database, 4)
+        summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+        assert (summary.sent, summary.failed, summary.status) == (3, 1, "finished")
+        row = queue(cid, db=database).set_index("recipient").loc[address(2)]
+        assert (row["status"], row["last_code"]) == ("failed", "550")
+        with database.session() as s:
+            sup = s.scalars(sa.select(Suppression)).one()
+            assert (sup.normalized, sup.reason) == (address(2), "hard_bounce")
+        # A later campaign to the same address does not mail it: suppressed at claim time.
+        make_campaign(database, 4, name="summer")
+        again = send("summer", rate_per_hour=math.inf, progress=False, db=database)
+        assert again.sent == 3
+        assert again.removed == 1
+        assert len(sink.received_by(address(2))) == 0
+    finally:
+        sink.stop()
+
+
+def test_auth_failure_stops_campaign_and_marks_nothing(
+    database: dbmod.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = start_sink(tmp_path / "s", users={"shop": "right"})
+    try:
+        monkeypatch.setenv("SHOP_SMTP_PASSWORD", "wrong")
+        sink_account(database, sink.port, user="shop", credential_ref="SHOP_SMTP_PASSWORD")
+        cid = make_campaign(database, 5)
+        with pytest.raises(SendError, match=r"login as 'shop' refused .*535") as err:
+            send(cid, progress=False, db=database)
+        assert err.value.fields["code"] == 535
+        info = get_campaign(cid, db=database)
+        assert info.status == "stopped"
+        assert "535" in info.last_error
+        frame = queue(cid, db=database)
+        assert set(frame["status"].astype(str)) == {"queued"}
+        assert frame["attempts"].sum() == 0
+        assert sink.messages == []
+        # Fix the password, resume, send: everything goes, once.
+        monkeypatch.setenv("SHOP_SMTP_PASSWORD", "right")
+        resume(cid, db=database)
+        assert send(cid, rate_per_hour=math.inf, progress=False, db=database).sent == 5
+        assert len(sink.messages) == 5
+    finally:
+        sink.stop()
+
+
+def test_sender_refused_mid_run_stops_without_marking(
+    database: dbmod.Database, tmp_path: Path
+) -> None:
+    sink = start_sink(tmp_path / "s", mail_reply="553 5.7.1 sender not allowed")
+    try:
+        sink_account(database, sink.port)
+        cid = make_campaign(database, 5)
+        with pytest.raises(SendError, match="refused the sender"):
+            send(cid, rate_per_hour=math.inf, progress=False, db=database)
+        frame = queue(cid, db=database)
+        assert set(frame["status"].astype(str)) == {"queued"}
+        assert frame["attempts"].sum() == 0
+        assert get_campaign(cid, db=database).status == "stopped"
+    finally:
+        sink.stop()
+
+
+def test_unsubscribed_after_registration_is_not_mailed(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 3)
+    with database.session() as s:
+        s.execute(
+            sa.update(ContactPoint)
+            .where(ContactPoint.normalized == address(0))
+            .values(mailing_allowed=False)
+        )
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    assert (summary.sent, summary.removed) == (2, 1)
+    assert sink.received_by(address(0)) == []
+    row = queue(cid, db=database).set_index("recipient").loc[address(0)]
+    assert row["status"] == "removed"
+    assert "no longer allowed" in row["last_error"]
+
+
+def test_dead_workers_claims_become_unknown_not_resent(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 10)
+    crashed = OutboxStore(database, "elsewhere:999999:dead")
+    crashed.register_worker()
+    held = crashed.claim(cid, 4)
+    assert len(held) == 4
+    with database.session() as s:  # its last sign of life was long ago
+        s.execute(sa.update(Worker).values(heartbeat_at=dbmod.utcnow() - pd_seconds(3600)))
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    assert summary.sent == 6
+    unknown = unknown_messages(cid, db=database)
+    assert sorted(unknown["message_id"]) == sorted(m.id for m in held)
+    assert {m.recipient for m in held}.isdisjoint(r for m in sink.messages for r in m.rcpt_tos)
+    assert summary.status == "finished"
+
+
+def test_live_workers_claims_are_left_alone(database: dbmod.Database, sink: Sink) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 6)
+    other = OutboxStore(database, "otherhost:1:alive")
+    other.register_worker()
+    with database.session() as s:
+        s.execute(sa.update(Worker).values(hostname="otherhost"))
+    held = other.claim(cid, 2)
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    assert summary.sent == 4
+    assert summary.remaining == 2
+    assert summary.status == "sending"
+    assert _statuses(database, cid)["sending"] == 2
+    other.record(cid, [(m, SendResult("sent", 250)) for m in held], RetryPolicy())
+    assert _statuses(database, cid)["sent"] == 6
+
+
+class _InterruptAfter:
+    """The real SMTP transport, with a Ctrl-C arriving after ``n`` messages."""
+
+    def __init__(self, inner: SmtpTransport, n: int) -> None:
+        self.inner, self.n = inner, n
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def send(self, message: bytes, *, mail_from: str, rcpt_to: str) -> SendResult:
+        if self.n == 0:
+            raise KeyboardInterrupt
+        self.n -= 1
+        return self.inner.send(message, mail_from=mail_from, rcpt_to=rcpt_to)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_interrupt_leaves_queue_consistent_and_send_resumes(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 50)
+    transport = _InterruptAfter(SmtpTransport("127.0.0.1", sink.port, security="none"), 17)
+    with pytest.raises(KeyboardInterrupt):
+        send(cid, rate_per_hour=math.inf, progress=False, db=database, transport=transport)
+    transport.close()
+    counts = _statuses(database, cid)
+    # The interrupt arrived inside the transport: that message may have gone, so it is unknown.
+    assert (counts["sent"], counts["queued"], counts["unknown"], counts["sending"]) == (
+        17,
+        32,
+        1,
+        0,
+    )
+    unknown = unknown_messages(cid, db=database)
+    assert sink.received_by(unknown["recipient"].iloc[0]) == []
+    assert requeue(cid, unknown, db=database) == 1
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    assert summary.sent == 33
+    assert len({m.message_id for m in sink.messages}) == 50
+    assert len(sink.messages) == 50
+
+
+def test_paused_campaign_is_not_sent(database: dbmod.Database, sink: Sink) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 2)
+    pause(cid, db=database)
+    with pytest.raises(SendError, match="paused"):
+        send(cid, progress=False, db=database)
+    resume(cid, db=database)
+    assert send(cid, rate_per_hour=math.inf, progress=False, db=database).sent == 2
+
+
+def test_throttled_send_follows_the_rate(database: dbmod.Database, sink: Sink) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 40, burst=1)
+    clock = ManualClock()
+    send(cid, rate_per_hour=3600, progress=False, db=database, clock=clock)
+    # 40 messages at one a second, the first from the full bucket: 39 s of (manual) time.
+    assert clock.elapsed == pytest.approx(39.0, abs=0.01)
+    assert len(sink.messages) == 40
+
+
+@pytest.mark.slow
+def test_ten_thousand_messages_each_accepted_exactly_once(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 10_000)
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    assert (summary.sent, summary.status, sink.connections) == (10_000, "finished", 1)
+    accepted = Counter(m.message_id for m in sink.messages)
+    assert len(accepted) == 10_000
+    assert max(accepted.values()) == 1
+    with database.session() as s:
+        sent_ids = set(
+            s.scalars(sa.select(Message.message_id_header).where(Message.status == "sent"))
+        )
+    assert sent_ids == set(accepted)
+    logged = Counter(
+        line.split("\t")[2] for line in (sink.folder / "sink.log").read_text().splitlines()
+    )
+    assert logged == accepted
+    assert len(list(sink.folder.glob("*.eml"))) == 10_000
+
+
+def pd_seconds(s: float) -> timedelta:
+    return timedelta(seconds=s)
+
+
+def _contact_of(database: dbmod.Database, addr: str) -> int:
+    with database.session() as s:
+        return s.scalar(sa.select(ContactPoint.contact_id).where(ContactPoint.normalized == addr))

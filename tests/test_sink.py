@@ -1,0 +1,88 @@
+"""The local SMTP sink: stores, logs, counts connections, misbehaves on request."""
+
+from __future__ import annotations
+
+import smtplib
+from pathlib import Path
+
+import pytest
+
+from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.sink import free_port, start_sink
+from bulkmail_kernel.transports import classify_smtp
+from bulkmail_kernel.transports.smtp import SmtpTransport, resolve_password
+
+MSG = b"Message-ID: <a.1@shop.sk>\r\nSubject: hi\r\n\r\nHello\r\n"
+
+
+def test_stores_logs_and_counts_connections(tmp_path: Path) -> None:
+    with start_sink(tmp_path / "box") as sink:
+        for _ in range(2):
+            with smtplib.SMTP("127.0.0.1", sink.port) as client:
+                client.sendmail("a@shop.sk", ["b@x.sk"], MSG)
+        assert sink.connections == 2
+        assert [m.message_id for m in sink.messages] == ["<a.1@shop.sk>"] * 2
+        assert sink.messages[0].path.read_bytes() == MSG
+        log_lines = (tmp_path / "box" / "sink.log").read_text().splitlines()
+        assert len(log_lines) == 2
+        assert "\taccepted\t<a.1@shop.sk>\ta@shop.sk\tb@x.sk\t000001.eml" in log_lines[0]
+
+
+def test_scripted_replies_then_accepts(tmp_path: Path) -> None:
+    with start_sink(tmp_path, rcpt_replies={"B@x.sk": ["451 4.7.1 later"]}) as sink:
+        t = SmtpTransport("127.0.0.1", sink.port, security="none")
+        first = t.send(MSG, mail_from="a@shop.sk", rcpt_to="b@x.sk")
+        second = t.send(MSG, mail_from="a@shop.sk", rcpt_to="b@x.sk")
+        t.close()
+        assert (first.status, first.code, second.status) == ("deferred", 451, "sent")
+        assert sink.connections == 1
+
+
+def test_login_required_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with start_sink(tmp_path, users={"shop": "s3cret"}) as sink:
+        monkeypatch.setenv("PW", "s3cret")
+        t = SmtpTransport("127.0.0.1", sink.port, security="none", user="shop", credential_ref="PW")
+        t.open()
+        assert t.send(MSG, mail_from="a@shop.sk", rcpt_to="b@x.sk").status == "sent"
+        t.close()
+        anonymous = SmtpTransport("127.0.0.1", sink.port, security="none")
+        result = anonymous.send(MSG, mail_from="a@shop.sk", rcpt_to="b@x.sk")
+        anonymous.close()
+        assert (result.status, result.code) == ("fatal", 530)
+        monkeypatch.setenv("PW", "wrong")
+        with pytest.raises(SendError, match="refused") as err:
+            SmtpTransport(
+                "127.0.0.1", sink.port, security="none", user="shop", credential_ref="PW"
+            ).open()
+        assert err.value.fields == {"code": 535, "fatal": True}
+
+
+def test_no_keyring_and_no_env_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_PW", raising=False)
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    with pytest.raises(ConfigError, match="NOPE_PW"):
+        resolve_password("shop@shop.sk", "NOPE_PW")
+
+
+def test_unreachable_server_is_deferred_not_failed() -> None:
+    t = SmtpTransport("127.0.0.1", free_port(), security="none", timeout_s=2)
+    result = t.send(MSG, mail_from="a@shop.sk", rcpt_to="b@x.sk")
+    assert result.status == "deferred"
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "stage", "status", "suppress"),
+    [
+        (250, "ok", "data", "sent", False),
+        (451, "4.3.0 later", "rcpt", "deferred", False),
+        (421, "4.7.0 too many connections", "mail", "deferred", False),
+        (550, "5.1.1 no such user", "rcpt", "failed", True),
+        (554, "5.7.1 spam", "data", "failed", False),
+        (550, "5.1.1 unknown mailbox", "data", "failed", True),
+        (553, "5.7.1 sender not allowed", "mail", "fatal", False),
+        (535, "5.7.8 bad credentials", "rcpt", "fatal", False),
+    ],
+)
+def test_classification(code: int, text: str, stage: str, status: str, suppress: bool) -> None:
+    result = classify_smtp(code, text, stage=stage)  # type: ignore[arg-type]
+    assert (result.status, result.suppress) == (status, suppress)
