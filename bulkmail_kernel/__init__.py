@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from .contacts import ImportResult, contacts_frame, import_contacts
 from .db import Database, open_database
 from .demo import generate_demo
 from .exceptions import (
@@ -58,6 +59,7 @@ __all__ = [
     "ExportError",
     "FilterError",
     "FilterSpec",
+    "ImportResult",
     "ProviderError",
     "RenderedMessage",
     "SegmentError",
@@ -66,10 +68,12 @@ __all__ = [
     "TemplateError",
     "build_mime",
     "check_template",
+    "contacts_frame",
     "delete_segment",
     "export_recipients",
     "filter_recipients",
     "generate_demo",
+    "import_contacts",
     "list_segments",
     "list_templates",
     "load_segment",

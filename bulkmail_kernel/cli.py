@@ -178,6 +178,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     ]
     if args.no_browser:
         cmd.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers and fresh VMs often run as root
     print("starting JupyterLab:", " ".join(cmd[2:]))
     return subprocess.call(cmd)  # noqa: S603 - our own interpreter, fixed arguments
 

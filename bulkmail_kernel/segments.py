@@ -430,9 +430,17 @@ def _bool(col: pd.Series) -> np.ndarray:
     return col.to_numpy(dtype=bool, na_value=False)
 
 
-def resolve_today(today: date | datetime | None = None, tz: str | None = None) -> date:
+def resolve_today(today: date | datetime | str | None = None, tz: str | None = None) -> date:
     """Return ``today`` as a date in the analyst's time zone (the clock's date when None)."""
     zone = _zone(tz)
+    if isinstance(today, str):
+        # Notebook parameters arrive as text ("2026-11-23").
+        try:
+            return date.fromisoformat(today)
+        except ValueError:
+            raise FilterError(
+                f"today: {today!r} is not a date; write it as YYYY-MM-DD", field="today"
+            ) from None
     if today is None:
         return datetime.now(zone).date()
     if isinstance(today, datetime):
@@ -530,7 +538,7 @@ def recipient_mask(
     frame: pd.DataFrame,
     spec: FilterSpec,
     *,
-    today: date | datetime | None = None,
+    today: date | datetime | str | None = None,
     tz: str | None = None,
 ) -> np.ndarray:
     """Return the boolean mask of the rows of ``frame`` that ``spec`` selects."""
@@ -543,7 +551,7 @@ def _selected_rows(
     frame: pd.DataFrame,
     spec: FilterSpec,
     *,
-    today: date | datetime | None,
+    today: date | datetime | str | None,
     tz: str | None,
 ) -> np.ndarray:
     """Return the positions (ascending) of the rows ``spec`` selects."""
@@ -662,7 +670,7 @@ def filter_recipients(
     frame: pd.DataFrame,
     spec: FilterSpec,
     *,
-    today: date | datetime | None = None,
+    today: date | datetime | str | None = None,
     tz: str | None = None,
 ) -> pd.DataFrame:
     """Return the rows of the recipient frame that ``spec`` selects, with the same columns.
@@ -785,7 +793,7 @@ def save_segment(
     db: Database | None = None,
     url: str | None = None,
     description: str = "",
-    today: date | datetime | None = None,
+    today: date | datetime | str | None = None,
     replace: bool = False,
 ) -> SegmentInfo:
     """Save ``spec`` as segment ``name`` with a snapshot of the contact points it selects now.
@@ -897,7 +905,7 @@ def segment_recipients(
     frame: pd.DataFrame,
     *,
     mode: Literal["snapshot", "reevaluate"] = "snapshot",
-    today: date | datetime | None = None,
+    today: date | datetime | str | None = None,
     db: Database | None = None,
     url: str | None = None,
 ) -> pd.DataFrame:

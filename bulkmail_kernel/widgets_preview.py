@@ -212,6 +212,10 @@ class PreviewPanel(widgets.VBox):
                 self.text_view,
             ]
         )
+        # Stable hooks for browser tests and custom CSS.
+        self.add_class("bm-preview")
+        self.body.add_class("bm-preview-body")
+        self.summary.add_class("bm-preview-summary")
         self.show(0)
 
     def _on_pick(self, change: dict[str, Any]) -> None:

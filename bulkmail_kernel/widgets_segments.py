@@ -154,7 +154,7 @@ class SegmentBuilder:
         *,
         db: Database | None = None,
         url: str | None = None,
-        today: date | datetime | None = None,
+        today: date | datetime | str | None = None,
         debounce_s: float = 0.3,
     ) -> None:
         self.frame = frame
@@ -423,7 +423,7 @@ def segment_builder(
     *,
     db: Database | None = None,
     url: str | None = None,
-    today: date | datetime | None = None,
+    today: date | datetime | str | None = None,
     debounce_s: float = 0.3,
 ) -> SegmentBuilder:
     """Return a segment builder panel over ``frame``; display it in a notebook cell."""

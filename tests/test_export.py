@@ -153,9 +153,9 @@ def test_contact_columns_need_permission(frame: pd.DataFrame, tmp_path: Path) ->
     # A phone number starts with "+": it is kept as text, behind the apostrophe.
     assert [c.value for c in ws["B"]] == [
         "address",
-        "p1@example.sk",
-        "p2@example.sk",
-        "p3@example.sk",
+        "p1@sk.example.net",
+        "p2@sk.example.net",
+        "p3@sk.example.net",
         "'+421903123456",
     ]
 

@@ -28,7 +28,7 @@ def frame() -> pd.DataFrame:
             "patronymic": [None, None, "Петрович"],
             "gender": pd.Categorical(["m", "f", "m"]),
             "language": pd.Categorical(["sk", "sk", "ru"]),
-            "address": ["jan@example.sk", "maria@example.sk", "ivan@example.ru"],
+            "address": ["jan@sk.example.net", "maria@sk.example.net", "ivan@ru.example.net"],
             "pet_name": ["Bobík", "Mica", "Барсик"],
         }
     )
@@ -91,15 +91,15 @@ def test_summary_shows_size_and_attachments():
         sender="Firma <info@firma.sk>",
     )
     summary = preview_summary(message)
-    assert "Mária Kováčová &lt;maria@example.sk&gt;" in summary
+    assert "Mária Kováčová &lt;maria@sk.example.net&gt;" in summary
     assert " KB" in summary
 
 
 def test_recipient_labels_are_unique_and_searchable():
     assert recipient_labels(frame()) == [
-        "1. Ján Novák <jan@example.sk>",
-        "2. Mária Kováčová <maria@example.sk>",
-        "3. Иван Петров <ivan@example.ru>",
+        "1. Ján Novák <jan@sk.example.net>",
+        "2. Mária Kováčová <maria@sk.example.net>",
+        "3. Иван Петров <ivan@ru.example.net>",
     ]
 
 
@@ -113,11 +113,11 @@ def test_widget_next_previous_picker_and_width():
     assert "Kováčová" in panel.body.value
     assert "Mica" in panel.body.value
     assert "Mária Kováčová" in panel.summary.value
-    assert panel.picker.value == "2. Mária Kováčová <maria@example.sk>"
+    assert panel.picker.value == "2. Mária Kováčová <maria@sk.example.net>"
     panel.prev_button.click()
     panel.prev_button.click()  # wraps around to the last recipient
     assert "Барсик" in panel.body.value
-    panel.picker.value = "1. Ján Novák <jan@example.sk>"
+    panel.picker.value = "1. Ján Novák <jan@sk.example.net>"
     assert panel.index == 0
     assert "Novák" in panel.body.value
     panel.width_toggle.value = MOBILE_WIDTH

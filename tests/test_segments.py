@@ -68,7 +68,7 @@ def make_frame(n: int, seed: int = 0) -> pd.DataFrame:
     is_phone = rng.random(n) < 0.35
     channel = pd.Categorical.from_codes(is_phone.astype(np.int8), categories=["email", "phone"])
     pid = pd.Series(point_id).astype("str")
-    email = "u" + pid + "@example.sk"
+    email = "u" + pid + "@sk.example.net"
     phone = "+42190" + pid.str.zfill(7)
     address = pd.Series(np.where(is_phone, phone, email), dtype="str")
     type_codes = np.where(is_phone, rng.integers(3, 5, n), rng.integers(0, 3, n))
@@ -144,7 +144,7 @@ def tiny_frame(rows: list[dict]) -> pd.DataFrame:
     }
     full = [{**defaults, **r} for r in rows]
     for r in full:
-        r.setdefault("address", f"p{r['contact_point_id']}@example.sk")
+        r.setdefault("address", f"p{r['contact_point_id']}@sk.example.net")
     frame = pd.DataFrame(full)
     frame = frame.astype(
         {

@@ -1,0 +1,113 @@
+"""Every notebook runs top to bottom against a fresh demo database, and its results are checked."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from openpyxl import load_workbook
+
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.demo import generate_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+TODAY = date(2026, 11, 23)
+
+pytestmark = pytest.mark.slow
+
+
+def run_notebook(name: str, cwd: Path, **params: Any) -> nbformat.NotebookNode:
+    """Execute ``notebooks/name`` in ``cwd`` with ``params`` injected after the tagged cell."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name} must have exactly one cell tagged 'parameters'"
+    source = "# Injected parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(source))
+    client = NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(cwd)}},
+        extra_arguments=[f"--IPKernelApp.exec_lines=import sys; sys.path.insert(0, {str(ROOT)!r})"],
+    )
+    client.execute()
+    (cwd / f"executed_{name}").write_text(nbformat.writes(nb), encoding="utf-8")
+    return nb
+
+
+def outputs_text(nb: nbformat.NotebookNode) -> str:
+    """Return everything the notebook printed or displayed as text."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("name") == "stdout":
+                parts.append(out["text"])
+            elif "data" in out:
+                parts.append(out["data"].get("text/plain", ""))
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def demo_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Return the URL of a fresh demo database that the notebook's kernel will use."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    generate_demo(600, url=url, today=TODAY, progress=False, samples_dir=None)
+    dbmod.close_all()
+    # The kernel is a child process: it sees these through its environment.
+    monkeypatch.setenv("BULKMAIL_DB_URL", url)
+    monkeypatch.setenv("BULKMAIL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    yield url
+    dbmod.close_all()
+
+
+def test_notebook_kernel_uses_this_python() -> None:
+    """The kernel must be this environment's interpreter, or it would import another bulkmail."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert Path(spec.argv[0]).name.startswith("python")
+    assert spec.argv[0] in (sys.executable, "python", "python3")
+
+
+def test_02_segments(demo_db: str, tmp_path: Path) -> None:
+    nb = run_notebook("02_segments.ipynb", tmp_path, TODAY=TODAY.isoformat())
+    text = outputs_text(nb)
+    assert "recipients, one per contact" in text
+    # The saved group is in the database, with the members the notebook printed.
+    from bulkmail_kernel import list_segments
+
+    segs = list_segments(url=demo_db)
+    assert list(segs["name"]) == ["Opted-in personal e-mail, last 2 years"]
+    members = int(segs["members"].iloc[0])
+    assert f"has {members:,} members" in text
+    # The export exists with exactly the chosen columns, and one row per member.
+    wb = load_workbook(tmp_path / "exports" / "segment.xlsx")
+    rows = list(wb.active.iter_rows(values_only=True))
+    assert list(rows[0]) == [
+        "first_name", "last_name", "language", "registered_at", "customer_type", "city"
+    ]
+    assert len(rows) - 1 == members
+    assert not any("@" in str(v) for row in rows for v in row if v is not None)
+
+
+def test_03_compose_preview(demo_db: str, tmp_path: Path) -> None:
+    nb = run_notebook("03_compose_preview.ipynb", tmp_path)
+    text = outputs_text(nb)
+    assert "0 of" in text  # check_template found no failing recipient
+    widget_views = [
+        out for cell in nb.cells for out in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
+    ]
+    assert widget_views, "the preview widget was not displayed"
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    htmls = json.dumps(state)
+    assert "srcdoc" in htmls, "the preview's iframe is not in the saved widget state"
