@@ -8,6 +8,24 @@ from __future__ import annotations
 
 import logging
 
+from .campaigns import (
+    CampaignInfo,
+    SenderInfo,
+    add_sender_account,
+    cancel,
+    create_campaign,
+    get_campaign,
+    pause,
+    queue,
+    register,
+    remove_from_queue,
+    requeue,
+    resume,
+    skipped,
+    test_send,
+    unknown_messages,
+    unsubscribe,
+)
 from .contacts import ImportResult, contacts_frame, import_contacts
 from .db import Database, open_database
 from .demo import generate_demo
@@ -34,6 +52,17 @@ from .segments import (
     save_segment,
     segment_recipients,
 )
+from .sending import (
+    RetryPolicy,
+    SendSummary,
+    campaign_failures,
+    campaign_report,
+    campaign_timeline,
+    history,
+    run_worker,
+    send,
+)
+from .sink import Sink, start_sink
 from .sms import sms_segments
 from .templates import (
     RenderedMessage,
@@ -53,6 +82,7 @@ logging.getLogger("bulkmail").addHandler(logging.NullHandler())
 
 __all__ = [
     "BulkmailError",
+    "CampaignInfo",
     "ConfigError",
     "ContactImportError",
     "Database",
@@ -62,30 +92,55 @@ __all__ = [
     "ImportResult",
     "ProviderError",
     "RenderedMessage",
+    "RetryPolicy",
     "SegmentError",
     "SendError",
+    "SendSummary",
+    "SenderInfo",
+    "Sink",
     "Template",
     "TemplateError",
+    "add_sender_account",
     "build_mime",
+    "campaign_failures",
+    "campaign_report",
+    "campaign_timeline",
+    "cancel",
     "check_template",
     "contacts_frame",
+    "create_campaign",
     "delete_segment",
     "export_recipients",
     "filter_recipients",
     "generate_demo",
+    "get_campaign",
+    "history",
     "import_contacts",
     "list_segments",
     "list_templates",
     "load_segment",
     "load_template",
     "open_database",
+    "pause",
     "preview",
     "preview_warnings",
+    "queue",
+    "register",
+    "remove_from_queue",
     "rename_segment",
     "render",
+    "requeue",
+    "resume",
+    "run_worker",
     "save_segment",
     "segment_builder",
     "segment_recipients",
+    "send",
+    "skipped",
     "sms_segments",
+    "start_sink",
     "template_from_html",
+    "test_send",
+    "unknown_messages",
+    "unsubscribe",
 ]

@@ -149,6 +149,90 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sink(args: argparse.Namespace) -> int:
+    """Run the local SMTP sink that stores every message as an .eml file."""
+    from .sink import serve_sink
+
+    folder = args.folder or config.data_dir() / "sink"
+    serve_sink(folder, args.port, host=args.host)
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Materialise one message per recipient of the campaign into the outbox."""
+    from .campaigns import register, skipped
+
+    queue_frame = register(args.campaign, url=args.db)
+    print(f"{len(queue_frame)} messages in the queue of {args.campaign!r}")
+    gone = skipped(args.campaign, url=args.db)
+    if len(gone):
+        print(f"{len(gone)} recipients skipped:")
+        _print_frame(gone)
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """List the campaign's queue."""
+    from .campaigns import queue
+
+    _print_frame(queue(args.campaign, status=args.status, url=args.db))
+    return 0
+
+
+def cmd_campaign_state(args: argparse.Namespace) -> int:
+    """Pause, resume or cancel a campaign."""
+    from . import campaigns
+
+    info = getattr(campaigns, args.command)(args.campaign, url=args.db)
+    print(info)
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send the campaign's due messages now, throttled."""
+    from .sending import send
+
+    summary = send(
+        args.campaign, rate_per_hour=args.rate_per_hour, progress=not args.quiet, url=args.db
+    )
+    print(summary)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Send scheduled and running campaigns until stopped."""
+    from .sending import run_worker
+
+    sent = run_worker(
+        url=args.db, poll_interval_s=args.poll_interval_s, exit_when_idle=args.exit_when_idle
+    )
+    print(f"worker stopped after {sent} messages")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the campaign's status counts and failures."""
+    from .sending import campaign_failures, campaign_report
+
+    _print_frame(campaign_report(args.campaign, url=args.db))
+    failures = campaign_failures(args.campaign, url=args.db)
+    if len(failures):
+        print()
+        _print_frame(failures)
+    return 0
+
+
+def cmd_unsubscribe(args: argparse.Namespace) -> int:
+    """Honour an unsubscribe token."""
+    from .campaigns import unsubscribe
+
+    if unsubscribe(args.token, url=args.db):
+        print("unsubscribed")
+        return 0
+    print("unknown token", file=sys.stderr)
+    return 1
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Create the demo database if missing and open JupyterLab on notebooks/."""
     import sqlalchemy as sa
@@ -166,6 +250,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(f"{db.url} is empty: generating the demo data set (5,000 contacts) ...")
         generate_demo(5000, db=db)
     db.dispose()
+    sink = None
+    if not args.no_sink:
+        from .sink import start_sink
+
+        try:
+            sink = start_sink(config.data_dir() / "sink", args.sink_port)
+            print(f"local SMTP sink on 127.0.0.1:{sink.port}: messages land in {sink.folder}")
+        except OSError as exc:
+            print(f"sink not started ({exc}); is `bulkmail sink` already running?")
     notebooks = config.project_dir() / "notebooks"
     cmd = [
         sys.executable,
@@ -181,7 +274,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and fresh VMs often run as root
     print("starting JupyterLab:", " ".join(cmd[2:]))
-    return subprocess.call(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+    try:
+        return subprocess.call(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+    finally:
+        if sink is not None:
+            sink.stop()
 
 
 # --------------------------------------------------------------------------- parser
@@ -263,9 +360,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("sink", help="run a local SMTP server that stores messages as .eml files")
+    p.add_argument("folder", nargs="?", type=Path, help="where to store (default: data/sink)")
+    p.add_argument("--port", type=int, default=2525, help="port to listen on (default 2525)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.set_defaults(func=cmd_sink)
+
+    p = sub.add_parser("register", help="materialise a campaign's messages into the outbox")
+    p.add_argument("campaign", help="campaign name or id")
+    _add_db(p)
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("queue", help="list a campaign's queue")
+    p.add_argument("campaign", help="campaign name or id")
+    p.add_argument("--status", help="only messages in this status (queued, sent, failed, ...)")
+    _add_db(p)
+    p.set_defaults(func=cmd_queue)
+
+    for verb, text in (("pause", "pause"), ("resume", "resume"), ("cancel", "cancel")):
+        p = sub.add_parser(verb, help=f"{text} a campaign")
+        p.add_argument("campaign", help="campaign name or id")
+        _add_db(p)
+        p.set_defaults(func=cmd_campaign_state)
+
+    p = sub.add_parser("send", help="send a campaign now, throttled, with a progress bar")
+    p.add_argument("campaign", help="campaign name or id")
+    p.add_argument("--rate-per-hour", type=float, help="messages per hour (default: campaign's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_db(p)
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("worker", help="send scheduled campaigns until stopped (Ctrl-C)")
+    p.add_argument(
+        "--poll-interval-s", type=float, default=5.0, help="seconds between looks for work"
+    )
+    p.add_argument("--exit-when-idle", action="store_true", help="stop when nothing is due")
+    _add_db(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("report", help="a campaign's status counts and failures")
+    p.add_argument("campaign", help="campaign name or id")
+    _add_db(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("unsubscribe", help="honour an unsubscribe token")
+    p.add_argument("token", help="the token from the unsubscribe link")
+    _add_db(p)
+    p.set_defaults(func=cmd_unsubscribe)
+
     p = sub.add_parser("lab", help="create the demo database if needed and open JupyterLab")
     p.add_argument("--port", type=int, default=8888, help="JupyterLab port (default 8888)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--no-sink", action="store_true", help="do not start the local SMTP sink")
+    p.add_argument("--sink-port", type=int, default=2525, help="sink port (default 2525)")
     _add_db(p)
     p.set_defaults(func=cmd_lab)
 

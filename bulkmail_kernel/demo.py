@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -831,4 +832,31 @@ def generate_demo(
     log.info("loaded %s into %s in %.1f s", counts, db.url, time.perf_counter() - started)
 
     _write_samples(samples_dir)
+    add_demo_sender(db)
     return pd.DataFrame({"table": list(counts), "rows": list(counts.values())})
+
+
+#: The demo's sender account sends to ``bulkmail sink`` on this machine, never to the internet.
+DEMO_SENDER = "demo"
+DEMO_SINK_PORT = 2525
+
+
+def add_demo_sender(db: Database, *, port: int | None = None) -> None:
+    """Create (or point again) the ``demo`` sender account at the local sink."""
+    from .campaigns import add_sender_account
+
+    add_sender_account(
+        DEMO_SENDER,
+        kind="smtp",
+        from_email="news@example.com",
+        from_name="Demo Firm s.r.o.",
+        settings={
+            "host": "127.0.0.1",
+            "port": int(port or os.environ.get("BULKMAIL_SINK_PORT", DEMO_SINK_PORT)),
+            "security": "none",
+            # Served by `bulkmail unsubscribe-server` on this machine; a real account
+            # points this at the firm's own https site.
+            "unsubscribe_url": "http://127.0.0.1:8080/u/{token}",
+        },
+        db=db,
+    )
