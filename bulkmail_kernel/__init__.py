@@ -25,6 +25,7 @@ from .campaigns import (
     test_send,
     unknown_messages,
     unsubscribe,
+    unsubscribe_address,
 )
 from .contacts import ImportResult, contacts_frame, import_contacts
 from .db import Database, open_database
@@ -42,6 +43,7 @@ from .exceptions import (
 )
 from .export import export_recipients
 from .mime import build_mime
+from .reports import list_campaigns, list_suppressions, plot_timeline
 from .segments import (
     FilterSpec,
     delete_segment,
@@ -116,12 +118,15 @@ __all__ = [
     "get_campaign",
     "history",
     "import_contacts",
+    "list_campaigns",
     "list_segments",
+    "list_suppressions",
     "list_templates",
     "load_segment",
     "load_template",
     "open_database",
     "pause",
+    "plot_timeline",
     "preview",
     "preview_warnings",
     "queue",
@@ -143,4 +148,5 @@ __all__ = [
     "test_send",
     "unknown_messages",
     "unsubscribe",
+    "unsubscribe_address",
 ]

@@ -203,6 +203,7 @@ def create_campaign(
     burst: int = 10,
     scheduled_at: datetime | None = None,
     channel: str = "email",
+    exist_ok: bool = False,
     db: Database | None = None,
     url: str | None = None,
 ) -> CampaignInfo:
@@ -210,6 +211,8 @@ def create_campaign(
 
     ``template`` is a templates ``Template`` (or its name); ``scheduled_at`` (aware)
     leaves the sending to ``bulkmail worker``; ``rate_per_hour`` is the throttle.
+    ``exist_ok=True`` returns an existing campaign of that name unchanged, so a
+    notebook can be run again from the top.
     """
     if rate_per_hour <= 0:
         raise ConfigError(f"campaign {name!r}: rate_per_hour={rate_per_hour}: give a positive rate")
@@ -217,7 +220,10 @@ def create_campaign(
         raise ConfigError(f"campaign {name!r}: scheduled_at must be time-zone aware")
     database = _database(db, url)
     with database.session() as s:
-        if s.scalars(sa.select(Campaign.id).where(Campaign.name == name)).first() is not None:
+        existing = s.scalars(sa.select(Campaign).where(Campaign.name == name)).first()
+        if existing is not None and exist_ok:
+            return _info(existing)
+        if existing is not None:
             raise SendError(f"campaign {name!r} already exists: pick another name", campaign=name)
         account = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == sender)).first()
         if account is None:
@@ -537,35 +543,70 @@ def unsubscribe(token: str, *, db: Database | None = None, url: str | None = Non
         point = s.get(ContactPoint, row.contact_point_id)
         if point is None:
             return False
-        now = utcnow()
         if row.used_at is not None and not point.mailing_allowed:
             return True  # already honoured: a second POST records nothing new
-        row.used_at = row.used_at or now
-        point.mailing_allowed = False
-        exists = s.scalars(
-            sa.select(Suppression.id).where(
-                Suppression.channel == point.channel, Suppression.normalized == point.normalized
-            )
-        ).first()
-        if exists is None:
-            s.add(
-                Suppression(
-                    channel=point.channel,
-                    normalized=point.normalized,
-                    reason="unsubscribe",
-                    detail=f"campaign {row.campaign_id}",
-                )
-            )
-        s.add(
-            Event(
-                kind="unsubscribed",
-                contact_id=point.contact_id,
-                contact_point_id=point.id,
-                campaign_id=row.campaign_id,
-                detail=point.normalized,
-            )
+        row.used_at = row.used_at or utcnow()
+        _honour_unsubscribe(
+            s, point, campaign_id=row.campaign_id, detail=f"campaign {row.campaign_id}"
         )
     return True
+
+
+def unsubscribe_address(
+    address: str,
+    *,
+    channel: str = "email",
+    detail: str = "unsubscribed by the analyst",
+    db: Database | None = None,
+    url: str | None = None,
+) -> bool:
+    """Unsubscribe an address by hand (a phone call, a reply): clear opt-in and suppress it.
+
+    The address is normalised as at import. Returns False if no contact has it; the
+    suppression is added anyway, so a later import of that address is not mailed.
+    """
+    from .contacts import normalize_email, normalize_phone
+
+    norm = normalize_email(address) if channel == "email" else normalize_phone(address)
+    with _database(db, url).session() as s:
+        point = s.scalars(
+            sa.select(ContactPoint).where(
+                ContactPoint.channel == channel, ContactPoint.normalized == norm
+            )
+        ).first()
+        if point is None:
+            _add_suppression(s, channel, norm, detail)
+            return False
+        _honour_unsubscribe(s, point, campaign_id=None, detail=detail)
+    return True
+
+
+def _add_suppression(s: Session, channel: str, normalized: str, detail: str) -> None:
+    exists = s.scalars(
+        sa.select(Suppression.id).where(
+            Suppression.channel == channel, Suppression.normalized == normalized
+        )
+    ).first()
+    if exists is None:
+        s.add(
+            Suppression(channel=channel, normalized=normalized, reason="unsubscribe", detail=detail)
+        )
+
+
+def _honour_unsubscribe(
+    s: Session, point: ContactPoint, *, campaign_id: int | None, detail: str
+) -> None:
+    point.mailing_allowed = False
+    _add_suppression(s, point.channel, point.normalized, detail)
+    s.add(
+        Event(
+            kind="unsubscribed",
+            contact_id=point.contact_id,
+            contact_point_id=point.id,
+            campaign_id=campaign_id,
+            detail=point.normalized,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- registration

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import sys
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from openpyxl import load_workbook
 
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.demo import generate_demo
+from bulkmail_kernel.sink import Sink, free_port, start_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -56,7 +59,17 @@ def outputs_text(nb: nbformat.NotebookNode) -> str:
 
 
 @pytest.fixture
-def demo_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sink]:
+    """Start the local SMTP sink that the demo sender account will point at."""
+    port = free_port()
+    monkeypatch.setenv("BULKMAIL_SINK_PORT", str(port))
+    running = start_sink(tmp_path / "sink", port)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def demo_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: Sink) -> Iterator[str]:
     """Return the URL of a fresh demo database that the notebook's kernel will use."""
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     generate_demo(600, url=url, today=TODAY, progress=False, samples_dir=None)
@@ -99,7 +112,27 @@ def test_02_segments(demo_db: str, tmp_path: Path) -> None:
     assert not any("@" in str(v) for row in rows for v in row if v is not None)
 
 
-def test_03_compose_preview(demo_db: str, tmp_path: Path) -> None:
+def test_01_contacts(demo_db: str, tmp_path: Path) -> None:
+    from bulkmail_kernel import contacts_frame
+
+    before = contacts_frame(url=demo_db)["contact_id"].nunique()
+    sample = ROOT / "data" / "samples" / "customers_utf8.csv"
+    nb = run_notebook("01_contacts.ipynb", tmp_path, SOURCE=str(sample))
+    text = outputs_text(nb)
+    assert "committed: False" in text  # the dirty file is refused whole at first
+    report = (tmp_path / "exports" / "import-report.csv").read_text(encoding="utf-8-sig")
+    assert "rejected" in report
+    after = contacts_frame(url=demo_db)
+    # The good rows of the sample (C001 ...) are now contacts, imported exactly once.
+    assert after["contact_id"].nunique() > before
+    ids = set(after["external_id"].dropna())
+    assert {"C001", "C002", "C006"} <= ids
+    assert not {"C003", "C004", "C005"} & ids  # rejected rows stay out
+    assert "re-import: 0 new, 0 updated" in text
+    dbmod.close_all()
+
+
+def test_03_compose_preview(demo_db: str, tmp_path: Path, sink: Sink) -> None:
     nb = run_notebook("03_compose_preview.ipynb", tmp_path)
     text = outputs_text(nb)
     assert "0 of" in text  # check_template found no failing recipient
@@ -111,3 +144,49 @@ def test_03_compose_preview(demo_db: str, tmp_path: Path) -> None:
     state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
     htmls = json.dumps(state)
     assert "srcdoc" in htmls, "the preview's iframe is not in the saved widget state"
+
+    # The test copy went to the test address only, marked, and nothing was queued.
+    assert len(sink.messages) == 1
+    msg = sink.messages[0]
+    assert list(msg.rcpt_tos) == ["test@example.com"]
+    assert "[TEST]" in email.message_from_bytes(msg.data, policy=email.policy.default)["Subject"]
+    from bulkmail_kernel import queue
+
+    assert queue("Pozvánka na školenie Excel", url=demo_db).empty
+    dbmod.close_all()
+
+
+def test_04_send(demo_db: str, tmp_path: Path, sink: Sink) -> None:
+    nb = run_notebook("04_send.ipynb", tmp_path, RECIPIENTS=12, RATE_PER_HOUR=360_000)
+    from bulkmail_kernel import campaign_report, list_campaigns, queue
+
+    report = campaign_report("Pozvánka na školenie Excel", url=demo_db)["messages"]
+    assert report["sent"] == 11
+    assert report["removed"] == 1
+    removed = queue("Pozvánka na školenie Excel", status="removed", url=demo_db)["recipient"]
+    sent_to = sorted(r for m in sink.messages for r in m.rcpt_tos)
+    assert len(sent_to) == 11
+    assert len(set(sent_to)) == 11, "a recipient got the campaign twice"
+    assert removed.iloc[0] not in sent_to
+    campaigns = list_campaigns(url=demo_db).set_index("name")
+    later = campaigns.loc["Pozvánka na školenie Excel (pripomienka)"]
+    assert later["status"] == "scheduled"
+    assert later["queued"] == 12
+    assert "messages wait for the worker" in outputs_text(nb)
+    dbmod.close_all()
+
+
+def test_05_report_runs_on_its_own(demo_db: str, tmp_path: Path, sink: Sink) -> None:
+    nb = run_notebook("05_report.ipynb", tmp_path)
+    from bulkmail_kernel import list_suppressions
+
+    assert len(sink.messages) == 15  # it sent its own small campaign first
+    images = [
+        out for cell in nb.cells for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    ]
+    assert images, "the timeline plot is missing"
+    unsubscribed = list_suppressions(reason="unsubscribe", url=demo_db)
+    assert len(unsubscribed) >= 1
+    assert "reporting on 'Report demo'" in outputs_text(nb)
+    dbmod.close_all()

@@ -106,6 +106,17 @@ def open_transport(kind: str, settings: dict[str, Any], credential_ref: str = ""
         if not settings.get("folder"):
             raise ConfigError("file sender account: settings has no 'folder' for the .eml files")
         return FileTransport(settings["folder"])
+    if kind == "eurosms":
+        from .sms import EuroSmsTransport
+
+        return EuroSmsTransport.from_settings(settings, credential_ref)
+    if kind == "sendpulse":
+        # Campaign mode hands the whole campaign over at once; there is no per-message send.
+        raise ConfigError(
+            "a sendpulse account sends whole campaigns: call send_campaign_via_sendpulse(), "
+            "or use an smtp account on smtp-pulse.com for SMTP mode",
+            kind=kind,
+        )
     raise ConfigError(
         f"sender account kind {kind!r} cannot send e-mail here: use smtp or file",
         kind=kind,

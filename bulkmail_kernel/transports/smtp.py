@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import smtplib
+import ssl
 from typing import Any
 
 from ..exceptions import ConfigError, SendError
@@ -87,6 +88,7 @@ class SmtpTransport:
         credential_ref: str = "",
         timeout_s: float = 60.0,
         oauth2_file: str | None = None,
+        allow_self_signed: bool = False,
     ) -> None:
         if security not in ("ssl", "starttls", "none"):
             raise ConfigError(
@@ -99,6 +101,8 @@ class SmtpTransport:
         self.credential_ref = credential_ref
         self.timeout_s = timeout_s
         self.oauth2_file = oauth2_file
+        #: Skip certificate verification: for a test relay with a self-signed certificate only.
+        self.allow_self_signed = allow_self_signed
         #: How many times we logged in (one per connection opened).
         self.logins = 0
         self._yag: Any = None
@@ -118,6 +122,7 @@ class SmtpTransport:
             credential_ref=credential_ref,
             timeout_s=float(settings.get("timeout_s", 60.0)),
             oauth2_file=settings.get("oauth2_file"),
+            allow_self_signed=bool(settings.get("allow_self_signed", False)),
         )
 
     def open(self) -> None:
@@ -128,13 +133,26 @@ class SmtpTransport:
         password = None
         if not skip_login and self.oauth2_file is None:
             password = resolve_password(self.user, self.credential_ref)
+        # smtplib's starttls() and SMTP_SSL default to a context that verifies nothing:
+        # always hand them a verifying one.
+        context = ssl.create_default_context()
+        if self.allow_self_signed:
+            log.warning(
+                "SMTP %s:%d: certificate verification is OFF (allow_self_signed): "
+                "use this for a test relay only",
+                self.host,
+                self.port,
+            )
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         yag = yagmail.SMTP(
             user=self.user or None,
             password=password,
             host=self.host,
             port=self.port,
             smtp_ssl=self.security == "ssl",
-            smtp_starttls=self.security == "starttls",
+            smtp_starttls={"context": context} if self.security == "starttls" else False,
+            **({"context": context} if self.security == "ssl" else {}),
             smtp_skip_login=skip_login,
             oauth2_file=self.oauth2_file,
             soft_email_validation=False,
@@ -155,6 +173,21 @@ class SmtpTransport:
                 code=exc.smtp_code,
                 fatal=True,
             ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            self._close_quietly(yag)
+            raise SendError(
+                f"SMTP {self.host}:{self.port}: the server's certificate does not verify "
+                f"({exc.verify_message}): fix the relay's certificate, or for a test relay set "
+                "allow_self_signed in the sender account's settings",
+                fatal=True,
+            ) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            self._close_quietly(yag)
+            raise SendError(
+                f"SMTP {self.host}:{self.port}: the relay offers no STARTTLS; refusing to send "
+                "the password and the messages in clear (set security to 'ssl' or fix the relay)",
+                fatal=True,
+            ) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise SendError(
                 f"SMTP {self.host}:{self.port}: cannot connect ({exc}): check host, port and "
@@ -163,6 +196,12 @@ class SmtpTransport:
             ) from exc
         self._yag = yag
         self.logins += 1
+
+    @staticmethod
+    def _close_quietly(yag: Any) -> None:
+        if getattr(yag, "smtp", None) is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                yag.smtp.close()
 
     def _drop(self) -> None:
         yag, self._yag = self._yag, None

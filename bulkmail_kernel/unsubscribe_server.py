@@ -1,0 +1,213 @@
+"""The one-click unsubscribe endpoint (RFC 8058): a small Starlette app run by uvicorn.
+
+``POST /u/{token}`` with the body ``List-Unsubscribe=One-Click`` is what Gmail, Yahoo
+and Outlook send when the reader clicks "Unsubscribe" next to the sender's name: it
+unsubscribes at once and answers 200 (no redirect, no cookie, no login). ``GET /u/{token}``
+is the link in the message body: a page with one button whose form makes the same POST,
+because link scanners and previewers fetch every URL in a message and must not
+unsubscribe anyone. An unknown token answers a plain 404 that says nothing about why.
+
+Put it behind the firm's web server (``location /u/ { proxy_pass http://127.0.0.1:8025; }``)
+and set the sender account's ``unsubscribe_url`` to ``https://www.firm.sk/u/{token}``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .campaigns import hash_token, unsubscribe
+from .config import DEFAULT_LANGUAGE
+from .db import Contact, ContactPoint, Database, UnsubscribeToken, open_database
+
+log = logging.getLogger("bulkmail")
+
+#: Tokens are ``secrets.token_urlsafe``: anything else is not ours and is not looked up.
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+#: The token is in the URL: keep it out of caches, referrers and other sites' frames.
+_SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+_MAX_BODY = 4096
+
+_TEXTS: dict[str, dict[str, str]] = {
+    "sk": {
+        "title": "Odhlásenie z odberu",
+        "question": "Naozaj už nechcete dostávať naše e-maily na adresu {address}?",
+        "button": "Odhlásiť sa",
+        "done": "Adresa {address} bola odhlásená. Ďalšie e-maily od nás už nedostanete.",
+    },
+    "cs": {
+        "title": "Odhlášení z odběru",
+        "question": "Opravdu už nechcete dostávat naše e-maily na adresu {address}?",
+        "button": "Odhlásit se",
+        "done": "Adresa {address} byla odhlášena. Další e-maily od nás už nedostanete.",
+    },
+    "ru": {
+        "title": "Отписка от рассылки",
+        "question": "Вы действительно больше не хотите получать наши письма на {address}?",
+        "button": "Отписаться",
+        "done": "Адрес {address} отписан. Больше писем от нас вы не получите.",
+    },
+    "en": {
+        "title": "Unsubscribe",
+        "question": "Do you really no longer want to receive our e-mails at {address}?",
+        "button": "Unsubscribe",
+        "done": "{address} has been unsubscribed. You will not receive further e-mails from us.",
+    },
+}
+
+_PAGE = """<!DOCTYPE html>
+<html lang="{lang}">
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em}}
+button{{font-size:1.1em;padding:.5em 1.5em}}</style></head>
+<body><h1>{title}</h1>{content}</body>
+</html>
+"""
+
+
+@dataclass(frozen=True)
+class TokenOwner:
+    """Who an unsubscribe token belongs to, as much as the page needs to show."""
+
+    address: str
+    language: str
+
+
+def token_owner(
+    token: str, *, db: Database | None = None, url: str | None = None
+) -> TokenOwner | None:
+    """Return the address and language a token unsubscribes, or None for an unknown token."""
+    if not _TOKEN.match(token):
+        return None
+    database = db if db is not None else open_database(url)
+    with database.session() as s:
+        row = s.get(UnsubscribeToken, hash_token(token))
+        point = s.get(ContactPoint, row.contact_point_id) if row is not None else None
+        if point is None:
+            return None
+        contact = s.get(Contact, point.contact_id)
+        language = contact.language if contact is not None else DEFAULT_LANGUAGE
+        return TokenOwner(point.normalized, language if language in _TEXTS else "en")
+
+
+def _mask(address: str) -> str:
+    """Return ``j***@firm.sk``: enough for the reader to recognise, little for a snooper."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
+
+
+def _page(owner: TokenOwner, key: str, *, form: bool) -> HTMLResponse:
+    texts = _TEXTS[owner.language]
+    message = html.escape(texts[key].format(address=_mask(owner.address)))
+    content = f"<p>{message}</p>"
+    if form:
+        # The same body a mail client's one-click POST carries, so one handler serves both.
+        content += (
+            '<form method="post"><input type="hidden" name="List-Unsubscribe" '
+            f'value="One-Click"><button type="submit">{html.escape(texts["button"])}</button>'
+            "</form>"
+        )
+    body = _PAGE.format(lang=owner.language, title=html.escape(texts["title"]), content=content)
+    return HTMLResponse(body, headers=_SECURITY_HEADERS)
+
+
+def _not_found() -> Response:
+    return PlainTextResponse("Not Found\n", status_code=404, headers=_SECURITY_HEADERS)
+
+
+def _one_click(body: bytes, content_type: str) -> bool:
+    """Return whether the POST body says ``List-Unsubscribe=One-Click`` (RFC 8058 section 3.2)."""
+    if content_type.startswith("multipart/form-data"):
+        # A field named List-Unsubscribe whose value is One-Click; no multipart library needed.
+        return bool(
+            re.search(rb'name="List-Unsubscribe"\r?\n(?:[^\r\n]+\r?\n)*\r?\nOne-Click\r?\n', body)
+        )
+    try:
+        fields = parse_qs(body.decode("ascii"), strict_parsing=False)
+    except UnicodeDecodeError:
+        return False
+    return fields.get("List-Unsubscribe") == ["One-Click"]
+
+
+def create_app(db: Database | None = None, url: str | None = None) -> Starlette:
+    """Return the ASGI app serving ``GET``/``POST /u/{token}`` for database ``db`` (or ``url``)."""
+    database = db if db is not None else open_database(url)
+
+    async def confirm_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        owner = await run_in_threadpool(token_owner, token, db=database)
+        if owner is None:
+            return _not_found()
+        return _page(owner, "question", form=True)
+
+    async def one_click(request: Request) -> Response:
+        token = request.path_params["token"]
+        body = await request.body()
+        if len(body) > _MAX_BODY:
+            return PlainTextResponse("Bad Request\n", status_code=400, headers=_SECURITY_HEADERS)
+        owner = await run_in_threadpool(token_owner, token, db=database)
+        if owner is None:
+            return _not_found()
+        if not _one_click(body, request.headers.get("content-type", "")):
+            return PlainTextResponse(
+                "Bad Request: the body must be List-Unsubscribe=One-Click\n",
+                status_code=400,
+                headers=_SECURITY_HEADERS,
+            )
+        if not await run_in_threadpool(unsubscribe, token, db=database):
+            return _not_found()
+        log.info("one-click unsubscribe of %s", _mask(owner.address))
+        return _page(owner, "done", form=False)
+
+    async def robots(_request: Request) -> Response:
+        return PlainTextResponse("User-agent: *\nDisallow: /\n")
+
+    routes = [
+        Route("/u/{token}", confirm_page, methods=["GET"]),
+        Route("/u/{token}", one_click, methods=["POST"]),
+        Route("/robots.txt", robots, methods=["GET"]),
+    ]
+
+    async def not_found(_request: Request, _exc: Exception) -> Response:
+        # Paths that match no route answer exactly like unknown tokens: nothing to tell apart.
+        return _not_found()
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+
+def serve(host: str = "127.0.0.1", port: int = 8025, *, url: str | None = None) -> None:
+    """Run the unsubscribe endpoint with uvicorn until interrupted (``unsubscribe-server``).
+
+    Listen on loopback and let the firm's HTTPS web server proxy ``/u/`` to it: the
+    links in the messages must be https.
+    """
+    import uvicorn
+
+    # Forwarded headers are trusted only from the local proxy, so logs show real clients.
+    uvicorn.run(
+        create_app(url=url),
+        host=host,
+        port=port,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        server_header=False,
+    )

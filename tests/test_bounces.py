@@ -1,0 +1,477 @@
+"""Bounce parsing over real server notifications, and processing against a real Dovecot."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import imaplib
+import math
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from bulkmail_kernel import campaigns as cm
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.bounces import parse_bounce, parse_bounces, process_mailbox
+from bulkmail_kernel.contacts import contacts_frame, import_contacts
+from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
+from bulkmail_kernel.exceptions import ConfigError, ProviderError
+from bulkmail_kernel.sending import send
+from bulkmail_kernel.sink import Sink, start_sink
+
+BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "bounces"
+if not BOUNCES.is_dir():  # the checkout may sit elsewhere than /work/main
+    BOUNCES = Path("/work/shared/data/bounces")
+
+#: file -> [(recipient, status, permanent)] as a human reads each notification.
+EXPECTED: dict[str, list[tuple[str, str, bool]] | None] = {
+    "lhost-amazonses-01.eml": [("shironeko@example.co.jp", "5.0.0", True)],
+    "lhost-exchange2007-01.eml": [("mikeneko@example.co.jp", "5.1.1", True)],
+    "lhost-exim-01.eml": [("kijitora@example.ed.jp", "5.7.0", True)],
+    "lhost-gmail-01.eml": [("userunknown@example.jp", "5.1.1", True)],
+    "lhost-mailru-01.eml": [("kijitora@example.jp", "5.1.1", True)],
+    "lhost-office365-01.eml": [("kijitora@example.com", "5.1.10", True)],
+    "lhost-postfix-04.eml": [("kijitora@example.co.jp", "5.1.1", True)],
+    "lhost-postfix-08.eml": [("kijitora@example.com", "4.4.1", False)],
+    "lhost-postfix-13.eml": [
+        ("kijitora@example.jp", "5.2.1", True),
+        ("noraneko@example.jp", "5.2.2", True),
+    ],
+    "lhost-qmail-01.eml": [("kijitora@example.ne.jp", "5.5.0", True)],
+    "lhost-sendmail-01.eml": [("userunknown@bouncehammer.jp", "5.1.1", True)],
+    "lhost-yahoo-01.eml": [("kijitora@example.org", "5.1.1", True)],
+    "not-a-bounce-01.eml": None,
+    "rfc3464-01.eml": [("userunknown@bouncehammer.jp", "5.1.1", True)],
+    "rhost-google-01.eml": [("shironeko@example.ne.jp", "5.2.1", True)],
+}
+
+
+def _files() -> list[Path]:
+    return sorted(BOUNCES.glob("*.eml"))
+
+
+def test_every_shared_bounce_file_is_covered() -> None:
+    assert {p.name for p in _files()} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_parse_bounce(name: str) -> None:
+    info = parse_bounce((BOUNCES / name).read_bytes())
+    expected = EXPECTED[name]
+    if expected is None:
+        assert info is None
+        return
+    assert info is not None
+    got = [(r.recipient, r.status, r.permanent) for r in info.recipients]
+    assert got == expected
+    assert info.recipient == expected[0][0]
+    assert info.status == expected[0][1]
+    assert info.permanent is expected[0][2]
+
+
+def test_original_message_ids_come_from_the_returned_copy_not_the_notification() -> None:
+    ses = parse_bounce((BOUNCES / "lhost-amazonses-01.eml").read_bytes())
+    assert ses is not None
+    assert ses.original_message_ids == (
+        "<000001321defbd2a-788e31c8-2be1-422f-a8d4-cf7765cc9ed7-000000@email.amazonses.com>",
+    )
+    # Office 365 quotes the original headers as text; Google's report has a broken boundary.
+    o365 = parse_bounce((BOUNCES / "lhost-office365-01.eml").read_bytes())
+    assert o365 is not None
+    assert o365.original_message_ids == ("<FFFFFFFF.EEEEEEEE@example.ed.jp>",)
+    google = parse_bounce((BOUNCES / "rhost-google-01.eml").read_bytes())
+    assert google is not None
+    assert google.original_message_ids == (
+        "<201305110000000000000.r4B003v000000@mail4.example.co.jp>",
+    )
+
+
+def test_verp_return_path_names_the_recipient() -> None:
+    raw = (BOUNCES / "lhost-qmail-01.eml").read_bytes()
+    raw = raw.replace(
+        b"Delivered-To: nekochan@example.jp", b"Delivered-To: bounces+jan=a.sk@shop.sk", 1
+    )
+    info = parse_bounce(raw)
+    assert info is not None
+    assert info.verp_recipient == "jan@a.sk"
+
+
+def test_an_ordinary_reply_is_not_a_bounce() -> None:
+    reply = textwrap.dedent(
+        """\
+        From: Ján Novák <jan@a.sk>
+        To: news@shop.sk
+        Subject: Re: Novinky 5.1.1
+        Message-ID: <r1@a.sk>
+
+        Ďakujem, 550 5.1.1 je len číslo v texte.
+        """
+    ).encode()
+    assert parse_bounce(reply) is None
+
+
+def test_parse_bounces_frame_lists_every_recipient() -> None:
+    frame = parse_bounces(p.read_bytes() for p in _files())
+    assert len(frame) == sum(len(v) for v in EXPECTED.values() if v)
+    assert set(frame["status"].str[0]) == {"4", "5"}
+
+
+# --------------------------------------------------------------------------- Dovecot
+
+
+@dataclass
+class Imap:
+    port: int
+    user: str
+    password: str
+    maildir: Path
+    uid: int
+    gid: int
+
+    def deliver(self, data: bytes, name: str) -> None:
+        """Drop a message into the maildir's new/ as a local delivery agent would."""
+        new = self.maildir / "new"
+        new.mkdir(parents=True, exist_ok=True)
+        for sub in ("cur", "tmp"):
+            (self.maildir / sub).mkdir(exist_ok=True)
+        unique = f"{time.time_ns()}.{os.getpid()}_{name}.localhost"
+        (self.maildir / "tmp" / unique).write_bytes(data)
+        (self.maildir / "tmp" / unique).rename(new / unique)
+        for path in [self.maildir.parent, *self.maildir.parent.rglob("*")]:
+            os.chown(path, self.uid, self.gid)
+
+    def messages(self) -> dict[str, set[str]]:
+        """Return each message's Subject and its IMAP flags, read over IMAP."""
+        conn = imaplib.IMAP4("127.0.0.1", self.port)
+        conn.login(self.user, self.password)
+        conn.select("INBOX", readonly=True)
+        _, data = conn.uid("SEARCH", "ALL")
+        found = {}
+        for uid in data[0].split():
+            _, parts = conn.uid("FETCH", uid, "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            flags = imaplib.ParseFlags(parts[0][0])
+            subject = email.message_from_bytes(parts[0][1])["Subject"]
+            found[f"{uid.decode()}:{subject}"] = {f.decode() for f in flags}
+        conn.logout()
+        return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path) -> Iterator[Imap]:
+    """Start a private Dovecot (IMAP on a free loopback port, maildir in tmp_path)."""
+    binary = shutil.which("dovecot") or (
+        "/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None
+    )
+    if binary is None:
+        pytest.skip("dovecot is not installed: apt-get install -y dovecot-imapd")
+    port = _free_port()
+    # Dovecot's login and auth processes drop to unprivileged users when started as root:
+    # their sockets and the password file must sit in a directory those users can enter.
+    public = Path(tempfile.mkdtemp(prefix="bulkmail-dovecot-"))
+    public.chmod(0o755)
+    (public / "passwd").write_text("bounces:{PLAIN}s3cret-imap\n")
+    (public / "passwd").chmod(0o644)
+    mail = public / "mail"
+    mail.mkdir()
+    me = pwd.getpwuid(os.getuid())
+    # Dovecot refuses to give mail access as uid 0: as root, the mail belongs to nobody.
+    owner = pwd.getpwnam("nobody") if os.getuid() == 0 else me
+    run_as = (
+        ""
+        if os.getuid() == 0
+        else (
+            f"default_internal_user = {me.pw_name}\ndefault_login_user = {me.pw_name}\n"
+            f"default_internal_group = {me.pw_name}\n"
+        )
+    )
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            protocols = imap
+            listen = 127.0.0.1
+            base_dir = {public}/run
+            state_dir = {tmp_path}/state
+            log_path = {tmp_path}/dovecot.log
+            ssl = no
+            disable_plaintext_auth = no
+            auth_mechanisms = plain
+            mail_location = maildir:{mail}/%u
+            first_valid_uid = 1
+            first_valid_gid = 1
+            service imap-login {{
+              inet_listener imap {{
+                address = 127.0.0.1
+                port = {port}
+              }}
+              chroot =
+            }}
+            service anvil {{
+              chroot =
+            }}
+            passdb {{
+              driver = passwd-file
+              args = scheme=PLAIN username_format=%u {public}/passwd
+            }}
+            userdb {{
+              driver = static
+              args = uid={owner.pw_uid} gid={owner.pw_gid} home={mail}/%u
+            }}
+            """
+        )
+        + run_as
+    )
+    proc = subprocess.Popen(
+        [binary, "-F", "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(100).startswith(b"* OK"):
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out = proc.communicate()[0].decode(errors="replace")
+            log = (
+                (tmp_path / "dovecot.log").read_text()
+                if (tmp_path / "dovecot.log").exists()
+                else ""
+            )
+            pytest.fail(f"dovecot did not start: {out}\n{log}")
+        time.sleep(0.05)
+    try:
+        yield Imap(port, "bounces", "s3cret-imap", mail / "bounces", owner.pw_uid, owner.pw_gid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        shutil.rmtree(public, ignore_errors=True)
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[Sink]:
+    s = start_sink(tmp_path / "sink")
+    yield s
+    s.stop()
+
+
+def _recipients() -> list[str]:
+    found = {r for v in EXPECTED.values() if v for r, _, _ in v}
+    return sorted(found | {"jan@a.sk", "eva@a.sk"})
+
+
+@pytest.fixture
+def sent(
+    database: dbmod.Database, sink: Sink, dovecot: Imap, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Send one real campaign to every bounced address; give messages the files' Message-IDs."""
+    addresses = _recipients()
+    frame = pd.DataFrame(
+        {
+            "first_name": [a.split("@")[0] for a in addresses],
+            "last_name": ["Test"] * len(addresses),
+            "email": addresses,
+            "mailing_allowed": ["yes"] * len(addresses),
+            "language": ["sk"] * len(addresses),
+        }
+    )
+    import_contacts(frame, db=database, progress=False)
+    monkeypatch.setenv("BULKMAIL_TEST_IMAP_PASSWORD", dovecot.password)
+    cm.add_sender_account(
+        "firm",
+        kind="smtp",
+        from_email="news@shop.sk",
+        from_name="Obchod",
+        settings={
+            "host": "127.0.0.1",
+            "port": sink.port,
+            "security": "none",
+            "unsubscribe_url": "https://shop.sk/u/{token}",
+            "unsubscribe_mailto": "unsubscribe@shop.sk",
+            "imap": {
+                "host": "127.0.0.1",
+                "port": dovecot.port,
+                "security": "none",
+                "user": dovecot.user,
+                "credential_ref": "BULKMAIL_TEST_IMAP_PASSWORD",
+                "soft_bounce_limit": 2,
+            },
+        },
+        db=database,
+    )
+    from bulkmail_kernel.templates import template_from_html
+
+    template = template_from_html(
+        '<p>Ahoj {{ first_name }}</p><p><a href="{{ unsubscribe_url }}">Odhlásiť</a></p>',
+        "Novinky",
+        name="novinky",
+    )
+    cm.create_campaign("jar", sender="firm", template=template, db=database)
+    cm.register("jar", contacts_frame(database), db=database)
+    assert send("jar", rate_per_hour=math.inf, progress=False, db=database).sent == len(addresses)
+    # Each real notification quotes the original's Message-ID: make it ours.
+    with database.session() as s:
+        for name, expected in EXPECTED.items():
+            info = parse_bounce((BOUNCES / name).read_bytes())
+            if expected is None or info is None or not info.original_message_ids:
+                continue
+            msg = s.scalars(sa.select(Message).where(Message.recipient == expected[0][0])).one()
+            if not msg.message_id_header.endswith("@shop.sk>"):
+                continue  # sendmail-01 and rfc3464-01 return the same original
+            msg.message_id_header = info.original_message_ids[0]
+    return "firm"
+
+
+def _unsubscribe_mail(sender: str, subject: str, to: str = "unsubscribe@shop.sk") -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <u{time.time_ns()}@a.sk>\r\n\r\nunsubscribe\r\n"
+    ).encode()
+
+
+def test_process_mailbox_against_dovecot(
+    database: dbmod.Database, dovecot: Imap, sent: str
+) -> None:
+    for path in _files():
+        dovecot.deliver(path.read_bytes(), path.stem)
+    dovecot.deliver(_unsubscribe_mail("Ján <jan@a.sk>", "unsubscribe"), "unsub")
+    frame = process_mailbox(sent, db=database)
+
+    # Every notification was handled except the non-bounce, which is left alone.
+    assert len(frame) == len(EXPECTED) - 1 + 1
+    by_kind = frame.groupby("kind")["recipient"].apply(set).to_dict()
+    assert by_kind["unsubscribe"] == {"jan@a.sk"}
+    assert by_kind["soft_bounce"] == {"kijitora@example.com"}
+    hard = {r for v in EXPECTED.values() if v for r, _, p in v if p}
+    # postfix-13 names two recipients of one original: the one it was sent to is acted on.
+    assert by_kind["hard_bounce"] == hard - {"noraneko@example.jp"}
+    matched = frame.set_index("recipient")["matched_by"].to_dict()
+    assert matched["shironeko@example.co.jp"] == "message-id"
+    assert matched["mikeneko@example.co.jp"] == "recipient"  # Exchange returned no Message-ID
+    assert matched["kijitora@example.com"] in ("message-id", "recipient")
+
+    with database.session() as s:
+        statuses = dict(s.execute(sa.select(Message.recipient, Message.status)).all())
+        codes = dict(s.execute(sa.select(Message.recipient, Message.last_code)).all())
+        suppressed = dict(s.execute(sa.select(Suppression.normalized, Suppression.reason)).all())
+        soft = dict(s.execute(sa.select(ContactPoint.normalized, ContactPoint.soft_bounces)).all())
+        bounced = s.scalar(
+            sa.select(sa.func.count()).select_from(Event).where(Event.kind == "bounced")
+        )
+    for address in hard - {"noraneko@example.jp"}:
+        assert statuses[address] == "failed", address
+        assert suppressed[address] == "hard_bounce", address
+    assert codes["kijitora@example.ed.jp"] == "5.7.0"
+    # Office 365 hard-bounced kijitora@example.com, then Postfix reported a 4.4.1 for it too:
+    # the soft bounce is counted and recorded but cannot undo the failure.
+    assert codes["kijitora@example.com"] == "4.4.1"
+    assert statuses["kijitora@example.com"] == "failed"
+    assert soft["kijitora@example.com"] == 1
+    assert suppressed["jan@a.sk"] == "unsubscribe"
+    assert statuses["eva@a.sk"] == "sent"
+    assert "eva@a.sk" not in suppressed
+    assert bounced == len(frame) - 1
+    assert not contacts_frame(database).set_index("address").loc["jan@a.sk", "mailing_allowed"]
+
+    # Flagged, never deleted; the non-bounce stays unread and unflagged for a human.
+    messages = dovecot.messages()
+    assert len(messages) == len(EXPECTED) + 1
+    untouched = [k for k, flags in messages.items() if "\\Flagged" not in flags]
+    assert len(untouched) == 1
+    assert untouched[0].endswith("=?UTF-8?B?44Gr44KD44KT44GT?=")
+    assert "\\Seen" not in messages[untouched[0]]
+
+    # A second run reads nothing old and changes nothing.
+    assert process_mailbox(sent, db=database).empty
+    with database.session() as s:
+        assert (
+            s.scalar(sa.select(sa.func.count()).select_from(Event).where(Event.kind == "bounced"))
+            == bounced
+        )
+
+
+def test_soft_bounces_count_until_the_limit(
+    database: dbmod.Database, dovecot: Imap, sent: str
+) -> None:
+    soft = (BOUNCES / "lhost-postfix-08.eml").read_bytes()
+    dovecot.deliver(soft, "soft1")
+    first = process_mailbox(sent, db=database)
+    assert list(first["kind"]) == ["soft_bounce"]
+    assert list(first["status"]) == ["4.4.1"]
+    assert not bool(first["permanent"].iloc[0])
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Suppression)) == 0
+        msg = s.scalars(sa.select(Message).where(Message.recipient == "kijitora@example.com")).one()
+        assert msg.status == "sent"
+    dovecot.deliver(soft, "soft2")
+    second = process_mailbox(sent, db=database)
+    assert list(second["kind"]) == ["soft_bounce_limit"]
+    with database.session() as s:
+        assert s.execute(sa.select(Suppression.normalized, Suppression.reason)).all() == [
+            ("kijitora@example.com", "soft_bounce_limit")
+        ]
+        point = s.scalars(
+            sa.select(ContactPoint).where(ContactPoint.normalized == "kijitora@example.com")
+        ).one()
+        assert point.soft_bounces == 2
+
+
+def test_mailto_unsubscribe_with_a_token_uses_the_token(
+    database: dbmod.Database, dovecot: Imap, sent: str
+) -> None:
+    with database.session() as s:
+        body = s.scalar(
+            sa.select(MessageBody.body)
+            .join(Message, Message.id == MessageBody.message_id)
+            .where(Message.recipient == "eva@a.sk")
+        )
+    msg = email.message_from_bytes(body, policy=email.policy.default)
+    token = str(msg["List-Unsubscribe"]).split("/u/", 1)[1].split(">", 1)[0]
+    # Sent from another address (a forwarding alias): the token, not the sender, decides.
+    dovecot.deliver(_unsubscribe_mail("alias@b.sk", f"unsubscribe {token}"), "tok")
+    frame = process_mailbox(sent, db=database)
+    assert list(frame["kind"]) == ["unsubscribe"]
+    assert list(frame["matched_by"]) == ["token"]
+    with database.session() as s:
+        assert s.execute(sa.select(Suppression.normalized, Suppression.reason)).all() == [
+            ("eva@a.sk", "unsubscribe")
+        ]
+
+
+def test_wrong_password_and_missing_settings_are_clear_errors(
+    database: dbmod.Database, dovecot: Imap, sent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BULKMAIL_TEST_IMAP_PASSWORD", "wrong")
+    with pytest.raises(ProviderError, match="login as 'bounces' refused"):
+        process_mailbox(sent, db=database)
+    cm.add_sender_account("plain", kind="smtp", from_email="a@shop.sk", db=database)
+    with pytest.raises(ConfigError, match=r"settings\['imap'\] has no 'host'"):
+        process_mailbox("plain", db=database)
+    with pytest.raises(ConfigError, match="does not exist"):
+        process_mailbox("nobody", db=database)
