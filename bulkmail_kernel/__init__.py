@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from .bounces import parse_bounce, process_mailbox
 from .campaigns import (
     CampaignInfo,
     SenderInfo,
@@ -30,6 +31,7 @@ from .campaigns import (
 from .contacts import ImportResult, contacts_frame, import_contacts
 from .db import Database, open_database
 from .demo import generate_demo
+from .dkim import generate_dkim_key, sign_message
 from .exceptions import (
     BulkmailError,
     ConfigError,
@@ -75,6 +77,7 @@ from .templates import (
     render,
     template_from_html,
 )
+from .unsubscribe_server import create_app as create_unsubscribe_app
 from .widgets_preview import preview, preview_warnings
 from .widgets_segments import segment_builder
 
@@ -111,10 +114,12 @@ __all__ = [
     "check_template",
     "contacts_frame",
     "create_campaign",
+    "create_unsubscribe_app",
     "delete_segment",
     "export_recipients",
     "filter_recipients",
     "generate_demo",
+    "generate_dkim_key",
     "get_campaign",
     "history",
     "import_contacts",
@@ -125,10 +130,12 @@ __all__ = [
     "load_segment",
     "load_template",
     "open_database",
+    "parse_bounce",
     "pause",
     "plot_timeline",
     "preview",
     "preview_warnings",
+    "process_mailbox",
     "queue",
     "register",
     "remove_from_queue",
@@ -141,6 +148,7 @@ __all__ = [
     "segment_builder",
     "segment_recipients",
     "send",
+    "sign_message",
     "skipped",
     "sms_segments",
     "start_sink",

@@ -233,6 +233,33 @@ def cmd_unsubscribe(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
+    """Run the one-click unsubscribe endpoint (put it behind the firm's https site)."""
+    from .unsubscribe_server import serve
+
+    serve(args.host, args.port, url=args.db)
+    return 0
+
+
+def cmd_bounces(args: argparse.Namespace) -> int:
+    """Process the account's bounce mailbox over IMAP and print what was done."""
+    from .bounces import process_mailbox
+
+    _print_frame(process_mailbox(args.account, url=args.db))
+    return 0
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    """Generate a DKIM private key file and print the DNS TXT record to publish."""
+    from .dkim import generate_dkim_key
+
+    record = generate_dkim_key(args.path, bits=args.bits, overwrite=args.overwrite)
+    print(f"private key written to {args.path} (keep it secret; mode 600)")
+    print("publish this TXT record at <selector>._domainkey.<your domain>:")
+    print(record)
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Create the demo database if missing and open JupyterLab on notebooks/."""
     import sqlalchemy as sa
@@ -407,6 +434,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("token", help="the token from the unsubscribe link")
     _add_db(p)
     p.set_defaults(func=cmd_unsubscribe)
+
+    p = sub.add_parser("unsubscribe-server", help="run the one-click unsubscribe endpoint")
+    p.add_argument("--host", default="127.0.0.1", help="address (default loopback, behind a proxy)")
+    p.add_argument("--port", type=int, default=8025, help="port (default 8025)")
+    _add_db(p)
+    p.set_defaults(func=cmd_unsubscribe_server)
+
+    p = sub.add_parser("bounces", help="process a sender account's bounce mailbox (IMAP)")
+    p.add_argument("account", help="sender account name")
+    _add_db(p)
+    p.set_defaults(func=cmd_bounces)
+
+    p = sub.add_parser("dkim-keygen", help="generate a DKIM key and print its DNS record")
+    p.add_argument("path", type=Path, help="where to write the private key (PEM)")
+    p.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing key file")
+    p.set_defaults(func=cmd_dkim_keygen)
 
     p = sub.add_parser("lab", help="create the demo database if needed and open JupyterLab")
     p.add_argument("--port", type=int, default=8888, help="JupyterLab port (default 8888)")

@@ -856,7 +856,7 @@ def add_demo_sender(db: Database, *, port: int | None = None) -> None:
             "security": "none",
             # Served by `bulkmail unsubscribe-server` on this machine; a real account
             # points this at the firm's own https site.
-            "unsubscribe_url": "http://127.0.0.1:8080/u/{token}",
+            "unsubscribe_url": "http://127.0.0.1:8025/u/{token}",
         },
         db=db,
     )
