@@ -110,6 +110,11 @@ def plot_timeline(
     if table.empty:
         ax.set_title("nothing sent yet")
         return ax
+    if len(table) < 2:
+        # A campaign sent within one interval: pad with empty ones so the area has a width.
+        step = pd.tseries.frequencies.to_offset(freq)
+        first = table.index[0]
+        table = table.reindex([first - step, first, first + step], fill_value=0)
     table.plot(ax=ax, kind="area", stacked=True, linewidth=0, alpha=0.8)
     ax.set_xlabel("time (UTC)")
     ax.set_ylabel(f"messages per {freq}")
