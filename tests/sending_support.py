@@ -66,7 +66,7 @@ def make_campaign(
     first: int = 0,
     status: str = "registered",
 ) -> int:
-    """Create campaign ``name`` with ``n`` queued messages to user<first..first+n>@sk.example.net."""
+    """Create campaign ``name`` with ``n`` queued messages to user<first..>@sk.example.net."""
     info = create_campaign(name, sender=sender, rate_per_hour=rate_per_hour, burst=burst, db=db)
     now = datetime.now(UTC)
     with db.engine.begin() as conn:

@@ -59,22 +59,31 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
     }
     log = (tmp_path / "lab.log").open("wb")
-    proc = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+    proc = subprocess.Popen(
         [
-            sys.executable, "-m", "jupyter", "lab", "--no-browser",
-            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             *(["--allow-root"] if os.geteuid() == 0 else []),  # CI machines run as root
         ],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):  # noqa: S310
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -98,7 +107,9 @@ def test_compose_notebook_previews_in_jupyterlab(lab: tuple[str, Path, str]) -> 
     from playwright.sync_api import expect, sync_playwright
 
     base, tmp_path, token = lab
-    frame = contacts_frame(url=os.environ.get("BULKMAIL_DB_URL") or f"sqlite:///{tmp_path / 'demo.db'}")
+    frame = contacts_frame(
+        url=os.environ.get("BULKMAIL_DB_URL") or f"sqlite:///{tmp_path / 'demo.db'}"
+    )
     first = filter_recipients(
         frame, FilterSpec(channel="email", mailing_allowed=True, language=["sk"])
     ).iloc[0]
@@ -110,8 +121,14 @@ def test_compose_notebook_previews_in_jupyterlab(lab: tuple[str, Path, str]) -> 
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM),
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(120_000)
@@ -139,7 +156,8 @@ def test_compose_notebook_previews_in_jupyterlab(lab: tuple[str, Path, str]) -> 
 
         preview.locator("button:has-text('Mobile')").click()
         page.wait_for_function(
-            "() => document.querySelector('.bm-preview-body iframe').getBoundingClientRect().width < 400"
+            "() => document.querySelector('.bm-preview-body iframe')"
+            ".getBoundingClientRect().width < 400"
         )
         mobile_width = iframe.bounding_box()["width"]
         expect(body.locator("body")).to_contain_text(first["last_name"])

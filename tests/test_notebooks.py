@@ -106,7 +106,12 @@ def test_02_segments(demo_db: str, tmp_path: Path) -> None:
     wb = load_workbook(tmp_path / "exports" / "segment.xlsx")
     rows = list(wb.active.iter_rows(values_only=True))
     assert list(rows[0]) == [
-        "first_name", "last_name", "language", "registered_at", "customer_type", "city"
+        "first_name",
+        "last_name",
+        "language",
+        "registered_at",
+        "customer_type",
+        "city",
     ]
     assert len(rows) - 1 == members
     assert not any("@" in str(v) for row in rows for v in row if v is not None)
@@ -137,7 +142,9 @@ def test_03_compose_preview(demo_db: str, tmp_path: Path, sink: Sink) -> None:
     text = outputs_text(nb)
     assert "0 of" in text  # check_template found no failing recipient
     widget_views = [
-        out for cell in nb.cells for out in cell.get("outputs", [])
+        out
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
         if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
     ]
     assert widget_views, "the preview widget was not displayed"
@@ -182,7 +189,9 @@ def test_05_report_runs_on_its_own(demo_db: str, tmp_path: Path, sink: Sink) -> 
 
     assert len(sink.messages) == 15  # it sent its own small campaign first
     images = [
-        out for cell in nb.cells for out in cell.get("outputs", [])
+        out
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
         if "image/png" in out.get("data", {})
     ]
     assert images, "the timeline plot is missing"

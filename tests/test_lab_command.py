@@ -1,0 +1,69 @@
+"""README command #1: `bulkmail lab` creates the demo database, starts the sink and JupyterLab."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bulkmail_kernel.sink import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_bulkmail_lab_starts_everything_on_a_fresh_data_dir(tmp_path: Path) -> None:
+    exe = shutil.which("bulkmail", path=str(Path(sys.executable).parent))
+    assert exe, "the bulkmail console script is not installed next to this Python"
+    data = tmp_path / "data"
+    lab_port, sink_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "BULKMAIL_DATA_DIR": str(data),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_TOKEN": "lab-test",
+    }
+    env.pop("BULKMAIL_DB_URL", None)
+    log = (tmp_path / "lab.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, "lab", "--no-browser", f"--port={lab_port}", f"--sink-port={sink_port}"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                url = f"http://127.0.0.1:{lab_port}/api/status?token=lab-test"
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    assert resp.status == 200
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "lab.log").read_text()
+                assert time.monotonic() < deadline, (tmp_path / "lab.log").read_text()
+                time.sleep(0.5)
+        # The demo database exists and is filled; its sender account points at the sink.
+        engine = sa.create_engine(f"sqlite:///{data / 'bulkmail.db'}")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("select count(*) from contacts")).scalar() == 5000
+        engine.dispose()
+        with smtplib.SMTP("127.0.0.1", sink_port, timeout=10) as smtp:
+            smtp.sendmail("a@example.com", ["b@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
+        assert list((data / "sink").glob("*.eml"))
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
