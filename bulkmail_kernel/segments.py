@@ -28,30 +28,14 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import config
+from .contacts import FRAME_COLUMNS
 from .db import Database, Segment, SegmentMember, open_database, utcnow
 from .exceptions import FilterError, SegmentError
 
 log = logging.getLogger("bulkmail")
 
-#: The columns of the contract of ``contacts_frame()``; any other column is a custom attribute.
-BUILTIN_COLUMNS = (
-    "contact_point_id",
-    "contact_id",
-    "external_id",
-    "first_name",
-    "last_name",
-    "patronymic",
-    "gender",
-    "language",
-    "registered_at",
-    "channel",
-    "address",
-    "point_type",
-    "kind",
-    "mailing_allowed",
-    "is_preferred",
-    "suppressed",
-)
+#: The columns of ``contacts_frame()``; any other column is a custom attribute.
+BUILTIN_COLUMNS = FRAME_COLUMNS
 
 CHANNELS = ("email", "phone")
 #: Words analysts use for a channel, mapped to the stored value.
