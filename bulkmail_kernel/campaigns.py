@@ -49,6 +49,28 @@ CampaignRef = str | int
 #: Statuses a message can be removed from the queue in (sent ones are history).
 REMOVABLE = (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.UNKNOWN)
 
+#: Campaign channel -> the contact-point channel its messages and suppressions use.
+CAMPAIGN_CHANNELS = {"email": "email", "sms": "phone"}
+#: Most segments one SMS may cost unless the campaign says otherwise (a typo can cost 10x).
+DEFAULT_MAX_SMS_SEGMENTS = 6
+#: Sender kinds that only the provider functions may save: they check the credentials first.
+_PROVIDER_KINDS = {"sendpulse": "add_sendpulse_account", "eurosms": "add_eurosms_account"}
+
+
+def campaign_channel(channel: str) -> str:
+    """Return the campaign channel, "email" or "sms", for ``channel`` ("phone" means "sms")."""
+    value = "sms" if channel == "phone" else channel
+    if value not in CAMPAIGN_CHANNELS:
+        raise ConfigError(
+            f"channel={channel!r}: a campaign goes out by 'email' or 'sms'", channel=channel
+        )
+    return value
+
+
+def point_channel(channel: str) -> str:
+    """Return the contact-point channel ("email" or "phone") a campaign ``channel`` writes to."""
+    return CAMPAIGN_CHANNELS[campaign_channel(channel)]
+
 
 @dataclass(frozen=True)
 class CampaignInfo:
@@ -167,10 +189,20 @@ def add_sender_account(
     unsubscribe_url (with ``{token}``), envelope_from; for file: folder.
     ``credential_ref`` names the environment variable holding the password; without
     one the password is looked up in the keyring that ``yagmail.register`` fills.
+
+    Kinds sendpulse and eurosms are handed to ``add_sendpulse_account`` /
+    ``add_eurosms_account``, which check the credentials with the provider (and keep
+    a SendPulse address fixed) before anything is saved.
     """
     settings = dict(settings or {})
     if kind not in ("smtp", "file", "sendpulse", "eurosms"):
-        raise ConfigError(f"sender account {name!r}: kind={kind!r}: use smtp, file, ...")
+        raise ConfigError(
+            f"sender account {name!r}: kind={kind!r}: use smtp, file, sendpulse or eurosms"
+        )
+    if kind in _PROVIDER_KINDS:
+        return _add_provider_account(
+            name, kind, from_email, from_name, settings, credential_ref, _database(db, url)
+        )
     for key in ("password", "pass", "secret"):
         if key in settings:
             raise ConfigError(
@@ -186,9 +218,81 @@ def add_sender_account(
         if row is None:
             row = SenderAccount(name=name)
             s.add(row)
+        elif row.kind in _PROVIDER_KINDS:
+            # Re-saving it as smtp/file would bypass the provider's checks and fixed address.
+            raise ConfigError(
+                f"sender account {name!r} is a {row.kind} account: edit it with "
+                f"{_PROVIDER_KINDS[row.kind]}(), or pick another name",
+                account=name,
+            )
         row.kind, row.from_email, row.from_name = kind, from_email, from_name
         row.settings, row.credential_ref = settings, credential_ref
         s.flush()
+        return _sender_info(row)
+
+
+_PROVIDER_SETTINGS = {
+    "sendpulse": (("client_id",), ("base_url",)),
+    "eurosms": (("integration_id", "sender_id"), ("base_url",)),
+}
+
+
+def _add_provider_account(
+    name: str,
+    kind: str,
+    from_email: str,
+    from_name: str,
+    settings: dict[str, Any],
+    credential_ref: str,
+    database: Database,
+) -> SenderInfo:
+    """Save a sendpulse/eurosms account through its own checked function, never unchecked."""
+    required, optional = _PROVIDER_SETTINGS[kind]
+    helper = _PROVIDER_KINDS[kind]
+    missing = [k for k in required if not settings.get(k)]
+    unknown = sorted(set(settings) - set(required) - set(optional))
+    if missing or unknown or not credential_ref:
+        problem = (
+            f"settings lacks {', '.join(repr(k) for k in missing)}"
+            if missing
+            else f"settings {', '.join(repr(k) for k in unknown)} are not used"
+            if unknown
+            else "credential_ref (the environment variable or keyring:SERVICE with the secret) "
+            "is empty"
+        )
+        raise ConfigError(
+            f"sender account {name!r} of kind {kind!r}: {problem}; give settings "
+            f"{', '.join(required)} (optionally {', '.join(optional)}) and credential_ref, "
+            f"or call {helper}() directly",
+            account=name,
+        )
+    extra = {k: settings[k] for k in optional if settings.get(k)}
+    if kind == "sendpulse":
+        from .transports.sendpulse import add_sendpulse_account
+
+        add_sendpulse_account(
+            name,
+            client_id=str(settings["client_id"]),
+            from_email=from_email,
+            from_name=from_name,
+            credential_ref=credential_ref,
+            db=database,
+            **extra,
+        )
+    else:
+        from .transports.sms import add_eurosms_account
+
+        add_eurosms_account(
+            name,
+            integration_id=str(settings["integration_id"]),
+            sender_id=str(settings["sender_id"]),
+            credential_ref=credential_ref,
+            from_name=from_name,
+            db=database,
+            **extra,
+        )
+    with database.session() as s:
+        row = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == name)).one()
         return _sender_info(row)
 
 
@@ -202,7 +306,7 @@ def create_campaign(
     rate_per_hour: int = 1000,
     burst: int = 10,
     scheduled_at: datetime | None = None,
-    channel: str = "email",
+    channel: str | None = None,
     exist_ok: bool = False,
     db: Database | None = None,
     url: str | None = None,
@@ -212,7 +316,8 @@ def create_campaign(
     ``template`` is a templates ``Template`` (or its name); ``scheduled_at`` (aware)
     leaves the sending to ``bulkmail worker``; ``rate_per_hour`` is the throttle.
     ``exist_ok=True`` returns an existing campaign of that name unchanged, so a
-    notebook can be run again from the top.
+    notebook can be run again from the top. ``channel`` is "email" or "sms"
+    (default: the template's channel, or "sms" for a eurosms sender account).
     """
     if rate_per_hour <= 0:
         raise ConfigError(f"campaign {name!r}: rate_per_hour={rate_per_hour}: give a positive rate")
@@ -232,6 +337,7 @@ def create_campaign(
                 "create it with add_sender_account()",
                 campaign=name,
             )
+        chosen = _choose_channel(name, channel, template, account.kind)
         segment_id = None
         if segment is not None:
             from .db import Segment
@@ -246,9 +352,11 @@ def create_campaign(
                 k: getattr(template, k, None)
                 for k in ("subject", "html", "text", "sms", "language")
             }
+            if getattr(template, "folder", None) is not None and template.html is None:
+                source["folder"] = str(template.folder)
         row = Campaign(
             name=name,
-            channel=channel,
+            channel=chosen,
             status=CampaignStatus.DRAFT.value,
             template_name=template_name or "",
             template_source=source,
@@ -262,6 +370,27 @@ def create_campaign(
         s.add(row)
         s.flush()
         return _info(row)
+
+
+def _choose_channel(name: str, channel: str | None, template: Any, kind: str) -> str:
+    """Return the campaign's channel, refusing a template or account that cannot carry it."""
+    tmpl_channel = getattr(template, "channel", None) if not isinstance(template, str) else None
+    default = tmpl_channel or ("sms" if kind == "eurosms" else "email")
+    chosen = campaign_channel(channel if channel is not None else default)
+    if tmpl_channel is not None and tmpl_channel != chosen:
+        raise ConfigError(
+            f"campaign {name!r}: channel {chosen!r} but template {template.name!r} is an "
+            f"{tmpl_channel} template: pick a matching template or channel",
+            campaign=name,
+        )
+    allowed = ("eurosms", "file") if chosen == "sms" else ("smtp", "file", "sendpulse")
+    if kind not in allowed:
+        raise ConfigError(
+            f"campaign {name!r}: a sender account of kind {kind!r} cannot send {chosen}: "
+            f"use one of kind {', '.join(allowed)}",
+            campaign=name,
+        )
+    return chosen
 
 
 # --------------------------------------------------------------------------- queue
@@ -522,9 +651,15 @@ def unsubscribe_url(sender: SenderInfo, token: str) -> str:
     return str(pattern).replace("{token}", token)
 
 
+def _has_unsubscribe_pattern(sender: SenderInfo) -> bool:
+    pattern = sender.settings.get("unsubscribe_url") or os.environ.get("BULKMAIL_UNSUBSCRIBE_URL")
+    return bool(pattern) and "{token}" in str(pattern)
+
+
 def new_message_id(sender: SenderInfo) -> str:
     """Return a globally unique Message-ID on the sender's domain."""
-    domain = sender.from_email.rsplit("@", 1)[-1]
+    # SMS accounts have no address; the id still has to be unique in the outbox.
+    domain = sender.from_email.rsplit("@", 1)[-1] if "@" in sender.from_email else "sms.invalid"
     return f"<{uuid.uuid4().hex}@{domain}>"
 
 
@@ -637,6 +772,16 @@ def _campaign_template(c: Campaign, template: Any) -> Any:
             name=c.template_name or "pasted",
             language=source.get("language"),
         )
+    if source.get("sms"):
+        from .templates import Template
+
+        return Template(
+            name=c.template_name or "pasted",
+            subject="",
+            sms=source["sms"],
+            language=source.get("language"),
+            channel="sms",
+        )
     if c.template_name:
         return load_template(c.template_name)
     raise SendError(
@@ -670,6 +815,8 @@ def register(
     recipients: pd.DataFrame | None = None,
     *,
     template: Any = None,
+    fit_to_gsm7: bool | None = None,
+    max_segments: int | None = None,
     db: Database | None = None,
     url: str | None = None,
 ) -> pd.DataFrame:
@@ -680,8 +827,16 @@ def register(
     Suppressed, not-allowed, duplicate and unrenderable recipients are skipped and
     listed by ``skipped(campaign)``. Bodies are rendered now, so what was previewed
     is what is sent; the Date header is added when each message is sent.
+
+    An SMS campaign stores each recipient's text (UTF-8) for their E.164 number.
+    ``fit_to_gsm7`` rewrites it into the GSM-7 alphabet first (default: the campaign
+    value ``fit_to_gsm7``); a text longer than ``max_segments`` segments (default:
+    the campaign value ``max_sms_segments``, else 6) stops the registration, naming
+    the recipient. SendPulse accounts need no unsubscribe link pattern: SendPulse
+    adds its own.
     """
     from .mime import build_mime
+    from .sms import fit_to_gsm7 as fit_text
     from .templates import Mailbox, render
 
     database = _database(db, url)
@@ -699,6 +854,27 @@ def register(
             if getattr(tmpl, "folder", None) is not None and tmpl.html is None:
                 c.template_source["folder"] = str(tmpl.folder)
         cid, cname, channel, values = c.id, c.name, c.channel, dict(c.values or {})
+    is_sms = campaign_channel(channel) == "sms"
+    wanted = point_channel(channel)
+    if is_sms and not getattr(tmpl, "sms", None):
+        raise SendError(
+            f"register {cname!r}: template {getattr(tmpl, 'name', '')!r} has no SMS text: "
+            'use an SMS template (channel = "sms", an sms.txt)',
+            campaign=cname,
+        )
+    fit = bool(values.get("fit_to_gsm7", False)) if fit_to_gsm7 is None else fit_to_gsm7
+    limit = int(
+        values.get("max_sms_segments", DEFAULT_MAX_SMS_SEGMENTS)
+        if max_segments is None
+        else max_segments
+    )
+    # E-mail needs a List-Unsubscribe link (RFC 8058); SendPulse adds its own link and an SMS
+    # carries one only if its text asks for {{ unsubscribe_url }} (an opt-out text otherwise).
+    if is_sms:
+        link_needed = link_wanted = "unsubscribe_url" in tmpl.variables()
+    else:
+        link_needed = sender.kind != "sendpulse"
+        link_wanted = link_needed or _has_unsubscribe_pattern(sender)
     frame = recipients if recipients is not None else _recipients_of(c, database)
     if "contact_point_id" not in frame.columns:
         raise SendError(
@@ -735,8 +911,10 @@ def register(
         reason = None
         if point is None:
             reason = "contact point no longer exists"
-        elif point.channel != channel:
-            reason = f"not an {channel} contact point ({point.channel})"
+        elif point.channel != wanted:
+            reason = f"not {'a phone' if is_sms else 'an email'} contact point ({point.channel})"
+        elif is_sms and not re.fullmatch(r"\+[1-9]\d{6,14}", point.normalized):
+            reason = f"{point.normalized!r} is not an E.164 phone number"
         elif (point.channel, point.normalized) in suppressed:
             reason = "suppressed"
         elif not point.mailing_allowed:
@@ -746,29 +924,34 @@ def register(
         elif point.normalized in seen:
             reason = "duplicate address in this campaign"
         if reason is None:
-            token = new_token()
+            assert point is not None  # every branch without a point set a reason
+            token = new_token() if link_wanted else None
+            link = unsubscribe_url(sender, token) if token is not None else None
             try:
-                rendered = render(
-                    tmpl,
-                    row,
-                    values=values,
-                    unsubscribe_url=unsubscribe_url(sender, token),
-                    sender=from_box,
-                )
+                rendered = render(tmpl, row, values=values, unsubscribe_url=link, sender=from_box)
                 message_id = new_message_id(sender)
-                data = _without_date(build_mime(rendered, message_id=message_id))
+                if is_sms:
+                    text = (rendered.sms or "").strip()
+                    text = fit_text(text) if fit else text
+                    subject, data = text, text.encode("utf-8")
+                else:
+                    subject = rendered.subject
+                    data = _without_date(build_mime(rendered, message_id=message_id))
             except BulkmailError as exc:
                 if isinstance(exc, ConfigError):
                     raise
                 reason = f"cannot render: {exc.message}"
             else:
+                if is_sms:
+                    reason = _sms_problem(cname, point.normalized, rendered.recipient, text, limit)
+            if reason is None:
                 seen.add(point.normalized)
                 messages.append(
                     {
                         "point": point,
                         "token": token,
                         "message_id": message_id,
-                        "subject": rendered.subject,
+                        "subject": subject,
                         "body": data,
                     }
                 )
@@ -785,7 +968,7 @@ def register(
                     "data": {"address": getattr(point, "normalized", None), "at": "registration"},
                 }
             )
-    _store_messages(database, cid, channel, messages, skipped, now)
+    _store_messages(database, cid, wanted, messages, skipped, now)
     with database.session() as s:
         c = get_campaign_row(s, cid)
         if c.status in (CampaignStatus.DRAFT.value, CampaignStatus.FINISHED.value):
@@ -802,6 +985,27 @@ def register(
         len(skipped),
     )
     return queue(cid, db=database)
+
+
+def _sms_problem(campaign: str, number: str, who: str, text: str, max_segments: int) -> str | None:
+    """Return why an SMS text cannot be registered (None: fine); raise when it is too long."""
+    from .sms import sms_segments
+
+    if not text:
+        return "the SMS text is empty"
+    info = sms_segments(text)
+    if info.segments > max_segments:
+        # Not a skip: every recipient would likely cost as much, so the analyst must decide.
+        raise SendError(
+            f"register {campaign!r}: the SMS for {who or number} ({number}) is {info.segments} "
+            f"segments ({info.encoding}, {info.units} units), more than max_segments="
+            f"{max_segments}: shorten the template, register with fit_to_gsm7=True, or raise "
+            "max_segments",
+            campaign=campaign,
+            recipient=number,
+            segments=info.segments,
+        )
+    return None
 
 
 def _store_messages(
@@ -845,18 +1049,18 @@ def _store_messages(
                     for m in chunk
                 ],
             )
-            conn.execute(
-                sa.insert(UnsubscribeToken),
-                [
-                    {
-                        "token_hash": hash_token(m["token"]),
-                        "contact_point_id": m["point"].id,
-                        "campaign_id": cid,
-                        "created_at": now,
-                    }
-                    for m in chunk
-                ],
-            )
+            tokens = [
+                {
+                    "token_hash": hash_token(m["token"]),
+                    "contact_point_id": m["point"].id,
+                    "campaign_id": cid,
+                    "created_at": now,
+                }
+                for m in chunk
+                if m["token"] is not None
+            ]
+            if tokens:
+                conn.execute(sa.insert(UnsubscribeToken), tokens)
             conn.execute(
                 sa.insert(Event),
                 [
@@ -944,7 +1148,8 @@ def send_samples(
 
     Samples are rendered for the campaign's first recipients (registered ones, else
     ``recipients`` or the segment) and go only to the test addresses: the queue,
-    the history and the unsubscribe tokens are not touched.
+    the history and the unsubscribe tokens are not touched. For an SMS campaign
+    ``to`` holds phone numbers and the text starts with "TEST: ".
     """
     from dataclasses import replace as dc_replace
 
@@ -967,6 +1172,7 @@ def send_samples(
             .limit(len(to))
         ).all()
         values = dict(c.values or {})
+        is_sms = campaign_channel(c.channel) == "sms"
     if recipients is None:
         frame = contacts_frame(database)
         if registered:
@@ -985,13 +1191,19 @@ def send_samples(
     try:
         for i, address in enumerate(to):
             row = frame.iloc[i % len(frame)]
+            link = None
+            if not is_sms or _has_unsubscribe_pattern(sender):
+                link = unsubscribe_url(sender, "test-send-not-a-token")
             rendered = render(
                 tmpl,
                 row,
                 values=values,
-                unsubscribe_url=unsubscribe_url(sender, "test-send-not-a-token"),
+                unsubscribe_url=link,
                 sender=Mailbox(sender.from_name, sender.from_email),
             )
+            if is_sms:
+                results.append(_sms_sample(transport, rendered.sms, address, values))
+                continue
             rendered = dc_replace(
                 rendered,
                 subject=f"[TEST] {rendered.subject}",
@@ -1005,6 +1217,18 @@ def send_samples(
     finally:
         transport.close()
     return pd.DataFrame(results, columns=["to", "subject", "status", "detail"])
+
+
+def _sms_sample(
+    transport: Any, text: str | None, number: str, values: dict[str, Any]
+) -> tuple[str, str, str, str]:
+    from .sms import fit_to_gsm7
+    from .transports.sms import e164
+
+    body = (text or "").strip()
+    body = "TEST: " + (fit_to_gsm7(body) if values.get("fit_to_gsm7") else body)
+    r = transport.send(body.encode("utf-8"), mail_from="", rcpt_to=e164(number))
+    return (number, body, r.status, r.detail)
 
 
 #: The issue's name for ``send_samples``; pytest must not collect it as a test.

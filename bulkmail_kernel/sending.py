@@ -90,6 +90,8 @@ class Claimed:
     recipient: str
     attempts: int
     body: bytes = field(repr=False)
+    #: The contact-point channel, "email" or "phone": what a hard bounce suppresses.
+    channel: str = "email"
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,15 @@ class OutboxStore:
                 else {}
             )
         claimed = [
-            Claimed(r.id, r.contact_id, r.contact_point_id, r.recipient, r.attempts, bodies[r.id])
+            Claimed(
+                r.id,
+                r.contact_id,
+                r.contact_point_id,
+                r.recipient,
+                r.attempts,
+                bodies[r.id],
+                _point_channel(r.channel),
+            )
             for r in sorted(keep, key=lambda r: r.id)
         ]
         return claimed
@@ -418,12 +428,12 @@ class OutboxStore:
     ) -> None:
         sup = Suppression.__table__
         exists = conn.execute(
-            sa.select(sup.c.id).where(sup.c.channel == "email", sup.c.normalized == m.recipient)
+            sa.select(sup.c.id).where(sup.c.channel == m.channel, sup.c.normalized == m.recipient)
         ).first()
         if exists is None:
             conn.execute(
                 sup.insert().values(
-                    channel="email",
+                    channel=m.channel,
                     normalized=m.recipient,
                     reason="hard_bounce",
                     detail=r.detail,
@@ -473,6 +483,11 @@ def _event(
         "data": data,
         "occurred_at": now,
     }
+
+
+def _point_channel(channel: str) -> str:
+    # Outboxes written before SMS existed may say "sms"; suppressions always say "phone".
+    return "phone" if channel in ("sms", "phone") else channel
 
 
 def _pid_alive(pid: int) -> bool:
@@ -560,8 +575,10 @@ def _run_batches(run: _Run) -> None:
                     break
                 run.throttle.acquire()
                 in_flight = m
+                # An SMS body is the bare text: a Date header would be sent as words.
+                body = m.body if m.channel == "phone" else with_date(m.body, run.clock.now())
                 result = run.transport.send(
-                    with_date(m.body, run.clock.now()),
+                    body,
                     mail_from=run.sender.envelope_from,
                     rcpt_to=m.recipient,
                 )
@@ -941,6 +958,40 @@ def campaign_failures(
     bad = [MessageStatus.FAILED.value, MessageStatus.REMOVED.value, MessageStatus.UNKNOWN.value]
     frame = queue(campaign, status=bad, db=db, url=url)
     return frame[["message_id", "recipient", "status", "attempts", "last_code", "last_error"]]
+
+
+_PROVIDER_COLUMNS = [
+    "provider",
+    "book_id",
+    "campaign_id",
+    "draft",
+    "status",
+    "status_text",
+    "count",
+    "created_at",
+    "send_date",
+    "checked_at",
+]
+
+
+def provider_status(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """Return the provider-side ids and status stored on the campaign (one row per provider).
+
+    For a campaign handed to SendPulse: its address book and campaign ids, the status
+    as last seen (``sendpulse_report()`` asks SendPulse again). Empty when the campaign
+    went out message by message (SMTP, EuroSMS) and has no provider-side campaign.
+    """
+    database = _database(db, url)
+    with database.session() as s:
+        ref = dict(get_campaign_row(s, campaign).provider_ref or {})
+    rows = [
+        [provider] + [dict(info or {}).get(k) for k in _PROVIDER_COLUMNS[1:]]
+        for provider, info in sorted(ref.items())
+        if isinstance(info, dict)
+    ]
+    return pd.DataFrame(rows, columns=_PROVIDER_COLUMNS)
 
 
 def campaign_timeline(

@@ -5,14 +5,24 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from fakes.eurosms_fake import EuroSmsFake, running_eurosms
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import create_campaign, get_campaign, queue
+from bulkmail_kernel.campaigns import (
+    add_sender_account,
+    create_campaign,
+    get_campaign,
+    queue,
+    register,
+    skipped,
+    test_send,
+)
+from bulkmail_kernel.contacts import contacts_frame, import_contacts
 from bulkmail_kernel.db import (
     Campaign,
     Contact,
@@ -22,11 +32,15 @@ from bulkmail_kernel.db import (
     MessageBody,
     SenderAccount,
     Suppression,
+    UnsubscribeToken,
 )
 from bulkmail_kernel.exceptions import ConfigError, SendError
-from bulkmail_kernel.sending import RetryPolicy, send
+from bulkmail_kernel.sending import RetryPolicy, history, run_worker, send
+from bulkmail_kernel.sms import sms_segments
+from bulkmail_kernel.templates import Template, load_template, template_from_html
 from bulkmail_kernel.throttle import ManualClock
 from bulkmail_kernel.transports.sms import (
+    DEFAULT_BASE_URL,
     EuroSmsClient,
     EuroSmsError,
     EuroSmsTransport,
@@ -333,3 +347,251 @@ def test_bad_account_is_refused_and_not_saved(
     with pytest.raises(ConfigError, match=match):
         add_eurosms_account("sms", db=database, **args)
     assert not _has_account(database)
+
+
+# --------------------------------------------------------------------------- the real engine path
+
+VALUES = {"company_name": "Labka", "due_date": "2025-08-15", "clinic_phone": "+421559876543"}
+
+
+def _phone_people(database: dbmod.Database) -> pd.DataFrame:
+    """Import four people with phone numbers (one without SMS consent); return their phone rows."""
+    frame = pd.DataFrame(
+        {
+            "first_name": ["Ján", "Eva", "Olga", "Peter"],
+            "last_name": ["Novák", "Malá", "Ivanova", "Kráľ"],
+            "phone": ["0905 111 111", "+421 905 222 222", "0905333333", "0905 444 444"],
+            "phone_allowed": ["yes", "yes", "yes", "no"],
+            "pet_name": ["Rex", "", "Micka", "Bobík"],
+        }
+    )
+    import_contacts(frame, db=database, progress=False, region="SK")
+    people = contacts_frame(database)
+    return people[people["channel"] == "phone"].reset_index(drop=True)
+
+
+def _eurosms_account(database: dbmod.Database, base_url: str) -> None:
+    # Through the generic entry point: it must hand over to add_eurosms_account's checks.
+    add_sender_account(
+        "sms",
+        kind="eurosms",
+        from_email="",
+        from_name="Labka",
+        settings={"integration_id": IID, "sender_id": "Shop", "base_url": base_url},
+        credential_ref="EUROSMS_KEY",
+        db=database,
+    )
+
+
+def _contact_of(people: pd.DataFrame, number: str) -> int:
+    return int(people.set_index("address").loc[number, "contact_id"])
+
+
+@pytest.mark.usefixtures("key_env")
+def test_registered_sms_campaign_goes_out_through_eurosms(
+    database: dbmod.Database, fake: EuroSmsFake
+) -> None:
+    fake.wrong_numbers.add(421905222222)
+    people = _phone_people(database)
+    _eurosms_account(database, fake.base_url)
+    info = create_campaign(
+        "reminder", sender="sms", template=load_template("sms_reminder_sk"), values=VALUES,
+        db=database,
+    )  # fmt: skip
+    assert info.channel == "sms"  # from the template; the outbox and suppressions say "phone"
+    q = register("reminder", people, db=database)
+    assert sorted(q["recipient"]) == NUMBERS  # E.164; Peter gave no SMS consent
+    assert list(skipped("reminder", db=database)["reason"]) == ["mailing not allowed"]
+    with database.session() as s:
+        stored = dict(
+            s.execute(
+                sa.select(Message.recipient, MessageBody.body).join(
+                    MessageBody, MessageBody.message_id == Message.id
+                )
+            ).all()
+        )
+        assert set(s.scalars(sa.select(Message.channel))) == {"phone"}
+        assert s.scalar(sa.select(sa.func.count()).select_from(UnsubscribeToken)) == 0
+    jan = stored[NUMBERS[0]].decode("utf-8")
+    assert jan.startswith("Labka: pripominame termin ")
+    assert "pre Rex." in jan
+    assert jan.endswith("Zmena: +421559876543")
+    assert "pre " not in stored[NUMBERS[1]].decode()  # Eva has no pet: the clause is left out
+
+    clock = ManualClock(start=datetime.now(UTC))
+    # No transport given: the engine opens the account's own EuroSmsTransport.
+    summary = send("reminder", rate_per_hour=math.inf, progress=False, clock=clock, db=database)
+    assert (summary.sent, summary.failed, summary.status) == (2, 1, "finished")
+    # The fake checked every HMAC signature; the texts arrived as registered, with no Date line.
+    assert {s.rcpt: s.txt for s in fake.sent} == {
+        421905111111: jan,
+        421905333333: stored[NUMBERS[2]].decode(),
+    }
+    assert all(s.flgs == 0 for s in fake.sent)  # the template is GSM-7, one part each
+    q = queue("reminder", db=database).set_index("recipient")
+    assert q.loc[NUMBERS[1], "status"] == "failed"
+    assert "WRONG_NUMBER" in q.loc[NUMBERS[1], "last_error"]
+    with database.session() as s:
+        sup = s.execute(sa.select(Suppression.channel, Suppression.normalized)).all()
+    assert sup == [("phone", NUMBERS[1])]
+    # A later campaign to the same people skips the wrong number at registration.
+    create_campaign(
+        "reminder2", sender="sms", template=load_template("sms_reminder_sk"), values=VALUES,
+        db=database,
+    )  # fmt: skip
+    register("reminder2", people, db=database)
+    again = skipped("reminder2", db=database).set_index("address")
+    assert again.loc[NUMBERS[1], "reason"] == "suppressed"
+
+    fake.set_dlr(421905111111, "DELIVRD")
+    fake.set_dlr(421905333333, "EXPIRED")
+    polled = poll_delivery_reports("reminder", db=database, clock=clock)
+    assert sorted(polled["event"]) == ["bounced", "delivered"]
+    jan_history = history(_contact_of(people, NUMBERS[0]), db=database)
+    jan_history = jan_history[jan_history["campaign"] == "reminder"]
+    assert list(jan_history["kind"]) == ["registered", "sent", "delivered"]
+    assert jan_history["detail"].iloc[-1] == "EuroSMS delivery report: DELIVRD"
+    eva_history = history(_contact_of(people, NUMBERS[1]), db=database)
+    eva_history = eva_history[eva_history["campaign"] == "reminder"]
+    assert list(eva_history["kind"]) == ["registered", "failed", "suppressed"]
+
+
+def test_wrong_key_stops_a_registered_sms_campaign(
+    database: dbmod.Database, fake: EuroSmsFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EUROSMS_KEY", KEY)
+    people = _phone_people(database)
+    _eurosms_account(database, fake.base_url)
+    create_campaign(
+        "reminder", sender="sms", template=load_template("sms_reminder_sk"), values=VALUES,
+        db=database,
+    )  # fmt: skip
+    register("reminder", people, db=database)
+    monkeypatch.setenv("EUROSMS_KEY", "a-stale-key")  # rotated in EuroSMS, not here
+    with pytest.raises(SendError, match=r"stopped: EuroSMS send/one .*WRONG_SIGNATURE") as info:
+        send("reminder", rate_per_hour=math.inf, progress=False, db=database)
+    assert "integration key" in info.value.message
+    assert get_campaign("reminder", db=database).status == "stopped"
+    assert set(queue("reminder", db=database)["status"].astype(str)) == {"queued"}
+    assert fake.sent == []
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).where(Event.kind == "sent")) == 0
+
+
+@pytest.mark.usefixtures("key_env")
+def test_worker_sends_a_scheduled_sms_campaign(database: dbmod.Database, fake: EuroSmsFake) -> None:
+    people = _phone_people(database)
+    _eurosms_account(database, fake.base_url)
+    create_campaign(
+        "reminder", sender="sms", template=load_template("sms_reminder_sk"), values=VALUES,
+        rate_per_hour=3_600_000, scheduled_at=datetime.now(UTC) - timedelta(minutes=1),
+        db=database,
+    )  # fmt: skip
+    register("reminder", people, db=database)
+    assert get_campaign("reminder", db=database).status == "scheduled"
+    assert run_worker(db=database, exit_when_idle=True, poll_interval_s=0.01) == 3
+    assert get_campaign("reminder", db=database).status == "finished"
+    assert sorted(s.rcpt for s in fake.sent) == [421905111111, 421905222222, 421905333333]
+    assert not any(s.txt.startswith("Date:") for s in fake.sent)
+
+
+@pytest.mark.usefixtures("key_env")
+def test_too_many_segments_is_refused_naming_the_recipient_unless_fitted(
+    database: dbmod.Database, fake: EuroSmsFake
+) -> None:
+    people = _phone_people(database)
+    _eurosms_account(database, fake.base_url)
+    # Slovak diacritics force UCS-2: 2 parts of 67 as written, 1 part of 160 once fitted.
+    tmpl = Template(
+        name="zlava",
+        subject="",
+        channel="sms",
+        sms="Dobrý deň {{ first_name }}, ďakujeme za vernosť. Zľava 20 % na krmivo "
+        "pre {{ pet_name | default('miláčika') }} platí do nedele. Vaša Labka",
+    )
+    create_campaign("zlava", sender="sms", template=tmpl, db=database)
+    with pytest.raises(SendError, match=r"\+421905111111.* 2 segments \(UCS-2.*max_segments=1"):
+        register("zlava", people, max_segments=1, db=database)
+    assert queue("zlava", db=database).empty  # nothing half-registered
+    # The default limit (6) takes it as written; fitting to GSM-7 makes it one part.
+    create_campaign("zlava-6", sender="sms", template=tmpl, db=database)
+    as_written = register("zlava-6", people, db=database)["subject"]
+    assert [sms_segments(t).segments for t in as_written] == [2, 2, 2]
+    create_campaign("zlava-fit", sender="sms", template=tmpl, db=database)
+    register("zlava-fit", people, max_segments=1, fit_to_gsm7=True, db=database)
+    q = queue("zlava-fit", db=database).set_index("recipient")
+    text = q.loc[NUMBERS[0], "subject"]
+    assert text.startswith("Dobry den Jan, dakujeme za vernost. Zlava 20 %")
+    assert sms_segments(text).encoding == "GSM-7"
+    assert sms_segments(text).segments == 1
+
+
+def test_sms_campaign_refuses_mismatched_template_account_and_points(
+    database: dbmod.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EUROSMS_KEY", KEY)
+    monkeypatch.setenv("BULKMAIL_UNSUBSCRIBE_URL", "https://shop.sk/u?t={token}")
+    _eurosms_account(database, DEFAULT_BASE_URL)
+    email_template = template_from_html("<p>Ahoj</p>", "Ahoj", name="mail")
+    with pytest.raises(ConfigError, match="kind 'eurosms' cannot send email"):
+        create_campaign("x", sender="sms", template=email_template, channel="email", db=database)
+    with pytest.raises(ConfigError, match="'sms' but template 'mail' is an email template"):
+        create_campaign("x", sender="sms", template=email_template, channel="sms", db=database)
+    with pytest.raises(ConfigError, match="'email' or 'sms'"):
+        create_campaign("x", sender="sms", channel="fax", db=database)
+    import_contacts(
+        pd.DataFrame({"first_name": ["Eva"], "email": ["eva@a.sk"], "mailing_allowed": ["yes"]}),
+        db=database,
+        progress=False,
+    )
+    create_campaign("x", sender="sms", template=load_template("sms_reminder_sk"), db=database)
+    assert register("x", contacts_frame(database), db=database).empty
+    assert list(skipped("x", db=database)["reason"]) == ["not a phone contact point (email)"]
+
+
+def test_eurosms_account_through_add_sender_account_is_checked(
+    database: dbmod.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EUROSMS_KEY", raising=False)
+    with pytest.raises(ConfigError, match="EUROSMS_KEY is not set"):
+        _eurosms_account(database, DEFAULT_BASE_URL)
+    with pytest.raises(ConfigError, match=r"lacks 'sender_id'.*add_eurosms_account"):
+        add_sender_account(
+            "sms", kind="eurosms", from_email="", settings={"integration_id": IID},
+            credential_ref="EUROSMS_KEY", db=database,
+        )  # fmt: skip
+    assert not _has_account(database)
+    monkeypatch.setenv("EUROSMS_KEY", KEY)
+    _eurosms_account(database, DEFAULT_BASE_URL)
+    with database.session() as s:
+        row = s.scalars(sa.select(SenderAccount)).one()
+        assert (row.kind, row.settings["sender_id"], row.credential_ref) == (
+            "eurosms",
+            "Shop",
+            "EUROSMS_KEY",
+        )
+    with pytest.raises(ConfigError, match="edit it with add_eurosms_account"):
+        add_sender_account("sms", kind="smtp", from_email="a@b.sk", db=database)
+
+
+@pytest.mark.usefixtures("key_env")
+def test_test_send_of_an_sms_campaign_leaves_the_queue_alone(
+    database: dbmod.Database, fake: EuroSmsFake
+) -> None:
+    people = _phone_people(database)
+    _eurosms_account(database, fake.base_url)
+    create_campaign(
+        "reminder",
+        sender="sms",
+        template=load_template("sms_reminder_sk"),
+        values=VALUES,
+        db=database,
+    )
+    before = register("reminder", people, db=database)
+    out = test_send("reminder", ["0905 999 999"], db=database)
+    assert list(out["status"]) == ["sent"]
+    (sms,) = fake.sent
+    assert sms.rcpt == 421905999999
+    assert sms.txt == out.loc[0, "subject"]
+    assert sms.txt.startswith("TEST: Labka: pripominame termin ")
+    pd.testing.assert_frame_equal(before, queue("reminder", db=database))

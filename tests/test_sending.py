@@ -149,7 +149,7 @@ def test_5xx_recipient_fails_and_is_suppressed(database: dbmod.Database, tmp_pat
         assert (row["status"], row["last_code"]) == ("failed", "550")
         with database.session() as s:
             sup = s.scalars(sa.select(Suppression)).one()
-            assert (sup.normalized, sup.reason) == (address(2), "hard_bounce")
+            assert (sup.channel, sup.normalized, sup.reason) == ("email", address(2), "hard_bounce")
         # A later campaign to the same address does not mail it: suppressed at claim time.
         make_campaign(database, 4, name="summer")
         again = send("summer", rate_per_hour=math.inf, progress=False, db=database)

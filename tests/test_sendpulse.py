@@ -13,10 +13,24 @@ import sqlalchemy as sa
 from fakes.sendpulse_fake import SendPulseFake, running_sendpulse
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import create_campaign, get_campaign, queue, register
+from bulkmail_kernel.campaigns import (
+    add_sender_account,
+    create_campaign,
+    get_campaign,
+    queue,
+    register,
+)
 from bulkmail_kernel.contacts import contacts_frame
-from bulkmail_kernel.db import Campaign, Contact, ContactPoint, Event, SenderAccount
+from bulkmail_kernel.db import (
+    Campaign,
+    Contact,
+    ContactPoint,
+    Event,
+    SenderAccount,
+    UnsubscribeToken,
+)
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
+from bulkmail_kernel.sending import provider_status
 from bulkmail_kernel.templates import template_from_html
 from bulkmail_kernel.throttle import ManualClock
 from bulkmail_kernel.transports.sendpulse import (
@@ -443,3 +457,76 @@ def test_hourly_limit_is_remembered_across_processes(
     with pytest.raises(SendError, match="would wait"):
         send_campaign_via_sendpulse(cid, wait=False, clock=clock, progress=False, db=database)
     assert fake.rejected_for_rate == 0
+
+
+# --------------------------------------------------------------------------- through the engine
+
+
+def test_add_sender_account_hands_sendpulse_to_its_checked_function(
+    database: dbmod.Database, fake: SendPulseFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = {"kind": "sendpulse", "from_name": "Shop", "db": database}
+    settings = {"client_id": fake.client_id, "base_url": fake.base_url}
+    monkeypatch.setenv("SP_WRONG", "not-the-secret")
+    with pytest.raises(SendPulseError, match="Client authentication failed"):
+        add_sender_account(
+            "sp", from_email="news@shop.sk", settings=settings, credential_ref="SP_WRONG", **args
+        )
+    with pytest.raises(ConfigError, match=r"lacks 'client_id'.*add_sendpulse_account"):
+        add_sender_account("sp", from_email="news@shop.sk", credential_ref="SP_SECRET", **args)
+    with pytest.raises(ConfigError, match=r"'host' are not used.*add_sendpulse_account"):
+        add_sender_account(
+            "sp",
+            from_email="news@shop.sk",
+            settings={**settings, "host": "smtp-pulse.com"},
+            credential_ref="SP_SECRET",
+            **args,
+        )
+    assert _accounts(database) == []
+    info = add_sender_account(
+        "sp", from_email="news@shop.sk", settings=settings, credential_ref="SP_SECRET", **args
+    )
+    assert (info.kind, info.from_email, info.settings["mode"]) == (
+        "sendpulse",
+        "news@shop.sk",
+        "campaign",
+    )
+    fake.senders.append({"email": "promo@shop.sk", "name": "Promo"})
+    with pytest.raises(ConfigError, match="cannot be changed"):
+        add_sender_account(
+            "sp", from_email="promo@shop.sk", settings=settings, credential_ref="SP_SECRET", **args
+        )
+    with pytest.raises(ConfigError, match="edit it with add_sendpulse_account"):
+        add_sender_account(
+            "sp", kind="smtp", from_email="promo@shop.sk", settings={"host": "h"}, db=database
+        )
+    assert [(a.kind, a.from_email) for a in _accounts(database)] == [("sendpulse", "news@shop.sk")]
+
+
+def test_sendpulse_campaign_needs_no_unsubscribe_pattern_and_reports_its_ids(
+    database: dbmod.Database,
+    fake: SendPulseFake,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SendPulse puts its own unsubscribe link in every campaign: no pattern of ours is needed.
+    monkeypatch.delenv("BULKMAIL_UNSUBSCRIBE_URL")
+    cid = _campaign(database, fake, clock)
+    assert len(queue(cid, db=database)) == 7
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(UnsubscribeToken)) == 0
+    assert provider_status(cid, db=database).empty  # nothing handed over yet
+    result = send_campaign_via_sendpulse(cid, clock=clock, progress=False, db=database)
+    status = provider_status(cid, db=database)
+    assert status.loc[
+        0, ["provider", "book_id", "campaign_id", "status", "status_text"]
+    ].tolist() == [
+        "sendpulse",
+        result.book_id,
+        result.provider_campaign_id,
+        13,
+        "copying addresses",
+    ]
+    fake.complete(result.provider_campaign_id)
+    sendpulse_report(cid, clock=clock, db=database)  # asks SendPulse, stores what it says
+    assert provider_status(cid, db=database).loc[0, "status_text"] == "sent"

@@ -95,7 +95,7 @@ def with_date(message: bytes, when: datetime) -> bytes:
 
 
 def open_transport(kind: str, settings: dict[str, Any], credential_ref: str = "") -> Transport:
-    """Return the transport for a sender account of ``kind`` (smtp or file), not yet connected."""
+    """Return the (not yet connected) transport for a sender account of ``kind``."""
     if kind == "smtp":
         from .smtp import SmtpTransport
 
@@ -118,6 +118,6 @@ def open_transport(kind: str, settings: dict[str, Any], credential_ref: str = ""
             kind=kind,
         )
     raise ConfigError(
-        f"sender account kind {kind!r} cannot send e-mail here: use smtp or file",
+        f"sender account kind {kind!r} cannot send here: use smtp, file or eurosms",
         kind=kind,
     )

@@ -266,8 +266,8 @@ class EuroSmsTransport:
 
     def send(self, message: bytes, *, mail_from: str, rcpt_to: str) -> SendResult:
         """Send the SMS text ``message`` (UTF-8) to the E.164 number ``rcpt_to``."""
-        # The engine prefixes every stored body with a Date header (right for e-mail);
-        # an SMS body has no headers, so that line is not part of the text.
+        # The engine sends SMS bodies bare, but a caller reusing the e-mail path may prefix
+        # a Date header; an SMS has no headers, so such a line is never part of the text.
         raw = _DATE_LINE.sub(b"", message, count=1)
         try:
             text = raw.decode("utf-8")
