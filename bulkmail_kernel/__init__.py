@@ -63,11 +63,12 @@ from .sending import (
     campaign_report,
     campaign_timeline,
     history,
+    provider_status,
     run_worker,
     send,
 )
 from .sink import Sink, start_sink
-from .sms import sms_segments
+from .sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
 from .templates import (
     RenderedMessage,
     Template,
@@ -77,6 +78,14 @@ from .templates import (
     render,
     template_from_html,
 )
+from .transports.sendpulse import (
+    SendPulseError,
+    SendPulseResult,
+    add_sendpulse_account,
+    send_campaign_via_sendpulse,
+    sendpulse_report,
+)
+from .transports.sms import EuroSmsError, add_eurosms_account, poll_delivery_reports
 from .unsubscribe_server import create_app as create_unsubscribe_app
 from .widgets_preview import preview, preview_warnings
 from .widgets_segments import segment_builder
@@ -91,6 +100,7 @@ __all__ = [
     "ConfigError",
     "ContactImportError",
     "Database",
+    "EuroSmsError",
     "ExportError",
     "FilterError",
     "FilterSpec",
@@ -100,12 +110,16 @@ __all__ = [
     "RetryPolicy",
     "SegmentError",
     "SendError",
+    "SendPulseError",
+    "SendPulseResult",
     "SendSummary",
     "SenderInfo",
     "Sink",
     "Template",
     "TemplateError",
+    "add_eurosms_account",
     "add_sender_account",
+    "add_sendpulse_account",
     "build_mime",
     "campaign_failures",
     "campaign_report",
@@ -118,6 +132,7 @@ __all__ = [
     "delete_segment",
     "export_recipients",
     "filter_recipients",
+    "fit_to_gsm7",
     "generate_demo",
     "generate_dkim_key",
     "get_campaign",
@@ -133,9 +148,11 @@ __all__ = [
     "parse_bounce",
     "pause",
     "plot_timeline",
+    "poll_delivery_reports",
     "preview",
     "preview_warnings",
     "process_mailbox",
+    "provider_status",
     "queue",
     "register",
     "remove_from_queue",
@@ -148,8 +165,12 @@ __all__ = [
     "segment_builder",
     "segment_recipients",
     "send",
+    "send_campaign_via_sendpulse",
+    "sendpulse_report",
     "sign_message",
     "skipped",
+    "sms_cost",
+    "sms_fit_preview",
     "sms_segments",
     "start_sink",
     "template_from_html",

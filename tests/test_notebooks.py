@@ -199,3 +199,75 @@ def test_05_report_runs_on_its_own(demo_db: str, tmp_path: Path, sink: Sink) -> 
     assert len(unsubscribed) >= 1
     assert "reporting on 'Report demo'" in outputs_text(nb)
     dbmod.close_all()
+
+
+def test_06_sms_through_the_eurosms_fake(
+    demo_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy as sa
+    from fakes.eurosms_fake import running_eurosms
+
+    from bulkmail_kernel import FilterSpec, contacts_frame, filter_recipients
+    from bulkmail_kernel.db import Event, open_database
+
+    frame = contacts_frame(url=demo_db)
+    chosen = filter_recipients(
+        frame, FilterSpec(channel="sms", mailing_allowed=True, language=["sk"])
+    ).head(6)
+    numbers = [int(a.lstrip("+")) for a in chosen["address"]]
+    dbmod.close_all()
+    monkeypatch.setenv("EUROSMS_KEY", "integration-key")  # the fake's key, via the environment
+    with running_eurosms() as fake:
+        fake.delivery.update(dict.fromkeys(numbers, "DELIVRD"))
+        nb = run_notebook(
+            "06_sms.ipynb",
+            tmp_path,
+            RECIPIENTS=6,
+            EUROSMS_INTEGRATION_ID="1-AB12CD",
+            EUROSMS_BASE_URL=fake.base_url,
+        )
+        # Every SMS reached the provider once, signed (the fake checks), fitted to GSM-7.
+        assert sorted(s.rcpt for s in fake.sent) == sorted(numbers)
+        assert all(s.flgs in (0, 2) for s in fake.sent)
+    text = outputs_text(nb)
+    assert "units -> 2 SMS" in text  # the 161-character line of the segment table
+    with open_database(demo_db).session() as s:
+        delivered = s.scalar(
+            sa.select(sa.func.count()).select_from(Event).where(Event.kind == "delivered")
+        )
+    assert delivered == 6
+    dbmod.close_all()
+
+
+def test_06_sms_dry_run_without_credentials(demo_db: str, tmp_path: Path) -> None:
+    run_notebook("06_sms.ipynb", tmp_path, RECIPIENTS=4)
+    written = list((tmp_path / "sms-dry-run").glob("*"))
+    assert len(written) == 4
+
+
+def test_07_sendpulse_through_the_fake(
+    demo_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    from fakes.sendpulse_fake import SendPulseFake, running_sendpulse
+
+    monkeypatch.setenv("SENDPULSE_SECRET", "sp-client-secret")
+    fake = SendPulseFake(senders=[{"email": "news@example.com", "name": "Demo Firm s.r.o."}])
+    with running_sendpulse(fake) as fake:
+        nb = run_notebook(
+            "07_sendpulse.ipynb",
+            tmp_path,
+            RECIPIENTS=7,
+            SENDPULSE_CLIENT_ID="sp-client-id",
+            SENDPULSE_BASE_URL=fake.base_url,
+        )
+    assert not fake.schema_errors
+    (book,) = fake.books.values()
+    assert len(book["emails"]) == 7
+    (campaign,) = fake.campaigns.values()
+    assert campaign["type"] == "draft"  # DRAFT=True: finished in SendPulse's cabinet
+    assert "{{name}}" in campaign["html"].replace(" ", "")
+    assert base64.b64decode(campaign["body"]).decode("utf-8") == campaign["html"]
+    text = outputs_text(nb)
+    assert "0 problems for SendPulse over 7 recipients" in text

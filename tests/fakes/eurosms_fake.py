@@ -63,6 +63,8 @@ class EuroSmsFake:
     outage: int = 0
     sent: list[SentSms] = field(default_factory=list)
     dlrs: dict[str, str] = field(default_factory=dict)
+    #: Delivery state that SMS to a number will report as soon as they are sent.
+    delivery: dict[int, str] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     base_url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -90,7 +92,7 @@ class EuroSmsFake:
         sms = SentSms([uuidlib.uuid4().hex for _ in range(n)], rcpt, txt, flgs, sndr, ref)
         self.balance -= n
         for u in sms.uuids:
-            self.dlrs[u] = "ENROUTE"
+            self.dlrs[u] = self.delivery.get(rcpt, "ENROUTE")
         self.sent.append(sms)
         return sms
 
