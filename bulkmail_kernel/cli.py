@@ -260,6 +260,63 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eurosms_account(args: argparse.Namespace) -> int:
+    """Create or update a EuroSMS sender account (the key stays in env/keyring)."""
+    from .transports.sms import DEFAULT_BASE_URL, add_eurosms_account
+
+    info = add_eurosms_account(
+        args.name,
+        integration_id=args.integration_id,
+        sender_id=args.sender_id,
+        credential_ref=args.credential_ref,
+        base_url=args.base_url or DEFAULT_BASE_URL,
+        url=args.db,
+    )
+    print(info)
+    return 0
+
+
+def cmd_sms_dlr(args: argparse.Namespace) -> int:
+    """Poll EuroSMS delivery reports of an SMS campaign into the history."""
+    from .transports.sms import poll_delivery_reports
+
+    _print_frame(poll_delivery_reports(args.campaign, url=args.db))
+    return 0
+
+
+def cmd_sendpulse_account(args: argparse.Namespace) -> int:
+    """Create or update a SendPulse account after SendPulse accepts its ID and Secret."""
+    from .transports.sendpulse import DEFAULT_BASE_URL, add_sendpulse_account
+
+    info = add_sendpulse_account(
+        args.name,
+        client_id=args.client_id,
+        from_email=args.from_email,
+        from_name=args.from_name,
+        secret_env=args.secret_env,
+        base_url=args.base_url or DEFAULT_BASE_URL,
+        url=args.db,
+    )
+    print(info)
+    return 0
+
+
+def cmd_sendpulse_send(args: argparse.Namespace) -> int:
+    """Hand a registered campaign to SendPulse as an address book and a campaign or draft."""
+    from .transports.sendpulse import send_campaign_via_sendpulse
+
+    print(send_campaign_via_sendpulse(args.campaign, draft=args.draft, url=args.db))
+    return 0
+
+
+def cmd_provider_status(args: argparse.Namespace) -> int:
+    """Show the provider-side ids and status stored on a campaign."""
+    from .sending import provider_status
+
+    _print_frame(provider_status(args.campaign, url=args.db))
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Create the demo database if missing and open JupyterLab on notebooks/."""
     import sqlalchemy as sa
@@ -451,6 +508,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=2048, help="RSA key size (default 2048)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing key file")
     p.set_defaults(func=cmd_dkim_keygen)
+
+    p = sub.add_parser("eurosms-account", help="create or update a EuroSMS sender account")
+    p.add_argument("name", help="account name")
+    p.add_argument("--integration-id", required=True, help="EuroSMS integration id (1-XXXXXX)")
+    p.add_argument("--sender-id", required=True, help="sender id shown on phones (<= 11 chars)")
+    p.add_argument(
+        "--credential-ref", required=True, help="env variable (or keyring:NAME) holding the key"
+    )
+    p.add_argument("--base-url", help="API base URL (default: EuroSMS's v3 API)")
+    _add_db(p)
+    p.set_defaults(func=cmd_eurosms_account)
+
+    p = sub.add_parser("sms-dlr", help="poll EuroSMS delivery reports into the history")
+    p.add_argument("campaign", help="campaign name or id")
+    _add_db(p)
+    p.set_defaults(func=cmd_sms_dlr)
+
+    p = sub.add_parser("sendpulse-account", help="create or update a SendPulse account")
+    p.add_argument("name", help="account name")
+    p.add_argument("--client-id", required=True, help="SendPulse API ID")
+    p.add_argument("--secret-env", required=True, help="environment variable holding the Secret")
+    p.add_argument("--from-email", required=True, help="a sender confirmed in SendPulse")
+    p.add_argument("--from-name", default="", help="sender display name")
+    p.add_argument("--base-url", help="API base URL (default: https://api.sendpulse.com)")
+    _add_db(p)
+    p.set_defaults(func=cmd_sendpulse_account)
+
+    p = sub.add_parser("sendpulse-send", help="hand a registered campaign to SendPulse")
+    p.add_argument("campaign", help="campaign name or id")
+    p.add_argument("--draft", action="store_true", help="create a draft to send from SendPulse")
+    _add_db(p)
+    p.set_defaults(func=cmd_sendpulse_send)
+
+    p = sub.add_parser("provider-status", help="provider-side ids and status of a campaign")
+    p.add_argument("campaign", help="campaign name or id")
+    _add_db(p)
+    p.set_defaults(func=cmd_provider_status)
 
     p = sub.add_parser("lab", help="create the demo database if needed and open JupyterLab")
     p.add_argument("--port", type=int, default=8888, help="JupyterLab port (default 8888)")
