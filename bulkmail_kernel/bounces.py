@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from email.message import Message as EmailMessage
 from email.utils import getaddresses, parseaddr
 from typing import Any
+from urllib.parse import unquote
 
 import pandas as pd
 import sqlalchemy as sa
 from flufl.bounce import all_failures
 from sqlalchemy.orm import Session
 
-from .campaigns import hash_token, unsubscribe
+from .campaigns import VERP_TAG, hash_token, unsubscribe, unsubscribe_address
 from .db import (
     Campaign,
     ContactPoint,
@@ -79,6 +80,8 @@ _COPY_STARTS = re.compile(
     r"|original message headers:.*|-+ ?original message ?-+)$"
 )
 _VERP = re.compile(r"^[^+@]+\+(?P<local>[^=@]+)=(?P<domain>[^@]+)@", re.IGNORECASE)
+#: ``bounces+<Message-ID's unique part>@firm.sk``: what ``envelope_from`` writes with verp on.
+_VERP_MESSAGE = re.compile(rf"^[^+@]+\+(?P<tag>{VERP_TAG.pattern})@", re.IGNORECASE)
 _DAEMON = re.compile(r"(?i)^(mailer-daemon|postmaster|mail-daemon|mdaemon)@")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -108,6 +111,8 @@ class BounceInfo:
     #: The address decoded from a VERP return path, if the bounce went to one.
     verp_recipient: str | None = None
     reporter: str = ""
+    #: The Message-ID's unique part from a message-VERP return path (``bounces+<tag>@``).
+    verp_tag: str | None = None
 
     @property
     def recipient(self) -> str:
@@ -205,12 +210,26 @@ def _original_ids(msg: EmailMessage, raw: bytes) -> tuple[str, ...]:
     return tuple(unique)
 
 
-def _verp(msg: EmailMessage) -> str | None:
+def _return_paths(msg: EmailMessage) -> Iterator[str]:
+    """Yield the addresses a notification was delivered to: where a VERP tag would be."""
     for name in ("X-Original-To", "Delivered-To", "Envelope-To", "To"):
         for _, address in getaddresses([str(v) for v in msg.get_all(name, [])]):
-            match = _VERP.match(address)
-            if match:
-                return f"{match['local']}@{match['domain']}".lower()
+            yield address
+
+
+def _verp(msg: EmailMessage) -> str | None:
+    for address in _return_paths(msg):
+        match = _VERP.match(address)
+        if match:
+            return f"{match['local']}@{match['domain']}".lower()
+    return None
+
+
+def _verp_tag(msg: EmailMessage) -> str | None:
+    for address in _return_paths(msg):
+        match = _VERP_MESSAGE.match(address)
+        if match:
+            return match["tag"].lower()
     return None
 
 
@@ -301,7 +320,9 @@ def parse_bounce(message: bytes) -> BounceInfo | None:
     if not found:
         return None
     reporter = _clean(parseaddr(str(msg.get("From", "")))[1])
-    return BounceInfo(tuple(found.values()), _original_ids(msg, message), _verp(msg), reporter)
+    return BounceInfo(
+        tuple(found.values()), _original_ids(msg, message), _verp(msg), reporter, _verp_tag(msg)
+    )
 
 
 def _clean(text: str) -> str:
@@ -492,6 +513,16 @@ def _find_message(
             own = [r for r in info.recipients if r.recipient == msg.recipient]
             ranked = own or sorted(info.recipients, key=lambda r: not r.permanent)
             return msg, ranked[0], "message-id"
+    if info.verp_tag:
+        # The tag is the random part of a Message-ID we wrote: unique, so no account filter.
+        msg = s.scalars(
+            sa.select(Message).where(Message.message_id_header.like(f"<{info.verp_tag}@%"))
+        ).first()
+        if msg is not None:
+            bounced = next(
+                (r for r in info.recipients if r.recipient == msg.recipient), info.recipients[0]
+            )
+            return msg, bounced, "verp"
     ours = (
         sa.select(Message)
         .join(Campaign, Campaign.id == Message.campaign_id)
@@ -611,9 +642,13 @@ def _unsubscribe_request(msg: EmailMessage, imap: ImapSettings) -> bool:
 
 
 def _unsubscribe_target(s: Session, msg: EmailMessage) -> dict[str, str]:
-    words = " ".join(
-        [str(msg.get("Subject", ""))]
-        + [str(v) for h in ("To", "Delivered-To") for v in msg.get_all(h, [])]
+    # The List-Unsubscribe mailto says subject=unsubscribe%20TOKEN; a client that did not
+    # decode the %20 must not glue "20" to the token.
+    words = unquote(
+        " ".join(
+            [str(msg.get("Subject", ""))]
+            + [str(v) for h in ("To", "Delivered-To") for v in msg.get_all(h, [])]
+        )
     )
     for token in _TOKEN.findall(words):
         if s.get(UnsubscribeToken, hash_token(token)) is not None:
@@ -673,23 +708,12 @@ def _process_one(
             unsubscribe(target["token"], db=database)
             return {"kind": "unsubscribe", "matched_by": "token", "detail": "mailto unsubscribe"}
         address = target["address"]
-        with database.session() as s:
-            points = s.scalars(
-                sa.select(ContactPoint).where(
-                    ContactPoint.channel == "email", ContactPoint.normalized == address
-                )
-            ).all()
-            for point in points:
-                point.mailing_allowed = False
-                s.add(
-                    Event(
-                        kind="unsubscribed",
-                        contact_id=point.contact_id,
-                        contact_point_id=point.id,
-                        detail=f"mailto unsubscribe from {address}",
-                    )
-                )
-            _suppress(s, address, "unsubscribe", "mailto unsubscribe", None)
+        try:
+            unsubscribe_address(address, channel="email", detail="mailto unsubscribe", db=database)
+        except ConfigError as exc:
+            # No token and a From we cannot read as an address: left unflagged for a human.
+            log.warning("unsubscribe mail from %r not handled: %s", address, exc.message)
+            return None
         return {
             "kind": "unsubscribe",
             "recipient": address,

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from .db import (
     open_database,
     utcnow,
 )
+from .dkim import SIGNED_HEADERS, prepare_outgoing, signer_for
 from .exceptions import BulkmailError, ConfigError, SendError
 
 log = logging.getLogger("bulkmail")
@@ -55,6 +57,10 @@ CAMPAIGN_CHANNELS = {"email": "email", "sms": "phone"}
 DEFAULT_MAX_SMS_SEGMENTS = 6
 #: Sender kinds that only the provider functions may save: they check the credentials first.
 _PROVIDER_KINDS = {"sendpulse": "add_sendpulse_account", "eurosms": "add_eurosms_account"}
+#: The unique part of our Message-IDs (``uuid4().hex``): what a VERP return path carries.
+VERP_TAG = re.compile(r"[0-9a-f]{32}")
+#: What ``settings["unsubscribe_mailto"]`` may hold: an ASCII address a header cannot break on.
+_MAILTO = re.compile(r"[A-Za-z0-9.!#$&'*+/=^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
 def campaign_channel(channel: str) -> str:
@@ -186,7 +192,10 @@ def add_sender_account(
     """Create or update the sender account ``name`` (smtp or file); secrets stay out of it.
 
     ``settings`` for smtp: host, port, security (ssl, starttls, none), user,
-    unsubscribe_url (with ``{token}``), envelope_from; for file: folder.
+    unsubscribe_url (with ``{token}``), unsubscribe_mailto (the List-Unsubscribe
+    mailto address), envelope_from, verp (True: tag the return path per message),
+    dkim (``{"selector": ..., "key_path" or "keyring": ...}``), imap (the bounce
+    mailbox); for file: folder.
     ``credential_ref`` names the environment variable holding the password; without
     one the password is looked up in the keyring that ``yagmail.register`` fills.
 
@@ -656,6 +665,58 @@ def _has_unsubscribe_pattern(sender: SenderInfo) -> bool:
     return bool(pattern) and "{token}" in str(pattern)
 
 
+def unsubscribe_mailto(sender: SenderInfo, token: str) -> str | None:
+    """Return the List-Unsubscribe mailto target for ``token``, or None without a mailto address.
+
+    The subject carries the token (``unsubscribe%20TOKEN``, RFC 6068 percent-encoding),
+    so the bounce processor can tell whose unsubscribe it is even from a forwarding alias.
+    """
+    value = str(sender.settings.get("unsubscribe_mailto") or "").strip()
+    if not value:
+        return None
+    address = value.removeprefix("mailto:").partition("?")[0]
+    if not _MAILTO.fullmatch(address):
+        raise ConfigError(
+            f"sender account {sender.name!r}: settings['unsubscribe_mailto']={value!r} is not "
+            "a plain ASCII address like unsubscribe@firm.sk",
+            account=sender.name,
+        )
+    return f"{address}?subject=unsubscribe%20{token}"
+
+
+def list_id(campaign_name: str, campaign_id: int, sender: SenderInfo) -> str:
+    """Return the campaign's ``List-Id`` value (RFC 2919), e.g. ``Jar 2025 <jar-2025.c7.shop.sk>``.
+
+    Both parts are plain ASCII made from the campaign name: the header must never be
+    a way for an analyst-typed name to smuggle an encoded word or a line break in.
+    """
+    folded = unicodedata.normalize("NFKD", campaign_name).encode("ascii", "ignore").decode()
+    phrase = " ".join(re.sub(r"[^A-Za-z0-9 _-]", " ", folded).split())[:60]
+    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")[:40].strip("-")
+    domain = sender.from_email.rpartition("@")[2].lower() or "invalid"
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        domain = "invalid"
+    ident = f"{slug + '.' if slug else ''}c{campaign_id}.{domain}"
+    return f"{phrase} <{ident}>" if phrase else f"<{ident}>"
+
+
+def envelope_from(sender: SenderInfo, message_id: str = "") -> str:
+    """Return one message's MAIL FROM: the account's, VERP-tagged when ``settings['verp']``.
+
+    With VERP the return path carries the Message-ID's unique part
+    (``bounces+3f2a...@shop.sk``), so a bounce that quotes nothing of the original
+    still names the message it is about.
+    """
+    base = sender.envelope_from
+    tag = message_id.strip().strip("<>").partition("@")[0]
+    if not sender.settings.get("verp") or not VERP_TAG.fullmatch(tag) or "@" not in base:
+        return base
+    local, _, domain = base.rpartition("@")
+    return f"{local}+{tag}@{domain}"
+
+
 def new_message_id(sender: SenderInfo) -> str:
     """Return a globally unique Message-ID on the sender's domain."""
     # SMS accounts have no address; the id still has to be unique in the outbox.
@@ -697,22 +758,33 @@ def unsubscribe_address(
 ) -> bool:
     """Unsubscribe an address by hand (a phone call, a reply): clear opt-in and suppress it.
 
-    The address is normalised as at import. Returns False if no contact has it; the
-    suppression is added anyway, so a later import of that address is not mailed.
+    ``channel`` is "email", or "phone" (also "sms") for a number. The address is
+    normalised as at import, and every contact point holding it is unsubscribed.
+    Returns False if no contact has it; the suppression is added anyway, so a later
+    import of that address is not mailed.
     """
     from .contacts import normalize_email, normalize_phone
 
-    norm = normalize_email(address) if channel == "email" else normalize_phone(address)
+    channel = point_channel(channel)
+    try:
+        norm = normalize_email(address) if channel == "email" else normalize_phone(address)
+    except ValueError as exc:
+        raise ConfigError(
+            f"unsubscribe_address: {address!r} is not a valid {channel} ({exc}); give the "
+            "address as the contact wrote it",
+            address=address,
+        ) from exc
     with _database(db, url).session() as s:
-        point = s.scalars(
+        points = s.scalars(
             sa.select(ContactPoint).where(
                 ContactPoint.channel == channel, ContactPoint.normalized == norm
             )
-        ).first()
-        if point is None:
+        ).all()
+        if not points:
             _add_suppression(s, channel, norm, detail)
             return False
-        _honour_unsubscribe(s, point, campaign_id=None, detail=detail)
+        for point in points:
+            _honour_unsubscribe(s, point, campaign_id=None, detail=detail)
     return True
 
 
@@ -835,6 +907,8 @@ def register(
     the recipient. SendPulse accounts need no unsubscribe link pattern: SendPulse
     adds its own.
     """
+    from dataclasses import replace as dc_replace
+
     from .mime import build_mime
     from .sms import fit_to_gsm7 as fit_text
     from .templates import Mailbox, render
@@ -902,6 +976,8 @@ def register(
             conn.execute(sa.select(Message.recipient).where(Message.campaign_id == cid)).scalars()
         )
     from_box = Mailbox(sender.from_name, sender.from_email)
+    # RFC 2919: one List-Id per campaign, so receivers (and Gmail's filters) group its mail.
+    list_header = None if is_sms else ("List-Id", list_id(cname, cid, sender))
     skipped: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -928,7 +1004,18 @@ def register(
             token = new_token() if link_wanted else None
             link = unsubscribe_url(sender, token) if token is not None else None
             try:
-                rendered = render(tmpl, row, values=values, unsubscribe_url=link, sender=from_box)
+                rendered = render(
+                    tmpl,
+                    row,
+                    values=values,
+                    unsubscribe_url=link,
+                    sender=from_box,
+                    unsubscribe_mailto=(
+                        unsubscribe_mailto(sender, token)
+                        if token is not None and not is_sms
+                        else None
+                    ),
+                )
                 message_id = new_message_id(sender)
                 if is_sms:
                     text = (rendered.sms or "").strip()
@@ -936,6 +1023,8 @@ def register(
                     subject, data = text, text.encode("utf-8")
                 else:
                     subject = rendered.subject
+                    assert list_header is not None
+                    rendered = dc_replace(rendered, headers=(*rendered.headers, list_header))
                     data = _without_date(build_mime(rendered, message_id=message_id))
             except BulkmailError as exc:
                 if isinstance(exc, ConfigError):
@@ -1131,6 +1220,7 @@ __all__ = [
     "test_send",
     "unknown_messages",
     "unsubscribe",
+    "unsubscribe_address",
 ]
 
 
@@ -1156,7 +1246,7 @@ def send_samples(
     from .contacts import contacts_frame
     from .mime import build_mime
     from .templates import Mailbox, render
-    from .transports import open_transport, with_date
+    from .transports import open_transport
 
     if not to:
         raise SendError("test_send: give at least one test address in to=[...]")
@@ -1173,6 +1263,9 @@ def send_samples(
         ).all()
         values = dict(c.values or {})
         is_sms = campaign_channel(c.channel) == "sms"
+        list_header = ("List-Id", list_id(c.name, c.id, sender))
+    # A sample is signed like the real message, so "Show original" in Gmail checks DKIM too.
+    signer = None if is_sms else signer_for(sender.settings, sender.from_email)
     if recipients is None:
         frame = contacts_frame(database)
         if registered:
@@ -1200,6 +1293,9 @@ def send_samples(
                 values=values,
                 unsubscribe_url=link,
                 sender=Mailbox(sender.from_name, sender.from_email),
+                unsubscribe_mailto=(
+                    unsubscribe_mailto(sender, "test-send-not-a-token") if link else None
+                ),
             )
             if is_sms:
                 results.append(_sms_sample(transport, rendered.sms, address, values))
@@ -1208,11 +1304,16 @@ def send_samples(
                 rendered,
                 subject=f"[TEST] {rendered.subject}",
                 to=Mailbox(rendered.to.name, address),
+                headers=(*rendered.headers, list_header),
             )
-            data = _without_date(build_mime(rendered, message_id=new_message_id(sender)))
-            r = transport.send(
-                with_date(data, utcnow()), mail_from=sender.envelope_from, rcpt_to=address
-            )
+            message_id = new_message_id(sender)
+            data = _without_date(build_mime(rendered, message_id=message_id))
+            try:
+                data = prepare_outgoing(data, when=utcnow(), signer=signer, allowed=SIGNED_HEADERS)
+            except SendError as exc:
+                results.append((address, rendered.subject, "failed", f"not sent: {exc.message}"))
+                continue
+            r = transport.send(data, mail_from=envelope_from(sender, message_id), rcpt_to=address)
             results.append((address, rendered.subject, r.status, r.detail))
     finally:
         transport.close()

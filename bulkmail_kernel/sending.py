@@ -37,6 +37,8 @@ from .campaigns import (
     CampaignRef,
     SenderInfo,
     _database,
+    campaign_channel,
+    envelope_from,
     get_campaign_row,
     sender_of,
 )
@@ -52,9 +54,10 @@ from .db import (
     Suppression,
     Worker,
 )
-from .exceptions import SendError
+from .dkim import SIGNED_HEADERS, DkimSigner, prepare_outgoing, signer_for
+from .exceptions import ConfigError, SendError
 from .throttle import SYSTEM_CLOCK, Clock, SharedTokenBucket, Throttle
-from .transports import SendResult, Transport, open_transport, with_date
+from .transports import SendResult, Transport, open_transport
 
 log = logging.getLogger("bulkmail")
 
@@ -92,6 +95,8 @@ class Claimed:
     body: bytes = field(repr=False)
     #: The contact-point channel, "email" or "phone": what a hard bounce suppresses.
     channel: str = "email"
+    #: The Message-ID fixed at registration (a VERP return path carries its unique part).
+    message_id_header: str = ""
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,7 @@ class OutboxStore:
                     _M.c.recipient,
                     _M.c.attempts,
                     _M.c.channel,
+                    _M.c.message_id_header,
                 )
             ).all()
             if not rows:
@@ -312,6 +318,7 @@ class OutboxStore:
                 r.attempts,
                 bodies[r.id],
                 _point_channel(r.channel),
+                r.message_id_header or "",
             )
             for r in sorted(keep, key=lambda r: r.id)
         ]
@@ -534,6 +541,8 @@ class _Run:
     batch: int
     stop: threading.Event | None = None
     on_progress: Callable[[int], None] | None = None
+    #: Signs every e-mail of the campaign (None: the account has no DKIM key).
+    signer: DkimSigner | None = None
     totals: dict[str, int] = field(
         default_factory=lambda: {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0}
     )
@@ -573,13 +582,20 @@ def _run_batches(run: _Run) -> None:
             for m in batch:
                 if run.stop is not None and run.stop.is_set():
                     break
+                body = m.body
+                if m.channel != "phone":  # an SMS is the bare text: a Date would be sent as words
+                    try:
+                        body = _outgoing(run, m)
+                    except SendError as exc:
+                        # Never handed to the transport: a smuggled header must not leave.
+                        log.error("message %d to %s not sent: %s", m.id, m.recipient, exc.message)
+                        outcomes.append((m, SendResult("failed", None, f"not sent: {exc.message}")))
+                        continue
                 run.throttle.acquire()
                 in_flight = m
-                # An SMS body is the bare text: a Date header would be sent as words.
-                body = m.body if m.channel == "phone" else with_date(m.body, run.clock.now())
                 result = run.transport.send(
                     body,
-                    mail_from=run.sender.envelope_from,
+                    mail_from=envelope_from(run.sender, m.message_id_header),
                     rcpt_to=m.recipient,
                 )
                 in_flight = None
@@ -613,6 +629,24 @@ def _run_batches(run: _Run) -> None:
             )
             _stop_campaign(run.db, run.campaign_id, error)
             raise SendError(error, campaign=run.name, code=fatal.code)
+
+
+def _outgoing(run: _Run, m: Claimed) -> bytes:
+    """Return the bytes of e-mail ``m`` as they leave: Date now, header set checked, signed."""
+    return prepare_outgoing(m.body, when=run.clock.now(), signer=run.signer, allowed=SIGNED_HEADERS)
+
+
+def _signer(sender: SenderInfo, channel: str) -> DkimSigner | None:
+    """Return the DKIM signer of an e-mail campaign's account (ConfigError for bad settings)."""
+    if campaign_channel(channel) != "email":
+        return None
+    try:
+        return signer_for(sender.settings, sender.from_email)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"sender account {sender.name!r}: {exc.message}; nothing was sent",
+            **{**exc.fields, "account": sender.name},
+        ) from exc
 
 
 def _finish_if_done(db: Database, store: OutboxStore, campaign_id: int) -> str:
@@ -684,9 +718,11 @@ def send(
                 campaign=c.name,
             )
         sender = sender_of(s, c)
-        campaign_id, name = c.id, c.name
+        campaign_id, name, channel = c.id, c.name, c.channel
         rate = float(rate_per_hour if rate_per_hour is not None else c.rate_per_hour)
         burst_n = int(burst if burst is not None else c.burst)
+    # Loaded once, before anything is claimed: a missing key stops us with nothing sent.
+    signer = _signer(sender, channel)
     store = OutboxStore(database, new_worker_id(), clock)
     store.register_worker()
     start = clock.monotonic()
@@ -722,6 +758,7 @@ def send(
             _batch_size(rate, batch_size),
             stop,
             bar.update,
+            signer,
         )
         try:
             while True:
@@ -797,6 +834,7 @@ def run_worker(
     store.register_worker()
     log.info("worker %s started on %s", store.worker_id, database.url)
     transports: dict[int, Transport] = {}
+    signers: dict[tuple[int, str], DkimSigner | None] = {}
     sent = 0
     try:
         while not stop.is_set():
@@ -812,6 +850,17 @@ def run_worker(
                         c.status = CampaignStatus.SENDING.value
                     sender = sender_of(s, c)
                     name, rate, burst = c.name, float(c.rate_per_hour), c.burst
+                    channel = c.channel
+                key = (sender.id, campaign_channel(channel))
+                if key not in signers:
+                    try:
+                        signers[key] = _signer(sender, channel)
+                    except ConfigError as exc:
+                        # Other campaigns keep going; this one waits for the account to be fixed.
+                        error = f"campaign {name!r} stopped: {exc.message}"
+                        log.error("worker: %s", error)
+                        _stop_campaign(database, campaign_id, error)
+                        continue
                 transport = transports.get(sender.id)
                 if transport is None:
                     transport = (
@@ -839,6 +888,7 @@ def run_worker(
                     retry,
                     _batch_size(rate, 100),
                     stop,
+                    signer=signers[key],
                 )
                 try:
                     _run_batches(run)

@@ -475,3 +475,122 @@ def test_wrong_password_and_missing_settings_are_clear_errors(
         process_mailbox("plain", db=database)
     with pytest.raises(ConfigError, match="does not exist"):
         process_mailbox("nobody", db=database)
+
+
+# --------------------------------------------------------------------------- engine round trips
+
+
+def _dsn(to: str, recipient: str, status: str, returned_headers: str = "") -> bytes:
+    """Return an RFC 3464 report as Postfix writes it, optionally with the original's headers."""
+    boundary = "dsn-boundary-1"
+    parts = [
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+        f"I'm sorry to have to inform you that your message could not be delivered.\r\n"
+        f"<{recipient}>: host mx.a.sk said: 550 {status} no such user\r\n",
+        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+        f"Reporting-MTA: dns; mx.shop.sk\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: {status}\r\n"
+        f"Diagnostic-Code: smtp; 550 {status} no such user\r\n",
+    ]
+    if returned_headers:
+        parts.append(
+            f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{returned_headers}\r\n"
+        )
+    return (
+        f"From: MAILER-DAEMON@mx.shop.sk (Mail Delivery System)\r\nTo: {to}\r\n"
+        f"Subject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <dsn{time.time_ns()}@mx.shop.sk>\r\nMIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"'
+        f"\r\n\r\n" + "".join(parts) + f"--{boundary}--\r\n"
+    ).encode()
+
+
+def _queued_campaign(database: dbmod.Database, name: str = "leto") -> int:
+    """Register a second campaign to everyone now; it is sent only after the IMAP run."""
+    from bulkmail_kernel.templates import template_from_html
+
+    template = template_from_html(
+        '<p>Leto {{ first_name }}</p><p><a href="{{ unsubscribe_url }}">Odhlásiť</a></p>',
+        "Leto",
+        name=name,
+    )
+    info = cm.create_campaign(name, sender="firm", template=template, db=database)
+    cm.register(name, contacts_frame(database), db=database)
+    return info.id
+
+
+def test_hard_bounce_over_imap_stops_queued_messages(
+    database: dbmod.Database, dovecot: Imap, sink: Sink, sent: str
+) -> None:
+    leto = _queued_campaign(database)
+    (original,) = sink.received_by("eva@a.sk")
+    headers = original.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    dovecot.deliver(_dsn("news@shop.sk", "eva@a.sk", "5.1.1", headers), "hard")
+    frame = process_mailbox(sent, db=database)
+    assert list(zip(frame["kind"], frame["matched_by"], strict=True)) == [
+        ("hard_bounce", "message-id")
+    ]
+    summary = send(leto, rate_per_hour=math.inf, progress=False, db=database)
+    assert summary.removed == 1
+    assert len(sink.received_by("eva@a.sk")) == 1  # only the first campaign's, before the bounce
+    assert len(sink.received_by("jan@a.sk")) == 2
+    row = cm.queue(leto, db=database).set_index("recipient").loc["eva@a.sk"]
+    assert row["status"] == "removed"
+    assert "hard_bounce" in row["last_error"]
+
+
+def test_mailto_unsubscribe_as_emitted_reaches_the_token(
+    database: dbmod.Database, dovecot: Imap, sink: Sink, sent: str
+) -> None:
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    leto = _queued_campaign(database)
+    (original,) = sink.received_by("eva@a.sk")
+    header = email.message_from_bytes(original.data, policy=email.policy.default)
+    mailto = next(
+        t for t in str(header["List-Unsubscribe"]).replace(" ", "").split(",") if "mailto:" in t
+    ).strip("<>")
+    # What a mail client does with the link (RFC 6068): address and decoded subject.
+    parts = urlsplit(mailto)
+    subject = parse_qs(parts.query)["subject"][0]
+    assert subject.startswith("unsubscribe ")
+    # Sent from an alias: only the token in the subject can say whose unsubscribe it is.
+    dovecot.deliver(_unsubscribe_mail("alias@b.sk", subject, to=unquote(parts.path)), "mailto")
+    frame = process_mailbox(sent, db=database)
+    assert list(zip(frame["kind"], frame["matched_by"], strict=True)) == [("unsubscribe", "token")]
+    summary = send(leto, rate_per_hour=math.inf, progress=False, db=database)
+    assert summary.removed == 1
+    assert len(sink.received_by("eva@a.sk")) == 1
+    with database.session() as s:
+        assert s.execute(sa.select(Suppression.normalized, Suppression.reason)).all() == [
+            ("eva@a.sk", "unsubscribe")
+        ]
+
+
+def test_verp_bounce_without_a_returned_copy_finds_the_message(
+    database: dbmod.Database, dovecot: Imap, sink: Sink, sent: str
+) -> None:
+    with database.session() as s:
+        account = s.scalars(sa.select(dbmod.SenderAccount)).one()
+        account.settings = {**account.settings, "verp": True, "envelope_from": "bounces@shop.sk"}
+    leto = _queued_campaign(database)
+    send(leto, rate_per_hour=math.inf, progress=False, db=database)
+    eva = next(m for m in sink.received_by("eva@a.sk") if m.mail_from.startswith("bounces+"))
+    # The report quotes nothing of the original, and names an address we never wrote to:
+    # only the return path it was delivered to says which message it is about.
+    dovecot.deliver(_dsn(eva.mail_from, "eva.alias@a.sk", "5.1.1"), "verp")
+    frame = process_mailbox(sent, db=database)
+    assert list(zip(frame["kind"], frame["matched_by"], strict=True)) == [("hard_bounce", "verp")]
+    assert frame["campaign_id"].iloc[0] == leto
+    row = cm.queue(leto, db=database).set_index("recipient").loc["eva@a.sk"]
+    assert row["status"] == "failed"
+
+
+def test_unsubscribe_address_accepts_sms_as_the_phone_channel(database: dbmod.Database) -> None:
+    assert cm.unsubscribe_address("+421 903 123 456", channel="sms", db=database) is False
+    with database.session() as s:
+        assert s.execute(sa.select(Suppression.channel, Suppression.normalized)).all() == [
+            ("phone", "+421903123456")
+        ]
+    with pytest.raises(ConfigError, match="not a valid email"):
+        cm.unsubscribe_address("not an address", db=database)

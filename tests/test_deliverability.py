@@ -7,6 +7,7 @@ import datetime as dt
 import email
 import email.policy
 import logging
+import math
 import re
 import smtplib
 import socket
@@ -15,23 +16,58 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dkim as dkimpy
+import pandas as pd
 import pytest
+import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from bulkmail_kernel.campaigns import (
+    SenderInfo,
+    add_sender_account,
+    create_campaign,
+    get_campaign,
+    hash_token,
+    list_id,
+    queue,
+    register,
+    send_samples,
+    unsubscribe_mailto,
+)
+from bulkmail_kernel.contacts import contacts_frame, import_contacts
+from bulkmail_kernel.db import (
+    Database,
+    Message,
+    MessageBody,
+    Suppression,
+    UnsubscribeToken,
+)
 from bulkmail_kernel.dkim import DkimSigner, check_header_set, generate_dkim_key, prepare_outgoing
-from bulkmail_kernel.exceptions import SendError, TemplateError
+from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.mime import build_mime
+from bulkmail_kernel.sending import run_worker, send
+from bulkmail_kernel.sink import Sink, start_sink
 from bulkmail_kernel.templates import Mailbox, list_templates, load_template, render
+from bulkmail_kernel.throttle import ManualClock
 from bulkmail_kernel.transports.smtp import SmtpTransport
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 SENDER = Mailbox("Obchod Danubius", "news@shop.sk")
 WHEN = dt.datetime(2025, 9, 1, 8, 30, tzinfo=dt.UTC)
-UNSUB = "https://shop.sk/u/Zx8Qm3T0kenOpaque_abcDEF12"
+TOKEN = "Zx8Qm3T0kenOpaque_abcDEF12"
+UNSUB = f"https://shop.sk/u/{TOKEN}"
+ACCOUNT = SenderInfo(
+    1,
+    "newsletter",
+    "smtp",
+    SENDER.name,
+    SENDER.address,
+    {"unsubscribe_url": "https://shop.sk/u/{token}", "unsubscribe_mailto": "unsubscribe@shop.sk"},
+    "",
+)
 EXPECTED_HEADERS = [
     "DKIM-Signature",
     "Date",
@@ -75,11 +111,11 @@ def _build(name: str, row: dict[str, object], values: dict[str, object] | None =
         values={**template.sample, **(values or {})},
         unsubscribe_url=UNSUB,
         sender=SENDER,
-        unsubscribe_mailto="unsubscribe@shop.sk",
+        unsubscribe_mailto=unsubscribe_mailto(ACCOUNT, TOKEN),
     )
-    # What registration must add: the campaign's List-Id (RFC 2919) on the sender's domain.
+    # What registration adds: the campaign's List-Id (RFC 2919) on the sender's domain.
     rendered = dataclasses.replace(
-        rendered, headers=(*rendered.headers, ("List-Id", "Jar 2025 <jar-2025.shop.sk>"))
+        rendered, headers=(*rendered.headers, ("List-Id", list_id("Jar 2025", 7, ACCOUNT)))
     )
     data = build_mime(rendered, message_id="<golden.1@shop.sk>", date=WHEN)
     return re.sub(rb"^Date: [^\r\n]*\r\n", b"", data, count=1, flags=re.MULTILINE)
@@ -112,9 +148,9 @@ def test_golden_message_of_each_template(name: str, signer: tuple[DkimSigner, st
     assert msg["From"].addresses[0].addr_spec == "news@shop.sk"
     assert msg["Message-ID"].endswith("@shop.sk>")
     assert msg["Date"].datetime == WHEN
-    assert msg["List-Id"] == "Jar 2025 <jar-2025.shop.sk>"
+    assert msg["List-Id"] == "Jar 2025 <jar-2025.c7.shop.sk>"
     targets = re.findall(r"<([^>]+)>", msg["List-Unsubscribe"])
-    assert targets == [UNSUB, "mailto:unsubscribe@shop.sk"]
+    assert targets == [UNSUB, f"mailto:unsubscribe@shop.sk?subject=unsubscribe%20{TOKEN}"]
     assert targets[0].startswith("https://")
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     html = msg.get_body(("html",))
@@ -336,3 +372,242 @@ def test_relay_without_starttls_is_refused(tmp_path: Path) -> None:
     assert result.status == "fatal"
     assert "offers no STARTTLS" in result.detail
     assert sink.messages == []
+
+
+# --------------------------------------------------------------------------- the real engine
+
+PEOPLE = {
+    "first_name": ["Ján", "Eva", "Olga"],
+    "last_name": ["Novák", "Malá", "Ivanova"],
+    "email": ["jan@a.sk", "eva@a.sk", "olga@b.sk"],
+    "mailing_allowed": ["yes", "yes", "yes"],
+    "language": ["sk", "sk", "sk"],
+}
+ENGINE_HEADERS = [n for n in EXPECTED_HEADERS if n != "DKIM-Signature"]
+
+
+@pytest.fixture
+def engine_sink(tmp_path: Path) -> Iterator[Sink]:
+    s = start_sink(tmp_path / "sink")
+    yield s
+    s.stop()
+
+
+def _firm(database: Database, port: int, key: Path | None, **extra: object) -> None:
+    settings: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": "none",
+        "unsubscribe_url": "https://shop.sk/u/{token}",
+        "unsubscribe_mailto": "unsubscribe@shop.sk",
+        **extra,
+    }
+    if key is not None:
+        settings["dkim"] = {"selector": "bm2025", "key_path": str(key)}
+    add_sender_account(
+        "firm",
+        kind="smtp",
+        from_email="news@shop.sk",
+        from_name="Obchod Danubius",
+        settings=settings,
+        db=database,
+    )
+
+
+def _registered(
+    database: Database,
+    port: int,
+    key: Path | None,
+    *,
+    name: str = "Jarná akcia 2025",
+    scheduled_at: dt.datetime | None = None,
+    **extra: object,
+) -> int:
+    import_contacts(pd.DataFrame(PEOPLE), db=database, progress=False)
+    _firm(database, port, key, **extra)
+    template = load_template(TEMPLATES / "newsletter_sk")
+    info = create_campaign(
+        name,
+        sender="firm",
+        template=template,
+        values=dict(template.sample),
+        scheduled_at=scheduled_at,
+        db=database,
+    )
+    register(info.id, contacts_frame(database), db=database)
+    return info.id
+
+
+@pytest.fixture
+def engine_key(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "dkim" / "shop.pem"
+    return path, generate_dkim_key(path)
+
+
+def _signed_headers(msg: email.message.EmailMessage) -> list[str]:
+    signature = str(msg["DKIM-Signature"]).replace(" ", "").replace("\t", "")
+    return re.search(r"\bh=([^;]+);", signature).group(1).lower().split(":")
+
+
+def test_engine_signs_and_adds_list_headers(
+    database: Database, engine_sink: Sink, engine_key: tuple[Path, str]
+) -> None:
+    key, record = engine_key
+    cid = _registered(database, engine_sink.port, key)
+    clock = ManualClock()
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database, clock=clock)
+    assert summary.sent == 3
+    ids = queue(cid, db=database).set_index("recipient")["message_id_header"]
+    with database.session() as s:
+        hashes = set(s.scalars(sa.select(UnsubscribeToken.token_hash)))
+    tokens = set()
+    for received in engine_sink.messages:
+        data = received.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        assert dkimpy.verify(data, dnsfunc=_dns(record)), received.rcpt_tos
+        names = check_header_set(data, allowed=EXPECTED_HEADERS)
+        assert sorted(n.lower() for n in names) == sorted(n.lower() for n in EXPECTED_HEADERS)
+        msg = email.message_from_bytes(data, policy=email.policy.default)
+        h = _signed_headers(msg)
+        for required in (
+            "from",
+            "subject",
+            "date",
+            "message-id",
+            "list-unsubscribe",
+            "list-unsubscribe-post",
+            "list-id",
+        ):
+            assert required in h
+        assert msg["Message-ID"] == ids[received.rcpt_tos[0]]
+        assert msg["Date"].datetime == clock.now().replace(microsecond=0)
+        assert msg["List-Id"] == f"Jarna akcia 2025 <jarna-akcia-2025.c{cid}.shop.sk>"
+        https, mailto = re.findall(r"<([^>]+)>", msg["List-Unsubscribe"])
+        token = https.removeprefix("https://shop.sk/u/")
+        assert mailto == f"mailto:unsubscribe@shop.sk?subject=unsubscribe%20{token}"
+        assert hash_token(token) in hashes
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        tokens.add(token)
+    assert len(tokens) == 3
+
+
+def test_bad_dkim_settings_stop_before_anything_is_sent(
+    database: Database, engine_sink: Sink, tmp_path: Path
+) -> None:
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    cid = _registered(database, engine_sink.port, tmp_path / "missing.pem", scheduled_at=past)
+    with pytest.raises(ConfigError, match=r"account 'firm': DKIM key file .* does not exist"):
+        send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    assert engine_sink.messages == []
+    assert set(queue(cid, db=database)["status"].astype(str)) == {"queued"}
+    # The worker stops that campaign with the reason instead of dying or sending unsigned.
+    assert run_worker(db=database, exit_when_idle=True, poll_interval_s=0.01) == 0
+    info = get_campaign(cid, db=database)
+    assert info.status == "stopped"
+    assert "does not exist" in info.last_error
+    assert engine_sink.messages == []
+
+
+def test_message_failing_the_header_check_is_failed_and_never_sent(
+    database: Database, engine_sink: Sink, engine_key: tuple[Path, str]
+) -> None:
+    cid = _registered(database, engine_sink.port, engine_key[0])
+    with database.session() as s:
+        row = s.scalars(
+            sa.select(MessageBody)
+            .join(Message, Message.id == MessageBody.message_id)
+            .where(Message.recipient == "eva@a.sk")
+        ).one()
+        # What a stored body with a smuggled header (an older build, a hand edit) looks like.
+        row.body = row.body.replace(b"\r\nSubject:", b"\r\nBcc: evil@x.sk\r\nSubject:", 1)
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    assert (summary.sent, summary.failed) == (2, 1)
+    assert engine_sink.received_by("eva@a.sk") == []
+    assert all(b"evil@x.sk" not in m.data for m in engine_sink.messages)
+    row = queue(cid, db=database).set_index("recipient").loc["eva@a.sk"]
+    assert row["status"] == "failed"
+    assert "unexpected headers ['Bcc']" in row["last_error"]
+    assert "not sent" in row["last_error"]
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Suppression)) == 0
+
+
+class _DataThenOk:
+    """An SMTP server that answers the first DATA with 451 and records every content."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.received.append(envelope.content)
+        return "451 4.3.0 try again later" if len(self.received) == 1 else "250 OK"
+
+
+def test_retry_keeps_the_message_id_with_a_new_date_and_signature(
+    database: Database, engine_key: tuple[Path, str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handler = _DataThenOk()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        key, record = engine_key
+        import_contacts(pd.DataFrame(PEOPLE).iloc[:1], db=database, progress=False)
+        _firm(database, port, key)
+        template = load_template(TEMPLATES / "vet_reminder_sk")
+        info = create_campaign(
+            "pripomienka", sender="firm", template=template, values=template.sample, db=database
+        )
+        register(info.id, contacts_frame(database), db=database)
+        clock = ManualClock()
+        first = send(info.id, rate_per_hour=math.inf, progress=False, db=database, clock=clock)
+        assert first.deferred == 1
+        clock.advance(300)
+        second = send(info.id, progress=False, db=database, clock=clock)
+        assert (second.sent, second.status) == (1, "finished")
+    finally:
+        controller.stop()
+    assert len(handler.received) == 2
+    tries = [email.message_from_bytes(d, policy=email.policy.default) for d in handler.received]
+    assert tries[0]["Message-ID"] == tries[1]["Message-ID"]
+    assert tries[1]["Date"].datetime - tries[0]["Date"].datetime == dt.timedelta(seconds=300)
+    assert tries[0]["DKIM-Signature"] != tries[1]["DKIM-Signature"]  # it signs the new Date
+    for data in handler.received:
+        assert dkimpy.verify(data, dnsfunc=_dns(record))
+
+
+def test_verp_return_path_carries_the_message_id(database: Database, engine_sink: Sink) -> None:
+    cid = _registered(database, engine_sink.port, None, verp=True, envelope_from="bounces@shop.sk")
+    send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    ids = queue(cid, db=database).set_index("recipient")["message_id_header"]
+    for received in engine_sink.messages:
+        tag = ids[received.rcpt_tos[0]].strip("<>").split("@")[0]
+        assert received.mail_from == f"bounces+{tag}@shop.sk"
+
+
+def test_send_samples_are_signed_like_the_real_messages(
+    database: Database, engine_sink: Sink, engine_key: tuple[Path, str]
+) -> None:
+    key, record = engine_key
+    cid = _registered(database, engine_sink.port, key)
+    frame = send_samples(cid, ["qa@shop.sk"], db=database)
+    assert list(frame["status"]) == ["sent"]
+    (received,) = engine_sink.received_by("qa@shop.sk")
+    assert dkimpy.verify(received.data, dnsfunc=_dns(record))
+    msg = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert msg["Subject"].startswith("[TEST] ")
+    assert msg["List-Id"].endswith(f".c{cid}.shop.sk>")
+
+
+def test_worker_signs_scheduled_campaigns(
+    database: Database, engine_sink: Sink, engine_key: tuple[Path, str]
+) -> None:
+    key, record = engine_key
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    cid = _registered(database, engine_sink.port, key, scheduled_at=past)
+    assert run_worker(db=database, exit_when_idle=True, poll_interval_s=0.01) == 3
+    assert get_campaign(cid, db=database).status == "finished"
+    for received in engine_sink.messages:
+        assert dkimpy.verify(received.data, dnsfunc=_dns(record))
+        check_header_set(received.data, allowed=EXPECTED_HEADERS)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
-from email.utils import format_datetime
 from typing import Any, Literal, Protocol
 
 from ..exceptions import ConfigError
@@ -83,15 +81,6 @@ def connection_lost(detail: str, *, stage: Stage) -> SendResult:
     if stage == "content":
         return SendResult("unknown", None, f"connection lost after the message was sent: {detail}")
     return SendResult("deferred", None, f"connection lost: {detail}")
-
-
-def with_date(message: bytes, when: datetime) -> bytes:
-    """Prepend the ``Date`` header for ``when`` to a message serialised without one.
-
-    Bodies are rendered at registration but the date is the moment of sending: a
-    campaign registered on Monday and sent on Friday must not say Monday.
-    """
-    return b"Date: " + format_datetime(when).encode("ascii") + b"\r\n" + message
 
 
 def open_transport(kind: str, settings: dict[str, Any], credential_ref: str = "") -> Transport:
