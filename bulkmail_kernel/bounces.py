@@ -163,12 +163,17 @@ def _explanation(msg: EmailMessage) -> str:
 
 def _dsn_fields(msg: EmailMessage) -> list[EmailMessage]:
     """Return the per-recipient field groups of every message/delivery-status part."""
-    groups = []
+    groups: list[EmailMessage] = []
     for part in msg.walk():
         if part.get_content_type() == "message/delivery-status":
             payload = part.get_payload()
             if isinstance(payload, list):
-                groups += [g for g in payload if g.get("Final-Recipient") or g.get("Status")]
+                # The parser makes each field group a Message; the isinstance only narrows.
+                groups += [
+                    g
+                    for g in payload
+                    if isinstance(g, EmailMessage) and (g.get("Final-Recipient") or g.get("Status"))
+                ]
     return groups
 
 
@@ -734,7 +739,9 @@ def parse_bounces(messages: Iterable[bytes]) -> pd.DataFrame:
     rows = []
     for index, raw in enumerate(messages):
         info = parse_bounce(raw)
-        for r in info.recipients if info is not None else ():
+        if info is None:
+            continue
+        for r in info.recipients:
             rows.append(
                 {
                     "message": index,

@@ -20,10 +20,11 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from .db import (
@@ -619,14 +620,18 @@ def requeue(
         c = get_campaign_row(s, campaign)
         n = 0
         for chunk in _chunks(ids, 500):
-            result = s.execute(
-                sa.update(Message)
-                .where(
-                    Message.campaign_id == c.id,
-                    Message.id.in_(chunk),
-                    Message.status == MessageStatus.UNKNOWN.value,
-                )
-                .values(status=MessageStatus.QUEUED.value, next_attempt_at=None)
+            # Session.execute is typed as returning Result; an UPDATE returns a CursorResult.
+            result = cast(
+                CursorResult[Any],
+                s.execute(
+                    sa.update(Message)
+                    .where(
+                        Message.campaign_id == c.id,
+                        Message.id.in_(chunk),
+                        Message.status == MessageStatus.UNKNOWN.value,
+                    )
+                    .values(status=MessageStatus.QUEUED.value, next_attempt_at=None)
+                ),
             )
             n += result.rowcount
         if n and c.status == CampaignStatus.FINISHED.value:

@@ -139,8 +139,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .segments import segment_recipients
 
     frame = contacts_frame(url=args.db)
-    mode = "reevaluate" if args.reevaluate else "snapshot"
-    chosen = segment_recipients(args.segment, frame, mode=mode, url=args.db)
+    chosen = segment_recipients(
+        args.segment, frame, mode="reevaluate" if args.reevaluate else "snapshot", url=args.db
+    )
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     path = export_recipients(
         chosen, args.path, columns, include_contact_data=args.include_contact_data

@@ -23,9 +23,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import sqlalchemy as sa
 from tqdm.auto import tqdm
@@ -328,8 +329,9 @@ def _json_frag(values: Sequence[str]) -> np.ndarray:
     return _obj([json.dumps(v) for v in values])
 
 
-def _iso(us: np.ndarray, unit: str = "us") -> np.ndarray:
-    return np.datetime_as_string(us.astype(f"datetime64[{unit}]"), unit=unit)
+def _iso(us: np.ndarray, unit: Literal["s", "ms", "us"] = "us") -> np.ndarray:
+    stamps: npt.NDArray[np.datetime64] = us.astype(f"datetime64[{unit}]")
+    return np.datetime_as_string(stamps, unit=unit)
 
 
 def _group_digits(nsn: np.ndarray) -> np.ndarray:
@@ -845,6 +847,7 @@ def add_demo_sender(db: Database, *, port: int | None = None) -> None:
     """Create (or point again) the ``demo`` sender account at the local sink."""
     from .campaigns import add_sender_account
 
+    env_port: str | int = os.environ.get("BULKMAIL_SINK_PORT", DEMO_SINK_PORT)
     add_sender_account(
         DEMO_SENDER,
         kind="smtp",
@@ -852,7 +855,7 @@ def add_demo_sender(db: Database, *, port: int | None = None) -> None:
         from_name="Demo Firm s.r.o.",
         settings={
             "host": "127.0.0.1",
-            "port": int(port or os.environ.get("BULKMAIL_SINK_PORT", DEMO_SINK_PORT)),
+            "port": int(port or env_port),
             "security": "none",
             # Served by `bulkmail unsubscribe-server` on this machine; a real account
             # points this at the firm's own https site.

@@ -50,7 +50,7 @@ def _neutralise_series(col: pd.Series) -> list[Any]:
     if isinstance(col.dtype, pd.CategoricalDtype):
         # Neutralise each category once, then gather by code (-1, missing, hits the None slot).
         cats = [neutralise(str(c)) for c in col.dtype.categories] + [None]
-        return np.asarray(cats, dtype=object)[col.array.codes].tolist()  # type: ignore[attr-defined]
+        return np.asarray(cats, dtype=object)[col.array.codes].tolist()
     text = col.astype("str")
     risky = text.str.contains(_FORMULA_RE, regex=True, na=False)
     text = text.where(~risky, "'" + text)
@@ -188,7 +188,12 @@ def _write_xlsx(data: pd.DataFrame, target: Path, *, progress: bool) -> None:
                 values = serials.astype(object)
                 values[missing] = None
                 width = max(len(str(name)) + 2, 17.0 if has_time else 11.0)
-                writers.append(lambda r, c, v, _f=fmt: sheet.write_number(r, c, v, _f))
+
+                def write_stamp(r: int, c: int, v: Any, _f: Any = fmt) -> Any:
+                    # The default binds this column's format now, not the loop's last one.
+                    return sheet.write_number(r, c, v, _f)
+
+                writers.append(write_stamp)
                 cells.append(values.tolist())
             elif pd.api.types.is_bool_dtype(col.dtype):
                 writers.append(sheet.write_boolean)
@@ -212,8 +217,8 @@ def _write_xlsx(data: pd.DataFrame, target: Path, *, progress: bool) -> None:
         with tqdm(total=n, unit="row", desc=target.name, disable=not progress) as bar:
             for i in range(n):
                 row = i + 1
-                for j, write, values in columns:
-                    value = values[i]
+                for j, write, column_cells in columns:
+                    value = column_cells[i]
                     if value is not None:
                         write(row, j, value)
                 if row % _PROGRESS_EVERY == 0:

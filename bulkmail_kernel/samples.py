@@ -526,7 +526,7 @@ def _write_patients(path: Path) -> None:
             elif isinstance(value, str):
                 ws.write_string(r, c, value)  # never a formula, even if it starts with "="
             else:
-                ws.write_number(r, c, value)  # type: ignore[arg-type]
+                ws.write_number(r, c, value)
     # A real formula with the value Excel would have cached: read as 4, never evaluated.
     ws.write_formula(5, 12, "=2+2", None, 4)
     wb.close()

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -299,10 +299,18 @@ class FilterSpec:
 
     def attribute(self, name: str) -> AttributeCondition | None:
         """Return the condition on attribute ``name``, if any."""
-        for cond in self.attributes:  # type: ignore[union-attr]
+        for cond in _conditions(self):
             if cond.name == name:
                 return cond
         return None
+
+
+def _conditions(spec: FilterSpec) -> tuple[AttributeCondition, ...]:
+    """Return ``spec.attributes`` as the tuple of conditions ``__post_init__`` stored."""
+    attrs = spec.attributes
+    # The field also accepts a mapping on input; after __post_init__ it is always a tuple.
+    assert isinstance(attrs, tuple)
+    return attrs
 
 
 def _between(value: Any) -> tuple[date | None, date | None] | None:
@@ -396,7 +404,7 @@ def _isin(col: pd.Series, values: Iterable[Any]) -> np.ndarray:
     values = list(values)
     if isinstance(col.dtype, pd.CategoricalDtype):
         wanted = np.flatnonzero(col.dtype.categories.isin(values))
-        codes = col.array.codes  # type: ignore[attr-defined]
+        codes = col.array.codes
         if len(wanted) <= 4:
             # A few integer comparisons beat a gather over the whole column.
             mask = np.zeros(len(col), dtype=bool)
@@ -546,7 +554,7 @@ def _selected_rows(
 
     if spec.attributes:
         available = [c for c in frame.columns if c not in BUILTIN_COLUMNS]
-        for cond in spec.attributes:  # type: ignore[union-attr]
+        for cond in _conditions(spec):
             if cond.name not in available:
                 raise FilterError(
                     f"attributes: {cond.name!r} is not an attribute of these contacts"
@@ -594,7 +602,7 @@ def _selected_rows(
         valid = _valid_addresses(frame)
         mask &= valid if spec.has_valid_address else ~valid
 
-    for cond in spec.attributes:  # type: ignore[union-attr]
+    for cond in _conditions(spec):
         mask &= _attribute_mask(frame, cond, zone)
 
     rows = np.flatnonzero(mask)
@@ -622,7 +630,7 @@ def _one_per_contact(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     contact = _require(frame, "contact_id", "one_per_contact").to_numpy()[rows].astype(np.int64)
     channel = _require(frame, "channel", "one_per_contact")
     if isinstance(channel.dtype, pd.CategoricalDtype):
-        chan_codes = channel.array.codes[rows].astype(np.int64) + 1  # type: ignore[attr-defined]
+        chan_codes = channel.array.codes[rows].astype(np.int64) + 1
         n_chan = len(channel.cat.categories) + 1
     else:
         codes, uniques = pd.factorize(channel.to_numpy()[rows], use_na_sentinel=True)
@@ -761,7 +769,8 @@ def _insert_members(session: sa.orm.Session, segment_id: int, ids: np.ndarray) -
             # Raw COPY bypasses SQLAlchemy's wrapping; wrap it the same way for the caller.
             raise sa.exc.IntegrityError("COPY segment_members", None, exc) from exc
         return
-    table = SegmentMember.__table__
+    # DeclarativeBase types __table__ as FromClause; a declarative model's is a Table.
+    table = cast(sa.Table, SegmentMember.__table__)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK].tolist()
         conn.execute(

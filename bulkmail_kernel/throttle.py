@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, cast
 
 import sqlalchemy as sa
 
@@ -134,6 +134,11 @@ class TokenBucket:
         return wait
 
 
+def _bucket_table() -> sa.Table:
+    # DeclarativeBase types __table__ as FromClause; a declarative model's is a Table.
+    return cast(sa.Table, RateBucket.__table__)
+
+
 class SharedTokenBucket:
     """A token bucket stored in ``rate_buckets`` and shared by every worker on the database."""
 
@@ -155,7 +160,7 @@ class SharedTokenBucket:
         self._ensure_row()
 
     def _ensure_row(self) -> None:
-        table = RateBucket.__table__
+        table = _bucket_table()
         with self.db.engine.begin() as conn:
             exists = conn.execute(sa.select(table.c.name).where(table.c.name == self.name)).first()
             if exists is None:
@@ -173,7 +178,7 @@ class SharedTokenBucket:
 
     def acquire(self) -> float:
         """Take one token, sleeping as long as needed; return the seconds waited."""
-        table = RateBucket.__table__
+        table = _bucket_table()
         with self.db.engine.begin() as conn:
             if self.db.dialect == "sqlite":
                 # SQLite has no row locks: a no-op write takes the database write lock first,
