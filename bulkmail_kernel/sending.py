@@ -13,11 +13,17 @@ same statement is atomic because SQLite has one writer at a time. Outcomes are
 recorded per batch: if the process dies between sending and recording, the
 messages stay in ``sending`` and the next worker flags them ``unknown`` for the
 analyst to resend or drop; they are never resent silently.
+
+``send(connections=N)`` runs N such loops as threads of one worker, each over its
+own SMTP connection, all claiming through that same statement and taking their
+turn from the one shared token bucket; a fatal answer or Ctrl-C in any of them
+stops them all, each recording what it sent and putting the rest back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -26,7 +32,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -592,6 +598,8 @@ def _run_batches(run: _Run) -> None:
                         outcomes.append((m, SendResult("failed", None, f"not sent: {exc.message}")))
                         continue
                 run.throttle.acquire()
+                if run.stop is not None and run.stop.is_set():
+                    break  # told to stop while waiting for the token: this one goes back
                 in_flight = m
                 result = run.transport.send(
                     body,
@@ -674,7 +682,9 @@ def send(
     rate_per_hour: float | None = None,
     burst: int | None = None,
     progress: bool = True,
+    connections: int = 1,
     transport: Transport | None = None,
+    transport_factory: Callable[[SenderInfo], Transport] | None = None,
     retry: RetryPolicy | None = None,
     wait_for_retries: bool = False,
     batch_size: int = 100,
@@ -694,7 +704,15 @@ def send(
             as fast as the server takes them (a local sink, benchmarks).
         burst: how many may leave at once before the rate applies (default: the campaign's).
         progress: show a ``tqdm`` progress bar.
-        transport: where messages go (default: the campaign's sender account).
+        connections: how many SMTP connections send in parallel, one thread each. They
+            claim from the same outbox (no message goes out twice) and share the one
+            throttle, so the rate stays the campaign's; more connections only help when
+            the server, not the rate, is the limit. Keep it at or below what the relay
+            allows per client (often 2 to 10).
+        transport: where messages go (default: the campaign's sender account); one
+            connection, so only with ``connections=1``.
+        transport_factory: builds one transport per connection from the sender account
+            (default: the account's own kind, e.g. SMTP through yagmail's login).
         retry: backoff and expiry for deferred messages.
         wait_for_retries: keep waiting for deferred messages to come due instead of
             returning with them pending (the worker picks them up later otherwise).
@@ -705,6 +723,13 @@ def send(
         url: the database URL when ``db`` is not given.
 
     """
+    if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+        raise ConfigError(f"send: connections={connections!r}: give a whole number, 1 or more")
+    if transport is not None and (connections > 1 or transport_factory is not None):
+        raise ConfigError(
+            "send: a transport is one connection: pass transport_factory (one transport per "
+            "connection) to send over several, or leave connections at 1"
+        )
     database = _database(db, url)
     retry = retry or RetryPolicy()
     with database.session() as s:
@@ -726,43 +751,68 @@ def send(
     store = OutboxStore(database, new_worker_id(), clock)
     store.register_worker()
     start = clock.monotonic()
+    # Set to end every sender thread: the caller's stop, Ctrl-C, or a fatal answer in one.
+    halt = threading.Event() if connections > 1 else stop
+    transports: list[Transport] = []
+    runs: list[_Run] = []
     try:
         store.recover()
         own_transport = transport is None
-        if transport is None:
-            transport = open_transport(sender.kind, sender.settings, sender.credential_ref)
-        _open(transport, database, campaign_id, name)
+        if transport is not None:
+            _open(transport, database, campaign_id, name)
+            transports = [transport]
+        else:
+            factory = transport_factory or _account_transport
+            transports = _open_transports(
+                lambda: factory(sender), connections, database, campaign_id, name
+            )
         with database.session() as s:
             c = s.get(Campaign, campaign_id)
             assert c is not None
             c.status = CampaignStatus.SENDING.value
             c.last_error = ""
+        # Threads sleep for their token on the halt event, so Ctrl-C never waits out a token.
+        throttle_clock = _HaltableClock(clock, halt) if halt is not stop else clock
         throttle: Throttle = (
             _NoThrottle()
             if math.isinf(rate)
-            else SharedTokenBucket(database, f"campaign:{campaign_id}", rate, burst_n, clock=clock)
+            else SharedTokenBucket(
+                database, f"campaign:{campaign_id}", rate, burst_n, clock=throttle_clock
+            )
         )
         counts = store.counts(campaign_id)
         todo = sum(counts.get(k, 0) for k in _CLAIMABLE)
         bar = tqdm(total=todo, desc=name, unit="msg", disable=not progress)
-        run = _Run(
-            database,
-            store,
-            campaign_id,
-            name,
-            sender,
-            transport,
-            throttle,
-            clock,
-            retry,
-            _batch_size(rate, batch_size),
-            stop,
-            bar.update,
-            signer,
-        )
+        bar_lock = threading.Lock()
+
+        def tick(n: int) -> None:
+            with bar_lock:  # one bar for every connection's thread
+                bar.update(n)
+
+        runs = [
+            _Run(
+                database,
+                store,
+                campaign_id,
+                name,
+                sender,
+                t,
+                throttle,
+                clock,
+                retry,
+                _batch_size(rate, batch_size),
+                halt,
+                tick,
+                signer,
+            )
+            for t in transports
+        ]
         try:
             while True:
-                _run_batches(run)
+                if len(runs) == 1:
+                    _run_batches(runs[0])
+                else:
+                    _run_parallel(runs, halt, stop)
                 if not wait_for_retries or (stop is not None and stop.is_set()):
                     break
                 if _campaign_state(database, campaign_id) != CampaignStatus.SENDING.value:
@@ -775,23 +825,142 @@ def send(
         finally:
             bar.close()
             if own_transport:
-                transport.close()
+                for t in transports:
+                    with contextlib.suppress(Exception):
+                        t.close()
         status = _finish_if_done(database, store, campaign_id)
     finally:
         store.unregister_worker()
     counts = store.counts(campaign_id)
+    totals = {k: sum(r.totals[k] for r in runs) for k in ("sent", "deferred", "failed", "unknown")}
     return SendSummary(
         campaign=name,
         status=status,
-        sent=run.totals["sent"],
-        deferred=run.totals["deferred"],
-        failed=run.totals["failed"],
-        unknown=run.totals["unknown"],
+        sent=totals["sent"],
+        deferred=totals["deferred"],
+        failed=totals["failed"],
+        unknown=totals["unknown"],
         removed=counts.get(MessageStatus.REMOVED.value, 0),
         remaining=sum(counts.get(k, 0) for k in _OPEN),
         elapsed_s=clock.monotonic() - start,
-        connections=getattr(transport, "logins", 1),
+        connections=sum(getattr(t, "logins", 1) for t in transports),
     )
+
+
+def _account_transport(sender: SenderInfo) -> Transport:
+    return open_transport(sender.kind, sender.settings, sender.credential_ref)
+
+
+def _open_transports(
+    factory: Callable[[], Transport], n: int, database: Database, campaign_id: int, name: str
+) -> list[Transport]:
+    """Open ``n`` connections one after the other; fewer if the server refuses the later ones."""
+    opened: list[Transport] = []
+    try:
+        for k in range(n):
+            t = factory()
+            try:
+                _open(t, database, campaign_id, name)
+            except SendError as exc:
+                with contextlib.suppress(Exception):
+                    t.close()
+                if exc.fields.get("fatal") or not opened:
+                    raise
+                # Relays cap connections per client ("421 too many connections"): go on with
+                # the ones we have rather than not at all.
+                log.warning(
+                    "campaign %r: connection %d of %d refused (%s): sending over %d",
+                    name,
+                    k + 1,
+                    n,
+                    exc.message,
+                    len(opened),
+                )
+                break
+            opened.append(t)
+    except BaseException:
+        for t in opened:
+            with contextlib.suppress(Exception):
+                t.close()
+        raise
+    return opened
+
+
+class _HaltableClock:
+    """The run's clock, but a real sleep ends early when the halt event is set."""
+
+    def __init__(self, clock: Clock, halt: threading.Event | None) -> None:
+        self.clock = clock
+        self.halt = halt
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def monotonic(self) -> float:
+        return self.clock.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if self.clock is SYSTEM_CLOCK and self.halt is not None:
+            if seconds > 0:
+                self.halt.wait(seconds)
+        else:
+            self.clock.sleep(seconds)
+
+
+def _run_parallel(
+    runs: list[_Run], halt: threading.Event | None, stop: threading.Event | None
+) -> None:
+    """Run one sender thread per connection until all are done; re-raise the first failure.
+
+    A failure in one thread (a fatal SMTP answer, a crash) and Ctrl-C in the caller set
+    ``halt``: every thread records what it sent and puts the rest of its batch back.
+    """
+    assert halt is not None
+    errors = _in_threads([functools.partial(_run_batches, r) for r in runs], halt, stop)
+    if errors:
+        # A fatal answer wins over the consequences it caused in the other threads.
+        raise next((e for e in errors if isinstance(e, SendError)), errors[0])
+
+
+def _in_threads(
+    jobs: list[Callable[[], object]], halt: threading.Event, stop: threading.Event | None
+) -> list[BaseException]:
+    """Run each job in its own thread until all end; return what they raised.
+
+    A job that raises sets ``halt`` for the others. Ctrl-C lands in the calling thread
+    only: it sets ``halt``, waits for every job to record and return, and is re-raised.
+    """
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    # Our own "finished" flags, not Thread.join(): in CPython 3.11 a join interrupted by
+    # Ctrl-C marks a still-running thread as stopped (the bpo-45274 branch of
+    # Thread._wait_for_tstate_lock), and we must not return while a thread still holds
+    # messages in 'sending'.
+    done = [threading.Event() for _ in jobs]
+
+    def work(k: int) -> None:
+        try:
+            jobs[k]()
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+            halt.set()
+        finally:
+            done[k].set()
+
+    for k in range(len(jobs)):
+        threading.Thread(target=work, args=(k,), name=f"bulkmail-{k}", daemon=True).start()
+    try:
+        while not all(d.is_set() for d in done):
+            if stop is not None and stop.is_set():
+                halt.set()
+            next(d for d in done if not d.is_set()).wait(0.05)
+    except BaseException:
+        halt.set()
+        for d in done:
+            d.wait()
+        raise
+    return errors
 
 
 def _open(transport: Transport, database: Database, campaign_id: int, name: str) -> None:
@@ -821,15 +990,47 @@ def run_worker(
     retry: RetryPolicy | None = None,
     clock: Clock = SYSTEM_CLOCK,
     transport_factory: Callable[[SenderInfo], Transport] | None = None,
+    connections: int = 1,
 ) -> int:
     """Send scheduled and running campaigns until stopped (``bulkmail worker``); return the count.
 
     Each worker holds one connection per sender account, claims with ``SKIP LOCKED``
     and shares each campaign's rate with every other worker through the database.
+    ``connections`` runs that many workers as threads of this process (each its own
+    connection, worker row and claims): the same as starting that many processes.
     """
+    if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+        raise ConfigError(
+            f"run_worker: connections={connections!r}: give a whole number, 1 or more"
+        )
     database = _database(db, url)
     retry = retry or RetryPolicy()
     stop = stop or threading.Event()
+    args = (database, poll_interval_s, stop, exit_when_idle, retry, clock, transport_factory)
+    if connections == 1:
+        return _worker_loop(*args)
+    sent: list[int] = []
+
+    def work() -> None:
+        # Each thread is a worker of its own: its row, its claims, its connections.
+        sent.append(_worker_loop(*args))
+
+    # Ctrl-C or a crash in one worker thread stops them all after the message in hand.
+    errors = _in_threads([work] * connections, stop, None)
+    if errors:
+        raise errors[0]
+    return sum(sent)
+
+
+def _worker_loop(
+    database: Database,
+    poll_interval_s: float,
+    stop: threading.Event,
+    exit_when_idle: bool,
+    retry: RetryPolicy,
+    clock: Clock,
+    transport_factory: Callable[[SenderInfo], Transport] | None,
+) -> int:
     store = OutboxStore(database, new_worker_id(), clock)
     store.register_worker()
     log.info("worker %s started on %s", store.worker_id, database.url)
@@ -882,7 +1083,11 @@ def run_worker(
                     sender,
                     transport,
                     SharedTokenBucket(
-                        database, f"campaign:{campaign_id}", rate, burst, clock=clock
+                        database,
+                        f"campaign:{campaign_id}",
+                        rate,
+                        burst,
+                        clock=_HaltableClock(clock, stop),
                     ),
                     clock,
                     retry,

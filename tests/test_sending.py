@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import _thread
 import email
 import math
+import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -15,11 +17,26 @@ import sqlalchemy as sa
 from sending_support import address, make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import get_campaign, pause, queue, requeue, resume, unknown_messages
+from bulkmail_kernel.campaigns import (
+    SenderInfo,
+    get_campaign,
+    pause,
+    queue,
+    requeue,
+    resume,
+    unknown_messages,
+)
 from bulkmail_kernel.db import ContactPoint, Event, Message, Suppression, Worker
-from bulkmail_kernel.exceptions import SendError
-from bulkmail_kernel.sending import OutboxStore, RetryPolicy, campaign_report, history, send
-from bulkmail_kernel.sink import Sink, start_sink
+from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.sending import (
+    OutboxStore,
+    RetryPolicy,
+    campaign_report,
+    history,
+    run_worker,
+    send,
+)
+from bulkmail_kernel.sink import Sink, SinkRules, start_sink
 from bulkmail_kernel.throttle import ManualClock
 from bulkmail_kernel.transports import SendResult
 from bulkmail_kernel.transports.smtp import SmtpTransport
@@ -345,6 +362,256 @@ def test_ten_thousand_messages_each_accepted_exactly_once(
     )
     assert logged == accepted
     assert len(list(sink.folder.glob("*.eml"))) == 10_000
+
+
+# --------------------------------------------------------------------------- several connections
+
+
+def _sent_ids(database: dbmod.Database, cid: int) -> Counter[str]:
+    with database.session() as s:
+        return Counter(
+            s.scalars(
+                sa.select(Message.message_id_header).where(
+                    Message.campaign_id == cid, Message.status == "sent"
+                )
+            )
+        )
+
+
+def _assert_db_and_sink_agree(database: dbmod.Database, cid: int, sink: Sink) -> Counter[str]:
+    accepted = Counter(m.message_id for m in sink.messages)
+    assert set(accepted.values()) <= {1}, "a message reached the sink twice"
+    assert _sent_ids(database, cid) == accepted
+    logged = Counter(
+        line.split("\t")[2] for line in (sink.folder / "sink.log").read_text().splitlines()
+    )
+    assert logged == accepted
+    return accepted
+
+
+def test_four_connections_send_each_message_exactly_once(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 3000)
+    summary = send(cid, rate_per_hour=math.inf, progress=False, connections=4, db=database)
+    assert (summary.sent, summary.remaining, summary.status) == (3000, 0, "finished")
+    assert summary.connections == 4
+    assert sink.connections == 4
+    assert len(_assert_db_and_sink_agree(database, cid, sink)) == 3000
+    frame = queue(cid, db=database)
+    # Claimed once each: two threads never held the same message.
+    assert set(frame["attempts"]) == {1}
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).where(Event.kind == "sent")) == 3000
+        assert s.scalar(sa.select(sa.func.count()).select_from(Worker)) == 0
+
+
+def test_auth_failure_with_three_connections_stops_before_anything(
+    database: dbmod.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = start_sink(tmp_path / "s", users={"shop": "right"})
+    try:
+        monkeypatch.setenv("SHOP_SMTP_PASSWORD", "wrong")
+        sink_account(database, sink.port, user="shop", credential_ref="SHOP_SMTP_PASSWORD")
+        cid = make_campaign(database, 30)
+        with pytest.raises(SendError, match=r"login as 'shop' refused .*535"):
+            send(cid, rate_per_hour=math.inf, progress=False, connections=3, db=database)
+        # The first refused login ends it: the other two connections are never tried.
+        assert sink.connections == 1
+        assert get_campaign(cid, db=database).status == "stopped"
+        frame = queue(cid, db=database)
+        assert set(frame["status"].astype(str)) == {"queued"}
+        assert frame["attempts"].sum() == 0
+        assert sink.messages == []
+        monkeypatch.setenv("SHOP_SMTP_PASSWORD", "right")
+        resume(cid, db=database)
+        again = send(cid, rate_per_hour=math.inf, progress=False, connections=3, db=database)
+        assert (again.sent, again.connections, sink.connections) == (30, 3, 4)
+        assert len(_assert_db_and_sink_agree(database, cid, sink)) == 30
+    finally:
+        sink.stop()
+
+
+class _RefuseSenderAfter:
+    """Sink rules that accept ``n`` messages, then refuse the sender for every connection."""
+
+    def __init__(self, sink: Sink, n: int) -> None:
+        self.sink, self.n = sink, n
+        self.rcpt_replies: dict[str, list[str]] = {}
+        self.users: dict[str, str] | None = None
+
+    @property
+    def mail_reply(self) -> str | None:
+        if len(self.sink.messages) >= self.n:
+            return "553 5.7.1 sender not allowed"
+        return None
+
+
+def test_fatal_answer_in_one_connection_stops_all_of_them(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 1000)
+    sink.rules = _RefuseSenderAfter(sink, 150)  # type: ignore[assignment]
+    with pytest.raises(SendError, match="refused the sender") as err:
+        send(cid, rate_per_hour=math.inf, progress=False, connections=3, db=database)
+    assert err.value.fields["code"] == 553
+    assert get_campaign(cid, db=database).status == "stopped"
+    counts = _statuses(database, cid)
+    # Nothing marked falsely: what the sink took is sent, everything else is back in the queue.
+    assert set(counts) == {"sent", "queued"}
+    accepted = _assert_db_and_sink_agree(database, cid, sink)
+    assert 150 <= len(accepted) < 1000
+    frame = queue(cid, db=database)
+    assert frame.loc[frame["status"] == "queued", "attempts"].sum() == 0
+    sink.rules = SinkRules()
+    resume(cid, db=database)
+    rest = send(cid, rate_per_hour=math.inf, progress=False, connections=3, db=database)
+    assert (rest.sent, rest.status) == (1000 - len(accepted), "finished")
+    assert len(_assert_db_and_sink_agree(database, cid, sink)) == 1000
+
+
+class _InterruptMainAfter:
+    """The real SMTP transport; after ``n`` messages in all, Ctrl-C lands in the main thread."""
+
+    def __init__(self, inner: SmtpTransport, count: list[int], lock: threading.Lock) -> None:
+        self.inner, self.count, self.lock = inner, count, lock
+        self.logins = 0
+
+    def open(self) -> None:
+        self.inner.open()
+        self.logins = self.inner.logins
+
+    def send(self, message: bytes, *, mail_from: str, rcpt_to: str) -> SendResult:
+        result = self.inner.send(message, mail_from=mail_from, rcpt_to=rcpt_to)
+        with self.lock:
+            self.count[0] -= 1
+            if self.count[0] == 0:
+                _thread.interrupt_main()  # what the kernel's interrupt button does
+        return result
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_ctrl_c_with_three_connections_leaves_queue_consistent(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 1000)
+    count, lock = [200], threading.Lock()
+
+    def factory(sender: SenderInfo) -> _InterruptMainAfter:
+        inner = SmtpTransport("127.0.0.1", int(sender.settings["port"]), security="none")
+        return _InterruptMainAfter(inner, count, lock)
+
+    with pytest.raises(KeyboardInterrupt):
+        send(
+            cid,
+            rate_per_hour=math.inf,
+            progress=False,
+            connections=3,
+            transport_factory=factory,
+            db=database,
+        )
+    counts = _statuses(database, cid)
+    # Each thread finished the message in hand and recorded it: nothing unknown or held.
+    assert set(counts) == {"sent", "queued"}
+    accepted = _assert_db_and_sink_agree(database, cid, sink)
+    assert 200 <= len(accepted) < 1000
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Worker)) == 0
+    rest = send(cid, rate_per_hour=math.inf, progress=False, connections=3, db=database)
+    assert (rest.sent, rest.status) == (1000 - len(accepted), "finished")
+    assert len(_assert_db_and_sink_agree(database, cid, sink)) == 1000
+
+
+class _LatestWakeClock:
+    """A manual clock for several threads: the time is when the latest sleeper wakes.
+
+    ``ManualClock`` adds up every sleep, so two threads waiting for the same second
+    would move it two seconds. Here a thread sleeps from the time *it* last read,
+    as on a real clock, and nothing ever really waits.
+    """
+
+    def __init__(self) -> None:
+        self.start = ManualClock().start
+        self.elapsed = 0.0
+        self._seen: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def _read(self) -> float:
+        with self._lock:
+            self._seen[threading.get_ident()] = self.elapsed
+            return self.elapsed
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self._read())
+
+    def monotonic(self) -> float:
+        return self._read()
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            wake = self._seen.get(threading.get_ident(), self.elapsed) + max(0.0, seconds)
+            self.elapsed = max(self.elapsed, wake)
+
+
+def test_rate_is_shared_by_all_connections(database: dbmod.Database, sink: Sink) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 30, burst=1)
+    clock = _LatestWakeClock()
+    summary = send(cid, rate_per_hour=3600, progress=False, connections=3, db=database, clock=clock)
+    assert (summary.sent, summary.connections, sink.connections) == (30, 3, 3)
+    # One shared bucket at one a second, the first token in it: the last message leaves at
+    # exactly 29 s whatever the threads' interleaving; three buckets would end near 9 s.
+    assert clock.elapsed == pytest.approx(29.0, abs=1e-6)
+    assert set(queue(cid, db=database)["attempts"]) == {1}
+    assert len(_assert_db_and_sink_agree(database, cid, sink)) == 30
+
+
+def test_bad_connections_are_refused(database: dbmod.Database, sink: Sink) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 2)
+    with pytest.raises(ConfigError, match="connections=0"):
+        send(cid, connections=0, progress=False, db=database)
+    with pytest.raises(ConfigError, match="transport_factory"):
+        send(
+            cid,
+            connections=2,
+            transport=SmtpTransport("127.0.0.1", sink.port, security="none"),
+            progress=False,
+            db=database,
+        )
+    assert set(_statuses(database, cid)) == {"queued"}
+
+
+def test_worker_with_two_connections(database: dbmod.Database, sink: Sink) -> None:
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 600, rate_per_hour=3_600_000, status="scheduled")
+    sent = run_worker(db=database, connections=2, exit_when_idle=True, poll_interval_s=0.01)
+    assert sent == 600
+    assert sink.connections == 2
+    assert len(_assert_db_and_sink_agree(database, cid, sink)) == 600
+    assert get_campaign(cid, db=database).status == "finished"
+
+
+def test_wire_format_matches_the_reference_regexes() -> None:
+    """The fast CRLF + dot-stuffing path gives the bytes the two regexes would, always."""
+    import random
+    import re
+
+    from bulkmail_kernel.transports.smtp import _BARE_LF, _wire_format
+
+    leading_dot = re.compile(rb"(?m)^\.")
+    rng = random.Random(5321)
+    samples = [b"", b".", b"..\n.", b"a\r\n.b\n.c\r", b"\r\r\n.\n\n."]
+    samples += [
+        bytes(rng.choice(b".\r\nab") for _ in range(rng.randint(0, 16))) for _ in range(5000)
+    ]
+    for m in samples:
+        assert _wire_format(m) == leading_dot.sub(b"..", _BARE_LF.sub(b"\r\n", m)), m
 
 
 def pd_seconds(s: float) -> timedelta:

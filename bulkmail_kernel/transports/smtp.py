@@ -29,7 +29,6 @@ from . import SendResult, Stage, classify_smtp, connection_lost
 
 log = logging.getLogger("bulkmail")
 
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
@@ -242,7 +241,7 @@ class SmtpTransport:
             if code != 354:
                 return self._refused(smtp, code, reply, stage)
             stage = "content"
-            payload = _LEADING_DOT.sub(b"..", _BARE_LF.sub(b"\r\n", message))
+            payload = _wire_format(message)
             if not payload.endswith(b"\r\n"):
                 payload += b"\r\n"
             smtp.send(payload + b".\r\n")
@@ -272,6 +271,17 @@ class SmtpTransport:
         yag, self._yag = self._yag, None
         if yag is not None:
             yag.close()
+
+
+def _wire_format(message: bytes) -> bytes:
+    """Return ``message`` with CRLF line ends and leading dots doubled (RFC 5321 4.5.2)."""
+    # Both checks are plain bytes scans: the regexes cost ~60 us on a 4 KB message, a
+    # fifth of the client's CPU per message, and built messages are CRLF already.
+    if message.count(b"\n") != message.count(b"\r\n"):
+        message = _BARE_LF.sub(b"\r\n", message)
+    # "^." in multiline mode is a dot at the start or right after a newline.
+    stuffed = message.replace(b"\n.", b"\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
 def _text(reply: Any) -> str:
