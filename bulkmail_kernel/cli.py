@@ -194,7 +194,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     from .sending import send
 
     summary = send(
-        args.campaign, rate_per_hour=args.rate_per_hour, progress=not args.quiet, url=args.db
+        args.campaign,
+        rate_per_hour=args.rate_per_hour,
+        connections=args.connections,
+        progress=not args.quiet,
+        url=args.db,
     )
     print(summary)
     return 0
@@ -205,7 +209,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .sending import run_worker
 
     sent = run_worker(
-        url=args.db, poll_interval_s=args.poll_interval_s, exit_when_idle=args.exit_when_idle
+        url=args.db,
+        poll_interval_s=args.poll_interval_s,
+        exit_when_idle=args.exit_when_idle,
+        connections=args.connections,
     )
     print(f"worker stopped after {sent} messages")
     return 0
@@ -472,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("campaign", help="campaign name or id")
     p.add_argument("--rate-per-hour", type=float, help="messages per hour (default: campaign's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--connections", type=int, default=1, help="SMTP connections in parallel (default 1)"
+    )
     _add_db(p)
     p.set_defaults(func=cmd_send)
 
@@ -480,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-interval-s", type=float, default=5.0, help="seconds between looks for work"
     )
     p.add_argument("--exit-when-idle", action="store_true", help="stop when nothing is due")
+    p.add_argument("--connections", type=int, default=1, help="sender threads, one connection each")
     _add_db(p)
     p.set_defaults(func=cmd_worker)
 

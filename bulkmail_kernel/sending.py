@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
@@ -67,7 +67,8 @@ from .transports import SendResult, Transport, open_transport
 
 log = logging.getLogger("bulkmail")
 
-_M = Message.__table__
+# Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
+_M = cast(sa.Table, Message.__table__)
 _CLAIMABLE = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 _OPEN = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value, MessageStatus.SENDING.value)
 
@@ -283,7 +284,7 @@ class OutboxStore:
                 return []
             ids = [r.id for r in rows]
             cp = ContactPoint.__table__
-            sup = Suppression.__table__
+            sup = cast(sa.Table, Suppression.__table__)
             allowed_rows = conn.execute(
                 sa.select(_M.c.id, cp.c.mailing_allowed, sup.c.reason)
                 .select_from(_M)
@@ -391,7 +392,7 @@ class OutboxStore:
                 "b_attempts": m.attempts,
                 "b_pmid": r.provider_message_id,
             }
-            kind = r.status
+            kind: str = r.status
             if r.status == "sent":
                 u["b_sent"] = now
             elif r.status == "deferred":
@@ -439,7 +440,7 @@ class OutboxStore:
     def _suppress(
         self, conn: sa.Connection, m: Claimed, r: SendResult, campaign_id: int, now: Any
     ) -> None:
-        sup = Suppression.__table__
+        sup = cast(sa.Table, Suppression.__table__)
         exists = conn.execute(
             sa.select(sup.c.id).where(sup.c.channel == m.channel, sup.c.normalized == m.recipient)
         ).first()
@@ -767,10 +768,10 @@ def send(
                 lambda: factory(sender), connections, database, campaign_id, name
             )
         with database.session() as s:
-            c = s.get(Campaign, campaign_id)
-            assert c is not None
-            c.status = CampaignStatus.SENDING.value
-            c.last_error = ""
+            running = s.get(Campaign, campaign_id)
+            assert running is not None
+            running.status = CampaignStatus.SENDING.value
+            running.last_error = ""
         # Threads sleep for their token on the halt event, so Ctrl-C never waits out a token.
         throttle_clock = _HaltableClock(clock, halt) if halt is not stop else clock
         throttle: Throttle = (

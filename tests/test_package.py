@@ -92,3 +92,13 @@ def test_package_is_ruff_clean() -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_package_is_mypy_clean() -> None:
+    mypy = shutil.which("mypy", path=str(Path(sys.executable).parent))
+    if mypy is None:
+        pytest.skip("mypy is not installed in this environment (pip install -e '.[test]')")
+    proc = subprocess.run(
+        [mypy, "bulkmail_kernel"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
