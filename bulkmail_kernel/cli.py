@@ -351,6 +351,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
             print(f"local SMTP sink on 127.0.0.1:{sink.port}: messages land in {sink.folder}")
         except OSError as exc:
             print(f"sink not started ({exc}); is `bulkmail sink` already running?")
+    unsub = None
+    if not args.no_unsubscribe_server:
+        from .unsubscribe_server import start_in_background
+
+        try:
+            unsub = start_in_background("127.0.0.1", args.unsubscribe_port, url=args.db)
+            print(f"unsubscribe links answer on http://127.0.0.1:{unsub.port}/u/...")
+        except OSError as exc:
+            print(f"unsubscribe endpoint not started ({exc}); is it already running?")
     notebooks = config.project_dir() / "notebooks"
     cmd = [
         sys.executable,
@@ -371,6 +380,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     finally:
         if sink is not None:
             sink.stop()
+        if unsub is not None:
+            unsub.stop()
 
 
 # --------------------------------------------------------------------------- parser
@@ -563,6 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--no-sink", action="store_true", help="do not start the local SMTP sink")
     p.add_argument("--sink-port", type=int, default=2525, help="sink port (default 2525)")
+    p.add_argument(
+        "--no-unsubscribe-server",
+        action="store_true",
+        help="do not start the local unsubscribe endpoint",
+    )
+    p.add_argument(
+        "--unsubscribe-port", type=int, default=8025, help="unsubscribe endpoint port (8025)"
+    )
     _add_db(p)
     p.set_defaults(func=cmd_lab)
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 import html
 import logging
 import re
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
@@ -211,3 +214,50 @@ def serve(host: str = "127.0.0.1", port: int = 8025, *, url: str | None = None) 
         forwarded_allow_ips="127.0.0.1",
         server_header=False,
     )
+
+
+class BackgroundServer:
+    """The endpoint running in a daemon thread; ``stop()`` ends it."""
+
+    def __init__(self, server: Any, thread: threading.Thread, port: int) -> None:
+        self._server = server
+        self._thread = thread
+        #: The port it listens on.
+        self.port = port
+
+    def stop(self) -> None:
+        """Ask the server to finish its requests and stop."""
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+def start_in_background(
+    host: str = "127.0.0.1", port: int = 8025, *, url: str | None = None
+) -> BackgroundServer:
+    """Run the endpoint in a thread (``bulkmail lab`` does, so the demo's links work).
+
+    The port is bound here, so a port already taken raises OSError at once.
+    """
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    config = uvicorn.Config(
+        create_app(url=url), log_level="warning", lifespan="off", server_header=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise OSError(f"the unsubscribe endpoint did not start on {host}:{port}")
+        time.sleep(0.02)
+    return BackgroundServer(server, thread, sock.getsockname()[1])

@@ -9,6 +9,7 @@ import smtplib
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def test_bulkmail_lab_starts_everything_on_a_fresh_data_dir(tmp_path: Path) -> N
     exe = shutil.which("bulkmail", path=str(Path(sys.executable).parent))
     assert exe, "the bulkmail console script is not installed next to this Python"
     data = tmp_path / "data"
-    lab_port, sink_port = free_port(), free_port()
+    lab_port, sink_port, unsub_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "BULKMAIL_DATA_DIR": str(data),
@@ -34,7 +35,14 @@ def test_bulkmail_lab_starts_everything_on_a_fresh_data_dir(tmp_path: Path) -> N
     env.pop("BULKMAIL_DB_URL", None)
     log = (tmp_path / "lab.log").open("wb")
     proc = subprocess.Popen(
-        [exe, "lab", "--no-browser", f"--port={lab_port}", f"--sink-port={sink_port}"],
+        [
+            exe,
+            "lab",
+            "--no-browser",
+            f"--port={lab_port}",
+            f"--sink-port={sink_port}",
+            f"--unsubscribe-port={unsub_port}",
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -60,6 +68,12 @@ def test_bulkmail_lab_starts_everything_on_a_fresh_data_dir(tmp_path: Path) -> N
         with smtplib.SMTP("127.0.0.1", sink_port, timeout=10) as smtp:
             smtp.sendmail("a@example.com", ["b@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
         assert list((data / "sink").glob("*.eml"))
+        # The demo's unsubscribe links have an endpoint: unknown tokens get the neutral 404.
+        token_url = f"http://127.0.0.1:{unsub_port}/u/{'x' * 32}"
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(token_url, timeout=5)
+        answer.value.close()  # an HTTPError holds the open response
+        assert answer.value.code == 404
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
