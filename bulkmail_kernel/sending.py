@@ -64,6 +64,7 @@ from .dkim import SIGNED_HEADERS, DkimSigner, prepare_outgoing, signer_for
 from .exceptions import ConfigError, SendError
 from .throttle import SYSTEM_CLOCK, Clock, SharedTokenBucket, Throttle
 from .transports import SendResult, Transport, open_transport
+from .transports.sendpulse import REF_FIELDS
 
 log = logging.getLogger("bulkmail")
 
@@ -1216,18 +1217,7 @@ def campaign_failures(
     return frame[["message_id", "recipient", "status", "attempts", "last_code", "last_error"]]
 
 
-_PROVIDER_COLUMNS = [
-    "provider",
-    "book_id",
-    "campaign_id",
-    "draft",
-    "status",
-    "status_text",
-    "count",
-    "created_at",
-    "send_date",
-    "checked_at",
-]
+_PROVIDER_COLUMNS = ["provider", *REF_FIELDS]
 
 
 def provider_status(

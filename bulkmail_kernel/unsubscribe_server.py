@@ -217,24 +217,29 @@ def serve(host: str = "127.0.0.1", port: int = 8025, *, url: str | None = None) 
 
 
 class BackgroundServer:
-    """The endpoint running in a daemon thread; ``stop()`` ends it."""
+    """An ASGI app served by uvicorn in a daemon thread; ``stop()`` ends it."""
 
-    def __init__(self, server: Any, thread: threading.Thread, port: int) -> None:
+    def __init__(self, server: Any, thread: threading.Thread, sock: Any) -> None:
         self._server = server
         self._thread = thread
+        self._sock = sock
         #: The port it listens on.
-        self.port = port
+        self.port: int = sock.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        """Return the base URL, e.g. ``http://127.0.0.1:8025``."""
+        return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         """Ask the server to finish its requests and stop."""
         self._server.should_exit = True
         self._thread.join(10)
+        self._sock.close()
 
 
-def start_in_background(
-    host: str = "127.0.0.1", port: int = 8025, *, url: str | None = None
-) -> BackgroundServer:
-    """Run the endpoint in a thread (``bulkmail lab`` does, so the demo's links work).
+def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> BackgroundServer:
+    """Serve ``app`` with uvicorn in a daemon thread (port 0: a free one) and wait until it listens.
 
     The port is bound here, so a port already taken raises OSError at once.
     """
@@ -250,7 +255,7 @@ def start_in_background(
         sock.close()
         raise
     config = uvicorn.Config(
-        create_app(url=url), log_level="warning", lifespan="off", server_header=False
+        app, log_level="warning", lifespan="off", ws="none", access_log=False, server_header=False
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -258,6 +263,15 @@ def start_in_background(
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
-            raise OSError(f"the unsubscribe endpoint did not start on {host}:{port}")
+            server.should_exit = True
+            sock.close()
+            raise OSError(f"the server did not start on {host}:{port}")
         time.sleep(0.02)
-    return BackgroundServer(server, thread, sock.getsockname()[1])
+    return BackgroundServer(server, thread, sock)
+
+
+def start_in_background(
+    host: str = "127.0.0.1", port: int = 8025, *, url: str | None = None
+) -> BackgroundServer:
+    """Run the endpoint in a thread (``bulkmail lab`` does, so the demo's links work)."""
+    return serve_in_thread(create_app(url=url), host, port)

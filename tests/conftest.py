@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.sink import Sink, start_sink
 
 PG_URL = os.environ.get("BULKMAIL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -73,3 +74,11 @@ def db_url(request: pytest.FixtureRequest) -> str:
 def database(db_url: str) -> dbmod.Database:
     """Return an opened, migrated database on both backends."""
     return dbmod.open_database(db_url)
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[Sink]:
+    """Start a real SMTP sink (aiosmtpd) on a free loopback port; it records what it accepts."""
+    running = start_sink(tmp_path / "sink")
+    yield running
+    running.stop()

@@ -29,7 +29,7 @@ from bulkmail_kernel.contacts import contacts_frame, import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.sending import send
-from bulkmail_kernel.sink import Sink, start_sink
+from bulkmail_kernel.sink import Sink
 
 BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "bounces"
 if not BOUNCES.is_dir():  # the checkout may sit elsewhere than /work/main
@@ -272,13 +272,6 @@ def dovecot(tmp_path: Path) -> Iterator[Imap]:
         if proc.stdout is not None:
             proc.stdout.close()
         shutil.rmtree(public, ignore_errors=True)
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    s = start_sink(tmp_path / "sink")
-    yield s
-    s.stop()
 
 
 def _recipients() -> list[str]:

@@ -6,7 +6,6 @@ import email
 import email.policy
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -19,20 +18,13 @@ from bulkmail_kernel.contacts import contacts_frame, import_contacts
 from bulkmail_kernel.db import Suppression, UnsubscribeToken
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.sending import history, send
-from bulkmail_kernel.sink import Sink, start_sink
+from bulkmail_kernel.sink import Sink
 from bulkmail_kernel.templates import template_from_html
 
 HTML = (
     "<html><body><p>Dobrý deň {{ first_name }},</p><p>pozývame vás.</p>"
     '<p><a href="{{ unsubscribe_url }}">Odhlásiť</a></p></body></html>'
 )
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    s = start_sink(tmp_path / "sink")
-    yield s
-    s.stop()
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import matplotlib
 import pytest
 from sending_support import address, make_campaign, sink_account
@@ -15,16 +12,9 @@ from bulkmail_kernel.contacts import contacts_frame
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.reports import list_campaigns, list_suppressions, plot_timeline
 from bulkmail_kernel.sending import history, send
-from bulkmail_kernel.sink import Sink, start_sink
+from bulkmail_kernel.sink import Sink
 
 matplotlib.use("Agg")
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    running = start_sink(tmp_path / "sink")
-    yield running
-    running.stop()
 
 
 def test_list_campaigns_counts_every_status(database: dbmod.Database, sink: Sink) -> None:

@@ -7,7 +7,6 @@ import email
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -40,13 +39,6 @@ from bulkmail_kernel.sink import Sink, SinkRules, start_sink
 from bulkmail_kernel.throttle import ManualClock
 from bulkmail_kernel.transports import SendResult
 from bulkmail_kernel.transports.smtp import SmtpTransport
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    s = start_sink(tmp_path / "sink")
-    yield s
-    s.stop()
 
 
 def _statuses(db: dbmod.Database, cid: int) -> Counter[str]:

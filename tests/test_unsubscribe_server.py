@@ -6,26 +6,21 @@ import email
 import email.policy
 import math
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-import uvicorn
 
 from bulkmail_kernel import campaigns as cm
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.contacts import contacts_frame, import_contacts
 from bulkmail_kernel.db import Message, MessageBody, Suppression
 from bulkmail_kernel.sending import send
-from bulkmail_kernel.sink import Sink, start_sink
+from bulkmail_kernel.sink import Sink
 from bulkmail_kernel.templates import template_from_html
-from bulkmail_kernel.unsubscribe_server import create_app, token_owner
+from bulkmail_kernel.unsubscribe_server import create_app, serve_in_thread, token_owner
 
 HTML = (
     "<html><body><p>Dobrý deň {{ first_name }},</p>"
@@ -34,32 +29,11 @@ HTML = (
 
 
 @pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    s = start_sink(tmp_path / "sink")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
 def server(database: dbmod.Database) -> Iterator[str]:
     """Run the app under uvicorn on a free loopback port in a thread; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(db=database), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    running = serve_in_thread(create_app(db=database))
+    yield running.url
+    running.stop()
 
 
 @pytest.fixture

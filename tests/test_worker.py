@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,16 +21,9 @@ from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.campaigns import get_campaign, queue
 from bulkmail_kernel.db import Campaign, Worker
 from bulkmail_kernel.sending import run_worker
-from bulkmail_kernel.sink import Sink, start_sink
+from bulkmail_kernel.sink import Sink
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[Sink]:
-    s = start_sink(tmp_path / "sink")
-    yield s
-    s.stop()
 
 
 def _worker(url: str) -> subprocess.Popen[bytes]:

@@ -47,6 +47,18 @@ from .credentials import check_credential_ref, resolve_secret
 log = logging.getLogger("bulkmail")
 
 DEFAULT_BASE_URL = "https://api.sendpulse.com"
+#: What a hand-over records in ``campaigns.provider_ref["sendpulse"]``, in report order.
+REF_FIELDS = (
+    "book_id",
+    "campaign_id",
+    "draft",
+    "status",
+    "status_text",
+    "count",
+    "created_at",
+    "send_date",
+    "checked_at",
+)
 REQUESTS_PER_S = 10
 CAMPAIGNS_PER_HOUR = 4
 #: Task status of a new campaign, as the API documents them.
@@ -834,16 +846,6 @@ def sendpulse_report(
             status_text=status_text(info.get("status")),
             checked_at=clock.now().isoformat(),
         )
-    columns = [
-        "campaign",
-        "book_id",
-        "campaign_id",
-        "draft",
-        "status",
-        "status_text",
-        "count",
-        "created_at",
-        "send_date",
-        "checked_at",
-    ]
-    return pd.DataFrame([[cname] + [ref.get(k) for k in columns[1:]]], columns=columns)
+    return pd.DataFrame(
+        [[cname] + [ref.get(k) for k in REF_FIELDS]], columns=["campaign", *REF_FIELDS]
+    )
