@@ -79,17 +79,28 @@ def test_kill_9_at_random_points_never_duplicates_or_loses(db_url: str, sink: Si
     cid = make_campaign(database, n, rate_per_hour=10_000_000, status="scheduled")
     rng = random.Random(5)
     kills = 0
-    for _ in range(4):
+    # Kill points are chosen by progress (what the sink has accepted), not by wall time: a
+    # fast machine would otherwise finish the campaign before the later kills. Each round
+    # lets the worker send a random number of messages, then kills it a random few
+    # milliseconds later: mid-batch, between sending and recording, or while claiming.
+    for round_ in range(4):
         proc = _worker(db_url)
-        time.sleep(rng.uniform(1.2, 2.5))
+        target = len(sink.messages) + (0 if round_ == 0 else rng.randint(1, 250))
+        deadline = time.monotonic() + 60
+        while len(sink.messages) < target and proc.poll() is None:
+            assert time.monotonic() < deadline, "the worker sent nothing for 60 s"
+            time.sleep(0.001)
+        # Round 0 kills during start-up or the first claim, before anything was sent.
+        time.sleep(rng.uniform(0.3, 1.5) if round_ == 0 else rng.uniform(0, 0.02))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.communicate(timeout=30)
+    assert kills == 4
+    assert len(sink.messages) < n  # the last worker still has work to finish
     final = _worker(db_url)
     _, err = final.communicate(timeout=300)
     assert final.returncode == 0, err.decode()
-    assert kills >= 2
     frame = queue(cid, db=database)
     status = dict(zip(frame["message_id_header"], frame["status"].astype(str), strict=True))
     accepted = Counter(m.message_id for m in sink.messages)
