@@ -8,10 +8,16 @@ point a sender account at it (security ``none``) to rehearse a campaign.
 It can also be told to misbehave for chosen addresses (4xx then success, 5xx) or
 to demand a password, which is how the tests show retries, bounces and a
 refused login on a real SMTP conversation.
+
+Like Postfix and most relays it offers PIPELINING (RFC 2920), so a client may send
+MAIL, RCPT and DATA in one write; ``pipelining=False`` makes it a server that does not.
+It reads the message content with one buffer search per chunk instead of aiosmtpd's
+Python loop per line, which was half of its time per 4 KB message (see ``_read_data``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -23,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 log = logging.getLogger("bulkmail")
 
+_END = b"\r\n.\r\n"
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -51,6 +58,8 @@ class SinkRules:
     mail_reply: str | None = None
     #: user -> password; when set, MAIL FROM is refused until the client logs in.
     users: dict[str, str] | None = None
+    #: Offer PIPELINING in the EHLO answer (RFC 2920), as Postfix and most relays do.
+    pipelining: bool = True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -63,6 +72,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 class _Handler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # the hook takes this over from aiosmtpd
+        if not self.sink.rules.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -104,6 +126,72 @@ class _CountingSMTP(SMTP):
             with self._sink.lock:
                 self._sink.connections += 1
         super().connection_made(transport)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """Take the message content: aiosmtpd's checks and answers, a faster reader."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, error = await self._read_data()
+        except asyncio.CancelledError:
+            self._writer.close()  # the connection was reset during DATA
+            raise
+        if error:
+            await self.push(error)
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> tuple[bytes, str]:
+        """Read up to the lone dot; return the content un-dot-stuffed, or an error answer.
+
+        aiosmtpd's own DATA awaits ``readuntil`` and runs a Python loop for every line,
+        ~250 us of a 4 KB message on this machine. Here ``readuntil(CRLF "." CRLF)`` finds
+        the end with one search of the buffer. The stream's limit (aiosmtpd sets it to
+        the line length limit) only means a long message is taken in pieces, and a piece
+        may end inside the terminator: then just enough bytes to complete it are read
+        (never more, so a pipelined next command stays unread).
+        """
+        data = bytearray()
+        size = 0
+        limit = self.data_size_limit
+        while True:
+            # The data starts a line: as if a CRLF came before it.
+            tail = bytes(data[-5:]) if len(data) >= 5 else b"\r\n" + bytes(data)
+            if tail.endswith(_END):
+                break
+            straddle = next((k for k in (4, 3, 2, 1) if tail.endswith(_END[:k])), 0)
+            if straddle:
+                piece = await self._reader.readexactly(len(_END) - straddle)
+            else:
+                try:
+                    piece = await self._reader.readuntil(_END)
+                except asyncio.LimitOverrunError as exc:
+                    piece = await self._reader.read(exc.consumed)
+            data += piece
+            size += len(piece)
+            if limit and size > limit + len(_END):
+                del data[:-5]  # keep reading to the dot, but not the data
+        if limit and size > limit + len(_END):
+            return b"", "552 Error: Too much mail data"
+        content = bytes(data[:-3])  # the final ".\r\n"; the CRLF before it is the last line's
+        if content and max(map(len, content.split(b"\r\n"))) + 2 > self.line_length_limit:
+            return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
+        # RFC 5321 4.5.2: a line that starts with a dot loses that one dot.
+        content = content.replace(b"\r\n.", b"\r\n")
+        return (content[1:] if content.startswith(b".") else content), ""
 
 
 class _Controller(Controller):
@@ -196,6 +284,7 @@ def start_sink(
     rcpt_replies: dict[str, Iterable[str]] | None = None,
     mail_reply: str | None = None,
     users: dict[str, str] | None = None,
+    pipelining: bool = True,
 ) -> Sink:
     """Start a local SMTP sink that stores every accepted message in ``folder``."""
     path = Path(folder)
@@ -204,6 +293,7 @@ def start_sink(
         rcpt_replies={k.lower(): list(v) for k, v in (rcpt_replies or {}).items()},
         mail_reply=mail_reply,
         users=users,
+        pipelining=pipelining,
     )
     return Sink(path, host, port or free_port(host), rules).start()
 

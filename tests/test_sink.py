@@ -86,3 +86,64 @@ def test_unreachable_server_is_deferred_not_failed() -> None:
 def test_classification(code: int, text: str, stage: str, status: str, suppress: bool) -> None:
     result = classify_smtp(code, text, stage=stage)  # type: ignore[arg-type]
     assert (result.status, result.suppress) == (status, suppress)
+
+
+def _wire(content: bytes) -> bytes:
+    """Return what a message looks like after the sink un-stuffs it: CRLF lines, CRLF at the end."""
+    content = content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return content if content.endswith(b"\r\n") else content + b"\r\n"
+
+
+DOTTY = [
+    b"Subject: one line only",
+    b"Subject: dots\r\n\r\n.\r\n..\r\n...x\r\nends with a dot.\r\n.\r\nlast",
+    b".starts with a dot\r\n\r\nbody.\r\n",
+    b"Subject: long\r\n\r\n" + b"QUJD" * 240 + b"\r\n" + (b"ZGVm" * 240 + b"\r\n") * 200,
+    b"Subject: crlf dot crlf inside a line\r\n\r\nx\r\n. not the end\r\n.\r\n.",
+]
+
+
+@pytest.mark.parametrize("content", DOTTY)
+def test_content_arrives_byte_for_byte(tmp_path: Path, content: bytes) -> None:
+    # smtplib dot-stuffs; the sink's own DATA reader must undo exactly that.
+    with start_sink(tmp_path) as sink, smtplib.SMTP("127.0.0.1", sink.port) as client:
+        client.sendmail("a@shop.sk", ["b@x.sk"], content)
+        client.sendmail("a@shop.sk", ["c@x.sk"], MSG)  # the connection is still in step
+    assert [m.data for m in sink.messages] == [_wire(content), MSG]
+    assert [m.rcpt_tos for m in sink.messages] == [("b@x.sk",), ("c@x.sk",)]
+
+
+def test_pipelined_commands_and_the_next_transaction_after_the_dot(tmp_path: Path) -> None:
+    with start_sink(tmp_path) as sink, smtplib.SMTP("127.0.0.1", sink.port) as client:
+        client.ehlo()
+        assert client.has_extn("pipelining")
+        client.send(b"MAIL FROM:<a@shop.sk>\r\nRCPT TO:<b@x.sk>\r\nDATA\r\n")
+        assert [client.getreply()[0] for _ in range(3)] == [250, 250, 354]
+        # RFC 2920: the content may start a group; the next transaction follows the dot.
+        client.send(MSG + b".\r\nMAIL FROM:<a@shop.sk>\r\nRCPT TO:<c@x.sk>\r\nDATA\r\n")
+        assert [client.getreply()[0] for _ in range(4)] == [250, 250, 250, 354]
+        client.send(b"Subject: second\r\n\r\n..dot\r\n.\r\n")
+        assert client.getreply()[0] == 250
+    assert [(m.rcpt_tos, m.data) for m in sink.messages] == [
+        (("b@x.sk",), MSG),
+        (("c@x.sk",), b"Subject: second\r\n\r\n.dot\r\n"),
+    ]
+
+
+def test_overlong_line_is_refused_and_nothing_stored(tmp_path: Path) -> None:
+    with start_sink(tmp_path) as sink, smtplib.SMTP("127.0.0.1", sink.port) as client:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            client.sendmail("a@shop.sk", ["b@x.sk"], b"Subject: x\r\n\r\n" + b"y" * 1200)
+        assert err.value.smtp_code == 500
+        client.sendmail("a@shop.sk", ["b@x.sk"], MSG)
+    assert [m.data for m in sink.messages] == [MSG]
+
+
+def test_pipelining_can_be_switched_off(tmp_path: Path) -> None:
+    with (
+        start_sink(tmp_path, pipelining=False) as sink,
+        smtplib.SMTP("127.0.0.1", sink.port) as client,
+    ):
+        client.ehlo()
+        assert not client.has_extn("pipelining")
+        assert client.has_extn("8bitmime")

@@ -11,7 +11,10 @@ that ``build_mime()`` made over ``yag.smtp``.
 The SMTP transaction is spoken step by step (MAIL, RCPT, DATA, content) rather
 than through ``sendmail()`` because only then do we know *where* a connection
 broke: before the content it is safe to retry, after it the server may already
-have accepted the message, and resending silently could deliver it twice.
+have accepted the message, and resending silently could deliver it twice. When
+the server offers PIPELINING (RFC 2920; Postfix, Exim, Exchange and Gmail do),
+MAIL, RCPT and DATA go in one write and the content only after DATA's 354: two
+round trips a message instead of four, the same stages, the same answers.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from . import SendResult, Stage, classify_smtp, connection_lost
 log = logging.getLogger("bulkmail")
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# Whatever could end or bend an SMTP command line: CR, LF, NUL and the angle brackets.
+_UNSAFE_ADDRESS = re.compile(r"[\r\n\0<>]")
 
 
 def resolve_password(user: str, credential_ref: str) -> str:
@@ -219,27 +224,47 @@ class SmtpTransport:
                 if exc.fields.get("fatal"):
                     return SendResult("fatal", exc.fields.get("code"), exc.message)
                 return connection_lost(exc.message, stage="connect")
+        if _UNSAFE_ADDRESS.search(mail_from + rcpt_to):
+            # Addresses are validated at import; this guards the command line itself.
+            return SendResult("failed", None, f"address not usable in SMTP: {rcpt_to!r}")
         smtp: smtplib.SMTP = self._yag.smtp
         try:
             smtp.ehlo_or_helo_if_needed()
-            options: list[str] = []
+            options = ""
             if not message.isascii() and smtp.has_extn("8bitmime"):
-                options.append("BODY=8BITMIME")
-            if not (mail_from + rcpt_to).isascii():
-                options.append("SMTPUTF8")
-            stage = "mail"
-            code, reply = smtp.mail(mail_from, options)
-            if code != 250:
-                return self._refused(smtp, code, reply, stage)
-            stage = "rcpt"
-            code, reply = smtp.rcpt(rcpt_to)
-            if code not in (250, 251):
-                return self._refused(smtp, code, reply, stage)
-            stage = "data"
-            smtp.putcmd("data")
-            code, reply = smtp.getreply()
-            if code != 354:
-                return self._refused(smtp, code, reply, stage)
+                options += " BODY=8BITMIME"
+            utf8 = not (mail_from + rcpt_to).isascii()
+            if utf8:
+                options += " SMTPUTF8"
+            commands = (
+                f"MAIL FROM:<{mail_from}>{options}\r\n",
+                f"RCPT TO:<{rcpt_to}>\r\n",
+                "DATA\r\n",
+            )
+            encoding = "utf-8" if utf8 else "ascii"
+            stages: tuple[Stage, ...] = ("mail", "rcpt", "data")
+            if smtp.has_extn("pipelining"):
+                # RFC 2920: MAIL, RCPT and DATA in one write, then their three answers: two
+                # round trips a message instead of four, which is what a distant relay costs.
+                stage = "mail"
+                smtp.send("".join(commands).encode(encoding))
+                replies = []
+                for stage in stages:
+                    code, reply = smtp.getreply()
+                    replies.append((code, reply, stage))
+                    if code == 421:  # the server is closing: no further answers will come
+                        break
+            else:
+                replies = []
+                for stage, command in zip(stages, commands, strict=True):
+                    smtp.send(command.encode(encoding))
+                    code, reply = smtp.getreply()
+                    replies.append((code, reply, stage))
+                    if not _go_ahead(code, stage):
+                        break
+            refused = _first_refusal(replies)
+            if refused is not None:
+                return self._refused(smtp, *refused, data_open=replies[-1][0] == 354)
             stage = "content"
             payload = _wire_format(message)
             if not payload.endswith(b"\r\n"):
@@ -254,14 +279,22 @@ class SmtpTransport:
             self._drop()
         return result
 
-    def _refused(self, smtp: smtplib.SMTP, code: int, reply: bytes, stage: Stage) -> SendResult:
+    def _refused(
+        self, smtp: smtplib.SMTP, code: int, reply: bytes, stage: Stage, *, data_open: bool
+    ) -> SendResult:
         result = classify_smtp(code, reply, stage=stage)
         if code == 421:
             # RFC 5321 4.2.3: 421 means the server is closing the channel.
             self._drop()
             return result
         try:
-            smtp.rset()
+            if data_open:
+                # RFC 2920 3.1: a server may take DATA although every RCPT was refused; then
+                # the client sends a lone dot (an empty message to nobody), never the content.
+                smtp.send(b".\r\n")
+                smtp.getreply()
+            else:
+                smtp.rset()
         except (smtplib.SMTPServerDisconnected, OSError):
             self._drop()
         return result
@@ -271,6 +304,18 @@ class SmtpTransport:
         yag, self._yag = self._yag, None
         if yag is not None:
             yag.close()
+
+
+def _go_ahead(code: int, stage: Stage) -> bool:
+    """Return whether ``code`` answering MAIL, RCPT or DATA lets the transaction go on."""
+    if stage == "data":
+        return code == 354
+    return code == 250 or (stage == "rcpt" and code == 251)
+
+
+def _first_refusal(replies: list[tuple[int, bytes, Stage]]) -> tuple[int, bytes, Stage] | None:
+    """Return the first answer of MAIL, RCPT, DATA that is not a go-ahead, or None."""
+    return next((r for r in replies if not _go_ahead(r[0], r[2])), None)
 
 
 def _wire_format(message: bytes) -> bytes:
