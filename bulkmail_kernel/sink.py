@@ -120,12 +120,34 @@ class _CountingSMTP(SMTP):
     def __init__(self, sink: Sink, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sink = sink
+        self._held: list[bytes] = []
 
     def connection_made(self, transport: Any) -> None:
         if self.transport is None:  # a STARTTLS upgrade calls this again on the same connection
             with self._sink.lock:
                 self._sink.connections += 1
         super().connection_made(transport)
+
+    async def push(self, status: str | bytes) -> None:
+        """Answer; while pipelined commands are already waiting, hold the answers for one write.
+
+        As Postfix does, answers to a pipelined group leave together once the group is
+        read: one write (and one wake-up of the client) instead of one per command.
+        """
+        response = (
+            status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+            if isinstance(status, str)
+            else status
+        )
+        self._held.append(response + b"\r\n")
+        # StreamReader keeps what arrived in _buffer (CPython since 3.4); if that ever
+        # changes, getattr finds nothing and every answer is written at once, as before.
+        waiting = getattr(self._reader, "_buffer", b"")
+        if b"\n" in waiting and len(self._held) < 100:
+            return  # the next command is already here: it will flush us
+        self._writer.write(b"".join(self._held))
+        self._held.clear()
+        await self._writer.drain()
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
