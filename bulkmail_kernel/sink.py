@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
 import threading
@@ -34,6 +35,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 log = logging.getLogger("bulkmail")
 
 _END = b"\r\n.\r\n"
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -230,6 +232,7 @@ class Sink:
 
     def __init__(self, folder: Path, host: str, port: int, rules: SinkRules) -> None:
         self.folder = folder
+        self._folder_str = str(folder)
         self.host = host
         self.port = port
         self.rules = rules
@@ -257,17 +260,24 @@ class Sink:
 
     def store(self, mail_from: str, rcpt_tos: tuple[str, ...], data: bytes) -> SinkMessage:
         """Keep one accepted message: an .eml file, a log line and an entry in ``messages``."""
-        found = _MESSAGE_ID.search(data.split(b"\r\n\r\n", 1)[0])
+        end = data.find(b"\r\n\r\n")
+        found = _MESSAGE_ID.search(data, 0, end if end >= 0 else len(data))
         message_id = found.group(1).decode("ascii", "replace") if found else ""
         with self.lock:
             n = len(self.messages) + 1
-            path = self.folder / f"{n:06d}.eml"
-            path.write_bytes(data)
+            name = f"{n:06d}.eml"
+            # os.open/os.write rather than Path.write_bytes: a third of the cost, per message.
+            fd = os.open(os.path.join(self._folder_str, name), _CREATE, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            path = self.folder / name
             msg = SinkMessage(mail_from, rcpt_tos, data, path, message_id)
             self.messages.append(msg)
             self._log.write(
                 f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\taccepted\t{message_id}\t{mail_from}\t"
-                f"{','.join(rcpt_tos)}\t{path.name}\n"
+                f"{','.join(rcpt_tos)}\t{name}\n"
             )
             self._log.flush()
         log.debug("sink: accepted %s for %s", message_id, ",".join(rcpt_tos))
