@@ -36,6 +36,14 @@ log = logging.getLogger("bulkmail")
 
 _END = b"\r\n.\r\n"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+# <dot-atom@dot-atom> and what follows it (the ESMTP parameters): RFC 5321 4.1.2's
+# common case, ASCII only; quoted local parts, UTF-8 and <> go to aiosmtpd's parser.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(
+    rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    rf"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>(?!\s*\()\s*(.*)\Z",
+    re.DOTALL,
+)
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -150,6 +158,19 @@ class _CountingSMTP(SMTP):
         self._writer.write(b"".join(self._held))
         self._held.clear()
         await self._writer.drain()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """Parse the path of MAIL/RCPT: plain <local@domain> here, anything else by aiosmtpd.
+
+        aiosmtpd runs every path through the e-mail header parser, the largest single
+        cost of the sink per message; a dot-atom path parses the same by a regex.
+        """
+        simple = _SIMPLE_PATH.match(arg)
+        if simple is not None:
+            local = simple.group(1).rpartition("@")[0]
+            if not (self.local_part_limit and len(local) > self.local_part_limit):
+                return simple.group(1), simple.group(2)
+        return super()._getaddr(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

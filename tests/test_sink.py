@@ -147,3 +147,50 @@ def test_pipelining_can_be_switched_off(tmp_path: Path) -> None:
         client.ehlo()
         assert not client.has_extn("pipelining")
         assert client.has_extn("8bitmime")
+
+
+PATHS = [
+    "<b@x.sk>",
+    "<b@x.sk> SIZE=1234 BODY=8BITMIME",
+    "<b@x.sk>   SIZE=1 ",
+    "<b@x.sk> (a comment) SIZE=1",
+    "<b@x.sk>\tBODY=8BITMIME",
+    "<first.last+tag@mail.x-y.example.net>",
+    "<o'brien@x.sk>",
+    "<user{1}@sk.example.net>",
+    '<"quoted local"@x.sk>',
+    "<jožo@x.sk>",
+    "<>",
+    "<b@x.sk",
+    "<a..b@x.sk>",
+    "<.a@x.sk>",
+    "<a@-x.sk>",
+    "<a@x.sk.>",
+    "b@x.sk",
+    " <b@x.sk>",
+    "<@relay.sk:b@x.sk>",
+]
+
+
+@pytest.mark.parametrize("arg", PATHS)
+def test_fast_path_parsing_agrees_with_aiosmtpd(tmp_path: Path, arg: str) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    with start_sink(tmp_path) as sink:
+        server = sink._controller.factory()
+        assert server._getaddr(arg) == SMTP._getaddr(server, arg)
+
+
+def test_fast_path_takes_the_plain_paths_and_leaves_the_rest() -> None:
+    from bulkmail_kernel.sink import _SIMPLE_PATH
+
+    taken = [p for p in PATHS if _SIMPLE_PATH.match(p)]
+    assert taken == [
+        "<b@x.sk>",
+        "<b@x.sk> SIZE=1234 BODY=8BITMIME",
+        "<b@x.sk>   SIZE=1 ",
+        "<b@x.sk>\tBODY=8BITMIME",
+        "<first.last+tag@mail.x-y.example.net>",
+        "<o'brien@x.sk>",
+        "<user{1}@sk.example.net>",
+    ]
