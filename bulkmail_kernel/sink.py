@@ -10,9 +10,12 @@ to demand a password, which is how the tests show retries, bounces and a
 refused login on a real SMTP conversation.
 
 Like Postfix and most relays it offers PIPELINING (RFC 2920), so a client may send
-MAIL, RCPT and DATA in one write; ``pipelining=False`` makes it a server that does not.
-It reads the message content with one buffer search per chunk instead of aiosmtpd's
-Python loop per line, which was half of its time per 4 KB message (see ``_read_data``).
+MAIL, RCPT and DATA in one write, and answers such a group in one write;
+``pipelining=False`` makes it a server that does not offer it. Three of aiosmtpd's
+costs per message are replaced by faster equivalents, because the sink is the far
+end of every throughput benchmark: the DATA reader (one buffer search, not a Python
+loop per line), the parser of plain ``<local@domain>`` paths (a regex, not the e-mail
+header parser), and the answers held for a pipelined group.
 """
 
 from __future__ import annotations
@@ -290,7 +293,9 @@ class Sink:
             # os.open/os.write rather than Path.write_bytes: a third of the cost, per message.
             fd = os.open(os.path.join(self._folder_str, name), _CREATE, 0o644)
             try:
-                os.write(fd, data)
+                view = memoryview(data)
+                while view:  # os.write may take less than all of it
+                    view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
             path = self.folder / name

@@ -117,6 +117,16 @@ def test_an_address_that_would_bend_the_command_is_failed_unsent(tmp_path: Path,
     assert [m.rcpt_tos for m in sink.messages] == [("b@x.sk",)]
 
 
+def test_a_sender_address_that_would_bend_the_command_stops_the_campaign(tmp_path: Path) -> None:
+    with start_sink(tmp_path) as sink:
+        t = SmtpTransport("127.0.0.1", sink.port, security="none")
+        result = t.send(msg(1), mail_from="news@shop.sk>\r\nRCPT TO:<x@y.sk", rcpt_to="b@x.sk")
+        t.close()
+    assert result.status == "fatal"
+    assert "sender account" in result.detail
+    assert sink.messages == []
+
+
 # ---------------------------------------------------------------- a scripted server
 
 

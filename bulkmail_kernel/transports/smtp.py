@@ -224,8 +224,15 @@ class SmtpTransport:
                 if exc.fields.get("fatal"):
                     return SendResult("fatal", exc.fields.get("code"), exc.message)
                 return connection_lost(exc.message, stage="connect")
-        if _UNSAFE_ADDRESS.search(mail_from + rcpt_to):
-            # Addresses are validated at import; this guards the command line itself.
+        # Addresses are validated at import and in the account; this guards the command line.
+        if _UNSAFE_ADDRESS.search(mail_from):
+            return SendResult(
+                "fatal",
+                None,
+                f"the sender address {mail_from!r} cannot go into an SMTP command: "
+                "fix from_email / envelope_from in the sender account",
+            )
+        if _UNSAFE_ADDRESS.search(rcpt_to):
             return SendResult("failed", None, f"address not usable in SMTP: {rcpt_to!r}")
         smtp: smtplib.SMTP = self._yag.smtp
         try:
