@@ -320,6 +320,9 @@ class Message(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column()
     claimed_by: Mapped[str | None] = mapped_column(sa.String(200))
     claimed_at: Mapped[datetime | None] = mapped_column()
+    #: Set (a few messages ahead) before a claimed message goes to the transport: after a
+    #: crash, a message in 'sending' without it was never handed over and is requeued.
+    handed_at: Mapped[datetime | None] = mapped_column()
     sent_at: Mapped[datetime | None] = mapped_column()
     #: The Message-ID header; fixed at registration so retries keep it.
     message_id_header: Mapped[str] = mapped_column(sa.String(300), unique=True)

@@ -9,10 +9,13 @@ Per message the state machine is::
 
 A claim is one guarded UPDATE: ``... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``
 on PostgreSQL, so several workers never take the same message, and on SQLite the
-same statement is atomic because SQLite has one writer at a time. Outcomes are
-recorded per batch: if the process dies between sending and recording, the
-messages stay in ``sending`` and the next worker flags them ``unknown`` for the
-analyst to resend or drop; they are never resent silently.
+same statement is atomic because SQLite has one writer at a time. Within a batch,
+every few messages (one at campaign rates, 20 unthrottled) the loop records what
+went out and, in the same commit, marks the next few ``handed_at`` before they go
+to the transport. If the process dies, its messages stay in ``sending``; the next
+worker flags the marked ones ``unknown`` (they may have gone out) for the analyst
+to resend or drop, never resending them silently, and puts the unmarked rest of
+the claim back in the queue (they cannot have gone out).
 
 ``send(connections=N)`` runs N such loops as threads of one worker, each over its
 own SMTP connection, all claiming through that same statement and taking their
@@ -169,10 +172,13 @@ class OutboxStore:
             conn.execute(sa.delete(Worker).where(Worker.id == self.worker_id))
 
     def recover(self, *, stale_after_s: float = 120.0) -> pd.DataFrame:
-        """Flag ``unknown`` every message left in ``sending`` by a worker that is gone.
+        """Flag ``unknown`` what a worker that is gone may have sent; requeue what it never did.
 
         A worker is gone when its heartbeat is older than ``stale_after_s`` or, on
-        this machine, its process no longer exists. Returns the flagged messages.
+        this machine, its process no longer exists. Of its messages left in
+        ``sending``, those marked handed over (``handed_at``) may or may not have gone
+        out and become ``unknown``; the others never reached the transport and go back
+        to the queue. Returns the messages flagged unknown.
         """
         now = self.clock.now()
         host = socket.gethostname()
@@ -195,10 +201,57 @@ class OutboxStore:
                     _M.c.contact_point_id,
                     _M.c.recipient,
                     _M.c.claimed_by,
+                    _M.c.handed_at,
                 )
                 .where(_M.c.status == MessageStatus.SENDING.value)
                 .where(sa.or_(_M.c.claimed_by.is_(None), _M.c.claimed_by.not_in(alive)))
             ).all()
+            # Never handed to the transport: it cannot have gone out, so it goes back.
+            fresh = [r for r in rows if r.handed_at is None]
+            requeued: set[int] = set()
+            for chunk in _chunks([r.id for r in fresh], 500):
+                requeued |= set(
+                    s.execute(
+                        sa.update(_M)
+                        .where(
+                            _M.c.id.in_(chunk),
+                            _M.c.status == MessageStatus.SENDING.value,
+                            _M.c.handed_at.is_(None),
+                        )
+                        .values(
+                            status=sa.case(
+                                (_M.c.next_attempt_at.is_(None), MessageStatus.QUEUED.value),
+                                else_=MessageStatus.DEFERRED.value,
+                            ),
+                            attempts=_M.c.attempts - 1,
+                            claimed_by=None,
+                        )
+                        .returning(_M.c.id)
+                    ).scalars()
+                )
+            # (One marked in the meantime by a worker presumed dead stays: next pass, unknown.)
+            fresh = [r for r in fresh if r.id in requeued]
+            if fresh:
+                s.execute(
+                    sa.insert(Event),
+                    [
+                        _event(
+                            "requeued",
+                            r,
+                            r.campaign_id,
+                            f"worker {r.claimed_by} died before handing it to the server: "
+                            "back in the queue",
+                            {"worker": r.claimed_by},
+                            now,
+                        )
+                        for r in fresh
+                    ],
+                )
+                log.warning(
+                    "%d messages claimed by a worker that died were never handed over: requeued",
+                    len(fresh),
+                )
+            rows = [r for r in rows if r.handed_at is not None]
             if rows:
                 ids = [r.id for r in rows]
                 for chunk in _chunks(ids, 500):
@@ -268,6 +321,7 @@ class OutboxStore:
                     status=MessageStatus.SENDING.value,
                     claimed_by=self.worker_id,
                     claimed_at=now,
+                    handed_at=None,
                     attempts=_M.c.attempts + 1,
                     updated_at=now,
                 )
@@ -357,7 +411,11 @@ class OutboxStore:
         with self.db.engine.begin() as conn:
             conn.execute(
                 sa.update(_M)
-                .where(_M.c.id == sa.bindparam("mid"), _M.c.status == MessageStatus.SENDING.value)
+                .where(
+                    _M.c.id == sa.bindparam("mid"),
+                    _M.c.status == MessageStatus.SENDING.value,
+                    _M.c.claimed_by == self.worker_id,
+                )
                 .values(
                     status=sa.case(
                         (_M.c.next_attempt_at.is_(None), MessageStatus.QUEUED.value),
@@ -365,17 +423,60 @@ class OutboxStore:
                     ),
                     attempts=_M.c.attempts - 1,
                     claimed_by=None,
+                    handed_at=None,
                 ),
                 [{"mid": m.id} for m in messages],
             )
+
+    def mark_handed(self, ids: list[int]) -> set[int]:
+        """Mark claimed messages as about to go to the transport; return those still ours.
+
+        Committed before they are sent, so a crash leaves only these in doubt. A
+        message missing from the answer was taken back (this worker was presumed dead
+        and its claim recovered): it must not be sent by us.
+        """
+        if not ids:
+            return set()
+        with self.db.engine.begin() as conn:
+            return self._mark(conn, ids)
+
+    def _mark(self, conn: sa.Connection, ids: list[int]) -> set[int]:
+        if not ids:
+            return set()
+        return set(
+            conn.execute(
+                sa.update(_M)
+                .where(
+                    _M.c.id.in_(ids),
+                    _M.c.claimed_by == self.worker_id,
+                    _M.c.status == MessageStatus.SENDING.value,
+                )
+                .values(handed_at=self.clock.now())
+                .returning(_M.c.id)
+            ).scalars()
+        )
 
     def record(
         self, campaign_id: int, outcomes: list[tuple[Claimed, SendResult]], retry: RetryPolicy
     ) -> dict[str, int]:
         """Store the outcome of each sent message and its event, in one transaction."""
+        return self.record_and_mark(campaign_id, outcomes, retry, [])[0]
+
+    def record_and_mark(
+        self,
+        campaign_id: int,
+        outcomes: list[tuple[Claimed, SendResult]],
+        retry: RetryPolicy,
+        hand: list[int],
+    ) -> tuple[dict[str, int], set[int]]:
+        """Record ``outcomes`` and mark ``hand`` handed over, in one transaction.
+
+        Returns the counts per outcome and the messages of ``hand`` still ours (see
+        :meth:`mark_handed`): one commit where the send loop would otherwise make two.
+        """
         counts = {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0, "fatal": 0}
         if not outcomes:
-            return counts
+            return counts, self.mark_handed(hand)
         now = self.clock.now()
         updates: list[dict[str, Any]] = []
         # Plain successes (the bulk of every batch) differ only in their id: one UPDATE
@@ -460,7 +561,8 @@ class OutboxStore:
             conn.execute(sa.insert(Event), events)
             for m, r in suppress:
                 self._suppress(conn, m, r, campaign_id, now)
-        return counts
+            mine = self._mark(conn, hand)
+        return counts, mine
 
     def _suppress(
         self, conn: sa.Connection, m: Claimed, r: SendResult, campaign_id: int, now: Any
@@ -575,6 +677,8 @@ class _Run:
     on_progress: Callable[[int], None] | None = None
     #: Signs every e-mail of the campaign (None: the account has no DKIM key).
     signer: DkimSigner | None = None
+    #: How many messages are recorded and marked handed over at a time (``mark_handed``).
+    mark_ahead: int = 20
     totals: dict[str, int] = field(
         default_factory=lambda: {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0}
     )
@@ -608,10 +712,13 @@ def _run_batches(run: _Run) -> None:
         if not batch:
             return
         outcomes: list[tuple[Claimed, SendResult]] = []
+        recorded = 0  # outcomes[:recorded] are in the database
         in_flight: Claimed | None = None
         fatal: SendResult | None = None
+        handed: set[int] = set()
+        lost: set[int] = set()  # taken back from us: neither sent, recorded nor released
         try:
-            for m in batch:
+            for i, m in enumerate(batch):
                 if run.stop is not None and run.stop.is_set():
                     break
                 body = m.body
@@ -626,6 +733,17 @@ def _run_batches(run: _Run) -> None:
                 run.throttle.acquire()
                 if run.stop is not None and run.stop.is_set():
                     break  # told to stop while waiting for the token: this one goes back
+                if m.id not in handed:
+                    # Every few messages: record what went out so far, then mark (committed)
+                    # the next few as handed over before they leave. After a crash only those
+                    # few are in doubt ('unknown'); the rest of the claim is requeued.
+                    ahead = [c.id for c in batch[i : i + run.mark_ahead] if c.id not in lost]
+                    recorded, mine = _flush(run, outcomes, recorded, ahead)
+                    handed |= mine
+                    lost |= set(ahead) - mine
+                    if m.id not in handed:
+                        log.warning("message %d was taken back from this worker: not sent", m.id)
+                        continue
                 in_flight = m
                 result = run.transport.send(
                     body,
@@ -646,16 +764,13 @@ def _run_batches(run: _Run) -> None:
                 )
                 with contextlib.suppress(Exception):
                     run.transport.close()
-            run.store.record(run.campaign_id, outcomes, run.retry)
-            run.store.release([m for m in batch if m.id not in {o[0].id for o in outcomes}])
+            _flush(run, outcomes, recorded, [])
+            done = {o[0].id for o in outcomes} | lost
+            run.store.release([m for m in batch if m.id not in done])
             raise
-        done = {o[0].id for o in outcomes}
-        counts = run.store.record(run.campaign_id, outcomes, run.retry)
+        _flush(run, outcomes, recorded, [])
+        done = {o[0].id for o in outcomes} | lost
         run.store.release([m for m in batch if m.id not in done])
-        for k in run.totals:
-            run.totals[k] += counts[k]
-        if run.on_progress is not None:
-            run.on_progress(sum(counts[k] for k in ("sent", "failed", "unknown")))
         if fatal is not None:
             error = (
                 f"campaign {run.name!r} stopped: {fatal.detail}. Nothing after it was sent and no "
@@ -663,6 +778,18 @@ def _run_batches(run: _Run) -> None:
             )
             _stop_campaign(run.db, run.campaign_id, error)
             raise SendError(error, campaign=run.name, code=fatal.code)
+
+
+def _flush(
+    run: _Run, outcomes: list[tuple[Claimed, SendResult]], recorded: int, hand: list[int]
+) -> tuple[int, set[int]]:
+    """Record ``outcomes[recorded:]``, mark ``hand``; return how many are recorded, and ours."""
+    counts, mine = run.store.record_and_mark(run.campaign_id, outcomes[recorded:], run.retry, hand)
+    for k in run.totals:
+        run.totals[k] += counts[k]
+    if run.on_progress is not None:
+        run.on_progress(sum(counts[k] for k in ("sent", "failed", "unknown")))
+    return len(outcomes), mine
 
 
 def _outgoing(run: _Run, m: Claimed) -> bytes:
@@ -693,6 +820,15 @@ def _finish_if_done(db: Database, store: OutboxStore, campaign_id: int) -> str:
             c.finished_at = store.clock.now()
             s.add(Event(kind="finished", campaign_id=campaign_id, data=counts))
         return c.status
+
+
+def _mark_ahead(rate_per_hour: float) -> int:
+    # About half a second's worth, 1 to 20: at campaign rates (100-3,000/h) every message
+    # is recorded and the next marked on its own, so a crash leaves at most the one in
+    # hand in doubt; unthrottled, one record and one mark per 20 keep the cost small.
+    if math.isinf(rate_per_hour):
+        return 20
+    return max(1, min(20, int(rate_per_hour / 3600 * 0.5)))
 
 
 def _batch_size(rate_per_hour: float, batch_size: int) -> int:
@@ -830,6 +966,7 @@ def send(
                 halt,
                 tick,
                 signer,
+                _mark_ahead(rate),
             )
             for t in transports
         ]
@@ -1120,6 +1257,7 @@ def _worker_loop(
                     _batch_size(rate, 100),
                     stop,
                     signer=signers[key],
+                    mark_ahead=_mark_ahead(rate),
                 )
                 try:
                     _run_batches(run)

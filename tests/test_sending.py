@@ -232,7 +232,7 @@ def test_unsubscribed_after_registration_is_not_mailed(
     assert "no longer allowed" in row["last_error"]
 
 
-def test_dead_workers_claims_become_unknown_not_resent(
+def test_dead_workers_handed_claims_become_unknown_the_rest_are_requeued(
     database: dbmod.Database, sink: Sink
 ) -> None:
     sink_account(database, sink.port)
@@ -241,14 +241,51 @@ def test_dead_workers_claims_become_unknown_not_resent(
     crashed.register_worker()
     held = crashed.claim(cid, 4)
     assert len(held) == 4
+    # It had handed two to its transport when it died; two never left its hands.
+    assert crashed.mark_handed([held[0].id, held[1].id]) == {held[0].id, held[1].id}
     with database.session() as s:  # its last sign of life was long ago
         s.execute(sa.update(Worker).values(heartbeat_at=dbmod.utcnow() - pd_seconds(3600)))
     summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
-    assert summary.sent == 6
+    assert summary.sent == 8  # the six never claimed and the two never handed over
     unknown = unknown_messages(cid, db=database)
-    assert sorted(unknown["message_id"]) == sorted(m.id for m in held)
-    assert {m.recipient for m in held}.isdisjoint(r for m in sink.messages for r in m.rcpt_tos)
+    assert sorted(unknown["message_id"]) == [held[0].id, held[1].id]
+    received = [r for m in sink.messages for r in m.rcpt_tos]
+    assert {held[0].recipient, held[1].recipient}.isdisjoint(received)  # never resent silently
+    assert received.count(held[2].recipient) == received.count(held[3].recipient) == 1
     assert summary.status == "finished"
+    with database.session() as s:
+        kinds = s.execute(
+            sa.select(Event.message_id, Event.kind).where(Event.kind.in_(["unknown", "requeued"]))
+        ).all()
+    assert sorted(kinds) == sorted(
+        [
+            (held[0].id, "unknown"),
+            (held[1].id, "unknown"),
+            (held[2].id, "requeued"),
+            (held[3].id, "requeued"),
+        ]
+    )
+    frame = queue(cid, db=database).set_index("message_id")
+    assert frame.loc[held[2].id, "attempts"] == 1  # the requeue did not count an attempt
+
+
+def test_a_claim_taken_back_is_not_sent_by_its_old_worker(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    # A worker presumed dead (stale heartbeat) comes back: what was recovered from it
+    # in the meantime is no longer its to send, and mark_handed() says so.
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 3)
+    slow = OutboxStore(database, "elsewhere:999998:paused")
+    slow.register_worker()
+    held = slow.claim(cid, 3)
+    assert slow.mark_handed([held[0].id]) == {held[0].id}
+    with database.session() as s:
+        s.execute(sa.update(Worker).values(heartbeat_at=dbmod.utcnow() - pd_seconds(3600)))
+    OutboxStore(database, "rescuer").recover()
+    assert slow.mark_handed([m.id for m in held[1:]]) == set()
+    statuses = _statuses(database, cid)
+    assert statuses == {"unknown": 1, "queued": 2}
 
 
 def test_live_workers_claims_are_left_alone(database: dbmod.Database, sink: Sink) -> None:
