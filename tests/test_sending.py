@@ -269,6 +269,31 @@ def test_dead_workers_handed_claims_become_unknown_the_rest_are_requeued(
     assert frame.loc[held[2].id, "attempts"] == 1  # the requeue did not count an attempt
 
 
+def test_claim_marks_the_first_ones_handed_in_the_same_commit(database: dbmod.Database) -> None:
+    sink_account(database, 2525)
+    cid = make_campaign(database, 5)
+    store = OutboxStore(database, "here:1:w")
+    store.register_worker()
+    batch = store.claim(cid, 5, hand=2)
+    assert [m.handed for m in batch] == [True, True, False, False, False]
+    with database.engine.connect() as conn:
+        marked = conn.execute(
+            sa.select(Message.id).where(Message.handed_at.is_not(None)).order_by(Message.id)
+        ).scalars()
+        assert list(marked) == [batch[0].id, batch[1].id]
+    # A retry claims afresh: the old mark is cleared with the new claim.
+    store.release(batch)
+    again = store.claim(cid, 5)
+    assert not any(m.handed for m in again)
+    with database.engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.select(sa.func.count()).where(Message.handed_at.is_not(None))
+            ).scalar_one()
+            == 0
+        )
+
+
 def test_a_claim_taken_back_is_not_sent_by_its_old_worker(
     database: dbmod.Database, sink: Sink
 ) -> None:

@@ -113,8 +113,8 @@ def test_kill_9_at_random_points_never_duplicates_or_loses(db_url: str, sink: Si
     assert all(status[mid] == "unknown" for mid in accepted if status[mid] != "sent")
     assert set(accepted) <= set(status)
     unknown = [mid for mid, st in status.items() if st == "unknown"]
-    # In doubt after a kill: only what was marked handed over (20 at a time), not the
-    # whole claimed batch of 100; the claimed rest went back to the queue and out once.
+    # In doubt after a kill: only what was marked handed over (20 at a time at this rate),
+    # not the whole claimed batch of 100; the claimed rest went back to the queue.
     assert len(unknown) <= kills * 20
     # (Which kills leave claimed messages to requeue depends on where they land; that
     # path is shown exactly in test_sending's dead-worker test.)
