@@ -10,7 +10,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.db import Contact, ContactPoint, open_database
+from bulkmail_kernel.db import (
+    Campaign,
+    Contact,
+    ContactPoint,
+    Message,
+    SenderAccount,
+    open_database,
+)
 
 
 def test_open_creates_schema_at_head(database: dbmod.Database) -> None:
@@ -127,3 +134,38 @@ def test_bad_url_is_a_config_error() -> None:
         open_database("data/bulkmail.db")
     with pytest.raises(ConfigError, match="cannot open the database"):
         open_database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_an_outbox_from_before_handed_at_is_upgraded_in_place(db_url: str) -> None:
+    # A database made by the first release (revision 0001) with a message in 'sending'.
+    engine = dbmod.create_db_engine(db_url)
+    dbmod.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        # Core inserts of the current tables name only the columns given (and defaults):
+        # none of them is new since 0001.
+        sender = conn.execute(
+            sa.insert(SenderAccount).values(name="s", kind="file").returning(SenderAccount.id)
+        ).scalar_one()
+        campaign = conn.execute(
+            sa.insert(Campaign)
+            .values(name="c", status="sending", sender_account_id=sender)
+            .returning(Campaign.id)
+        ).scalar_one()
+        conn.execute(
+            sa.insert(Message).values(
+                campaign_id=campaign,
+                channel="email",
+                recipient="b@x.sk",
+                status="sending",
+                attempts=1,
+                message_id_header="<m.1@x.sk>",
+            )
+        )
+    engine.dispose()
+    db = open_database(db_url)  # migrates to head
+    assert dbmod.current_revision(db.engine) == "0002"
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT recipient, status, attempts, handed_at FROM messages")
+        ).one()
+    assert tuple(row) == ("b@x.sk", "sending", 1, None)

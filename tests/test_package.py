@@ -48,8 +48,16 @@ def test_every_cli_command_has_help() -> None:
 
 
 def test_cli_migrate_reports_revision(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option(
+        "script_location", str(Path(bulkmail_kernel.__file__).parent / "migrations")
+    )
+    head = ScriptDirectory.from_config(cfg).get_current_head()
     assert main(["migrate", "--db", sqlite_url]) == 0
-    assert "at revision 0001" in capsys.readouterr().out
+    assert f"at revision {head}" in capsys.readouterr().out
 
 
 def test_cli_error_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
