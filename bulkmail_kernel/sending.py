@@ -837,10 +837,10 @@ def _finish_if_done(db: Database, store: OutboxStore, campaign_id: int) -> str:
 def _mark_ahead(rate_per_hour: float) -> int:
     # About half a second's worth, 1 to 20: at campaign rates (100-3,000/h) every message
     # is recorded and the next marked on its own, so a crash leaves at most the one in
-    # hand in doubt. Unthrottled, half a claimed batch at a time: the claim marks the first
-    # half, one commit in the middle records it and marks the rest, so a batch costs as
-    # many commits as it did without marks (claim, record) plus one, and a crash leaves
-    # at most 50 in doubt instead of the whole claim of 100.
+    # hand in doubt. Unthrottled, 50 at a time: the claim marks the first 50 in its own
+    # commit, then one commit per 50 records them and marks the next, so a crash leaves
+    # at most 50 in doubt whatever the claim's size (the rest is requeued), and claims
+    # can be large (send()'s batch_size, 200) to spread their own cost.
     if math.isinf(rate_per_hour):
         return 50
     return max(1, min(20, int(rate_per_hour / 3600 * 0.5)))
@@ -864,7 +864,7 @@ def send(
     transport_factory: Callable[[SenderInfo], Transport] | None = None,
     retry: RetryPolicy | None = None,
     wait_for_retries: bool = False,
-    batch_size: int = 100,
+    batch_size: int = 200,
     clock: Clock = SYSTEM_CLOCK,
     stop: threading.Event | None = None,
     db: Database | None = None,
@@ -893,7 +893,8 @@ def send(
         retry: backoff and expiry for deferred messages.
         wait_for_retries: keep waiting for deferred messages to come due instead of
             returning with them pending (the worker picks them up later otherwise).
-        batch_size: most messages claimed at once when unthrottled.
+        batch_size: most messages claimed at once when unthrottled; a crash leaves at
+            most 50 of them in doubt whatever the size (the rest go back to the queue).
         clock: time source (tests pass a ``ManualClock``).
         stop: an event that ends the run after the message in hand.
         db: an open database (default: ``open_database(url)``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -20,7 +21,7 @@ from sending_support import make_campaign, sink_account
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.campaigns import get_campaign, queue
 from bulkmail_kernel.db import Campaign, Worker
-from bulkmail_kernel.sending import run_worker
+from bulkmail_kernel.sending import run_worker, send
 from bulkmail_kernel.sink import Sink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _worker(url: str) -> subprocess.Popen[bytes]:
     code = (
         "import logging, sys; logging.basicConfig(level=logging.WARNING);"
-        "from bulkmail_kernel.sending import run_worker;"
+        "from bulkmail_kernel.sending import run_worker, send;"
         f"run_worker(url={url!r}, poll_interval_s=0.1, exit_when_idle=True)"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)
@@ -150,3 +151,36 @@ def test_three_workers_on_postgresql_share_the_rate(pg_url: str, sink: Sink) -> 
     span = stamps[-1] - stamps[0]
     assert span >= (n - 1) / (rate / 3600) * 0.98
     assert elapsed < 60
+
+
+@pytest.mark.slow
+def test_kill_9_of_an_unthrottled_send_leaves_at_most_50_in_doubt(db_url: str, sink: Sink) -> None:
+    database = dbmod.open_database(db_url)
+    sink_account(database, sink.port)
+    n = 1200
+    cid = make_campaign(database, n)
+    code = (
+        "import math; from bulkmail_kernel.sending import send;"
+        f"send({cid}, rate_per_hour=math.inf, progress=False, connections=2, url={db_url!r})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(sink.messages) < 290 and proc.poll() is None:
+        assert time.monotonic() < deadline, "send() sent nothing for 60 s"
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    before = len(sink.messages)
+    assert before < n  # killed mid-campaign
+    # The next send() recovers the dead one's claims and finishes the campaign.
+    summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+    frame = queue(cid, db=database)
+    status = dict(zip(frame["message_id_header"], frame["status"].astype(str), strict=True))
+    accepted = Counter(m.message_id for m in sink.messages)
+    assert max(accepted.values()) == 1  # nothing twice
+    assert set(status.values()) <= {"sent", "unknown"}  # nothing lost
+    unknown = [mid for mid, st in status.items() if st == "unknown"]
+    # Two connections, each with at most 50 marked and unrecorded when the kill came.
+    assert len(unknown) <= 2 * 50
+    assert all(accepted[mid] == 1 for mid, st in status.items() if st == "sent")
+    assert summary.status == "finished"
