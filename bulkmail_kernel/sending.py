@@ -220,14 +220,7 @@ class OutboxStore:
                             _M.c.status == MessageStatus.SENDING.value,
                             _M.c.handed_at.is_(None),
                         )
-                        .values(
-                            status=sa.case(
-                                (_M.c.next_attempt_at.is_(None), MessageStatus.QUEUED.value),
-                                else_=MessageStatus.DEFERRED.value,
-                            ),
-                            attempts=_M.c.attempts - 1,
-                            claimed_by=None,
-                        )
+                        .values(**_back_to_queue())
                         .returning(_M.c.id)
                     ).scalars()
                 )
@@ -426,15 +419,7 @@ class OutboxStore:
                     _M.c.status == MessageStatus.SENDING.value,
                     _M.c.claimed_by == self.worker_id,
                 )
-                .values(
-                    status=sa.case(
-                        (_M.c.next_attempt_at.is_(None), MessageStatus.QUEUED.value),
-                        else_=MessageStatus.DEFERRED.value,
-                    ),
-                    attempts=_M.c.attempts - 1,
-                    claimed_by=None,
-                    handed_at=None,
-                ),
+                .values(**_back_to_queue()),
                 [{"mid": m.id} for m in messages],
             )
 
@@ -633,6 +618,19 @@ def _event(
         "detail": detail[:2000],
         "data": data,
         "occurred_at": now,
+    }
+
+
+def _back_to_queue() -> dict[str, Any]:
+    """Return the column values that put a claimed, never-sent message back where it was."""
+    return {
+        "status": sa.case(
+            (_M.c.next_attempt_at.is_(None), MessageStatus.QUEUED.value),
+            else_=MessageStatus.DEFERRED.value,
+        ),
+        "attempts": _M.c.attempts - 1,  # the claim counted an attempt that never happened
+        "claimed_by": None,
+        "handed_at": None,
     }
 
 
