@@ -262,16 +262,14 @@ class OutboxStore:
                 s.execute(
                     sa.insert(Event),
                     [
-                        {
-                            "kind": "unknown",
-                            "contact_id": r.contact_id,
-                            "contact_point_id": r.contact_point_id,
-                            "campaign_id": r.campaign_id,
-                            "message_id": r.id,
-                            "detail": f"worker {r.claimed_by} died while sending",
-                            "data": {"worker": r.claimed_by},
-                            "occurred_at": now,
-                        }
+                        _event(
+                            "unknown",
+                            r,
+                            r.campaign_id,
+                            f"worker {r.claimed_by} died while sending",
+                            {"worker": r.claimed_by},
+                            now,
+                        )
                         for r in rows
                     ],
                 )
