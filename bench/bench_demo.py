@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.demo import generate_demo
+from bulkmail_kernel.demo.generate import generate_demo
 
 GOAL_S = 120.0
 DEFAULT_PG = os.environ.get(

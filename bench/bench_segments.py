@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bulkmail_kernel.export import export_recipients
-from bulkmail_kernel.segments import FilterSpec, filter_recipients
-from bulkmail_kernel.widgets_segments import segment_builder
+from bulkmail_kernel.segments.export import export_recipients
+from bulkmail_kernel.segments.filters import FilterSpec, filter_recipients
+from bulkmail_kernel.widgets.segments import segment_builder
 
 ROOT = Path(__file__).resolve().parents[1]
 TODAY = date(2025, 6, 30)

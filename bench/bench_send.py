@@ -2,7 +2,7 @@
 
     python bench/bench_send.py [--messages 3000] [--throttle-messages 40] [--postgres URL]
 
-The sink (``bulkmail_kernel.sink``, the same one the tests use: every message is
+The sink (``bulkmail_kernel.servers.sink``, the same one the tests use: every message is
 stored as an .eml file and logged) runs in a separate process, so it does not share
 the GIL with the sender being measured. One run prints, side by side, on the same
 ~4 KB pre-serialised messages to the same recipients:
@@ -47,8 +47,8 @@ from sending_support import address, body, make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.db import Message, MessageBody
-from bulkmail_kernel.sending import send
-from bulkmail_kernel.sink import free_port, start_sink
+from bulkmail_kernel.engine.sending import send
+from bulkmail_kernel.servers.sink import free_port, start_sink
 
 PADDING_LINE = "Lorem ipsum dolor sit amet, consectetur adipiscing elit."
 PADDING = ((PADDING_LINE + "\r\n") * 60).encode()

@@ -2,97 +2,198 @@
 
 Notebooks import only from here; ``__all__`` is the public API and the README's
 "Public API" section lists the same names (a test keeps them in step).
+
+Each name is imported from its stage the first time it is used (PEP 562), so
+``import bulkmail_kernel`` and ``bulkmail --help`` load no widget, web, SMTP-server
+or data stack: ``bm.segment_builder`` brings ipywidgets, ``bm.start_sink`` aiosmtpd.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from .bounces import parse_bounce, process_mailbox
-from .campaigns import (
-    CampaignInfo,
-    SenderInfo,
-    add_sender_account,
-    cancel,
-    create_campaign,
-    get_campaign,
-    pause,
-    queue,
-    register,
-    remove_from_queue,
-    requeue,
-    resume,
-    skipped,
-    test_send,
-    unknown_messages,
-    unsubscribe,
-    unsubscribe_address,
-)
-from .contacts import ImportResult, contacts_frame, import_contacts
-from .db import Database, open_database
-from .demo import generate_demo
-from .dkim import generate_dkim_key, sign_message
-from .exceptions import (
-    BulkmailError,
-    ConfigError,
-    ContactImportError,
-    ExportError,
-    FilterError,
-    ProviderError,
-    SegmentError,
-    SendError,
-    TemplateError,
-)
-from .export import export_recipients
-from .mime import build_mime
-from .reports import list_campaigns, list_suppressions, plot_timeline
-from .segments import (
-    FilterSpec,
-    delete_segment,
-    filter_recipients,
-    list_segments,
-    load_segment,
-    rename_segment,
-    save_segment,
-    segment_recipients,
-)
-from .sending import (
-    RetryPolicy,
-    SendSummary,
-    campaign_failures,
-    campaign_report,
-    campaign_timeline,
-    history,
-    provider_status,
-    run_worker,
-    send,
-)
-from .sink import Sink, start_sink
-from .sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
-from .templates import (
-    RenderedMessage,
-    Template,
-    check_template,
-    list_templates,
-    load_template,
-    render,
-    template_from_html,
-)
-from .transports.sendpulse import (
-    SendPulseError,
-    SendPulseResult,
-    add_sendpulse_account,
-    send_campaign_via_sendpulse,
-    sendpulse_report,
-)
-from .transports.sms import EuroSmsError, add_eurosms_account, poll_delivery_reports
-from .unsubscribe_server import create_app as create_unsubscribe_app
-from .widgets_preview import preview, preview_warnings
-from .widgets_segments import segment_builder
+if TYPE_CHECKING:
+    from bulkmail_kernel.campaigns.campaigns import (
+        CampaignInfo,
+        SenderInfo,
+        add_sender_account,
+        cancel,
+        create_campaign,
+        get_campaign,
+        pause,
+        queue,
+        register,
+        remove_from_queue,
+        requeue,
+        resume,
+        skipped,
+        test_send,
+        unknown_messages,
+        unsubscribe,
+        unsubscribe_address,
+    )
+    from bulkmail_kernel.campaigns.reports import list_campaigns, list_suppressions, plot_timeline
+    from bulkmail_kernel.compose.mime import build_mime
+    from bulkmail_kernel.compose.sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
+    from bulkmail_kernel.compose.templates import (
+        RenderedMessage,
+        Template,
+        check_template,
+        list_templates,
+        load_template,
+        render,
+        template_from_html,
+    )
+    from bulkmail_kernel.contacts.importer import ImportResult, contacts_frame, import_contacts
+    from bulkmail_kernel.db import Database, open_database
+    from bulkmail_kernel.deliverability.bounces import parse_bounce, process_mailbox
+    from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
+    from bulkmail_kernel.demo.generate import generate_demo
+    from bulkmail_kernel.engine.sending import (
+        RetryPolicy,
+        SendSummary,
+        campaign_failures,
+        campaign_report,
+        campaign_timeline,
+        history,
+        provider_status,
+        run_worker,
+        send,
+    )
+    from bulkmail_kernel.exceptions import (
+        BulkmailError,
+        ConfigError,
+        ContactImportError,
+        ExportError,
+        FilterError,
+        ProviderError,
+        SegmentError,
+        SendError,
+        TemplateError,
+    )
+    from bulkmail_kernel.providers.eurosms import (
+        EuroSmsError,
+        add_eurosms_account,
+        poll_delivery_reports,
+    )
+    from bulkmail_kernel.providers.sendpulse import (
+        SendPulseError,
+        SendPulseResult,
+        add_sendpulse_account,
+        send_campaign_via_sendpulse,
+        sendpulse_report,
+    )
+    from bulkmail_kernel.segments.export import export_recipients
+    from bulkmail_kernel.segments.filters import (
+        FilterSpec,
+        delete_segment,
+        filter_recipients,
+        list_segments,
+        load_segment,
+        rename_segment,
+        save_segment,
+        segment_recipients,
+    )
+    from bulkmail_kernel.servers.sink import Sink, start_sink
+    from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
+    from bulkmail_kernel.widgets.preview import preview, preview_warnings
+    from bulkmail_kernel.widgets.segments import segment_builder
 
 __version__ = "0.1.0"
 
 logging.getLogger("bulkmail").addHandler(logging.NullHandler())
+
+#: Public name -> (module, name there): where each name of ``__all__`` lives.
+_WHERE: dict[str, tuple[str, str]] = {
+    "BulkmailError": ("bulkmail_kernel.exceptions", "BulkmailError"),
+    "CampaignInfo": ("bulkmail_kernel.campaigns.campaigns", "CampaignInfo"),
+    "ConfigError": ("bulkmail_kernel.exceptions", "ConfigError"),
+    "ContactImportError": ("bulkmail_kernel.exceptions", "ContactImportError"),
+    "Database": ("bulkmail_kernel.db", "Database"),
+    "EuroSmsError": ("bulkmail_kernel.providers.eurosms", "EuroSmsError"),
+    "ExportError": ("bulkmail_kernel.exceptions", "ExportError"),
+    "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
+    "FilterSpec": ("bulkmail_kernel.segments.filters", "FilterSpec"),
+    "ImportResult": ("bulkmail_kernel.contacts.importer", "ImportResult"),
+    "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
+    "RenderedMessage": ("bulkmail_kernel.compose.templates", "RenderedMessage"),
+    "RetryPolicy": ("bulkmail_kernel.engine.sending", "RetryPolicy"),
+    "SegmentError": ("bulkmail_kernel.exceptions", "SegmentError"),
+    "SendError": ("bulkmail_kernel.exceptions", "SendError"),
+    "SendPulseError": ("bulkmail_kernel.providers.sendpulse", "SendPulseError"),
+    "SendPulseResult": ("bulkmail_kernel.providers.sendpulse", "SendPulseResult"),
+    "SendSummary": ("bulkmail_kernel.engine.sending", "SendSummary"),
+    "SenderInfo": ("bulkmail_kernel.campaigns.campaigns", "SenderInfo"),
+    "Sink": ("bulkmail_kernel.servers.sink", "Sink"),
+    "Template": ("bulkmail_kernel.compose.templates", "Template"),
+    "TemplateError": ("bulkmail_kernel.exceptions", "TemplateError"),
+    "add_eurosms_account": ("bulkmail_kernel.providers.eurosms", "add_eurosms_account"),
+    "add_sender_account": ("bulkmail_kernel.campaigns.campaigns", "add_sender_account"),
+    "add_sendpulse_account": ("bulkmail_kernel.providers.sendpulse", "add_sendpulse_account"),
+    "build_mime": ("bulkmail_kernel.compose.mime", "build_mime"),
+    "campaign_failures": ("bulkmail_kernel.engine.sending", "campaign_failures"),
+    "campaign_report": ("bulkmail_kernel.engine.sending", "campaign_report"),
+    "campaign_timeline": ("bulkmail_kernel.engine.sending", "campaign_timeline"),
+    "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
+    "check_template": ("bulkmail_kernel.compose.templates", "check_template"),
+    "contacts_frame": ("bulkmail_kernel.contacts.importer", "contacts_frame"),
+    "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
+    "create_unsubscribe_app": ("bulkmail_kernel.servers.web", "create_app"),
+    "delete_segment": ("bulkmail_kernel.segments.filters", "delete_segment"),
+    "export_recipients": ("bulkmail_kernel.segments.export", "export_recipients"),
+    "filter_recipients": ("bulkmail_kernel.segments.filters", "filter_recipients"),
+    "fit_to_gsm7": ("bulkmail_kernel.compose.sms", "fit_to_gsm7"),
+    "generate_demo": ("bulkmail_kernel.demo.generate", "generate_demo"),
+    "generate_dkim_key": ("bulkmail_kernel.deliverability.dkim", "generate_dkim_key"),
+    "get_campaign": ("bulkmail_kernel.campaigns.campaigns", "get_campaign"),
+    "history": ("bulkmail_kernel.engine.sending", "history"),
+    "import_contacts": ("bulkmail_kernel.contacts.importer", "import_contacts"),
+    "list_campaigns": ("bulkmail_kernel.campaigns.reports", "list_campaigns"),
+    "list_segments": ("bulkmail_kernel.segments.filters", "list_segments"),
+    "list_suppressions": ("bulkmail_kernel.campaigns.reports", "list_suppressions"),
+    "list_templates": ("bulkmail_kernel.compose.templates", "list_templates"),
+    "load_segment": ("bulkmail_kernel.segments.filters", "load_segment"),
+    "load_template": ("bulkmail_kernel.compose.templates", "load_template"),
+    "open_database": ("bulkmail_kernel.db", "open_database"),
+    "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
+    "pause": ("bulkmail_kernel.campaigns.campaigns", "pause"),
+    "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
+    "poll_delivery_reports": ("bulkmail_kernel.providers.eurosms", "poll_delivery_reports"),
+    "preview": ("bulkmail_kernel.widgets.preview", "preview"),
+    "preview_warnings": ("bulkmail_kernel.widgets.preview", "preview_warnings"),
+    "process_mailbox": ("bulkmail_kernel.deliverability.bounces", "process_mailbox"),
+    "provider_status": ("bulkmail_kernel.engine.sending", "provider_status"),
+    "queue": ("bulkmail_kernel.campaigns.campaigns", "queue"),
+    "register": ("bulkmail_kernel.campaigns.campaigns", "register"),
+    "remove_from_queue": ("bulkmail_kernel.campaigns.campaigns", "remove_from_queue"),
+    "rename_segment": ("bulkmail_kernel.segments.filters", "rename_segment"),
+    "render": ("bulkmail_kernel.compose.templates", "render"),
+    "requeue": ("bulkmail_kernel.campaigns.campaigns", "requeue"),
+    "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
+    "run_worker": ("bulkmail_kernel.engine.sending", "run_worker"),
+    "save_segment": ("bulkmail_kernel.segments.filters", "save_segment"),
+    "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
+    "segment_recipients": ("bulkmail_kernel.segments.filters", "segment_recipients"),
+    "send": ("bulkmail_kernel.engine.sending", "send"),
+    "send_campaign_via_sendpulse": (
+        "bulkmail_kernel.providers.sendpulse",
+        "send_campaign_via_sendpulse",
+    ),
+    "sendpulse_report": ("bulkmail_kernel.providers.sendpulse", "sendpulse_report"),
+    "sign_message": ("bulkmail_kernel.deliverability.dkim", "sign_message"),
+    "skipped": ("bulkmail_kernel.campaigns.campaigns", "skipped"),
+    "sms_cost": ("bulkmail_kernel.compose.sms", "sms_cost"),
+    "sms_fit_preview": ("bulkmail_kernel.compose.sms", "sms_fit_preview"),
+    "sms_segments": ("bulkmail_kernel.compose.sms", "sms_segments"),
+    "start_sink": ("bulkmail_kernel.servers.sink", "start_sink"),
+    "template_from_html": ("bulkmail_kernel.compose.templates", "template_from_html"),
+    "test_send": ("bulkmail_kernel.campaigns.campaigns", "test_send"),
+    "unknown_messages": ("bulkmail_kernel.campaigns.campaigns", "unknown_messages"),
+    "unsubscribe": ("bulkmail_kernel.campaigns.campaigns", "unsubscribe"),
+    "unsubscribe_address": ("bulkmail_kernel.campaigns.campaigns", "unsubscribe_address"),
+}
 
 __all__ = [
     "BulkmailError",
@@ -179,3 +280,18 @@ __all__ = [
     "unsubscribe",
     "unsubscribe_address",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its stage on first use and keep it here."""
+    try:
+        module, attr = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module 'bulkmail_kernel' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
-from . import config
-from .exceptions import BulkmailError
+from bulkmail_kernel import config
+from bulkmail_kernel.exceptions import BulkmailError
 
 log = logging.getLogger("bulkmail")
 
@@ -48,7 +48,7 @@ def _print_frame(frame: object) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the database migrations."""
-    from .db import current_revision, open_database
+    from bulkmail_kernel.db import current_revision, open_database
 
     db = open_database(args.db)
     print(f"{db.url}: at revision {current_revision(db.engine)}")
@@ -57,7 +57,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the demo database and the dirty sample files."""
-    from .demo import generate_demo
+    from bulkmail_kernel.demo.generate import generate_demo
 
     today = date.fromisoformat(args.today) if args.today else None
     summary = generate_demo(
@@ -69,7 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Import contacts from a file or a SQL source and print the report."""
-    from .contacts import import_contacts
+    from bulkmail_kernel.contacts.importer import import_contacts
 
     result = import_contacts(
         args.source,
@@ -93,7 +93,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_templates(args: argparse.Namespace) -> int:
     """List the predefined templates."""
-    from .templates import list_templates
+    from bulkmail_kernel.compose.templates import list_templates
 
     _print_frame(list_templates(args.directory))
     return 0
@@ -101,9 +101,9 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 def cmd_check_template(args: argparse.Namespace) -> int:
     """Render a template for every recipient of a segment and list the failures."""
-    from .contacts import contacts_frame
-    from .segments import segment_recipients
-    from .templates import check_template, load_template
+    from bulkmail_kernel.compose.templates import check_template, load_template
+    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.segments.filters import segment_recipients
 
     frame = contacts_frame(url=args.db)
     if args.segment:
@@ -116,7 +116,7 @@ def cmd_check_template(args: argparse.Namespace) -> int:
 
 def cmd_segments(args: argparse.Namespace) -> int:
     """List, show, rename or delete saved segments."""
-    from . import segments
+    from bulkmail_kernel.segments import filters as segments
 
     if args.action == "list":
         _print_frame(segments.list_segments(url=args.db))
@@ -134,9 +134,9 @@ def cmd_segments(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a saved segment's recipients to .xlsx or .csv."""
-    from .contacts import contacts_frame
-    from .export import export_recipients
-    from .segments import segment_recipients
+    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.segments.export import export_recipients
+    from bulkmail_kernel.segments.filters import segment_recipients
 
     frame = contacts_frame(url=args.db)
     chosen = segment_recipients(
@@ -152,7 +152,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_sink(args: argparse.Namespace) -> int:
     """Run the local SMTP sink that stores every message as an .eml file."""
-    from .sink import serve_sink
+    from bulkmail_kernel.servers.sink import serve_sink
 
     folder = args.folder or config.data_dir() / "sink"
     serve_sink(folder, args.port, host=args.host)
@@ -161,7 +161,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 def cmd_register(args: argparse.Namespace) -> int:
     """Materialise one message per recipient of the campaign into the outbox."""
-    from .campaigns import register, skipped
+    from bulkmail_kernel.campaigns.campaigns import register, skipped
 
     queue_frame = register(args.campaign, url=args.db)
     print(f"{len(queue_frame)} messages in the queue of {args.campaign!r}")
@@ -174,7 +174,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """List the campaign's queue."""
-    from .campaigns import queue
+    from bulkmail_kernel.campaigns.campaigns import queue
 
     _print_frame(queue(args.campaign, status=args.status, url=args.db))
     return 0
@@ -182,7 +182,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def cmd_campaign_state(args: argparse.Namespace) -> int:
     """Pause, resume or cancel a campaign."""
-    from . import campaigns
+    from bulkmail_kernel.campaigns import campaigns
 
     info = getattr(campaigns, args.command)(args.campaign, url=args.db)
     print(info)
@@ -191,7 +191,7 @@ def cmd_campaign_state(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send the campaign's due messages now, throttled."""
-    from .sending import send
+    from bulkmail_kernel.engine.sending import send
 
     summary = send(
         args.campaign,
@@ -206,7 +206,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Send scheduled and running campaigns until stopped."""
-    from .sending import run_worker
+    from bulkmail_kernel.engine.sending import run_worker
 
     sent = run_worker(
         url=args.db,
@@ -220,7 +220,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the campaign's status counts and failures."""
-    from .sending import campaign_failures, campaign_report
+    from bulkmail_kernel.engine.sending import campaign_failures, campaign_report
 
     _print_frame(campaign_report(args.campaign, url=args.db))
     failures = campaign_failures(args.campaign, url=args.db)
@@ -232,7 +232,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_unsubscribe(args: argparse.Namespace) -> int:
     """Honour an unsubscribe token."""
-    from .campaigns import unsubscribe
+    from bulkmail_kernel.campaigns.campaigns import unsubscribe
 
     if unsubscribe(args.token, url=args.db):
         print("unsubscribed")
@@ -243,7 +243,7 @@ def cmd_unsubscribe(args: argparse.Namespace) -> int:
 
 def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
     """Run the one-click unsubscribe endpoint (put it behind the firm's https site)."""
-    from .unsubscribe_server import serve
+    from bulkmail_kernel.servers.web import serve
 
     serve(args.host, args.port, url=args.db)
     return 0
@@ -251,7 +251,7 @@ def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
 
 def cmd_bounces(args: argparse.Namespace) -> int:
     """Process the account's bounce mailbox over IMAP and print what was done."""
-    from .bounces import process_mailbox
+    from bulkmail_kernel.deliverability.bounces import process_mailbox
 
     _print_frame(process_mailbox(args.account, url=args.db))
     return 0
@@ -259,7 +259,7 @@ def cmd_bounces(args: argparse.Namespace) -> int:
 
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     """Generate a DKIM private key file and print the DNS TXT record to publish."""
-    from .dkim import generate_dkim_key
+    from bulkmail_kernel.deliverability.dkim import generate_dkim_key
 
     record = generate_dkim_key(args.path, bits=args.bits, overwrite=args.overwrite)
     print(f"private key written to {args.path} (keep it secret; mode 600)")
@@ -270,7 +270,7 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 
 def cmd_eurosms_account(args: argparse.Namespace) -> int:
     """Create or update a EuroSMS sender account (the key stays in env/keyring)."""
-    from .transports.sms import DEFAULT_BASE_URL, add_eurosms_account
+    from bulkmail_kernel.providers.eurosms import DEFAULT_BASE_URL, add_eurosms_account
 
     info = add_eurosms_account(
         args.name,
@@ -286,7 +286,7 @@ def cmd_eurosms_account(args: argparse.Namespace) -> int:
 
 def cmd_sms_dlr(args: argparse.Namespace) -> int:
     """Poll EuroSMS delivery reports of an SMS campaign into the history."""
-    from .transports.sms import poll_delivery_reports
+    from bulkmail_kernel.providers.eurosms import poll_delivery_reports
 
     _print_frame(poll_delivery_reports(args.campaign, url=args.db))
     return 0
@@ -294,7 +294,7 @@ def cmd_sms_dlr(args: argparse.Namespace) -> int:
 
 def cmd_sendpulse_account(args: argparse.Namespace) -> int:
     """Create or update a SendPulse account after SendPulse accepts its ID and Secret."""
-    from .transports.sendpulse import DEFAULT_BASE_URL, add_sendpulse_account
+    from bulkmail_kernel.providers.sendpulse import DEFAULT_BASE_URL, add_sendpulse_account
 
     info = add_sendpulse_account(
         args.name,
@@ -311,7 +311,7 @@ def cmd_sendpulse_account(args: argparse.Namespace) -> int:
 
 def cmd_sendpulse_send(args: argparse.Namespace) -> int:
     """Hand a registered campaign to SendPulse as an address book and a campaign or draft."""
-    from .transports.sendpulse import send_campaign_via_sendpulse
+    from bulkmail_kernel.providers.sendpulse import send_campaign_via_sendpulse
 
     print(send_campaign_via_sendpulse(args.campaign, draft=args.draft, url=args.db))
     return 0
@@ -319,7 +319,7 @@ def cmd_sendpulse_send(args: argparse.Namespace) -> int:
 
 def cmd_provider_status(args: argparse.Namespace) -> int:
     """Show the provider-side ids and status stored on a campaign."""
-    from .sending import provider_status
+    from bulkmail_kernel.engine.sending import provider_status
 
     _print_frame(provider_status(args.campaign, url=args.db))
     return 0
@@ -329,7 +329,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     """Create the demo database if missing and open JupyterLab on notebooks/."""
     import sqlalchemy as sa
 
-    from .db import Contact, open_database
+    from bulkmail_kernel.db import Contact, open_database
 
     if args.db:
         os.environ["BULKMAIL_DB_URL"] = args.db
@@ -337,14 +337,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
     with db.session() as s:
         empty = s.scalar(sa.select(Contact.id).limit(1)) is None
     if empty:
-        from .demo import generate_demo
+        from bulkmail_kernel.demo.generate import generate_demo
 
         print(f"{db.url} is empty: generating the demo data set (5,000 contacts) ...")
         generate_demo(5000, db=db)
     db.dispose()
     sink = None
     if not args.no_sink:
-        from .sink import start_sink
+        from bulkmail_kernel.servers.sink import start_sink
 
         try:
             sink = start_sink(config.data_dir() / "sink", args.sink_port)
@@ -353,7 +353,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             print(f"sink not started ({exc}); is `bulkmail sink` already running?")
     unsub = None
     if not args.no_unsubscribe_server:
-        from .unsubscribe_server import start_in_background
+        from bulkmail_kernel.servers.web import start_in_background
 
         try:
             unsub = start_in_background("127.0.0.1", args.unsubscribe_port, url=args.db)

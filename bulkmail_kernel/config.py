@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .exceptions import ConfigError
+from bulkmail_kernel.exceptions import ConfigError
 
 #: The project checkout this package was installed from (editable installs), if any.
 _PACKAGE_DIR = Path(__file__).resolve().parent

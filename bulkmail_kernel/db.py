@@ -30,8 +30,8 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from . import config
-from .exceptions import ConfigError
+from bulkmail_kernel import config
+from bulkmail_kernel.exceptions import ConfigError
 
 log = logging.getLogger("bulkmail")
 

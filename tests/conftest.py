@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.sink import Sink, start_sink
+from bulkmail_kernel.servers.sink import Sink, start_sink
 
 PG_URL = os.environ.get("BULKMAIL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"

@@ -22,14 +22,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from bulkmail_kernel import campaigns as cm
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.bounces import parse_bounce, parse_bounces, process_mailbox
-from bulkmail_kernel.contacts import contacts_frame, import_contacts
+from bulkmail_kernel.campaigns import campaigns as cm
+from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
+from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces, process_mailbox
+from bulkmail_kernel.engine.sending import send
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
-from bulkmail_kernel.sending import send
-from bulkmail_kernel.sink import Sink
+from bulkmail_kernel.servers.sink import Sink
 
 BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "bounces"
 if not BOUNCES.is_dir():  # the checkout may sit elsewhere than /work/main
@@ -318,7 +318,7 @@ def sent(
         },
         db=database,
     )
-    from bulkmail_kernel.templates import template_from_html
+    from bulkmail_kernel.compose.templates import template_from_html
 
     template = template_from_html(
         '<p>Ahoj {{ first_name }}</p><p><a href="{{ unsubscribe_url }}">Odhlásiť</a></p>',
@@ -500,7 +500,7 @@ def _dsn(to: str, recipient: str, status: str, returned_headers: str = "") -> by
 
 def _queued_campaign(database: dbmod.Database, name: str = "leto") -> int:
     """Register a second campaign to everyone now; it is sent only after the IMAP run."""
-    from bulkmail_kernel.templates import template_from_html
+    from bulkmail_kernel.compose.templates import template_from_html
 
     template = template_from_html(
         '<p>Leto {{ first_name }}</p><p><a href="{{ unsubscribe_url }}">Odhlásiť</a></p>',

@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from bulkmail_kernel import campaigns as cm
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts import contacts_frame, import_contacts
+from bulkmail_kernel.campaigns import campaigns as cm
+from bulkmail_kernel.compose.templates import template_from_html
+from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
 from bulkmail_kernel.db import Suppression, UnsubscribeToken
+from bulkmail_kernel.engine.sending import history, send
 from bulkmail_kernel.exceptions import ConfigError, SendError
-from bulkmail_kernel.sending import history, send
-from bulkmail_kernel.sink import Sink
-from bulkmail_kernel.templates import template_from_html
+from bulkmail_kernel.servers.sink import Sink
 
 HTML = (
     "<html><body><p>Dobrý deň {{ first_name }},</p><p>pozývame vás.</p>"

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts import (
+from bulkmail_kernel.contacts.importer import (
     FRAME_COLUMNS,
     clean_text,
     contacts_frame,
@@ -24,9 +24,9 @@ from bulkmail_kernel.contacts import (
     parse_date,
     parse_yes_no,
 )
+from bulkmail_kernel.contacts.sources import detect_encoding
 from bulkmail_kernel.db import Contact, ContactPoint, Event, ImportRun, Suppression
 from bulkmail_kernel.exceptions import ContactImportError
-from bulkmail_kernel.sources import detect_encoding
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 DATA = Path(__file__).resolve().parent / "data"

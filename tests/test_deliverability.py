@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from bulkmail_kernel.campaigns import (
+from bulkmail_kernel.campaigns.campaigns import (
     SenderInfo,
     add_sender_account,
     create_campaign,
@@ -37,7 +37,9 @@ from bulkmail_kernel.campaigns import (
     send_samples,
     unsubscribe_mailto,
 )
-from bulkmail_kernel.contacts import contacts_frame, import_contacts
+from bulkmail_kernel.compose.mime import build_mime
+from bulkmail_kernel.compose.templates import Mailbox, list_templates, load_template, render
+from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
 from bulkmail_kernel.db import (
     Database,
     Message,
@@ -45,13 +47,16 @@ from bulkmail_kernel.db import (
     Suppression,
     UnsubscribeToken,
 )
-from bulkmail_kernel.dkim import DkimSigner, check_header_set, generate_dkim_key, prepare_outgoing
+from bulkmail_kernel.deliverability.dkim import (
+    DkimSigner,
+    check_header_set,
+    generate_dkim_key,
+    prepare_outgoing,
+)
+from bulkmail_kernel.engine.sending import run_worker, send
+from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
-from bulkmail_kernel.mime import build_mime
-from bulkmail_kernel.sending import run_worker, send
-from bulkmail_kernel.sink import Sink, start_sink
-from bulkmail_kernel.templates import Mailbox, list_templates, load_template, render
-from bulkmail_kernel.throttle import ManualClock
+from bulkmail_kernel.servers.sink import Sink, start_sink
 from bulkmail_kernel.transports.smtp import SmtpTransport
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -358,7 +363,7 @@ def test_allow_self_signed_lets_a_test_relay_through_loudly(
 
 def test_relay_without_starttls_is_refused(tmp_path: Path) -> None:
     """An account that asks for STARTTLS never falls back to clear text."""
-    from bulkmail_kernel.sink import start_sink
+    from bulkmail_kernel.servers.sink import start_sink
 
     sink = start_sink(tmp_path / "sink")  # plain SMTP, offers no STARTTLS
     try:

@@ -16,7 +16,7 @@ from email_validator import validate_email
 
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.db import Contact, ContactPoint, Suppression, open_database
-from bulkmail_kernel.demo import (
+from bulkmail_kernel.demo.generate import (
     _LAST,
     _PHONE_PLANS,
     DEMO_SOURCE,
@@ -240,7 +240,7 @@ def test_default_samples_dir_and_url(tmp_path: Path) -> None:
     summary = generate_demo(30, today=TODAY, progress=False)
     assert summary["rows"].iloc[0] == 30
     assert (tmp_path / "data" / "bulkmail.db").exists()
-    if importlib.util.find_spec("bulkmail_kernel.samples") is not None:
+    if importlib.util.find_spec("bulkmail_kernel.demo.samples") is not None:
         assert any((tmp_path / "data" / "samples").iterdir())
     dbmod.close_all()
 
@@ -265,7 +265,7 @@ def test_ascii_name_transliterates() -> None:
 
 
 def test_frame_shows_demo_data(database: dbmod.Database) -> None:
-    contacts_mod = pytest.importorskip("bulkmail_kernel.contacts")
+    contacts_mod = pytest.importorskip("bulkmail_kernel.contacts.importer")
     _generate(database)
     frame = contacts_mod.contacts_frame(database)
     assert frame["contact_id"].nunique() == N

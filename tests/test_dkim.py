@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from bulkmail_kernel.dkim import (
+from bulkmail_kernel.deliverability.dkim import (
     DkimSigner,
     check_header_set,
     dns_record,

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from fakes.eurosms_fake import EuroSmsFake, running_eurosms
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import (
+from bulkmail_kernel.campaigns.campaigns import (
     add_sender_account,
     create_campaign,
     get_campaign,
@@ -22,7 +22,9 @@ from bulkmail_kernel.campaigns import (
     skipped,
     test_send,
 )
-from bulkmail_kernel.contacts import contacts_frame, import_contacts
+from bulkmail_kernel.compose.sms import sms_segments
+from bulkmail_kernel.compose.templates import Template, load_template, template_from_html
+from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
 from bulkmail_kernel.db import (
     Campaign,
     Contact,
@@ -34,12 +36,10 @@ from bulkmail_kernel.db import (
     Suppression,
     UnsubscribeToken,
 )
+from bulkmail_kernel.engine.sending import RetryPolicy, history, run_worker, send
+from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError
-from bulkmail_kernel.sending import RetryPolicy, history, run_worker, send
-from bulkmail_kernel.sms import sms_segments
-from bulkmail_kernel.templates import Template, load_template, template_from_html
-from bulkmail_kernel.throttle import ManualClock
-from bulkmail_kernel.transports.sms import (
+from bulkmail_kernel.providers.eurosms import (
     DEFAULT_BASE_URL,
     EuroSmsClient,
     EuroSmsError,

@@ -16,7 +16,12 @@ from hypothesis import strategies as st
 from test_segments import make_frame, tiny_frame
 
 from bulkmail_kernel.exceptions import BulkmailError
-from bulkmail_kernel.export import ExportError, export_recipients, is_contact_column, neutralise
+from bulkmail_kernel.segments.export import (
+    ExportError,
+    export_recipients,
+    is_contact_column,
+    neutralise,
+)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bulkmail_kernel.sink import free_port
+from bulkmail_kernel.servers.sink import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bulkmail_kernel.compose.mime import (
+    build_email_message,
+    build_mime,
+    encode_header,
+    new_message_id,
+)
+from bulkmail_kernel.compose.templates import Mailbox, load_template, render, template_from_html
 from bulkmail_kernel.exceptions import BulkmailError, SendError, TemplateError
-from bulkmail_kernel.mime import build_email_message, build_mime, encode_header, new_message_id
-from bulkmail_kernel.templates import Mailbox, load_template, render, template_from_html
 
 REPO_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 WHEN = dt.datetime(2025, 7, 1, 8, 30, tzinfo=dt.UTC)

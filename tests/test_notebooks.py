@@ -17,8 +17,8 @@ from nbclient import NotebookClient
 from openpyxl import load_workbook
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.demo import generate_demo
-from bulkmail_kernel.sink import Sink, free_port, start_sink
+from bulkmail_kernel.demo.generate import generate_demo
+from bulkmail_kernel.servers.sink import Sink, free_port, start_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

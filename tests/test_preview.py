@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bulkmail_kernel.templates import load_template, render, template_from_html
-from bulkmail_kernel.widgets_preview import (
+from bulkmail_kernel.compose.templates import load_template, render, template_from_html
+from bulkmail_kernel.widgets.preview import (
     MOBILE_WIDTH,
     images_without_alt,
     preview,

@@ -7,7 +7,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from bulkmail_kernel.samples import SAMPLE_FILES, write_samples
+from bulkmail_kernel.demo.samples import SAMPLE_FILES, write_samples
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 

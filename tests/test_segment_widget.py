@@ -12,8 +12,13 @@ import pytest
 from test_segments import TODAY, make_frame, store_frame
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.segments import FilterSpec, filter_recipients, list_segments, load_segment
-from bulkmail_kernel.widgets_segments import SegmentBuilder, segment_builder
+from bulkmail_kernel.segments.filters import (
+    FilterSpec,
+    filter_recipients,
+    list_segments,
+    load_segment,
+)
+from bulkmail_kernel.widgets.segments import SegmentBuilder, segment_builder
 
 
 @pytest.fixture

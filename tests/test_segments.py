@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.exceptions import FilterError
-from bulkmail_kernel.segments import (
+from bulkmail_kernel.segments.filters import (
     FilterSpec,
     SegmentError,
     delete_segment,
@@ -373,7 +373,7 @@ def test_registration_days_are_counted_in_the_local_time_zone() -> None:
 
 
 def test_default_today_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bulkmail_kernel import segments
+    from bulkmail_kernel.segments import filters as segments
 
     frame = tiny_frame(
         [

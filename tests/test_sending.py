@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sending_support import address, make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import (
+from bulkmail_kernel.campaigns.campaigns import (
     SenderInfo,
     get_campaign,
     pause,
@@ -26,8 +26,7 @@ from bulkmail_kernel.campaigns import (
     unknown_messages,
 )
 from bulkmail_kernel.db import ContactPoint, Event, Message, Suppression, Worker
-from bulkmail_kernel.exceptions import ConfigError, SendError
-from bulkmail_kernel.sending import (
+from bulkmail_kernel.engine.sending import (
     OutboxStore,
     RetryPolicy,
     campaign_report,
@@ -35,8 +34,9 @@ from bulkmail_kernel.sending import (
     run_worker,
     send,
 )
-from bulkmail_kernel.sink import Sink, SinkRules, start_sink
-from bulkmail_kernel.throttle import ManualClock
+from bulkmail_kernel.engine.throttle import ManualClock
+from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.servers.sink import Sink, SinkRules, start_sink
 from bulkmail_kernel.transports import SendResult
 from bulkmail_kernel.transports.smtp import SmtpTransport
 

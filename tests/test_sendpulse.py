@@ -13,14 +13,15 @@ import sqlalchemy as sa
 from fakes.sendpulse_fake import SendPulseFake, running_sendpulse
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import (
+from bulkmail_kernel.campaigns.campaigns import (
     add_sender_account,
     create_campaign,
     get_campaign,
     queue,
     register,
 )
-from bulkmail_kernel.contacts import contacts_frame
+from bulkmail_kernel.compose.templates import template_from_html
+from bulkmail_kernel.contacts.importer import contacts_frame
 from bulkmail_kernel.db import (
     Campaign,
     Contact,
@@ -29,11 +30,10 @@ from bulkmail_kernel.db import (
     SenderAccount,
     UnsubscribeToken,
 )
+from bulkmail_kernel.engine.sending import provider_status
+from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
-from bulkmail_kernel.sending import provider_status
-from bulkmail_kernel.templates import template_from_html
-from bulkmail_kernel.throttle import ManualClock
-from bulkmail_kernel.transports.sendpulse import (
+from bulkmail_kernel.providers.sendpulse import (
     SendPulseClient,
     SendPulseError,
     add_sendpulse_account,

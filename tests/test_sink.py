@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bulkmail_kernel.exceptions import ConfigError, SendError
-from bulkmail_kernel.sink import free_port, start_sink
+from bulkmail_kernel.servers.sink import free_port, start_sink
 from bulkmail_kernel.transports import classify_smtp
 from bulkmail_kernel.transports.smtp import SmtpTransport, resolve_password
 
@@ -182,7 +182,7 @@ def test_fast_path_parsing_agrees_with_aiosmtpd(tmp_path: Path, arg: str) -> Non
 
 
 def test_fast_path_takes_the_plain_paths_and_leaves_the_rest() -> None:
-    from bulkmail_kernel.sink import _SIMPLE_PATH
+    from bulkmail_kernel.servers.sink import _SIMPLE_PATH
 
     taken = [p for p in PATHS if _SIMPLE_PATH.match(p)]
     assert taken == [

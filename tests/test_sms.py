@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bulkmail_kernel.sms import (
+from bulkmail_kernel.compose.sms import (
     fit_to_gsm7,
     is_gsm7,
     sms_cost,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bulkmail_kernel.sink import start_sink
+from bulkmail_kernel.servers.sink import start_sink
 from bulkmail_kernel.transports import SendResult
 from bulkmail_kernel.transports.smtp import SmtpTransport
 

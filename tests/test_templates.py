@@ -10,9 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bulkmail_kernel.exceptions import TemplateError
-from bulkmail_kernel.mime import build_mime
-from bulkmail_kernel.templates import (
+from bulkmail_kernel.compose.mime import build_mime
+from bulkmail_kernel.compose.templates import (
     check_template,
     format_date,
     list_templates,
@@ -22,6 +21,7 @@ from bulkmail_kernel.templates import (
     salutation,
     template_from_html,
 )
+from bulkmail_kernel.exceptions import TemplateError
 
 REPO_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 UNSUB = "https://example.com/u/tok123"

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.engine.throttle import ManualClock, SharedTokenBucket, TokenBucket
 from bulkmail_kernel.exceptions import ConfigError
-from bulkmail_kernel.throttle import ManualClock, SharedTokenBucket, TokenBucket
 
 
 def test_burst_then_steady_rate() -> None:

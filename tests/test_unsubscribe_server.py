@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from bulkmail_kernel import campaigns as cm
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts import contacts_frame, import_contacts
+from bulkmail_kernel.campaigns import campaigns as cm
+from bulkmail_kernel.compose.templates import template_from_html
+from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
 from bulkmail_kernel.db import Message, MessageBody, Suppression
-from bulkmail_kernel.sending import send
-from bulkmail_kernel.sink import Sink
-from bulkmail_kernel.templates import template_from_html
-from bulkmail_kernel.unsubscribe_server import create_app, serve_in_thread, token_owner
+from bulkmail_kernel.engine.sending import send
+from bulkmail_kernel.servers.sink import Sink
+from bulkmail_kernel.servers.web import create_app, serve_in_thread, token_owner
 
 HTML = (
     "<html><body><p>Dobrý deň {{ first_name }},</p>"

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from ..exceptions import ConfigError
+from bulkmail_kernel.exceptions import ConfigError
 
 Outcome = Literal["sent", "deferred", "failed", "fatal", "unknown"]
 Stage = Literal["connect", "mail", "rcpt", "data", "content"]
@@ -86,17 +86,17 @@ def connection_lost(detail: str, *, stage: Stage) -> SendResult:
 def open_transport(kind: str, settings: dict[str, Any], credential_ref: str = "") -> Transport:
     """Return the (not yet connected) transport for a sender account of ``kind``."""
     if kind == "smtp":
-        from .smtp import SmtpTransport
+        from bulkmail_kernel.transports.smtp import SmtpTransport
 
         return SmtpTransport.from_settings(settings, credential_ref)
     if kind == "file":
-        from .file import FileTransport
+        from bulkmail_kernel.transports.file import FileTransport
 
         if not settings.get("folder"):
             raise ConfigError("file sender account: settings has no 'folder' for the .eml files")
         return FileTransport(settings["folder"])
     if kind == "eurosms":
-        from .sms import EuroSmsTransport
+        from bulkmail_kernel.providers.eurosms import EuroSmsTransport
 
         return EuroSmsTransport.from_settings(settings, credential_ref)
     if kind == "sendpulse":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from ..exceptions import ConfigError
+from bulkmail_kernel.exceptions import ConfigError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import SendResult
+from bulkmail_kernel.transports import SendResult
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
 

@@ -27,8 +27,8 @@ import smtplib
 import ssl
 from typing import Any
 
-from ..exceptions import ConfigError, SendError
-from . import SendResult, Stage, classify_smtp, connection_lost
+from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.transports import SendResult, Stage, classify_smtp, connection_lost
 
 log = logging.getLogger("bulkmail")
 

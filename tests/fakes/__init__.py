@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bulkmail_kernel.unsubscribe_server import serve_in_thread
+from bulkmail_kernel.servers.web import serve_in_thread
 
 
 @contextmanager

@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from .campaigns import CampaignRef
-from .db import Campaign, Database, Message, Suppression, open_database
-from .sending import campaign_timeline
+from bulkmail_kernel.campaigns.campaigns import CampaignRef
+from bulkmail_kernel.db import Campaign, Database, Message, Suppression, open_database
+from bulkmail_kernel.engine.sending import campaign_timeline
 
 _STATUSES = ("queued", "sending", "sent", "deferred", "failed", "unknown", "removed")
 

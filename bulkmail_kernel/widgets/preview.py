@@ -12,10 +12,16 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from .exceptions import BulkmailError
-from .mime import build_mime
-from .sms import sms_segments
-from .templates import PREVIEW_UNSUBSCRIBE_URL, Mailbox, RenderedMessage, Template, render
+from bulkmail_kernel.compose.mime import build_mime
+from bulkmail_kernel.compose.sms import sms_segments
+from bulkmail_kernel.compose.templates import (
+    PREVIEW_UNSUBSCRIBE_URL,
+    Mailbox,
+    RenderedMessage,
+    Template,
+    render,
+)
+from bulkmail_kernel.exceptions import BulkmailError
 
 DESKTOP_WIDTH = 700
 MOBILE_WIDTH = 375

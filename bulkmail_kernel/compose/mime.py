@@ -26,8 +26,14 @@ from email.message import EmailMessage, MIMEPart
 from email.utils import encode_rfc2231, format_datetime, make_msgid
 from functools import lru_cache
 
-from .exceptions import SendError, TemplateError
-from .templates import Attachment, InlineImage, Mailbox, RenderedMessage, clean_header_value
+from bulkmail_kernel.compose.templates import (
+    Attachment,
+    InlineImage,
+    Mailbox,
+    RenderedMessage,
+    clean_header_value,
+)
+from bulkmail_kernel.exceptions import SendError, TemplateError
 
 CRLF = b"\r\n"
 # "==" cannot occur in quoted-printable output and "_" never occurs in base64, so a

@@ -34,8 +34,13 @@ from jinja2 import meta, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from .config import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, local_timezone, templates_dir
-from .exceptions import TemplateError
+from bulkmail_kernel.config import (
+    DEFAULT_LANGUAGE,
+    SUPPORTED_LANGUAGES,
+    local_timezone,
+    templates_dir,
+)
+from bulkmail_kernel.exceptions import TemplateError
 
 log = logging.getLogger("bulkmail")
 

@@ -31,9 +31,9 @@ import pandas as pd
 import sqlalchemy as sa
 from tqdm.auto import tqdm
 
-from . import config
-from .db import Contact, Database, Suppression, open_database
-from .exceptions import ConfigError
+from bulkmail_kernel import config
+from bulkmail_kernel.db import Contact, Database, Suppression, open_database
+from bulkmail_kernel.exceptions import ConfigError
 
 log = logging.getLogger("bulkmail")
 
@@ -764,7 +764,7 @@ def _write_samples(samples_dir: Path | str | bool | None) -> None:
         return
     target = config.data_dir() / "samples" if samples_dir is True else Path(samples_dir)
     try:
-        from .samples import write_samples
+        from bulkmail_kernel.demo.samples import write_samples
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.samples":
             raise
@@ -845,7 +845,7 @@ DEMO_SINK_PORT = 2525
 
 def add_demo_sender(db: Database, *, port: int | None = None) -> None:
     """Create (or point again) the ``demo`` sender account at the local sink."""
-    from .campaigns import add_sender_account
+    from bulkmail_kernel.campaigns.campaigns import add_sender_account
 
     env_port: str | int = os.environ.get("BULKMAIL_SINK_PORT", DEMO_SINK_PORT)
     add_sender_account(

@@ -38,8 +38,13 @@ import sqlalchemy as sa
 from flufl.bounce import all_failures
 from sqlalchemy.orm import Session
 
-from .campaigns import VERP_TAG, hash_token, unsubscribe, unsubscribe_address
-from .db import (
+from bulkmail_kernel.campaigns.campaigns import (
+    VERP_TAG,
+    hash_token,
+    unsubscribe,
+    unsubscribe_address,
+)
+from bulkmail_kernel.db import (
     Campaign,
     ContactPoint,
     Database,
@@ -51,7 +56,7 @@ from .db import (
     UnsubscribeToken,
     open_database,
 )
-from .exceptions import ConfigError, ProviderError
+from bulkmail_kernel.exceptions import ConfigError, ProviderError
 
 log = logging.getLogger("bulkmail")
 

@@ -31,7 +31,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .exceptions import ConfigError, SendError
+from bulkmail_kernel.exceptions import ConfigError, SendError
 
 log = logging.getLogger("bulkmail")
 

@@ -18,11 +18,11 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
-from . import config
-from .db import Database
-from .exceptions import BulkmailError, FilterError
-from .export import export_recipients, is_contact_column
-from .segments import (
+from bulkmail_kernel import config
+from bulkmail_kernel.db import Database
+from bulkmail_kernel.exceptions import BulkmailError, FilterError
+from bulkmail_kernel.segments.export import export_recipients, is_contact_column
+from bulkmail_kernel.segments.filters import (
     BUILTIN_COLUMNS,
     GENDERS,
     KINDS,

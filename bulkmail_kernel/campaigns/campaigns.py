@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from .db import (
+from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
     ContactPoint,
@@ -42,8 +42,8 @@ from .db import (
     open_database,
     utcnow,
 )
-from .dkim import SIGNED_HEADERS, prepare_outgoing, signer_for
-from .exceptions import BulkmailError, ConfigError, SendError
+from bulkmail_kernel.deliverability.dkim import SIGNED_HEADERS, prepare_outgoing, signer_for
+from bulkmail_kernel.exceptions import BulkmailError, ConfigError, SendError
 
 log = logging.getLogger("bulkmail")
 
@@ -278,7 +278,7 @@ def _add_provider_account(
         )
     extra = {k: settings[k] for k in optional if settings.get(k)}
     if kind == "sendpulse":
-        from .transports.sendpulse import add_sendpulse_account
+        from bulkmail_kernel.providers.sendpulse import add_sendpulse_account
 
         add_sendpulse_account(
             name,
@@ -290,7 +290,7 @@ def _add_provider_account(
             **extra,
         )
     else:
-        from .transports.sms import add_eurosms_account
+        from bulkmail_kernel.providers.eurosms import add_eurosms_account
 
         add_eurosms_account(
             name,
@@ -350,7 +350,7 @@ def create_campaign(
         chosen = _choose_channel(name, channel, template, account.kind)
         segment_id = None
         if segment is not None:
-            from .db import Segment
+            from bulkmail_kernel.db import Segment
 
             segment_id = s.scalars(sa.select(Segment.id).where(Segment.name == segment)).first()
             if segment_id is None:
@@ -768,7 +768,7 @@ def unsubscribe_address(
     Returns False if no contact has it; the suppression is added anyway, so a later
     import of that address is not mailed.
     """
-    from .contacts import normalize_email, normalize_phone
+    from bulkmail_kernel.contacts.importer import normalize_email, normalize_phone
 
     channel = point_channel(channel)
     try:
@@ -834,7 +834,7 @@ def _without_date(data: bytes) -> bytes:
 
 
 def _campaign_template(c: Campaign, template: Any) -> Any:
-    from .templates import load_template, template_from_html
+    from bulkmail_kernel.compose.templates import load_template, template_from_html
 
     if template is not None:
         return load_template(template) if isinstance(template, str) else template
@@ -850,7 +850,7 @@ def _campaign_template(c: Campaign, template: Any) -> Any:
             language=source.get("language"),
         )
     if source.get("sms"):
-        from .templates import Template
+        from bulkmail_kernel.compose.templates import Template
 
         return Template(
             name=c.template_name or "pasted",
@@ -869,8 +869,8 @@ def _campaign_template(c: Campaign, template: Any) -> Any:
 
 
 def _recipients_of(c: Campaign, database: Database) -> pd.DataFrame:
-    from .contacts import contacts_frame
-    from .segments import segment_recipients
+    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.segments.filters import segment_recipients
 
     if c.segment_id is None:
         raise SendError(
@@ -879,7 +879,7 @@ def _recipients_of(c: Campaign, database: Database) -> pd.DataFrame:
             campaign=c.name,
         )
     with database.session() as s:
-        from .db import Segment
+        from bulkmail_kernel.db import Segment
 
         seg = s.get(Segment, c.segment_id)
         assert seg is not None
@@ -914,9 +914,9 @@ def register(
     """
     from dataclasses import replace as dc_replace
 
-    from .mime import build_mime
-    from .sms import fit_to_gsm7 as fit_text
-    from .templates import Mailbox, render
+    from bulkmail_kernel.compose.mime import build_mime
+    from bulkmail_kernel.compose.sms import fit_to_gsm7 as fit_text
+    from bulkmail_kernel.compose.templates import Mailbox, render
 
     database = _database(db, url)
     with database.session() as s:
@@ -1083,7 +1083,7 @@ def register(
 
 def _sms_problem(campaign: str, number: str, who: str, text: str, max_segments: int) -> str | None:
     """Return why an SMS text cannot be registered (None: fine); raise when it is too long."""
-    from .sms import sms_segments
+    from bulkmail_kernel.compose.sms import sms_segments
 
     if not text:
         return "the SMS text is empty"
@@ -1248,10 +1248,10 @@ def send_samples(
     """
     from dataclasses import replace as dc_replace
 
-    from .contacts import contacts_frame
-    from .mime import build_mime
-    from .templates import Mailbox, render
-    from .transports import open_transport
+    from bulkmail_kernel.compose.mime import build_mime
+    from bulkmail_kernel.compose.templates import Mailbox, render
+    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.transports import open_transport
 
     if not to:
         raise SendError("test_send: give at least one test address in to=[...]")
@@ -1328,8 +1328,8 @@ def send_samples(
 def _sms_sample(
     transport: Any, text: str | None, number: str, values: dict[str, Any]
 ) -> tuple[str, str, str, str]:
-    from .sms import fit_to_gsm7
-    from .transports.sms import e164
+    from bulkmail_kernel.compose.sms import fit_to_gsm7
+    from bulkmail_kernel.providers.eurosms import e164
 
     body = (text or "").strip()
     body = "TEST: " + (fit_to_gsm7(body) if values.get("fit_to_gsm7") else body)

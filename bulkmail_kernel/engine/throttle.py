@@ -20,8 +20,8 @@ from typing import Protocol, cast
 
 import sqlalchemy as sa
 
-from .db import Database, RateBucket
-from .exceptions import ConfigError
+from bulkmail_kernel.db import Database, RateBucket
+from bulkmail_kernel.exceptions import ConfigError
 
 
 class Clock(Protocol):

@@ -3,7 +3,7 @@
 Each reader turns its source into a :class:`SourceTable`: a header and the data
 rows, each with the row number a person sees (spreadsheet row with the header as
 row 1, XML ``<contact>`` element number, SQL result row). Validation and
-de-duplication happen in :mod:`bulkmail_kernel.contacts`; this module only reads,
+de-duplication happen in :mod:`bulkmail_kernel.contacts.importer`; this module only reads,
 and raises :class:`ContactImportError` when a source cannot be read at all.
 """
 
@@ -24,7 +24,7 @@ import defusedxml.ElementTree as SafeET
 import pandas as pd
 import sqlalchemy as sa
 
-from .exceptions import ContactImportError
+from bulkmail_kernel.exceptions import ContactImportError
 
 #: Encodings tried for CSV files, in the order ties are broken.
 CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1250", "cp1251")

@@ -42,7 +42,7 @@ import pandas as pd
 import sqlalchemy as sa
 from tqdm.auto import tqdm
 
-from .campaigns import (
+from bulkmail_kernel.campaigns.campaigns import (
     CampaignRef,
     SenderInfo,
     _database,
@@ -51,7 +51,7 @@ from .campaigns import (
     get_campaign_row,
     sender_of,
 )
-from .db import (
+from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
     ContactPoint,
@@ -63,11 +63,16 @@ from .db import (
     Suppression,
     Worker,
 )
-from .dkim import SIGNED_HEADERS, DkimSigner, prepare_outgoing, signer_for
-from .exceptions import ConfigError, SendError
-from .throttle import SYSTEM_CLOCK, Clock, SharedTokenBucket, Throttle
-from .transports import SendResult, Transport, open_transport
-from .transports.sendpulse import REF_FIELDS
+from bulkmail_kernel.deliverability.dkim import (
+    SIGNED_HEADERS,
+    DkimSigner,
+    prepare_outgoing,
+    signer_for,
+)
+from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock, SharedTokenBucket, Throttle
+from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.providers.sendpulse import REF_FIELDS
+from bulkmail_kernel.transports import SendResult, Transport, open_transport
 
 log = logging.getLogger("bulkmail")
 
@@ -1384,7 +1389,7 @@ def campaign_failures(
     campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
 ) -> pd.DataFrame:
     """Return the failed, removed and unknown messages with their code and reason."""
-    from .campaigns import queue
+    from bulkmail_kernel.campaigns.campaigns import queue
 
     bad = [MessageStatus.FAILED.value, MessageStatus.REMOVED.value, MessageStatus.UNKNOWN.value]
     frame = queue(campaign, status=bad, db=db, url=url)

@@ -1,6 +1,6 @@
 """Contacts: import from CSV, Excel, XML or SQL, validate, de-duplicate, and read back.
 
-``import_contacts`` reads a source (see :mod:`bulkmail_kernel.sources`), maps its
+``import_contacts`` reads a source (see :mod:`bulkmail_kernel.contacts.sources`), maps its
 columns to contact fields, validates every row, merges duplicates, and upserts the
 result in one transaction. ``contacts_frame`` returns every contact point with its
 contact as one pandas DataFrame, the table segments and campaigns start from.
@@ -29,10 +29,25 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, selectinload
 from tqdm.auto import tqdm
 
-from . import config
-from .db import Contact, ContactPoint, Database, Event, ImportRun, open_database, utcnow
-from .exceptions import ContactImportError
-from .sources import SourceRow, SourceTable, excel_serial_to_date, fold, read_source, snake_case
+from bulkmail_kernel import config
+from bulkmail_kernel.contacts.sources import (
+    SourceRow,
+    SourceTable,
+    excel_serial_to_date,
+    fold,
+    read_source,
+    snake_case,
+)
+from bulkmail_kernel.db import (
+    Contact,
+    ContactPoint,
+    Database,
+    Event,
+    ImportRun,
+    open_database,
+    utcnow,
+)
+from bulkmail_kernel.exceptions import ContactImportError
 
 log = logging.getLogger("bulkmail")
 

@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from . import config
-from .contacts import FRAME_COLUMNS
-from .db import Database, Segment, SegmentMember, open_database, utcnow
-from .exceptions import FilterError, SegmentError
+from bulkmail_kernel import config
+from bulkmail_kernel.contacts.importer import FRAME_COLUMNS
+from bulkmail_kernel.db import Database, Segment, SegmentMember, open_database, utcnow
+from bulkmail_kernel.exceptions import FilterError, SegmentError
 
 log = logging.getLogger("bulkmail")
 

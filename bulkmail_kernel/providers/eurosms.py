@@ -32,13 +32,21 @@ import pandas as pd
 import phonenumbers
 import sqlalchemy as sa
 
-from .. import config
-from ..db import Campaign, Database, Event, Message, MessageStatus, SenderAccount, open_database
-from ..exceptions import ConfigError, ProviderError, SendError
-from ..sms import sms_segments
-from ..throttle import SYSTEM_CLOCK, Clock
-from . import SendResult
-from .credentials import check_credential_ref, resolve_secret
+from bulkmail_kernel import config
+from bulkmail_kernel.compose.sms import sms_segments
+from bulkmail_kernel.db import (
+    Campaign,
+    Database,
+    Event,
+    Message,
+    MessageStatus,
+    SenderAccount,
+    open_database,
+)
+from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock
+from bulkmail_kernel.exceptions import ConfigError, ProviderError, SendError
+from bulkmail_kernel.transports import SendResult
+from bulkmail_kernel.transports.credentials import check_credential_ref, resolve_secret
 
 log = logging.getLogger("bulkmail")
 

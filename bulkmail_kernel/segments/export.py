@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import config
-from .exceptions import ExportError
+from bulkmail_kernel import config
+from bulkmail_kernel.exceptions import ExportError
 
 log = logging.getLogger("bulkmail")
 

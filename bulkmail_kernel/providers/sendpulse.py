@@ -29,7 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 from tqdm.auto import tqdm
 
-from ..db import (
+from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
     Contact,
@@ -40,9 +40,9 @@ from ..db import (
     SenderAccount,
     open_database,
 )
-from ..exceptions import ConfigError, ProviderError, SendError, TemplateError
-from ..throttle import SYSTEM_CLOCK, Clock
-from .credentials import check_credential_ref, resolve_secret
+from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock
+from bulkmail_kernel.exceptions import ConfigError, ProviderError, SendError, TemplateError
+from bulkmail_kernel.transports.credentials import check_credential_ref, resolve_secret
 
 log = logging.getLogger("bulkmail")
 
@@ -463,7 +463,7 @@ def _refuse_statements(text: str, part: str, template: str) -> None:
 
 
 def _check_placeholders(text: str, part: str, template: str) -> None:
-    from ..templates import SENDPULSE_VARIABLES
+    from bulkmail_kernel.compose.templates import SENDPULSE_VARIABLES
 
     for match in _PLACEHOLDER.finditer(text):
         inner = match.group(1).strip()
@@ -517,7 +517,7 @@ def _recipients(database: Database, cid: int) -> pd.DataFrame:
 
 def _body(tmpl: Any, values: dict[str, Any], frame: pd.DataFrame, name: str) -> tuple[str, str]:
     """Check the template for SendPulse and return (subject, html) with SendPulse merge tags."""
-    from ..templates import check_template, render
+    from bulkmail_kernel.compose.templates import check_template, render
 
     problems = check_template(tmpl, frame, values=values, provider="sendpulse")
     if not problems.empty:
@@ -612,7 +612,7 @@ def send_campaign_via_sendpulse(
     (draft), each with an event; the provider ids and status go into ``provider_ref``.
 
     """
-    from ..campaigns import _campaign_template, get_campaign_row, sender_of
+    from bulkmail_kernel.campaigns.campaigns import _campaign_template, get_campaign_row, sender_of
 
     database = db if db is not None else open_database(url)
     with database.session() as s:
@@ -815,7 +815,7 @@ def sendpulse_report(
     url: str | None = None,
 ) -> pd.DataFrame:
     """Return the campaign's SendPulse ids and status (asking SendPulse first when ``refresh``)."""
-    from ..campaigns import get_campaign_row, sender_of
+    from bulkmail_kernel.campaigns.campaigns import get_campaign_row, sender_of
 
     database = db if db is not None else open_database(url)
     with database.session() as s:

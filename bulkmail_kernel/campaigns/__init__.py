@@ -1,0 +1,1 @@
+"""Campaigns: create, register into the outbox, edit the queue, test sends, reports."""

@@ -1,0 +1,1 @@
+"""Compose: templates rendered in a sandbox, MIME bytes, SMS text; pure, no database."""

@@ -1,0 +1,1 @@
+"""Deliverability: DKIM signing and the bounce mailbox."""

@@ -1,0 +1,1 @@
+"""The sending engine: the throttle, the send loop and the background worker."""

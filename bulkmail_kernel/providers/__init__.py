@@ -1,0 +1,1 @@
+"""Provider workflows above the outbox: SendPulse hand-overs and EuroSMS delivery reports."""
