@@ -1,0 +1,77 @@
+"""The ``bulkmail`` command: the Python API, name for name, for shell scripts and terminals.
+
+Every public function that makes sense on a command line is a sub-command of the
+same name with ``_`` as ``-`` (``create_campaign`` is ``bulkmail create-campaign``),
+its keyword arguments are options (``rate_per_hour=`` is ``--rate-per-hour``) and
+``url=`` is ``--db``. A command prints the DataFrame (``--csv`` for scripts) or a
+one-line summary the function returns; an error of bulkmail is one line on stderr and
+exit 2. Secrets are never arguments: options such as ``--credential-ref`` name the
+environment variable that holds them.
+
+The commands import the public names of ``bulkmail_kernel`` when they run, never its
+stages, so ``bulkmail --help`` loads no data stack and the stages can move freely.
+The names used before the mirror (``import``, ``demo``, ``bounces``, ...) still work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bulkmail_kernel.cli import (
+    campaigns,
+    compose,
+    contacts,
+    deliverability,
+    providers,
+    segments,
+    sending,
+    servers,
+)
+from bulkmail_kernel.cli.common import Commands
+from bulkmail_kernel.exceptions import BulkmailError
+
+#: The command modules in the order of the analyst's path (and of ``bulkmail --help``).
+STAGES = (contacts, segments, compose, campaigns, sending, providers, deliverability, servers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser (one sub-command per public function)."""
+    parser = argparse.ArgumentParser(
+        prog="bulkmail",
+        description="bulkmail: contacts, segments, templates and throttled sending.",
+        epilog="Each command is a function of the Python API: `bulkmail COMMAND --help`.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = Commands(sub)
+    for stage in STAGES:
+        stage.add_commands(commands)
+    commands.add_old_names()
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bulkmail`` command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except BulkmailError as exc:
+        print(f"bulkmail {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`bulkmail queue jar | head`): stop quietly, as Unix tools do,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

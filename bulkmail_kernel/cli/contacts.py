@@ -1,0 +1,151 @@
+"""Commands of the database and contacts stage: open-database, generate-demo, import-contacts."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+
+from bulkmail_kernel.cli.common import (
+    Commands,
+    add_csv,
+    add_db,
+    json_object,
+    print_frame,
+)
+
+
+def cmd_open_database(args: argparse.Namespace) -> int:
+    """Open the database, apply its migrations and print the revision it is at."""
+    from bulkmail_kernel import open_database
+    from bulkmail_kernel.db import current_revision
+
+    db = open_database(args.db, migrate=not args.no_migrate)
+    print(f"{db.url}: at revision {current_revision(db.engine)}")
+    return 0
+
+
+def cmd_generate_demo(args: argparse.Namespace) -> int:
+    """Generate the deterministic demo data set and the dirty sample files."""
+    from bulkmail_kernel import generate_demo
+
+    today = date.fromisoformat(args.today) if args.today else None
+    samples_dir: Path | bool = False if args.no_samples else (args.samples_dir or True)
+    summary = generate_demo(
+        args.contacts,
+        url=args.db,
+        seed=args.seed,
+        today=today,
+        replace=args.replace,
+        progress=not args.quiet,
+        samples_dir=samples_dir,
+    )
+    print_frame(summary, args)
+    return 0
+
+
+def cmd_import_contacts(args: argparse.Namespace) -> int:
+    """Import contacts from a file or a SQL source and print the report (exit 1: nothing imported).
+
+    The whole file is refused when a row is bad, unless --on-error skip imports the good rows.
+    """
+    from bulkmail_kernel import import_contacts
+
+    result = import_contacts(
+        args.source,
+        url=args.db,
+        mapping=args.mapping,
+        encoding=args.encoding,
+        delimiter=args.delimiter,
+        region=args.region,
+        on_error=args.on_error,
+        table=args.table,
+        query=args.query,
+        sheet=args.sheet,
+        source_name=args.source_name,
+        progress=not args.quiet,
+    )
+    print(repr(result))
+    if len(result.report):
+        print_frame(result.report, args)
+        if args.report:
+            result.report.to_csv(args.report, index=False, encoding="utf-8-sig")
+            print(f"report written to {args.report}")
+    return 0 if result.committed else 1
+
+
+def cmd_contacts_frame(args: argparse.Namespace) -> int:
+    """Print one row per contact point with its contact's fields and custom attributes."""
+    from bulkmail_kernel import contacts_frame
+
+    print_frame(contacts_frame(url=args.db), args)
+    return 0
+
+
+def add_commands(commands: Commands) -> None:
+    """Add the database and contacts commands."""
+    p = commands.add(
+        "open-database",
+        cmd_open_database,
+        "apply database migrations (also done on every open)",
+        old=["migrate"],
+    )
+    p.add_argument("--no-migrate", action="store_true", help="only open it and print its revision")
+    add_db(p)
+
+    p = commands.add(
+        "generate-demo",
+        cmd_generate_demo,
+        "generate the deterministic demo data set and sample files",
+        old=["demo"],
+    )
+    p.add_argument("--contacts", type=int, default=5000, help="how many contacts (default 5000)")
+    p.add_argument("--seed", type=int, default=20261123, help="random seed (same seed, same data)")
+    p.add_argument("--today", default=None, help="anchor date YYYY-MM-DD (default: today)")
+    p.add_argument("--replace", action="store_true", help="replace existing demo data")
+    p.add_argument(
+        "--samples-dir", type=Path, help="where to write the dirty sample files (data/samples)"
+    )
+    p.add_argument("--no-samples", action="store_true", help="do not write the sample files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_csv(p)
+    add_db(p)
+
+    p = commands.add(
+        "import-contacts",
+        cmd_import_contacts,
+        "import contacts from CSV, .xlsx, XML or a SQL URL",
+        old=["import"],
+    )
+    p.add_argument("source", help="file path, or a SQLAlchemy URL with --table or --query")
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default="raise",
+        help="raise: import nothing if any row is bad (default); skip: import the good rows",
+    )
+    p.add_argument(
+        "--mapping",
+        type=json_object,
+        metavar="JSON",
+        help='source column -> field, e.g. \'{"E-mail": "email", "Note": null}\'',
+    )
+    p.add_argument("--encoding", help="force the CSV encoding (default: detected)")
+    p.add_argument("--delimiter", help="force the CSV delimiter (default: detected)")
+    p.add_argument("--region", help="phone region for numbers without +code (default SK)")
+    p.add_argument("--table", help="table to read when SOURCE is a database URL")
+    p.add_argument("--query", help="SQL query to read when SOURCE is a database URL")
+    p.add_argument("--sheet", help="worksheet name of an .xlsx file (default: the first)")
+    p.add_argument("--source-name", help="name the import is recorded under (default: the file)")
+    p.add_argument("--report", type=Path, help="also write the import report to this CSV file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_csv(p)
+    add_db(p)
+
+    p = commands.add(
+        "contacts-frame",
+        cmd_contacts_frame,
+        "print every contact point with its contact's fields (the frame segments filter)",
+    )
+    add_csv(p)
+    add_db(p)

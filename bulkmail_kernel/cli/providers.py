@@ -1,0 +1,165 @@
+"""Commands of the providers stage: SendPulse and EuroSMS accounts, hand-overs, reports.
+
+Secrets are never arguments: ``--secret-env`` and ``--credential-ref`` name the
+environment variable (or ``keyring:NAME``) that holds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bulkmail_kernel.cli.common import (
+    Commands,
+    add_campaign,
+    add_csv,
+    add_db,
+    aware_datetime,
+    given,
+    print_frame,
+)
+
+
+def cmd_add_sendpulse_account(args: argparse.Namespace) -> int:
+    """Create or update a SendPulse account after SendPulse accepts its ID and Secret."""
+    from bulkmail_kernel import add_sendpulse_account
+
+    info = add_sendpulse_account(
+        args.name,
+        client_id=args.client_id,
+        from_email=args.from_email,
+        from_name=args.from_name,
+        secret_env=args.secret_env,
+        credential_ref=args.credential_ref,
+        url=args.db,
+        **given(args, "base_url"),
+    )
+    print(info)
+    return 0
+
+
+def cmd_send_campaign_via_sendpulse(args: argparse.Namespace) -> int:
+    """Hand a registered campaign to SendPulse as an address book and a campaign or draft."""
+    from bulkmail_kernel import send_campaign_via_sendpulse
+
+    result = send_campaign_via_sendpulse(
+        args.campaign,
+        draft=args.draft,
+        send_date=args.send_date,
+        wait=not args.no_wait,
+        progress=not args.quiet,
+        url=args.db,
+        **given(args, "batch_size", "book_timeout_s"),
+    )
+    print(result)
+    return 0
+
+
+def cmd_sendpulse_report(args: argparse.Namespace) -> int:
+    """Print the campaign's SendPulse ids and status, asking SendPulse first."""
+    from bulkmail_kernel import sendpulse_report
+
+    print_frame(sendpulse_report(args.campaign, refresh=not args.no_refresh, url=args.db), args)
+    return 0
+
+
+def cmd_add_eurosms_account(args: argparse.Namespace) -> int:
+    """Create or update a EuroSMS sender account (the key stays in env/keyring)."""
+    from bulkmail_kernel import add_eurosms_account
+
+    info = add_eurosms_account(
+        args.name,
+        integration_id=args.integration_id,
+        sender_id=args.sender_id,
+        credential_ref=args.credential_ref,
+        from_name=args.from_name,
+        url=args.db,
+        **given(args, "base_url"),
+    )
+    print(info)
+    return 0
+
+
+def cmd_poll_delivery_reports(args: argparse.Namespace) -> int:
+    """Poll EuroSMS delivery reports of an SMS campaign into the history."""
+    from bulkmail_kernel import poll_delivery_reports
+
+    print_frame(poll_delivery_reports(args.campaign, url=args.db), args)
+    return 0
+
+
+def add_commands(commands: Commands) -> None:
+    """Add the provider commands."""
+    p = commands.add(
+        "add-sendpulse-account",
+        cmd_add_sendpulse_account,
+        "create or update a SendPulse account",
+        old=["sendpulse-account"],
+    )
+    p.add_argument("name", help="account name")
+    p.add_argument("--client-id", required=True, help="SendPulse API ID")
+    p.add_argument("--from-email", required=True, help="a sender confirmed in SendPulse")
+    p.add_argument("--from-name", default="", help="sender display name")
+    p.add_argument("--secret-env", help="environment variable holding the Secret")
+    p.add_argument("--credential-ref", help="or where the Secret is, e.g. keyring:sendpulse")
+    p.add_argument("--base-url", help="API base URL (default: https://api.sendpulse.com)")
+    add_db(p)
+
+    p = commands.add(
+        "send-campaign-via-sendpulse",
+        cmd_send_campaign_via_sendpulse,
+        "hand a registered campaign to SendPulse",
+        old=["sendpulse-send"],
+    )
+    add_campaign(p)
+    p.add_argument("--draft", action="store_true", help="create a draft to send from SendPulse")
+    p.add_argument(
+        "--send-date",
+        type=aware_datetime,
+        metavar="ISO8601",
+        help="when SendPulse sends, with offset, e.g. 2026-12-01T09:00+01:00 (default: now)",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="fail instead of waiting when SendPulse's 4 campaigns an hour are used up",
+    )
+    p.add_argument("--batch-size", type=int, help="addresses per request (default 500)")
+    p.add_argument(
+        "--book-timeout-s", type=float, help="seconds SendPulse may take to process the book (900)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_db(p)
+
+    p = commands.add("sendpulse-report", cmd_sendpulse_report, "a campaign's SendPulse status")
+    add_campaign(p)
+    p.add_argument(
+        "--no-refresh", action="store_true", help="print what is stored, without asking SendPulse"
+    )
+    add_csv(p)
+    add_db(p)
+
+    p = commands.add(
+        "add-eurosms-account",
+        cmd_add_eurosms_account,
+        "create or update a EuroSMS sender account",
+        old=["eurosms-account"],
+    )
+    p.add_argument("name", help="account name")
+    p.add_argument("--integration-id", required=True, help="EuroSMS integration id (1-XXXXXX)")
+    p.add_argument("--sender-id", required=True, help="sender id shown on phones (<= 11 chars)")
+    p.add_argument(
+        "--credential-ref", required=True, help="env variable (or keyring:NAME) holding the key"
+    )
+    p.add_argument("--from-name", default="", help="display name kept with the account")
+    p.add_argument("--base-url", help="API base URL (default: EuroSMS's v3 API)")
+    add_db(p)
+
+    p = commands.add(
+        "poll-delivery-reports",
+        cmd_poll_delivery_reports,
+        "poll EuroSMS delivery reports into the history",
+        old=["sms-dlr"],
+    )
+    add_campaign(p)
+    add_csv(p)
+    add_db(p)

@@ -1,0 +1,144 @@
+"""Commands that run servers: start-sink, unsubscribe-server and lab (all until Ctrl-C)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from bulkmail_kernel import config
+from bulkmail_kernel.cli.common import Commands, add_db
+
+
+def cmd_start_sink(args: argparse.Namespace) -> int:
+    """Run the local SMTP sink that stores every message as an .eml file, until Ctrl-C."""
+    from bulkmail_kernel import start_sink
+
+    folder = args.folder or config.data_dir() / "sink"
+    sink = start_sink(folder, args.port, host=args.host)
+    print(f"bulkmail sink: listening on {args.host}:{sink.port}, storing into {sink.folder}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.stop()
+        print(f"bulkmail sink: {len(sink.messages)} messages, {sink.connections} connections")
+    return 0
+
+
+def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
+    """Run the one-click unsubscribe endpoint (put it behind the firm's https site)."""
+    import uvicorn
+
+    from bulkmail_kernel import create_unsubscribe_app
+
+    # Listen on loopback behind the firm's HTTPS proxy: forwarded headers are trusted only
+    # from it, so the logs show the real clients.
+    uvicorn.run(
+        create_unsubscribe_app(url=args.db),
+        host=args.host,
+        port=args.port,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        server_header=False,
+    )
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Create the demo database if missing and open JupyterLab on notebooks/."""
+    # lab is no function of the API: it assembles the workbench, so it may look inside.
+    import subprocess
+
+    import sqlalchemy as sa
+
+    from bulkmail_kernel import generate_demo, open_database, start_sink
+    from bulkmail_kernel.db import Contact
+    from bulkmail_kernel.servers.web import start_in_background
+
+    if args.db:
+        os.environ["BULKMAIL_DB_URL"] = args.db
+    db = open_database(args.db)
+    with db.session() as s:
+        empty = s.scalar(sa.select(Contact.id).limit(1)) is None
+    if empty:
+        print(f"{db.url} is empty: generating the demo data set (5,000 contacts) ...")
+        generate_demo(5000, db=db)
+    db.dispose()
+    sink = None
+    if not args.no_sink:
+        try:
+            sink = start_sink(config.data_dir() / "sink", args.sink_port)
+            print(f"local SMTP sink on 127.0.0.1:{sink.port}: messages land in {sink.folder}")
+        except OSError as exc:
+            print(f"sink not started ({exc}); is `bulkmail sink` already running?")
+    unsub = None
+    if not args.no_unsubscribe_server:
+        try:
+            unsub = start_in_background("127.0.0.1", args.unsubscribe_port, url=args.db)
+            print(f"unsubscribe links answer on http://127.0.0.1:{unsub.port}/u/...")
+        except OSError as exc:
+            print(f"unsubscribe endpoint not started ({exc}); is it already running?")
+    notebooks = config.project_dir() / "notebooks"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        f"--notebook-dir={notebooks}",
+        f"--ServerApp.port={args.port}",
+        "--ServerApp.ip=127.0.0.1",
+    ]
+    if args.no_browser:
+        cmd.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers and fresh VMs often run as root
+    print("starting JupyterLab:", " ".join(cmd[2:]))
+    try:
+        return subprocess.call(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+    finally:
+        if sink is not None:
+            sink.stop()
+        if unsub is not None:
+            unsub.stop()
+
+
+def add_commands(commands: Commands) -> None:
+    """Add the server commands."""
+    p = commands.add(
+        "start-sink",
+        cmd_start_sink,
+        "run a local SMTP server that stores messages as .eml files",
+        old=["sink"],
+    )
+    p.add_argument("folder", nargs="?", type=Path, help="where to store (default: data/sink)")
+    p.add_argument("--port", type=int, default=2525, help="port to listen on (default 2525)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+
+    p = commands.add(
+        "unsubscribe-server",
+        cmd_unsubscribe_server,
+        "run the one-click unsubscribe endpoint (create_unsubscribe_app)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address (default loopback, behind a proxy)")
+    p.add_argument("--port", type=int, default=8025, help="port (default 8025)")
+    add_db(p)
+
+    p = commands.add("lab", cmd_lab, "create the demo database if needed and open JupyterLab")
+    p.add_argument("--port", type=int, default=8888, help="JupyterLab port (default 8888)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--no-sink", action="store_true", help="do not start the local SMTP sink")
+    p.add_argument("--sink-port", type=int, default=2525, help="sink port (default 2525)")
+    p.add_argument(
+        "--no-unsubscribe-server",
+        action="store_true",
+        help="do not start the local unsubscribe endpoint",
+    )
+    p.add_argument(
+        "--unsubscribe-port", type=int, default=8025, help="unsubscribe endpoint port (8025)"
+    )
+    add_db(p)
