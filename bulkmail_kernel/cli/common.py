@@ -9,10 +9,11 @@ Each command is named after the public function it calls (``create_campaign`` is
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -120,6 +121,8 @@ def given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 def json_object(text: str) -> dict[str, Any]:
     """Parse a JSON object given on the command line."""
+    import json
+
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -139,6 +142,8 @@ def key_value(text: str) -> tuple[str, str]:
 
 def aware_datetime(text: str) -> datetime:
     """Parse an ISO 8601 time that carries its UTC offset (a bare local time is ambiguous)."""
+    from datetime import datetime
+
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
 from pathlib import Path
 
 from bulkmail_kernel.cli.common import (
@@ -27,6 +26,8 @@ def cmd_open_database(args: argparse.Namespace) -> int:
 
 def cmd_generate_demo(args: argparse.Namespace) -> int:
     """Generate the deterministic demo data set and the dirty sample files."""
+    from datetime import date
+
     from bulkmail_kernel import generate_demo
 
     today = date.fromisoformat(args.today) if args.today else None
