@@ -168,6 +168,27 @@ def test_every_public_function_has_its_command_and_help() -> None:
             )
 
 
+def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_old_names_take_the_same_options(capsys: pytest.CaptureFixture[str]) -> None:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    old = {a.dest: a.help for a in sub._choices_actions if a.help.startswith("old name of ")}
+    assert {"import", "demo", "bounces", "sms-dlr", "sink", "templates", "export", "worker",
+            "report", "migrate", "sendpulse-account", "sendpulse-send", "eurosms-account",
+            "dkim-keygen"} <= set(old)  # fmt: skip
+    listing = re.compile(r"^(positional arguments|options):$", re.M)
+    for alias, text in old.items():
+        name = text.removeprefix("old name of ")
+        # The arguments and options, listed after the description, are the same.
+        was, now = _help(alias, capsys), _help(name, capsys)
+        assert was[listing.search(was).start() :] == now[listing.search(now).start() :], alias
+
+
 def test_the_commands_use_only_the_public_api() -> None:
     """The stages may move: the CLI imports names of the package, never its modules."""
     allowed_modules = {

@@ -38,8 +38,12 @@ from bulkmail_kernel.exceptions import BulkmailError
 STAGES = (contacts, segments, compose, campaigns, sending, providers, deliverability, servers)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser (one sub-command per public function)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser (one sub-command per public function).
+
+    ``only`` names the one command whose options are needed; the others keep their
+    name and help line only (``main`` passes the command it was given, or ``""``).
+    """
     parser = argparse.ArgumentParser(
         prog="bulkmail",
         description="bulkmail: contacts, segments, templates and throttled sending.",
@@ -47,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = Commands(sub)
+    commands = Commands(sub, only)
     for stage in STAGES:
         stage.add_commands(commands)
     commands.add_old_names()
@@ -56,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bulkmail`` command line."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The global options (-v, -h) take no value: the first other word is the command.
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",

@@ -19,32 +19,48 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 class CommandParser:
-    """A sub-command's parser that remembers its options, so its old names get the same ones."""
+    """A sub-command's parser that remembers its options, so its old names get the same ones.
+
+    An inactive one only remembers them: ``bulkmail send ...`` needs the options of
+    ``send`` alone, and adding the few hundred of the others would double its start.
+    """
 
     # A plain class, not a dataclass: dataclasses imports inspect, and `bulkmail --help`
     # should load little more than argparse.
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
+    def __init__(self, parser: argparse.ArgumentParser, *, active: bool = True) -> None:
         self.parser = parser
+        self.active = active
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
-    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
         """Add an option to the command (and, later, to each of its old names)."""
         self.calls.append((args, kwargs))
-        return self.parser.add_argument(*args, **kwargs)
+        if self.active:
+            self.parser.add_argument(*args, **kwargs)
 
 
 class Commands:
-    """The sub-commands of ``bulkmail``, added stage by stage, old names last."""
+    """The sub-commands of ``bulkmail``, added stage by stage, old names last.
 
-    def __init__(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ``only`` names the command being run: the others get their name and help line but
+    no options (None: every command gets its options, as ``build_parser()`` does).
+    """
+
+    def __init__(
+        self, sub: argparse._SubParsersAction[argparse.ArgumentParser], only: str | None = None
+    ) -> None:
         self._sub = sub
+        self._only = only
         self._old: list[tuple[str, str, Handler, CommandParser]] = []
+
+    def _active(self, name: str) -> bool:
+        return self._only is None or self._only == name
 
     def add(self, name: str, func: Handler, help: str, *, old: Sequence[str] = ()) -> CommandParser:
         """Add command ``name`` running ``func``; ``old`` are names it had before the mirror."""
         parser = self._sub.add_parser(name, help=help, description=func.__doc__)
         parser.set_defaults(func=func)
-        command = CommandParser(parser)
+        command = CommandParser(parser, active=self._active(name))
         self._old.extend((alias, name, func, command) for alias in old)
         return command
 
@@ -57,8 +73,9 @@ class Commands:
                 description=f"{func.__doc__} (`bulkmail {alias}` is the old name of {name}.)",
             )
             parser.set_defaults(func=func)
-            for args, kwargs in command.calls:
-                parser.add_argument(*args, **kwargs)
+            if self._active(alias):
+                for args, kwargs in command.calls:
+                    parser.add_argument(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- common options
