@@ -16,25 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bulkmail_kernel.campaigns.campaigns import (
-        CampaignInfo,
-        SenderInfo,
-        add_sender_account,
         cancel,
         create_campaign,
         get_campaign,
         pause,
-        queue,
-        register,
-        remove_from_queue,
-        requeue,
         resume,
-        skipped,
-        test_send,
-        unknown_messages,
-        unsubscribe,
-        unsubscribe_address,
     )
+    from bulkmail_kernel.campaigns.registration import register, skipped
     from bulkmail_kernel.campaigns.reports import list_campaigns, list_suppressions, plot_timeline
+    from bulkmail_kernel.campaigns.samples import test_send
     from bulkmail_kernel.compose.mime import build_mime
     from bulkmail_kernel.compose.sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
     from bulkmail_kernel.compose.templates import (
@@ -73,6 +63,9 @@ if TYPE_CHECKING:
         SendError,
         TemplateError,
     )
+    from bulkmail_kernel.outbox.queue import queue, remove_from_queue, requeue, unknown_messages
+    from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
+    from bulkmail_kernel.providers.accounts import add_sender_account
     from bulkmail_kernel.providers.eurosms import (
         EuroSmsError,
         add_eurosms_account,
@@ -85,6 +78,7 @@ if TYPE_CHECKING:
         send_campaign_via_sendpulse,
         sendpulse_report,
     )
+    from bulkmail_kernel.records import CampaignInfo, SenderInfo
     from bulkmail_kernel.segments.export import export_recipients
     from bulkmail_kernel.segments.filters import (
         FilterSpec,
@@ -108,7 +102,7 @@ logging.getLogger("bulkmail").addHandler(logging.NullHandler())
 #: Public name -> (module, name there): where each name of ``__all__`` lives.
 _WHERE: dict[str, tuple[str, str]] = {
     "BulkmailError": ("bulkmail_kernel.exceptions", "BulkmailError"),
-    "CampaignInfo": ("bulkmail_kernel.campaigns.campaigns", "CampaignInfo"),
+    "CampaignInfo": ("bulkmail_kernel.records", "CampaignInfo"),
     "ConfigError": ("bulkmail_kernel.exceptions", "ConfigError"),
     "ContactImportError": ("bulkmail_kernel.exceptions", "ContactImportError"),
     "Database": ("bulkmail_kernel.db", "Database"),
@@ -125,12 +119,12 @@ _WHERE: dict[str, tuple[str, str]] = {
     "SendPulseError": ("bulkmail_kernel.providers.sendpulse", "SendPulseError"),
     "SendPulseResult": ("bulkmail_kernel.providers.sendpulse", "SendPulseResult"),
     "SendSummary": ("bulkmail_kernel.engine.sending", "SendSummary"),
-    "SenderInfo": ("bulkmail_kernel.campaigns.campaigns", "SenderInfo"),
+    "SenderInfo": ("bulkmail_kernel.records", "SenderInfo"),
     "Sink": ("bulkmail_kernel.servers.sink", "Sink"),
     "Template": ("bulkmail_kernel.compose.templates", "Template"),
     "TemplateError": ("bulkmail_kernel.exceptions", "TemplateError"),
     "add_eurosms_account": ("bulkmail_kernel.providers.eurosms", "add_eurosms_account"),
-    "add_sender_account": ("bulkmail_kernel.campaigns.campaigns", "add_sender_account"),
+    "add_sender_account": ("bulkmail_kernel.providers.accounts", "add_sender_account"),
     "add_sendpulse_account": ("bulkmail_kernel.providers.sendpulse", "add_sendpulse_account"),
     "build_mime": ("bulkmail_kernel.compose.mime", "build_mime"),
     "campaign_failures": ("bulkmail_kernel.engine.sending", "campaign_failures"),
@@ -165,12 +159,12 @@ _WHERE: dict[str, tuple[str, str]] = {
     "preview_warnings": ("bulkmail_kernel.widgets.preview", "preview_warnings"),
     "process_mailbox": ("bulkmail_kernel.deliverability.bounces", "process_mailbox"),
     "provider_status": ("bulkmail_kernel.engine.sending", "provider_status"),
-    "queue": ("bulkmail_kernel.campaigns.campaigns", "queue"),
-    "register": ("bulkmail_kernel.campaigns.campaigns", "register"),
-    "remove_from_queue": ("bulkmail_kernel.campaigns.campaigns", "remove_from_queue"),
+    "queue": ("bulkmail_kernel.outbox.queue", "queue"),
+    "register": ("bulkmail_kernel.campaigns.registration", "register"),
+    "remove_from_queue": ("bulkmail_kernel.outbox.queue", "remove_from_queue"),
     "rename_segment": ("bulkmail_kernel.segments.filters", "rename_segment"),
     "render": ("bulkmail_kernel.compose.templates", "render"),
-    "requeue": ("bulkmail_kernel.campaigns.campaigns", "requeue"),
+    "requeue": ("bulkmail_kernel.outbox.queue", "requeue"),
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
     "run_worker": ("bulkmail_kernel.engine.sending", "run_worker"),
     "save_segment": ("bulkmail_kernel.segments.filters", "save_segment"),
@@ -183,16 +177,16 @@ _WHERE: dict[str, tuple[str, str]] = {
     ),
     "sendpulse_report": ("bulkmail_kernel.providers.sendpulse", "sendpulse_report"),
     "sign_message": ("bulkmail_kernel.deliverability.dkim", "sign_message"),
-    "skipped": ("bulkmail_kernel.campaigns.campaigns", "skipped"),
+    "skipped": ("bulkmail_kernel.campaigns.registration", "skipped"),
     "sms_cost": ("bulkmail_kernel.compose.sms", "sms_cost"),
     "sms_fit_preview": ("bulkmail_kernel.compose.sms", "sms_fit_preview"),
     "sms_segments": ("bulkmail_kernel.compose.sms", "sms_segments"),
     "start_sink": ("bulkmail_kernel.servers.sink", "start_sink"),
     "template_from_html": ("bulkmail_kernel.compose.templates", "template_from_html"),
-    "test_send": ("bulkmail_kernel.campaigns.campaigns", "test_send"),
-    "unknown_messages": ("bulkmail_kernel.campaigns.campaigns", "unknown_messages"),
-    "unsubscribe": ("bulkmail_kernel.campaigns.campaigns", "unsubscribe"),
-    "unsubscribe_address": ("bulkmail_kernel.campaigns.campaigns", "unsubscribe_address"),
+    "test_send": ("bulkmail_kernel.campaigns.samples", "test_send"),
+    "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
+    "unsubscribe": ("bulkmail_kernel.outbox.suppressions", "unsubscribe"),
+    "unsubscribe_address": ("bulkmail_kernel.outbox.suppressions", "unsubscribe_address"),
 }
 
 __all__ = [

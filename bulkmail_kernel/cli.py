@@ -161,7 +161,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
 def cmd_register(args: argparse.Namespace) -> int:
     """Materialise one message per recipient of the campaign into the outbox."""
-    from bulkmail_kernel.campaigns.campaigns import register, skipped
+    from bulkmail_kernel.campaigns.registration import register, skipped
 
     queue_frame = register(args.campaign, url=args.db)
     print(f"{len(queue_frame)} messages in the queue of {args.campaign!r}")
@@ -174,7 +174,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """List the campaign's queue."""
-    from bulkmail_kernel.campaigns.campaigns import queue
+    from bulkmail_kernel.outbox.queue import queue
 
     _print_frame(queue(args.campaign, status=args.status, url=args.db))
     return 0
@@ -232,7 +232,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_unsubscribe(args: argparse.Namespace) -> int:
     """Honour an unsubscribe token."""
-    from bulkmail_kernel.campaigns.campaigns import unsubscribe
+    from bulkmail_kernel.outbox.suppressions import unsubscribe
 
     if unsubscribe(args.token, url=args.db):
         print("unsubscribed")

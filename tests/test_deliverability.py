@@ -25,18 +25,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from bulkmail_kernel.campaigns.campaigns import (
+from bulkmail_kernel import (
     SenderInfo,
     add_sender_account,
     create_campaign,
     get_campaign,
-    hash_token,
-    list_id,
     queue,
     register,
-    send_samples,
-    unsubscribe_mailto,
 )
+from bulkmail_kernel.campaigns.samples import send_samples
+from bulkmail_kernel.compose.headers import list_id, unsubscribe_mailto
 from bulkmail_kernel.compose.mime import build_mime
 from bulkmail_kernel.compose.templates import Mailbox, list_templates, load_template, render
 from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
@@ -56,6 +54,7 @@ from bulkmail_kernel.deliverability.dkim import (
 from bulkmail_kernel.engine.sending import run_worker, send
 from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
+from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.servers.sink import Sink, start_sink
 from bulkmail_kernel.transports.smtp import SmtpTransport
 

@@ -12,8 +12,7 @@ import pytest
 import sqlalchemy as sa
 from fakes.eurosms_fake import EuroSmsFake, running_eurosms
 
-from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns.campaigns import (
+from bulkmail_kernel import (
     add_sender_account,
     create_campaign,
     get_campaign,
@@ -22,6 +21,7 @@ from bulkmail_kernel.campaigns.campaigns import (
     skipped,
     test_send,
 )
+from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template, load_template, template_from_html
 from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts

@@ -15,8 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sending_support import address, make_campaign, sink_account
 
-from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns.campaigns import (
+from bulkmail_kernel import (
     SenderInfo,
     get_campaign,
     pause,
@@ -25,6 +24,7 @@ from bulkmail_kernel.campaigns.campaigns import (
     resume,
     unknown_messages,
 )
+from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.db import ContactPoint, Event, Message, Suppression, Worker
 from bulkmail_kernel.engine.sending import (
     OutboxStore,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import struct
@@ -101,7 +102,9 @@ def test_every_predefined_template_renders_and_passes_header_checks(name, langua
     assert len(message.inline_images) == 1
     assert f'src="cid:{message.inline_images[0].cid}"' in message.html
     assert 'alt=""' not in message.html
-    data = build_mime(message, message_id="<1@firma.sk>")
+    data = build_mime(
+        message, message_id="<1@firma.sk>", date=dt.datetime(2025, 9, 1, tzinfo=dt.UTC)
+    )
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert [k.lower() for k in parsed] == [
         "from",

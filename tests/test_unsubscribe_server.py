@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import campaigns as cm
 from bulkmail_kernel.compose.templates import template_from_html
 from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
 from bulkmail_kernel.db import Message, MessageBody, Suppression

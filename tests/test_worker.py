@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sending_support import make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns.campaigns import get_campaign, queue
+from bulkmail_kernel import get_campaign, queue
 from bulkmail_kernel.db import Campaign, Worker
 from bulkmail_kernel.engine.sending import run_worker, send
 from bulkmail_kernel.servers.sink import Sink

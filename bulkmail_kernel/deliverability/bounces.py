@@ -38,12 +38,7 @@ import sqlalchemy as sa
 from flufl.bounce import all_failures
 from sqlalchemy.orm import Session
 
-from bulkmail_kernel.campaigns.campaigns import (
-    VERP_TAG,
-    hash_token,
-    unsubscribe,
-    unsubscribe_address,
-)
+from bulkmail_kernel.compose.headers import VERP_TAG
 from bulkmail_kernel.db import (
     Campaign,
     ContactPoint,
@@ -57,6 +52,7 @@ from bulkmail_kernel.db import (
     open_database,
 )
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
+from bulkmail_kernel.outbox.suppressions import hash_token, unsubscribe, unsubscribe_address
 
 log = logging.getLogger("bulkmail")
 

@@ -845,7 +845,7 @@ DEMO_SINK_PORT = 2525
 
 def add_demo_sender(db: Database, *, port: int | None = None) -> None:
     """Create (or point again) the ``demo`` sender account at the local sink."""
-    from bulkmail_kernel.campaigns.campaigns import add_sender_account
+    from bulkmail_kernel.providers.accounts import add_sender_account
 
     env_port: str | int = os.environ.get("BULKMAIL_SINK_PORT", DEMO_SINK_PORT)
     add_sender_account(

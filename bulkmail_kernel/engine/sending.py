@@ -42,15 +42,7 @@ import pandas as pd
 import sqlalchemy as sa
 from tqdm.auto import tqdm
 
-from bulkmail_kernel.campaigns.campaigns import (
-    CampaignRef,
-    SenderInfo,
-    _database,
-    campaign_channel,
-    envelope_from,
-    get_campaign_row,
-    sender_of,
-)
+from bulkmail_kernel.compose.headers import envelope_from
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
@@ -62,6 +54,7 @@ from bulkmail_kernel.db import (
     MessageStatus,
     Suppression,
     Worker,
+    resolve_database,
 )
 from bulkmail_kernel.deliverability.dkim import (
     SIGNED_HEADERS,
@@ -71,7 +64,9 @@ from bulkmail_kernel.deliverability.dkim import (
 )
 from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock, SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
 from bulkmail_kernel.providers.sendpulse import REF_FIELDS
+from bulkmail_kernel.records import CampaignRef, SenderInfo, campaign_channel
 from bulkmail_kernel.transports import SendResult, Transport, open_transport
 
 log = logging.getLogger("bulkmail")
@@ -909,10 +904,10 @@ def send(
             "send: a transport is one connection: pass transport_factory (one transport per "
             "connection) to send over several, or leave connections at 1"
         )
-    database = _database(db, url)
+    database = resolve_database(db, url)
     retry = retry or RetryPolicy()
     with database.session() as s:
-        c = get_campaign_row(s, campaign)
+        c = campaign_row(s, campaign)
         if c.status == CampaignStatus.PAUSED.value:
             raise SendError(f"campaign {c.name!r} is paused: resume() it first", campaign=c.name)
         if c.status in (CampaignStatus.CANCELLED.value, CampaignStatus.DRAFT.value):
@@ -1183,7 +1178,7 @@ def run_worker(
         raise ConfigError(
             f"run_worker: connections={connections!r}: give a whole number, 1 or more"
         )
-    database = _database(db, url)
+    database = resolve_database(db, url)
     retry = retry or RetryPolicy()
     stop = stop or threading.Event()
     args = (database, poll_interval_s, stop, exit_when_idle, retry, clock, transport_factory)
@@ -1338,7 +1333,7 @@ def _has_open_work(database: Database) -> bool:
 
 def history(contact_id: int, *, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
     """Return everything that happened to contact ``contact_id``, oldest first."""
-    database = _database(db, url)
+    database = resolve_database(db, url)
     ev = Event.__table__
     query = (
         sa.select(
@@ -1371,9 +1366,9 @@ def campaign_report(
     campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
 ) -> pd.DataFrame:
     """Return the campaign's message count per status (every status, zeros included)."""
-    database = _database(db, url)
+    database = resolve_database(db, url)
     with database.session() as s:
-        cid = get_campaign_row(s, campaign).id
+        cid = campaign_row(s, campaign).id
     counts = OutboxStore(database, "report").counts(cid)
     statuses = [m.value for m in MessageStatus]
     frame = pd.DataFrame(
@@ -1389,7 +1384,7 @@ def campaign_failures(
     campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
 ) -> pd.DataFrame:
     """Return the failed, removed and unknown messages with their code and reason."""
-    from bulkmail_kernel.campaigns.campaigns import queue
+    from bulkmail_kernel.outbox.queue import queue
 
     bad = [MessageStatus.FAILED.value, MessageStatus.REMOVED.value, MessageStatus.UNKNOWN.value]
     frame = queue(campaign, status=bad, db=db, url=url)
@@ -1408,9 +1403,9 @@ def provider_status(
     as last seen (``sendpulse_report()`` asks SendPulse again). Empty when the campaign
     went out message by message (SMTP, EuroSMS) and has no provider-side campaign.
     """
-    database = _database(db, url)
+    database = resolve_database(db, url)
     with database.session() as s:
-        ref = dict(get_campaign_row(s, campaign).provider_ref or {})
+        ref = dict(campaign_row(s, campaign).provider_ref or {})
     rows = [
         [provider] + [dict(info or {}).get(k) for k in _PROVIDER_COLUMNS[1:]]
         for provider, info in sorted(ref.items())
@@ -1427,11 +1422,11 @@ def campaign_timeline(
     url: str | None = None,
 ) -> pd.DataFrame:
     """Return attempts per ``freq`` interval and outcome (sent, deferred, failed, ...)."""
-    database = _database(db, url)
+    database = resolve_database(db, url)
     ev = Event.__table__
     kinds = ["sent", "deferred", "failed", "unknown"]
     with database.session() as s:
-        cid = get_campaign_row(s, campaign).id
+        cid = campaign_row(s, campaign).id
         rows = s.execute(
             sa.select(ev.c.occurred_at, ev.c.kind).where(
                 ev.c.campaign_id == cid, ev.c.kind.in_(kinds)

@@ -29,6 +29,7 @@ import pandas as pd
 import sqlalchemy as sa
 from tqdm.auto import tqdm
 
+from bulkmail_kernel.campaigns.campaigns import template_of
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
@@ -42,6 +43,7 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.exceptions import ConfigError, ProviderError, SendError, TemplateError
+from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
 from bulkmail_kernel.transports.credentials import check_credential_ref, resolve_secret
 
 log = logging.getLogger("bulkmail")
@@ -612,11 +614,9 @@ def send_campaign_via_sendpulse(
     (draft), each with an event; the provider ids and status go into ``provider_ref``.
 
     """
-    from bulkmail_kernel.campaigns.campaigns import _campaign_template, get_campaign_row, sender_of
-
     database = db if db is not None else open_database(url)
     with database.session() as s:
-        c = get_campaign_row(s, campaign)
+        c = campaign_row(s, campaign)
         sender = sender_of(s, c)
         cid, cname, values = c.id, c.name, dict(c.values or {})
         ref = dict((c.provider_ref or {}).get("sendpulse") or {})
@@ -640,7 +640,7 @@ def send_campaign_via_sendpulse(
             raise SendError(
                 f"campaign {cname!r} is {c.status}: register() it first", campaign=cname
             )
-        tmpl = _campaign_template(c, None)
+        tmpl = template_of(c, None)
     frame = _recipients(database, cid)
     if frame.empty:
         raise SendError(f"campaign {cname!r} has no queued messages to hand over", campaign=cname)
@@ -815,11 +815,9 @@ def sendpulse_report(
     url: str | None = None,
 ) -> pd.DataFrame:
     """Return the campaign's SendPulse ids and status (asking SendPulse first when ``refresh``)."""
-    from bulkmail_kernel.campaigns.campaigns import get_campaign_row, sender_of
-
     database = db if db is not None else open_database(url)
     with database.session() as s:
-        c = get_campaign_row(s, campaign)
+        c = campaign_row(s, campaign)
         cid, cname = c.id, c.name
         ref = dict((c.provider_ref or {}).get("sendpulse") or {})
         sender = sender_of(s, c)

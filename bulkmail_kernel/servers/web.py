@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bulkmail_kernel.campaigns.campaigns import hash_token, unsubscribe
 from bulkmail_kernel.config import DEFAULT_LANGUAGE
 from bulkmail_kernel.db import Contact, ContactPoint, Database, UnsubscribeToken, open_database
+from bulkmail_kernel.outbox.suppressions import hash_token, unsubscribe
 
 log = logging.getLogger("bulkmail")
 
