@@ -46,7 +46,9 @@ if TYPE_CHECKING:
         render,
         template_from_html,
     )
-    from bulkmail_kernel.contacts.importer import ImportResult, contacts_frame, import_contacts
+    from bulkmail_kernel.contacts.frame import contacts_frame
+    from bulkmail_kernel.contacts.importer import import_contacts
+    from bulkmail_kernel.contacts.report import ImportResult
     from bulkmail_kernel.db import Database, open_database
     from bulkmail_kernel.deliverability.bounces import parse_bounce, process_mailbox
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
@@ -116,7 +118,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ExportError": ("bulkmail_kernel.exceptions", "ExportError"),
     "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
     "FilterSpec": ("bulkmail_kernel.segments.filters", "FilterSpec"),
-    "ImportResult": ("bulkmail_kernel.contacts.importer", "ImportResult"),
+    "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
     "RenderedMessage": ("bulkmail_kernel.compose.templates", "RenderedMessage"),
     "RetryPolicy": ("bulkmail_kernel.engine.sending", "RetryPolicy"),
@@ -138,7 +140,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "campaign_timeline": ("bulkmail_kernel.engine.sending", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
     "check_template": ("bulkmail_kernel.compose.templates", "check_template"),
-    "contacts_frame": ("bulkmail_kernel.contacts.importer", "contacts_frame"),
+    "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
     "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
     "create_unsubscribe_app": ("bulkmail_kernel.servers.web", "create_app"),
     "delete_segment": ("bulkmail_kernel.segments.filters", "delete_segment"),

@@ -102,7 +102,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
 def cmd_check_template(args: argparse.Namespace) -> int:
     """Render a template for every recipient of a segment and list the failures."""
     from bulkmail_kernel.compose.templates import check_template, load_template
-    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.segments.filters import segment_recipients
 
     frame = contacts_frame(url=args.db)
@@ -134,7 +134,7 @@ def cmd_segments(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a saved segment's recipients to .xlsx or .csv."""
-    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.segments.export import export_recipients
     from bulkmail_kernel.segments.filters import segment_recipients
 

@@ -39,7 +39,8 @@ from bulkmail_kernel.campaigns.campaigns import (
 )
 from bulkmail_kernel.compose.mime import build_mime
 from bulkmail_kernel.compose.templates import Mailbox, list_templates, load_template, render
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import (
     Database,
     Message,

@@ -265,7 +265,7 @@ def test_ascii_name_transliterates() -> None:
 
 
 def test_frame_shows_demo_data(database: dbmod.Database) -> None:
-    contacts_mod = pytest.importorskip("bulkmail_kernel.contacts.importer")
+    contacts_mod = pytest.importorskip("bulkmail_kernel.contacts.frame")
     _generate(database)
     frame = contacts_mod.contacts_frame(database)
     assert frame["contact_id"].nunique() == N

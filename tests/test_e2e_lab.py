@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts.importer import contacts_frame
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.demo.generate import generate_demo
 from bulkmail_kernel.segments.filters import FilterSpec, filter_recipients
 from bulkmail_kernel.servers.sink import free_port

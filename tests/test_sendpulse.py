@@ -21,7 +21,7 @@ from bulkmail_kernel.campaigns.campaigns import (
     register,
 )
 from bulkmail_kernel.compose.templates import template_from_html
-from bulkmail_kernel.contacts.importer import contacts_frame
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import (
     Campaign,
     Contact,

@@ -768,7 +768,7 @@ def unsubscribe_address(
     Returns False if no contact has it; the suppression is added anyway, so a later
     import of that address is not mailed.
     """
-    from bulkmail_kernel.contacts.importer import normalize_email, normalize_phone
+    from bulkmail_kernel.contacts.values import normalize_email, normalize_phone
 
     channel = point_channel(channel)
     try:
@@ -869,7 +869,7 @@ def _campaign_template(c: Campaign, template: Any) -> Any:
 
 
 def _recipients_of(c: Campaign, database: Database) -> pd.DataFrame:
-    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.segments.filters import segment_recipients
 
     if c.segment_id is None:
@@ -1250,7 +1250,7 @@ def send_samples(
 
     from bulkmail_kernel.compose.mime import build_mime
     from bulkmail_kernel.compose.templates import Mailbox, render
-    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.transports import open_transport
 
     if not to:

@@ -28,7 +28,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
-from bulkmail_kernel.contacts.importer import FRAME_COLUMNS
+from bulkmail_kernel.contacts.frame import FRAME_COLUMNS
 from bulkmail_kernel.db import Database, Segment, SegmentMember, open_database, utcnow
 from bulkmail_kernel.exceptions import FilterError, SegmentError
 
