@@ -88,16 +88,16 @@ if TYPE_CHECKING:
         sendpulse_report,
     )
     from bulkmail_kernel.segments.export import export_recipients
-    from bulkmail_kernel.segments.filters import (
-        FilterSpec,
+    from bulkmail_kernel.segments.filters import filter_recipients
+    from bulkmail_kernel.segments.saved import (
         delete_segment,
-        filter_recipients,
         list_segments,
         load_segment,
         rename_segment,
         save_segment,
         segment_recipients,
     )
+    from bulkmail_kernel.segments.spec import FilterSpec
     from bulkmail_kernel.servers.sink import Sink, start_sink
     from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
     from bulkmail_kernel.widgets.preview import preview, preview_warnings
@@ -117,7 +117,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "EuroSmsError": ("bulkmail_kernel.providers.eurosms", "EuroSmsError"),
     "ExportError": ("bulkmail_kernel.exceptions", "ExportError"),
     "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
-    "FilterSpec": ("bulkmail_kernel.segments.filters", "FilterSpec"),
+    "FilterSpec": ("bulkmail_kernel.segments.spec", "FilterSpec"),
     "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
     "RenderedMessage": ("bulkmail_kernel.compose.templates", "RenderedMessage"),
@@ -143,7 +143,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
     "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
     "create_unsubscribe_app": ("bulkmail_kernel.servers.web", "create_app"),
-    "delete_segment": ("bulkmail_kernel.segments.filters", "delete_segment"),
+    "delete_segment": ("bulkmail_kernel.segments.saved", "delete_segment"),
     "export_recipients": ("bulkmail_kernel.segments.export", "export_recipients"),
     "filter_recipients": ("bulkmail_kernel.segments.filters", "filter_recipients"),
     "fit_to_gsm7": ("bulkmail_kernel.compose.sms", "fit_to_gsm7"),
@@ -153,10 +153,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "history": ("bulkmail_kernel.engine.sending", "history"),
     "import_contacts": ("bulkmail_kernel.contacts.importer", "import_contacts"),
     "list_campaigns": ("bulkmail_kernel.campaigns.reports", "list_campaigns"),
-    "list_segments": ("bulkmail_kernel.segments.filters", "list_segments"),
+    "list_segments": ("bulkmail_kernel.segments.saved", "list_segments"),
     "list_suppressions": ("bulkmail_kernel.campaigns.reports", "list_suppressions"),
     "list_templates": ("bulkmail_kernel.compose.templates", "list_templates"),
-    "load_segment": ("bulkmail_kernel.segments.filters", "load_segment"),
+    "load_segment": ("bulkmail_kernel.segments.saved", "load_segment"),
     "load_template": ("bulkmail_kernel.compose.templates", "load_template"),
     "open_database": ("bulkmail_kernel.db", "open_database"),
     "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
@@ -170,14 +170,14 @@ _WHERE: dict[str, tuple[str, str]] = {
     "queue": ("bulkmail_kernel.campaigns.campaigns", "queue"),
     "register": ("bulkmail_kernel.campaigns.campaigns", "register"),
     "remove_from_queue": ("bulkmail_kernel.campaigns.campaigns", "remove_from_queue"),
-    "rename_segment": ("bulkmail_kernel.segments.filters", "rename_segment"),
+    "rename_segment": ("bulkmail_kernel.segments.saved", "rename_segment"),
     "render": ("bulkmail_kernel.compose.templates", "render"),
     "requeue": ("bulkmail_kernel.campaigns.campaigns", "requeue"),
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
     "run_worker": ("bulkmail_kernel.engine.sending", "run_worker"),
-    "save_segment": ("bulkmail_kernel.segments.filters", "save_segment"),
+    "save_segment": ("bulkmail_kernel.segments.saved", "save_segment"),
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
-    "segment_recipients": ("bulkmail_kernel.segments.filters", "segment_recipients"),
+    "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
     "send": ("bulkmail_kernel.engine.sending", "send"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",

@@ -16,7 +16,8 @@ import pytest
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.demo.generate import generate_demo
-from bulkmail_kernel.segments.filters import FilterSpec, filter_recipients
+from bulkmail_kernel.segments.filters import filter_recipients
+from bulkmail_kernel.segments.spec import FilterSpec
 from bulkmail_kernel.servers.sink import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -870,7 +870,7 @@ def _campaign_template(c: Campaign, template: Any) -> Any:
 
 def _recipients_of(c: Campaign, database: Database) -> pd.DataFrame:
     from bulkmail_kernel.contacts.frame import contacts_frame
-    from bulkmail_kernel.segments.filters import segment_recipients
+    from bulkmail_kernel.segments.saved import segment_recipients
 
     if c.segment_id is None:
         raise SendError(
