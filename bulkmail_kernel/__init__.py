@@ -35,15 +35,14 @@ if TYPE_CHECKING:
         unsubscribe_address,
     )
     from bulkmail_kernel.campaigns.reports import list_campaigns, list_suppressions, plot_timeline
+    from bulkmail_kernel.compose.checks import check_template, preview_warnings
     from bulkmail_kernel.compose.mime import build_mime
+    from bulkmail_kernel.compose.render import RenderedMessage, render
     from bulkmail_kernel.compose.sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
     from bulkmail_kernel.compose.templates import (
-        RenderedMessage,
         Template,
-        check_template,
         list_templates,
         load_template,
-        render,
         template_from_html,
     )
     from bulkmail_kernel.contacts.frame import contacts_frame
@@ -100,7 +99,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.segments.spec import FilterSpec
     from bulkmail_kernel.servers.sink import Sink, start_sink
     from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
-    from bulkmail_kernel.widgets.preview import preview, preview_warnings
+    from bulkmail_kernel.widgets.preview import preview
     from bulkmail_kernel.widgets.segments import segment_builder
 
 __version__ = "0.1.0"
@@ -120,7 +119,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "FilterSpec": ("bulkmail_kernel.segments.spec", "FilterSpec"),
     "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
-    "RenderedMessage": ("bulkmail_kernel.compose.templates", "RenderedMessage"),
+    "RenderedMessage": ("bulkmail_kernel.compose.render", "RenderedMessage"),
     "RetryPolicy": ("bulkmail_kernel.engine.sending", "RetryPolicy"),
     "SegmentError": ("bulkmail_kernel.exceptions", "SegmentError"),
     "SendError": ("bulkmail_kernel.exceptions", "SendError"),
@@ -139,7 +138,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "campaign_report": ("bulkmail_kernel.engine.sending", "campaign_report"),
     "campaign_timeline": ("bulkmail_kernel.engine.sending", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
-    "check_template": ("bulkmail_kernel.compose.templates", "check_template"),
+    "check_template": ("bulkmail_kernel.compose.checks", "check_template"),
     "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
     "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
     "create_unsubscribe_app": ("bulkmail_kernel.servers.web", "create_app"),
@@ -164,14 +163,14 @@ _WHERE: dict[str, tuple[str, str]] = {
     "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
     "poll_delivery_reports": ("bulkmail_kernel.providers.eurosms", "poll_delivery_reports"),
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),
-    "preview_warnings": ("bulkmail_kernel.widgets.preview", "preview_warnings"),
+    "preview_warnings": ("bulkmail_kernel.compose.checks", "preview_warnings"),
     "process_mailbox": ("bulkmail_kernel.deliverability.bounces", "process_mailbox"),
     "provider_status": ("bulkmail_kernel.engine.sending", "provider_status"),
     "queue": ("bulkmail_kernel.campaigns.campaigns", "queue"),
     "register": ("bulkmail_kernel.campaigns.campaigns", "register"),
     "remove_from_queue": ("bulkmail_kernel.campaigns.campaigns", "remove_from_queue"),
     "rename_segment": ("bulkmail_kernel.segments.saved", "rename_segment"),
-    "render": ("bulkmail_kernel.compose.templates", "render"),
+    "render": ("bulkmail_kernel.compose.render", "render"),
     "requeue": ("bulkmail_kernel.campaigns.campaigns", "requeue"),
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
     "run_worker": ("bulkmail_kernel.engine.sending", "run_worker"),

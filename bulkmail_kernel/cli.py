@@ -101,7 +101,8 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 def cmd_check_template(args: argparse.Namespace) -> int:
     """Render a template for every recipient of a segment and list the failures."""
-    from bulkmail_kernel.compose.templates import check_template, load_template
+    from bulkmail_kernel.compose.checks import check_template
+    from bulkmail_kernel.compose.templates import load_template
     from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.segments.saved import segment_recipients
 

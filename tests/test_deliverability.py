@@ -38,7 +38,8 @@ from bulkmail_kernel.campaigns.campaigns import (
     unsubscribe_mailto,
 )
 from bulkmail_kernel.compose.mime import build_mime
-from bulkmail_kernel.compose.templates import Mailbox, list_templates, load_template, render
+from bulkmail_kernel.compose.render import Mailbox, render
+from bulkmail_kernel.compose.templates import list_templates, load_template
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import (

@@ -915,8 +915,8 @@ def register(
     from dataclasses import replace as dc_replace
 
     from bulkmail_kernel.compose.mime import build_mime
+    from bulkmail_kernel.compose.render import Mailbox, render
     from bulkmail_kernel.compose.sms import fit_to_gsm7 as fit_text
-    from bulkmail_kernel.compose.templates import Mailbox, render
 
     database = _database(db, url)
     with database.session() as s:
@@ -1249,7 +1249,7 @@ def send_samples(
     from dataclasses import replace as dc_replace
 
     from bulkmail_kernel.compose.mime import build_mime
-    from bulkmail_kernel.compose.templates import Mailbox, render
+    from bulkmail_kernel.compose.render import Mailbox, render
     from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.transports import open_transport
 
