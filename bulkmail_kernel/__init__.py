@@ -25,18 +25,19 @@ if TYPE_CHECKING:
     from bulkmail_kernel.campaigns.registration import register, skipped
     from bulkmail_kernel.campaigns.reports import list_campaigns, list_suppressions, plot_timeline
     from bulkmail_kernel.campaigns.samples import test_send
+    from bulkmail_kernel.compose.checks import check_template, preview_warnings
     from bulkmail_kernel.compose.mime import build_mime
+    from bulkmail_kernel.compose.render import RenderedMessage, render
     from bulkmail_kernel.compose.sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
     from bulkmail_kernel.compose.templates import (
-        RenderedMessage,
         Template,
-        check_template,
         list_templates,
         load_template,
-        render,
         template_from_html,
     )
-    from bulkmail_kernel.contacts.importer import ImportResult, contacts_frame, import_contacts
+    from bulkmail_kernel.contacts.frame import contacts_frame
+    from bulkmail_kernel.contacts.importer import import_contacts
+    from bulkmail_kernel.contacts.report import ImportResult
     from bulkmail_kernel.db import Database, open_database
     from bulkmail_kernel.deliverability.bounces import parse_bounce, process_mailbox
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
@@ -80,19 +81,19 @@ if TYPE_CHECKING:
     )
     from bulkmail_kernel.records import CampaignInfo, SenderInfo
     from bulkmail_kernel.segments.export import export_recipients
-    from bulkmail_kernel.segments.filters import (
-        FilterSpec,
+    from bulkmail_kernel.segments.filters import filter_recipients
+    from bulkmail_kernel.segments.saved import (
         delete_segment,
-        filter_recipients,
         list_segments,
         load_segment,
         rename_segment,
         save_segment,
         segment_recipients,
     )
+    from bulkmail_kernel.segments.spec import FilterSpec
     from bulkmail_kernel.servers.sink import Sink, start_sink
     from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
-    from bulkmail_kernel.widgets.preview import preview, preview_warnings
+    from bulkmail_kernel.widgets.preview import preview
     from bulkmail_kernel.widgets.segments import segment_builder
 
 __version__ = "0.1.0"
@@ -109,10 +110,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "EuroSmsError": ("bulkmail_kernel.providers.eurosms", "EuroSmsError"),
     "ExportError": ("bulkmail_kernel.exceptions", "ExportError"),
     "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
-    "FilterSpec": ("bulkmail_kernel.segments.filters", "FilterSpec"),
-    "ImportResult": ("bulkmail_kernel.contacts.importer", "ImportResult"),
+    "FilterSpec": ("bulkmail_kernel.segments.spec", "FilterSpec"),
+    "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
-    "RenderedMessage": ("bulkmail_kernel.compose.templates", "RenderedMessage"),
+    "RenderedMessage": ("bulkmail_kernel.compose.render", "RenderedMessage"),
     "RetryPolicy": ("bulkmail_kernel.engine.sending", "RetryPolicy"),
     "SegmentError": ("bulkmail_kernel.exceptions", "SegmentError"),
     "SendError": ("bulkmail_kernel.exceptions", "SendError"),
@@ -131,11 +132,11 @@ _WHERE: dict[str, tuple[str, str]] = {
     "campaign_report": ("bulkmail_kernel.engine.sending", "campaign_report"),
     "campaign_timeline": ("bulkmail_kernel.engine.sending", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
-    "check_template": ("bulkmail_kernel.compose.templates", "check_template"),
-    "contacts_frame": ("bulkmail_kernel.contacts.importer", "contacts_frame"),
+    "check_template": ("bulkmail_kernel.compose.checks", "check_template"),
+    "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
     "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
     "create_unsubscribe_app": ("bulkmail_kernel.servers.web", "create_app"),
-    "delete_segment": ("bulkmail_kernel.segments.filters", "delete_segment"),
+    "delete_segment": ("bulkmail_kernel.segments.saved", "delete_segment"),
     "export_recipients": ("bulkmail_kernel.segments.export", "export_recipients"),
     "filter_recipients": ("bulkmail_kernel.segments.filters", "filter_recipients"),
     "fit_to_gsm7": ("bulkmail_kernel.compose.sms", "fit_to_gsm7"),
@@ -145,10 +146,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "history": ("bulkmail_kernel.engine.sending", "history"),
     "import_contacts": ("bulkmail_kernel.contacts.importer", "import_contacts"),
     "list_campaigns": ("bulkmail_kernel.campaigns.reports", "list_campaigns"),
-    "list_segments": ("bulkmail_kernel.segments.filters", "list_segments"),
+    "list_segments": ("bulkmail_kernel.segments.saved", "list_segments"),
     "list_suppressions": ("bulkmail_kernel.campaigns.reports", "list_suppressions"),
     "list_templates": ("bulkmail_kernel.compose.templates", "list_templates"),
-    "load_segment": ("bulkmail_kernel.segments.filters", "load_segment"),
+    "load_segment": ("bulkmail_kernel.segments.saved", "load_segment"),
     "load_template": ("bulkmail_kernel.compose.templates", "load_template"),
     "open_database": ("bulkmail_kernel.db", "open_database"),
     "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
@@ -156,20 +157,20 @@ _WHERE: dict[str, tuple[str, str]] = {
     "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
     "poll_delivery_reports": ("bulkmail_kernel.providers.eurosms", "poll_delivery_reports"),
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),
-    "preview_warnings": ("bulkmail_kernel.widgets.preview", "preview_warnings"),
+    "preview_warnings": ("bulkmail_kernel.compose.checks", "preview_warnings"),
     "process_mailbox": ("bulkmail_kernel.deliverability.bounces", "process_mailbox"),
     "provider_status": ("bulkmail_kernel.engine.sending", "provider_status"),
     "queue": ("bulkmail_kernel.outbox.queue", "queue"),
     "register": ("bulkmail_kernel.campaigns.registration", "register"),
     "remove_from_queue": ("bulkmail_kernel.outbox.queue", "remove_from_queue"),
-    "rename_segment": ("bulkmail_kernel.segments.filters", "rename_segment"),
-    "render": ("bulkmail_kernel.compose.templates", "render"),
+    "rename_segment": ("bulkmail_kernel.segments.saved", "rename_segment"),
+    "render": ("bulkmail_kernel.compose.render", "render"),
     "requeue": ("bulkmail_kernel.outbox.queue", "requeue"),
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
     "run_worker": ("bulkmail_kernel.engine.sending", "run_worker"),
-    "save_segment": ("bulkmail_kernel.segments.filters", "save_segment"),
+    "save_segment": ("bulkmail_kernel.segments.saved", "save_segment"),
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
-    "segment_recipients": ("bulkmail_kernel.segments.filters", "segment_recipients"),
+    "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
     "send": ("bulkmail_kernel.engine.sending", "send"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",

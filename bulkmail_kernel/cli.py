@@ -101,9 +101,10 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 def cmd_check_template(args: argparse.Namespace) -> int:
     """Render a template for every recipient of a segment and list the failures."""
-    from bulkmail_kernel.compose.templates import check_template, load_template
-    from bulkmail_kernel.contacts.importer import contacts_frame
-    from bulkmail_kernel.segments.filters import segment_recipients
+    from bulkmail_kernel.compose.checks import check_template
+    from bulkmail_kernel.compose.templates import load_template
+    from bulkmail_kernel.contacts.frame import contacts_frame
+    from bulkmail_kernel.segments.saved import segment_recipients
 
     frame = contacts_frame(url=args.db)
     if args.segment:
@@ -116,7 +117,7 @@ def cmd_check_template(args: argparse.Namespace) -> int:
 
 def cmd_segments(args: argparse.Namespace) -> int:
     """List, show, rename or delete saved segments."""
-    from bulkmail_kernel.segments import filters as segments
+    from bulkmail_kernel.segments import saved as segments
 
     if args.action == "list":
         _print_frame(segments.list_segments(url=args.db))
@@ -134,9 +135,9 @@ def cmd_segments(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a saved segment's recipients to .xlsx or .csv."""
-    from bulkmail_kernel.contacts.importer import contacts_frame
+    from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.segments.export import export_recipients
-    from bulkmail_kernel.segments.filters import segment_recipients
+    from bulkmail_kernel.segments.saved import segment_recipients
 
     frame = contacts_frame(url=args.db)
     chosen = segment_recipients(

@@ -24,7 +24,8 @@ import sqlalchemy as sa
 
 import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
 from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces, process_mailbox
 from bulkmail_kernel.engine.sending import send

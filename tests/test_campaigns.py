@@ -15,7 +15,8 @@ import sqlalchemy as sa
 import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.compose.templates import template_from_html
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import Suppression, UnsubscribeToken
 from bulkmail_kernel.engine.sending import history, send
 from bulkmail_kernel.exceptions import ConfigError, SendError

@@ -36,8 +36,10 @@ from bulkmail_kernel import (
 from bulkmail_kernel.campaigns.samples import send_samples
 from bulkmail_kernel.compose.headers import list_id, unsubscribe_mailto
 from bulkmail_kernel.compose.mime import build_mime
-from bulkmail_kernel.compose.templates import Mailbox, list_templates, load_template, render
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel.compose.render import Mailbox, render
+from bulkmail_kernel.compose.templates import list_templates, load_template
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import (
     Database,
     Message,

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts.importer import contacts_frame
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.demo.generate import generate_demo
-from bulkmail_kernel.segments.filters import FilterSpec, filter_recipients
+from bulkmail_kernel.segments.filters import filter_recipients
+from bulkmail_kernel.segments.spec import FilterSpec
 from bulkmail_kernel.servers.sink import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

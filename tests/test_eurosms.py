@@ -24,7 +24,8 @@ from bulkmail_kernel import (
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template, load_template, template_from_html
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import (
     Campaign,
     Contact,

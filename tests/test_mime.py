@@ -17,7 +17,8 @@ from bulkmail_kernel.compose.mime import (
     encode_header,
     new_message_id,
 )
-from bulkmail_kernel.compose.templates import Mailbox, load_template, render, template_from_html
+from bulkmail_kernel.compose.render import Mailbox, render
+from bulkmail_kernel.compose.templates import load_template, template_from_html
 from bulkmail_kernel.exceptions import BulkmailError, SendError, TemplateError
 
 REPO_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"

@@ -15,7 +15,7 @@ from fakes.sendpulse_fake import SendPulseFake, running_sendpulse
 from bulkmail_kernel import add_sender_account, create_campaign, get_campaign, queue, register
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.compose.templates import template_from_html
-from bulkmail_kernel.contacts.importer import contacts_frame
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import (
     Campaign,
     Contact,

@@ -11,17 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bulkmail_kernel.compose.checks import check_template
 from bulkmail_kernel.compose.mime import build_mime
-from bulkmail_kernel.compose.templates import (
-    check_template,
-    format_date,
-    list_templates,
-    load_template,
-    render,
-    row_to_context,
-    salutation,
-    template_from_html,
-)
+from bulkmail_kernel.compose.render import render
+from bulkmail_kernel.compose.sandbox import format_date, row_to_context, salutation
+from bulkmail_kernel.compose.templates import list_templates, load_template, template_from_html
 from bulkmail_kernel.exceptions import TemplateError
 
 REPO_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"

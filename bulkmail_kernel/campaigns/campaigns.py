@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel.compose.templates import Template, load_template, template_from_html
-from bulkmail_kernel.contacts.importer import contacts_frame
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
@@ -28,7 +28,7 @@ from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row
 from bulkmail_kernel.outbox.queue import REMOVABLE, queue, remove_from_queue
 from bulkmail_kernel.records import CampaignInfo, CampaignRef, campaign_channel
-from bulkmail_kernel.segments.filters import segment_recipients
+from bulkmail_kernel.segments.saved import segment_recipients
 
 
 def get_campaign(

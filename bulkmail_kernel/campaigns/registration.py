@@ -26,9 +26,9 @@ from bulkmail_kernel.compose.headers import (
     unsubscribe_url,
 )
 from bulkmail_kernel.compose.mime import build_mime
+from bulkmail_kernel.compose.render import Mailbox, render
 from bulkmail_kernel.compose.sms import fit_to_gsm7 as fit_text
 from bulkmail_kernel.compose.sms import sms_segments
-from bulkmail_kernel.compose.templates import Mailbox, render
 from bulkmail_kernel.db import (
     CampaignStatus,
     ContactPoint,

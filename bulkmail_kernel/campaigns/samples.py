@@ -19,9 +19,9 @@ from bulkmail_kernel.compose.headers import (
     unsubscribe_url,
 )
 from bulkmail_kernel.compose.mime import build_mime
+from bulkmail_kernel.compose.render import Mailbox, render
 from bulkmail_kernel.compose.sms import fit_to_gsm7
-from bulkmail_kernel.compose.templates import Mailbox, render
-from bulkmail_kernel.contacts.importer import contacts_frame
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import Database, Message, resolve_database, utcnow
 from bulkmail_kernel.deliverability.dkim import SIGNED_HEADERS, prepare_outgoing, signer_for
 from bulkmail_kernel.exceptions import SendError

@@ -26,13 +26,8 @@ from email.message import EmailMessage, MIMEPart
 from email.utils import encode_rfc2231, format_datetime, make_msgid
 from functools import lru_cache
 
-from bulkmail_kernel.compose.templates import (
-    Attachment,
-    InlineImage,
-    Mailbox,
-    RenderedMessage,
-    clean_header_value,
-)
+from bulkmail_kernel.compose.render import Mailbox, RenderedMessage, clean_header_value
+from bulkmail_kernel.compose.templates import Attachment, InlineImage
 from bulkmail_kernel.exceptions import SendError, TemplateError
 
 CRLF = b"\r\n"

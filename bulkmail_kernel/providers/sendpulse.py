@@ -465,7 +465,7 @@ def _refuse_statements(text: str, part: str, template: str) -> None:
 
 
 def _check_placeholders(text: str, part: str, template: str) -> None:
-    from bulkmail_kernel.compose.templates import SENDPULSE_VARIABLES
+    from bulkmail_kernel.compose.checks import SENDPULSE_VARIABLES
 
     for match in _PLACEHOLDER.finditer(text):
         inner = match.group(1).strip()
@@ -519,7 +519,8 @@ def _recipients(database: Database, cid: int) -> pd.DataFrame:
 
 def _body(tmpl: Any, values: dict[str, Any], frame: pd.DataFrame, name: str) -> tuple[str, str]:
     """Check the template for SendPulse and return (subject, html) with SendPulse merge tags."""
-    from bulkmail_kernel.compose.templates import check_template, render
+    from bulkmail_kernel.compose.checks import check_template
+    from bulkmail_kernel.compose.render import render
 
     problems = check_template(tmpl, frame, values=values, provider="sendpulse")
     if not problems.empty:
