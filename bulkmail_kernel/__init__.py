@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from bulkmail_kernel.contacts.importer import import_contacts
     from bulkmail_kernel.contacts.report import ImportResult
     from bulkmail_kernel.db import Database, open_database
-    from bulkmail_kernel.deliverability.bounces import parse_bounce, process_mailbox
+    from bulkmail_kernel.deliverability.bounces import parse_bounce
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
+    from bulkmail_kernel.deliverability.mailbox import process_mailbox
     from bulkmail_kernel.demo.generate import generate_demo
     from bulkmail_kernel.engine.sending import (
         RetryPolicy,
@@ -158,7 +159,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "poll_delivery_reports": ("bulkmail_kernel.providers.eurosms", "poll_delivery_reports"),
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),
     "preview_warnings": ("bulkmail_kernel.compose.checks", "preview_warnings"),
-    "process_mailbox": ("bulkmail_kernel.deliverability.bounces", "process_mailbox"),
+    "process_mailbox": ("bulkmail_kernel.deliverability.mailbox", "process_mailbox"),
     "provider_status": ("bulkmail_kernel.engine.sending", "provider_status"),
     "queue": ("bulkmail_kernel.outbox.queue", "queue"),
     "register": ("bulkmail_kernel.campaigns.registration", "register"),

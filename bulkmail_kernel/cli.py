@@ -252,7 +252,7 @@ def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
 
 def cmd_bounces(args: argparse.Namespace) -> int:
     """Process the account's bounce mailbox over IMAP and print what was done."""
-    from bulkmail_kernel.deliverability.bounces import process_mailbox
+    from bulkmail_kernel.deliverability.mailbox import process_mailbox
 
     _print_frame(process_mailbox(args.account, url=args.db))
     return 0
