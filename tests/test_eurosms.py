@@ -13,9 +13,12 @@ import sqlalchemy as sa
 from fakes.eurosms_fake import EuroSmsFake, running_eurosms
 
 from bulkmail_kernel import (
+    EuroSmsError,
+    add_eurosms_account,
     add_sender_account,
     create_campaign,
     get_campaign,
+    poll_delivery_reports,
     queue,
     register,
     skipped,
@@ -39,14 +42,11 @@ from bulkmail_kernel.db import (
 from bulkmail_kernel.engine.sending import RetryPolicy, history, run_worker, send
 from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError
-from bulkmail_kernel.providers.eurosms import (
+from bulkmail_kernel.transports.eurosms import (
     DEFAULT_BASE_URL,
     EuroSmsClient,
-    EuroSmsError,
     EuroSmsTransport,
-    add_eurosms_account,
     client_from_settings,
-    poll_delivery_reports,
     rcpt_number,
     sign,
     sms_flags,
