@@ -42,7 +42,6 @@ PROVIDER_TZ = ZoneInfo("Europe/Bratislava")
 FATAL_CODES = frozenset({"WRONG_SIGNATURE", "WRONG_IID", "WRONG_SENDER", "NO_BALANCE"})
 RETRY_CODES = frozenset({"TOO_MANY_MESSAGES"})
 
-_DATE_LINE = re.compile(rb"\ADate: [^\r\n]*\r\n")
 # uuids are joined into messages.provider_message_id (300 characters at most).
 _PMID_MAX = 300
 
@@ -255,11 +254,8 @@ class EuroSmsTransport:
 
     def send(self, message: bytes, *, mail_from: str, rcpt_to: str) -> SendResult:
         """Send the SMS text ``message`` (UTF-8) to the E.164 number ``rcpt_to``."""
-        # The engine sends SMS bodies bare, but a caller reusing the e-mail path may prefix
-        # a Date header; an SMS has no headers, so such a line is never part of the text.
-        raw = _DATE_LINE.sub(b"", message, count=1)
         try:
-            text = raw.decode("utf-8")
+            text = message.decode("utf-8")
         except UnicodeDecodeError as exc:
             return SendResult("failed", None, f"SMS to {rcpt_to}: the text is not UTF-8: {exc}")
         if not text.strip():
