@@ -68,13 +68,8 @@ if TYPE_CHECKING:
     from bulkmail_kernel.outbox.queue import queue, remove_from_queue, requeue, unknown_messages
     from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
     from bulkmail_kernel.providers.accounts import add_sender_account
-    from bulkmail_kernel.providers.eurosms import (
-        EuroSmsError,
-        add_eurosms_account,
-        poll_delivery_reports,
-    )
+    from bulkmail_kernel.providers.eurosms import add_eurosms_account, poll_delivery_reports
     from bulkmail_kernel.providers.sendpulse import (
-        SendPulseError,
         SendPulseResult,
         add_sendpulse_account,
         send_campaign_via_sendpulse,
@@ -94,6 +89,8 @@ if TYPE_CHECKING:
     from bulkmail_kernel.segments.spec import FilterSpec
     from bulkmail_kernel.servers.sink import Sink, start_sink
     from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
+    from bulkmail_kernel.transports.eurosms import EuroSmsError
+    from bulkmail_kernel.transports.sendpulse import SendPulseError
     from bulkmail_kernel.widgets.preview import preview
     from bulkmail_kernel.widgets.segments import segment_builder
 
@@ -108,7 +105,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ConfigError": ("bulkmail_kernel.exceptions", "ConfigError"),
     "ContactImportError": ("bulkmail_kernel.exceptions", "ContactImportError"),
     "Database": ("bulkmail_kernel.db", "Database"),
-    "EuroSmsError": ("bulkmail_kernel.providers.eurosms", "EuroSmsError"),
+    "EuroSmsError": ("bulkmail_kernel.transports.eurosms", "EuroSmsError"),
     "ExportError": ("bulkmail_kernel.exceptions", "ExportError"),
     "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
     "FilterSpec": ("bulkmail_kernel.segments.spec", "FilterSpec"),
@@ -118,7 +115,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "RetryPolicy": ("bulkmail_kernel.engine.sending", "RetryPolicy"),
     "SegmentError": ("bulkmail_kernel.exceptions", "SegmentError"),
     "SendError": ("bulkmail_kernel.exceptions", "SendError"),
-    "SendPulseError": ("bulkmail_kernel.providers.sendpulse", "SendPulseError"),
+    "SendPulseError": ("bulkmail_kernel.transports.sendpulse", "SendPulseError"),
     "SendPulseResult": ("bulkmail_kernel.providers.sendpulse", "SendPulseResult"),
     "SendSummary": ("bulkmail_kernel.engine.sending", "SendSummary"),
     "SenderInfo": ("bulkmail_kernel.records", "SenderInfo"),

@@ -26,9 +26,9 @@ from bulkmail_kernel.db import Database, Message, resolve_database, utcnow
 from bulkmail_kernel.deliverability.dkim import SIGNED_HEADERS, prepare_outgoing, signer_for
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
-from bulkmail_kernel.providers.eurosms import e164
 from bulkmail_kernel.records import CampaignRef, campaign_channel
 from bulkmail_kernel.transports import open_transport
+from bulkmail_kernel.transports.eurosms import e164
 
 
 def send_samples(

@@ -64,8 +64,8 @@ from bulkmail_kernel.deliverability.dkim import (
 )
 from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock, SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.handover import REF_FIELDS
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
-from bulkmail_kernel.providers.sendpulse import REF_FIELDS
 from bulkmail_kernel.records import CampaignRef, SenderInfo, campaign_channel
 from bulkmail_kernel.transports import SendResult, Transport, open_transport
 
