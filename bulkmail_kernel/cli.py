@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -376,13 +377,34 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and fresh VMs often run as root
     print("starting JupyterLab:", " ".join(cmd[2:]))
+    lab = None
+
+    def stop_on_sigterm(signum: int, frame: object) -> None:
+        # systemctl stop and docker stop send SIGTERM (docker to this process alone, its PID 1):
+        # leave the wait as Ctrl-C does, so the finally below stops everything (issue 12).
+        raise SystemExit(0)  # JupyterLab too exits 0 when SIGTERM stops it
+
+    previous_term = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        return subprocess.call(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+        lab = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+        return lab.wait()
     finally:
+        # A second signal must not cut this short and leave JupyterLab unreaped.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if lab is not None and lab.poll() is None:
+            lab.terminate()  # JupyterLab shuts its kernels down on SIGTERM
+            try:
+                lab.wait(10)
+            except subprocess.TimeoutExpired:
+                lab.kill()
+                lab.wait()
         if sink is not None:
             sink.stop()
         if unsub is not None:
             unsub.stop()
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 # --------------------------------------------------------------------------- parser

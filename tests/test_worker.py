@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from process_support import stop
 from sending_support import make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
@@ -86,21 +87,27 @@ def test_kill_9_at_random_points_never_duplicates_or_loses(db_url: str, sink: Si
     # milliseconds later: mid-batch, between sending and recording, or while claiming.
     for round_ in range(4):
         proc = _worker(db_url)
-        target = len(sink.messages) + (0 if round_ == 0 else rng.randint(1, 250))
-        deadline = time.monotonic() + 60
-        while len(sink.messages) < target and proc.poll() is None:
-            assert time.monotonic() < deadline, "the worker sent nothing for 60 s"
-            time.sleep(0.001)
-        # Round 0 kills during start-up or the first claim, before anything was sent.
-        time.sleep(rng.uniform(0.3, 1.5) if round_ == 0 else rng.uniform(0, 0.02))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=30)
+        try:
+            target = len(sink.messages) + (0 if round_ == 0 else rng.randint(1, 250))
+            deadline = time.monotonic() + 60
+            while len(sink.messages) < target and proc.poll() is None:
+                assert time.monotonic() < deadline, "the worker sent nothing for 60 s"
+                time.sleep(0.001)
+            # Round 0 kills during start-up or the first claim, before anything was sent.
+            time.sleep(rng.uniform(0.3, 1.5) if round_ == 0 else rng.uniform(0, 0.02))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+            proc.communicate(timeout=30)
+        finally:
+            stop(proc)
     assert kills == 4
     assert len(sink.messages) < n  # the last worker still has work to finish
     final = _worker(db_url)
-    _, err = final.communicate(timeout=300)
+    try:
+        _, err = final.communicate(timeout=300)
+    finally:
+        stop(final)
     assert final.returncode == 0, err.decode()
     frame = queue(cid, db=database)
     status = dict(zip(frame["message_id_header"], frame["status"].astype(str), strict=True))
@@ -132,9 +139,13 @@ def test_three_workers_on_postgresql_share_the_rate(pg_url: str, sink: Sink) -> 
     cid = make_campaign(database, n, rate_per_hour=rate, burst=1, status="scheduled")
     start = time.monotonic()
     procs = [_worker(pg_url) for _ in range(3)]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err.decode()
+    finally:
+        for p in procs:
+            stop(p)
     elapsed = time.monotonic() - start
     accepted = Counter(m.message_id for m in sink.messages)
     assert len(accepted) == n
@@ -164,12 +175,15 @@ def test_kill_9_of_an_unthrottled_send_leaves_at_most_50_in_doubt(db_url: str, s
         f"send({cid}, rate_per_hour=math.inf, progress=False, connections=2, url={db_url!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while len(sink.messages) < 290 and proc.poll() is None:
-        assert time.monotonic() < deadline, "send() sent nothing for 60 s"
-        time.sleep(0.001)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while len(sink.messages) < 290 and proc.poll() is None:
+            assert time.monotonic() < deadline, "send() sent nothing for 60 s"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        stop(proc)
     before = len(sink.messages)
     assert before < n  # killed mid-campaign
     # The next send() recovers the dead one's claims and finishes the campaign.
