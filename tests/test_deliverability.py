@@ -34,6 +34,7 @@ from bulkmail_kernel import (
     register,
 )
 from bulkmail_kernel.campaigns.samples import send_samples
+from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.compose.headers import list_id, unsubscribe_mailto
 from bulkmail_kernel.compose.mime import build_mime
 from bulkmail_kernel.compose.templates import Mailbox, list_templates, load_template, render
@@ -52,7 +53,6 @@ from bulkmail_kernel.deliverability.dkim import (
     prepare_outgoing,
 )
 from bulkmail_kernel.engine.sending import run_worker, send
-from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.servers.sink import Sink, start_sink

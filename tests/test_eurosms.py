@@ -22,6 +22,7 @@ from bulkmail_kernel import (
     test_send,
 )
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template, load_template, template_from_html
 from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
@@ -37,7 +38,6 @@ from bulkmail_kernel.db import (
     UnsubscribeToken,
 )
 from bulkmail_kernel.engine.sending import RetryPolicy, history, run_worker, send
-from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.providers.eurosms import (
     DEFAULT_BASE_URL,

@@ -25,6 +25,7 @@ from bulkmail_kernel import (
     unknown_messages,
 )
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.db import ContactPoint, Event, Message, Suppression, Worker
 from bulkmail_kernel.engine.sending import (
     OutboxStore,
@@ -34,7 +35,6 @@ from bulkmail_kernel.engine.sending import (
     run_worker,
     send,
 )
-from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.servers.sink import Sink, SinkRules, start_sink
 from bulkmail_kernel.transports import SendResult
