@@ -23,7 +23,16 @@ if TYPE_CHECKING:
         resume,
     )
     from bulkmail_kernel.campaigns.registration import register, skipped
-    from bulkmail_kernel.campaigns.reports import list_campaigns, list_suppressions, plot_timeline
+    from bulkmail_kernel.campaigns.reports import (
+        campaign_failures,
+        campaign_report,
+        campaign_timeline,
+        history,
+        list_campaigns,
+        list_suppressions,
+        plot_timeline,
+        provider_status,
+    )
     from bulkmail_kernel.campaigns.samples import test_send
     from bulkmail_kernel.compose.mime import build_mime
     from bulkmail_kernel.compose.sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
@@ -41,17 +50,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.deliverability.bounces import parse_bounce, process_mailbox
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
     from bulkmail_kernel.demo.generate import generate_demo
-    from bulkmail_kernel.engine.sending import (
-        RetryPolicy,
-        SendSummary,
-        campaign_failures,
-        campaign_report,
-        campaign_timeline,
-        history,
-        provider_status,
-        run_worker,
-        send,
-    )
+    from bulkmail_kernel.engine.sending import RetryPolicy, SendSummary, run_worker, send
     from bulkmail_kernel.exceptions import (
         BulkmailError,
         ConfigError,
@@ -127,9 +126,9 @@ _WHERE: dict[str, tuple[str, str]] = {
     "add_sender_account": ("bulkmail_kernel.providers.accounts", "add_sender_account"),
     "add_sendpulse_account": ("bulkmail_kernel.providers.sendpulse", "add_sendpulse_account"),
     "build_mime": ("bulkmail_kernel.compose.mime", "build_mime"),
-    "campaign_failures": ("bulkmail_kernel.engine.sending", "campaign_failures"),
-    "campaign_report": ("bulkmail_kernel.engine.sending", "campaign_report"),
-    "campaign_timeline": ("bulkmail_kernel.engine.sending", "campaign_timeline"),
+    "campaign_failures": ("bulkmail_kernel.campaigns.reports", "campaign_failures"),
+    "campaign_report": ("bulkmail_kernel.campaigns.reports", "campaign_report"),
+    "campaign_timeline": ("bulkmail_kernel.campaigns.reports", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
     "check_template": ("bulkmail_kernel.compose.templates", "check_template"),
     "contacts_frame": ("bulkmail_kernel.contacts.importer", "contacts_frame"),
@@ -142,7 +141,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "generate_demo": ("bulkmail_kernel.demo.generate", "generate_demo"),
     "generate_dkim_key": ("bulkmail_kernel.deliverability.dkim", "generate_dkim_key"),
     "get_campaign": ("bulkmail_kernel.campaigns.campaigns", "get_campaign"),
-    "history": ("bulkmail_kernel.engine.sending", "history"),
+    "history": ("bulkmail_kernel.campaigns.reports", "history"),
     "import_contacts": ("bulkmail_kernel.contacts.importer", "import_contacts"),
     "list_campaigns": ("bulkmail_kernel.campaigns.reports", "list_campaigns"),
     "list_segments": ("bulkmail_kernel.segments.filters", "list_segments"),
@@ -158,7 +157,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),
     "preview_warnings": ("bulkmail_kernel.widgets.preview", "preview_warnings"),
     "process_mailbox": ("bulkmail_kernel.deliverability.bounces", "process_mailbox"),
-    "provider_status": ("bulkmail_kernel.engine.sending", "provider_status"),
+    "provider_status": ("bulkmail_kernel.campaigns.reports", "provider_status"),
     "queue": ("bulkmail_kernel.outbox.queue", "queue"),
     "register": ("bulkmail_kernel.campaigns.registration", "register"),
     "remove_from_queue": ("bulkmail_kernel.outbox.queue", "remove_from_queue"),

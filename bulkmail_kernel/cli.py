@@ -220,7 +220,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the campaign's status counts and failures."""
-    from bulkmail_kernel.engine.sending import campaign_failures, campaign_report
+    from bulkmail_kernel.campaigns.reports import campaign_failures, campaign_report
 
     _print_frame(campaign_report(args.campaign, url=args.db))
     failures = campaign_failures(args.campaign, url=args.db)
@@ -319,7 +319,7 @@ def cmd_sendpulse_send(args: argparse.Namespace) -> int:
 
 def cmd_provider_status(args: argparse.Namespace) -> int:
     """Show the provider-side ids and status stored on a campaign."""
-    from bulkmail_kernel.engine.sending import provider_status
+    from bulkmail_kernel.campaigns.reports import provider_status
 
     _print_frame(provider_status(args.campaign, url=args.db))
     return 0

@@ -24,10 +24,10 @@ import sqlalchemy as sa
 
 import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel import send
 from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
 from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces, process_mailbox
-from bulkmail_kernel.engine.sending import send
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.servers.sink import Sink
 

@@ -32,6 +32,8 @@ from bulkmail_kernel import (
     get_campaign,
     queue,
     register,
+    run_worker,
+    send,
 )
 from bulkmail_kernel.campaigns.samples import send_samples
 from bulkmail_kernel.clock import ManualClock
@@ -52,7 +54,6 @@ from bulkmail_kernel.deliverability.dkim import (
     generate_dkim_key,
     prepare_outgoing,
 )
-from bulkmail_kernel.engine.sending import run_worker, send
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.servers.sink import Sink, start_sink

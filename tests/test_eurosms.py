@@ -13,11 +13,15 @@ import sqlalchemy as sa
 from fakes.eurosms_fake import EuroSmsFake, running_eurosms
 
 from bulkmail_kernel import (
+    RetryPolicy,
     add_sender_account,
     create_campaign,
     get_campaign,
+    history,
     queue,
     register,
+    run_worker,
+    send,
     skipped,
     test_send,
 )
@@ -37,7 +41,6 @@ from bulkmail_kernel.db import (
     Suppression,
     UnsubscribeToken,
 )
-from bulkmail_kernel.engine.sending import RetryPolicy, history, run_worker, send
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.providers.eurosms import (
     DEFAULT_BASE_URL,

@@ -12,7 +12,14 @@ import pytest
 import sqlalchemy as sa
 from fakes.sendpulse_fake import SendPulseFake, running_sendpulse
 
-from bulkmail_kernel import add_sender_account, create_campaign, get_campaign, queue, register
+from bulkmail_kernel import (
+    add_sender_account,
+    create_campaign,
+    get_campaign,
+    provider_status,
+    queue,
+    register,
+)
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.compose.templates import template_from_html
@@ -25,7 +32,6 @@ from bulkmail_kernel.db import (
     SenderAccount,
     UnsubscribeToken,
 )
-from bulkmail_kernel.engine.sending import provider_status
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.providers.sendpulse import (
     SendPulseClient,
