@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from bulkmail_kernel.deliverability.bounces import parse_bounce, process_mailbox
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
     from bulkmail_kernel.demo.generate import generate_demo
-    from bulkmail_kernel.engine.sending import RetryPolicy, SendSummary, run_worker, send
+    from bulkmail_kernel.engine.loop import RetryPolicy, SendSummary, send
+    from bulkmail_kernel.engine.worker import run_worker
     from bulkmail_kernel.exceptions import (
         BulkmailError,
         ConfigError,
@@ -112,12 +113,12 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ImportResult": ("bulkmail_kernel.contacts.importer", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
     "RenderedMessage": ("bulkmail_kernel.compose.templates", "RenderedMessage"),
-    "RetryPolicy": ("bulkmail_kernel.engine.sending", "RetryPolicy"),
+    "RetryPolicy": ("bulkmail_kernel.engine.loop", "RetryPolicy"),
     "SegmentError": ("bulkmail_kernel.exceptions", "SegmentError"),
     "SendError": ("bulkmail_kernel.exceptions", "SendError"),
     "SendPulseError": ("bulkmail_kernel.providers.sendpulse", "SendPulseError"),
     "SendPulseResult": ("bulkmail_kernel.providers.sendpulse", "SendPulseResult"),
-    "SendSummary": ("bulkmail_kernel.engine.sending", "SendSummary"),
+    "SendSummary": ("bulkmail_kernel.engine.loop", "SendSummary"),
     "SenderInfo": ("bulkmail_kernel.records", "SenderInfo"),
     "Sink": ("bulkmail_kernel.servers.sink", "Sink"),
     "Template": ("bulkmail_kernel.compose.templates", "Template"),
@@ -165,11 +166,11 @@ _WHERE: dict[str, tuple[str, str]] = {
     "render": ("bulkmail_kernel.compose.templates", "render"),
     "requeue": ("bulkmail_kernel.outbox.queue", "requeue"),
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
-    "run_worker": ("bulkmail_kernel.engine.sending", "run_worker"),
+    "run_worker": ("bulkmail_kernel.engine.worker", "run_worker"),
     "save_segment": ("bulkmail_kernel.segments.filters", "save_segment"),
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
     "segment_recipients": ("bulkmail_kernel.segments.filters", "segment_recipients"),
-    "send": ("bulkmail_kernel.engine.sending", "send"),
+    "send": ("bulkmail_kernel.engine.loop", "send"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",
         "send_campaign_via_sendpulse",

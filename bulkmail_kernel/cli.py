@@ -191,7 +191,7 @@ def cmd_campaign_state(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send the campaign's due messages now, throttled."""
-    from bulkmail_kernel.engine.sending import send
+    from bulkmail_kernel.engine.loop import send
 
     summary = send(
         args.campaign,
@@ -206,7 +206,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Send scheduled and running campaigns until stopped."""
-    from bulkmail_kernel.engine.sending import run_worker
+    from bulkmail_kernel.engine.worker import run_worker
 
     sent = run_worker(
         url=args.db,

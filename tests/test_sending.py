@@ -32,8 +32,8 @@ from bulkmail_kernel import (
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.db import ContactPoint, Event, Message, Suppression, Worker
-from bulkmail_kernel.engine.sending import OutboxStore
 from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.servers.sink import Sink, SinkRules, start_sink
 from bulkmail_kernel.transports import SendResult
 from bulkmail_kernel.transports.smtp import SmtpTransport

@@ -21,9 +21,9 @@ from bulkmail_kernel.db import (
     Suppression,
     resolve_database,
 )
-from bulkmail_kernel.engine.sending import OutboxStore
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.queue import queue
+from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.providers.sendpulse import REF_FIELDS
 from bulkmail_kernel.records import CampaignRef
 
