@@ -23,7 +23,16 @@ if TYPE_CHECKING:
         resume,
     )
     from bulkmail_kernel.campaigns.registration import register, skipped
-    from bulkmail_kernel.campaigns.reports import list_campaigns, list_suppressions, plot_timeline
+    from bulkmail_kernel.campaigns.reports import (
+        campaign_failures,
+        campaign_report,
+        campaign_timeline,
+        history,
+        list_campaigns,
+        list_suppressions,
+        plot_timeline,
+        provider_status,
+    )
     from bulkmail_kernel.campaigns.samples import test_send
     from bulkmail_kernel.compose.checks import check_template, preview_warnings
     from bulkmail_kernel.compose.mime import build_mime
@@ -43,17 +52,8 @@ if TYPE_CHECKING:
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
     from bulkmail_kernel.deliverability.mailbox import process_mailbox
     from bulkmail_kernel.demo.generate import generate_demo
-    from bulkmail_kernel.engine.sending import (
-        RetryPolicy,
-        SendSummary,
-        campaign_failures,
-        campaign_report,
-        campaign_timeline,
-        history,
-        provider_status,
-        run_worker,
-        send,
-    )
+    from bulkmail_kernel.engine.loop import RetryPolicy, SendSummary, send
+    from bulkmail_kernel.engine.worker import run_worker
     from bulkmail_kernel.exceptions import (
         BulkmailError,
         ConfigError,
@@ -112,12 +112,12 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
     "RenderedMessage": ("bulkmail_kernel.compose.render", "RenderedMessage"),
-    "RetryPolicy": ("bulkmail_kernel.engine.sending", "RetryPolicy"),
+    "RetryPolicy": ("bulkmail_kernel.engine.loop", "RetryPolicy"),
     "SegmentError": ("bulkmail_kernel.exceptions", "SegmentError"),
     "SendError": ("bulkmail_kernel.exceptions", "SendError"),
     "SendPulseError": ("bulkmail_kernel.transports.sendpulse", "SendPulseError"),
     "SendPulseResult": ("bulkmail_kernel.providers.sendpulse", "SendPulseResult"),
-    "SendSummary": ("bulkmail_kernel.engine.sending", "SendSummary"),
+    "SendSummary": ("bulkmail_kernel.engine.loop", "SendSummary"),
     "SenderInfo": ("bulkmail_kernel.records", "SenderInfo"),
     "Sink": ("bulkmail_kernel.servers.sink", "Sink"),
     "Template": ("bulkmail_kernel.compose.templates", "Template"),
@@ -126,9 +126,9 @@ _WHERE: dict[str, tuple[str, str]] = {
     "add_sender_account": ("bulkmail_kernel.providers.accounts", "add_sender_account"),
     "add_sendpulse_account": ("bulkmail_kernel.providers.sendpulse", "add_sendpulse_account"),
     "build_mime": ("bulkmail_kernel.compose.mime", "build_mime"),
-    "campaign_failures": ("bulkmail_kernel.engine.sending", "campaign_failures"),
-    "campaign_report": ("bulkmail_kernel.engine.sending", "campaign_report"),
-    "campaign_timeline": ("bulkmail_kernel.engine.sending", "campaign_timeline"),
+    "campaign_failures": ("bulkmail_kernel.campaigns.reports", "campaign_failures"),
+    "campaign_report": ("bulkmail_kernel.campaigns.reports", "campaign_report"),
+    "campaign_timeline": ("bulkmail_kernel.campaigns.reports", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
     "check_template": ("bulkmail_kernel.compose.checks", "check_template"),
     "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
@@ -141,7 +141,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "generate_demo": ("bulkmail_kernel.demo.generate", "generate_demo"),
     "generate_dkim_key": ("bulkmail_kernel.deliverability.dkim", "generate_dkim_key"),
     "get_campaign": ("bulkmail_kernel.campaigns.campaigns", "get_campaign"),
-    "history": ("bulkmail_kernel.engine.sending", "history"),
+    "history": ("bulkmail_kernel.campaigns.reports", "history"),
     "import_contacts": ("bulkmail_kernel.contacts.importer", "import_contacts"),
     "list_campaigns": ("bulkmail_kernel.campaigns.reports", "list_campaigns"),
     "list_segments": ("bulkmail_kernel.segments.saved", "list_segments"),
@@ -157,7 +157,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),
     "preview_warnings": ("bulkmail_kernel.compose.checks", "preview_warnings"),
     "process_mailbox": ("bulkmail_kernel.deliverability.mailbox", "process_mailbox"),
-    "provider_status": ("bulkmail_kernel.engine.sending", "provider_status"),
+    "provider_status": ("bulkmail_kernel.campaigns.reports", "provider_status"),
     "queue": ("bulkmail_kernel.outbox.queue", "queue"),
     "register": ("bulkmail_kernel.campaigns.registration", "register"),
     "remove_from_queue": ("bulkmail_kernel.outbox.queue", "remove_from_queue"),
@@ -165,11 +165,11 @@ _WHERE: dict[str, tuple[str, str]] = {
     "render": ("bulkmail_kernel.compose.render", "render"),
     "requeue": ("bulkmail_kernel.outbox.queue", "requeue"),
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
-    "run_worker": ("bulkmail_kernel.engine.sending", "run_worker"),
+    "run_worker": ("bulkmail_kernel.engine.worker", "run_worker"),
     "save_segment": ("bulkmail_kernel.segments.saved", "save_segment"),
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
     "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
-    "send": ("bulkmail_kernel.engine.sending", "send"),
+    "send": ("bulkmail_kernel.engine.loop", "send"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",
         "send_campaign_via_sendpulse",

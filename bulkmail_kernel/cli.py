@@ -193,7 +193,7 @@ def cmd_campaign_state(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send the campaign's due messages now, throttled."""
-    from bulkmail_kernel.engine.sending import send
+    from bulkmail_kernel.engine.loop import send
 
     summary = send(
         args.campaign,
@@ -208,7 +208,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Send scheduled and running campaigns until stopped."""
-    from bulkmail_kernel.engine.sending import run_worker
+    from bulkmail_kernel.engine.worker import run_worker
 
     sent = run_worker(
         url=args.db,
@@ -222,7 +222,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the campaign's status counts and failures."""
-    from bulkmail_kernel.engine.sending import campaign_failures, campaign_report
+    from bulkmail_kernel.campaigns.reports import campaign_failures, campaign_report
 
     _print_frame(campaign_report(args.campaign, url=args.db))
     failures = campaign_failures(args.campaign, url=args.db)
@@ -321,7 +321,7 @@ def cmd_sendpulse_send(args: argparse.Namespace) -> int:
 
 def cmd_provider_status(args: argparse.Namespace) -> int:
     """Show the provider-side ids and status stored on a campaign."""
-    from bulkmail_kernel.engine.sending import provider_status
+    from bulkmail_kernel.campaigns.reports import provider_status
 
     _print_frame(provider_status(args.campaign, url=args.db))
     return 0

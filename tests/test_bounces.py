@@ -25,12 +25,12 @@ from process_support import stop
 
 import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel import send
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
 from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces
 from bulkmail_kernel.deliverability.mailbox import process_mailbox
-from bulkmail_kernel.engine.sending import send
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.servers.sink import Sink
 

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 
 import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel import history, send
 from bulkmail_kernel.compose.templates import template_from_html
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import Suppression, UnsubscribeToken
-from bulkmail_kernel.engine.sending import history, send
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.servers.sink import Sink

@@ -32,8 +32,11 @@ from bulkmail_kernel import (
     get_campaign,
     queue,
     register,
+    run_worker,
+    send,
 )
 from bulkmail_kernel.campaigns.samples import send_samples
+from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.compose.headers import list_id, unsubscribe_mailto
 from bulkmail_kernel.compose.mime import build_mime
 from bulkmail_kernel.compose.render import Mailbox, render
@@ -53,8 +56,6 @@ from bulkmail_kernel.deliverability.dkim import (
     generate_dkim_key,
     prepare_outgoing,
 )
-from bulkmail_kernel.engine.sending import run_worker, send
-from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.servers.sink import Sink, start_sink

@@ -14,17 +14,22 @@ from fakes.eurosms_fake import EuroSmsFake, running_eurosms
 
 from bulkmail_kernel import (
     EuroSmsError,
+    RetryPolicy,
     add_eurosms_account,
     add_sender_account,
     create_campaign,
     get_campaign,
+    history,
     poll_delivery_reports,
     queue,
     register,
+    run_worker,
+    send,
     skipped,
     test_send,
 )
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template, load_template, template_from_html
 from bulkmail_kernel.contacts.frame import contacts_frame
@@ -40,8 +45,6 @@ from bulkmail_kernel.db import (
     Suppression,
     UnsubscribeToken,
 )
-from bulkmail_kernel.engine.sending import RetryPolicy, history, run_worker, send
-from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.transports.eurosms import (
     DEFAULT_BASE_URL,

@@ -18,12 +18,14 @@ from bulkmail_kernel import (
     add_sendpulse_account,
     create_campaign,
     get_campaign,
+    provider_status,
     queue,
     register,
     send_campaign_via_sendpulse,
     sendpulse_report,
 )
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.compose.templates import template_from_html
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import (
@@ -34,8 +36,6 @@ from bulkmail_kernel.db import (
     SenderAccount,
     UnsubscribeToken,
 )
-from bulkmail_kernel.engine.sending import provider_status
-from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.transports.sendpulse import SendPulseClient
 

@@ -20,9 +20,8 @@ from process_support import stop
 from sending_support import make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel import get_campaign, queue
+from bulkmail_kernel import get_campaign, queue, run_worker, send
 from bulkmail_kernel.db import Campaign, Worker
-from bulkmail_kernel.engine.sending import run_worker, send
 from bulkmail_kernel.servers.sink import Sink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _worker(url: str) -> subprocess.Popen[bytes]:
     code = (
         "import logging, sys; logging.basicConfig(level=logging.WARNING);"
-        "from bulkmail_kernel.engine.sending import run_worker, send;"
+        "from bulkmail_kernel import run_worker, send;"
         f"run_worker(url={url!r}, poll_interval_s=0.1, exit_when_idle=True)"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)
@@ -171,7 +170,7 @@ def test_kill_9_of_an_unthrottled_send_leaves_at_most_50_in_doubt(db_url: str, s
     n = 1200
     cid = make_campaign(database, n)
     code = (
-        "import math; from bulkmail_kernel.engine.sending import send;"
+        "import math; from bulkmail_kernel import send;"
         f"send({cid}, rate_per_hour=math.inf, progress=False, connections=2, url={db_url!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import Database, SenderAccount, resolve_database
-from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.handover import (
     DeliveryReport,

@@ -21,8 +21,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel.campaigns.campaigns import template_of
+from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import CampaignStatus, Database, SenderAccount, resolve_database
-from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.outbox.handover import (
     REF_FIELDS,

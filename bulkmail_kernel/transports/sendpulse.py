@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 from tqdm.auto import tqdm
 
+from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.exceptions import ConfigError, ProviderError, SendError
 from bulkmail_kernel.transports.credentials import resolve_secret
 
@@ -36,39 +36,6 @@ BOOK_READY = 0
 TOKEN_MARGIN_S = 60.0
 
 
-class Clock(Protocol):
-    """What the limits wait on; ``engine.throttle``'s clocks fit it (tests pass a ManualClock)."""
-
-    def now(self) -> datetime:
-        """Return the current wall-clock time, aware, in UTC."""
-        ...
-
-    def monotonic(self) -> float:
-        """Return seconds on a clock that never goes back."""
-        ...
-
-    def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``."""
-        ...
-
-
-class _WallClock:
-    """The real clock (``engine.throttle`` imports the database, so it is not used here)."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
-
-
-WALL_CLOCK: Clock = _WallClock()
-
-
 class SendPulseError(ProviderError):
     """SendPulse refused a request: ``message`` and ``error_code`` as it sent them."""
 
@@ -83,7 +50,7 @@ class SendPulseError(ProviderError):
 class SlidingWindowLimiter:
     """At most ``limit`` events in any ``window_s`` seconds, timed on ``clock``."""
 
-    def __init__(self, limit: int, window_s: float, *, clock: Clock = WALL_CLOCK) -> None:
+    def __init__(self, limit: int, window_s: float, *, clock: Clock = SYSTEM_CLOCK) -> None:
         if limit < 1 or window_s <= 0:
             raise ConfigError(f"limiter: limit={limit}, window_s={window_s}: give positive values")
         self.limit = limit
@@ -126,7 +93,7 @@ class SendPulseClient:
         client_secret: str,
         *,
         base_url: str = DEFAULT_BASE_URL,
-        clock: Clock = WALL_CLOCK,
+        clock: Clock = SYSTEM_CLOCK,
         timeout_s: float = 30.0,
         requests_per_s: int = REQUESTS_PER_S,
         campaigns_per_hour: int = CAMPAIGNS_PER_HOUR,
@@ -347,7 +314,7 @@ def status_text(status: Any) -> str:
 
 
 def client_for_account(
-    settings: dict[str, Any], credential_ref: str, *, account: str, clock: Clock = WALL_CLOCK
+    settings: dict[str, Any], credential_ref: str, *, account: str, clock: Clock = SYSTEM_CLOCK
 ) -> SendPulseClient:
     """Build a client from a sendpulse account's ``settings`` and the secret it names."""
     client_id = str(settings.get("client_id") or "")
