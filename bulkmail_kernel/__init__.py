@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         template_from_html,
     )
     from bulkmail_kernel.contacts.importer import ImportResult, contacts_frame, import_contacts
-    from bulkmail_kernel.db import Database, open_database
+    from bulkmail_kernel.db import Database, connect, open_database
     from bulkmail_kernel.deliverability.bounces import parse_bounce, process_mailbox
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
     from bulkmail_kernel.demo.generate import generate_demo
@@ -151,6 +151,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "load_segment": ("bulkmail_kernel.segments.filters", "load_segment"),
     "load_template": ("bulkmail_kernel.compose.templates", "load_template"),
     "open_database": ("bulkmail_kernel.db", "open_database"),
+    "connect": ("bulkmail_kernel.db", "connect"),
     "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
     "pause": ("bulkmail_kernel.campaigns.campaigns", "pause"),
     "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
@@ -221,6 +222,7 @@ __all__ = [
     "campaign_timeline",
     "cancel",
     "check_template",
+    "connect",
     "contacts_frame",
     "create_campaign",
     "create_unsubscribe_app",
