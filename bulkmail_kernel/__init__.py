@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.contacts.importer import import_contacts
     from bulkmail_kernel.contacts.report import ImportResult
-    from bulkmail_kernel.db import Database, open_database
+    from bulkmail_kernel.db import Database, connect, open_database
     from bulkmail_kernel.deliverability.bounces import parse_bounce
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
     from bulkmail_kernel.deliverability.mailbox import process_mailbox
@@ -131,6 +131,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "campaign_timeline": ("bulkmail_kernel.campaigns.reports", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
     "check_template": ("bulkmail_kernel.compose.checks", "check_template"),
+    "connect": ("bulkmail_kernel.db", "connect"),
     "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
     "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
     "create_unsubscribe_app": ("bulkmail_kernel.servers.web", "create_app"),
@@ -220,6 +221,7 @@ __all__ = [
     "campaign_timeline",
     "cancel",
     "check_template",
+    "connect",
     "contacts_frame",
     "create_campaign",
     "create_unsubscribe_app",
