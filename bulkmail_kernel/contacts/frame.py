@@ -19,7 +19,7 @@ import pandas as pd
 
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.values import _cell_text
-from bulkmail_kernel.db import Database, open_database
+from bulkmail_kernel.db import Database, resolve_database
 
 #: Columns of ``contacts_frame``; custom attribute names must not collide with these.
 FRAME_COLUMNS = (
@@ -54,7 +54,7 @@ ORDER BY p.id
 
 def contacts_frame(db: Database | None = None, *, url: str | None = None) -> pd.DataFrame:
     """Return one row per contact point with its contact's fields and custom attributes."""
-    database = db or open_database(url)
+    database = resolve_database(db, url)
     raw = database.engine.raw_connection()
     try:
         cur = raw.cursor()

@@ -11,7 +11,7 @@ contacts back is :mod:`bulkmail_kernel.contacts.frame`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +46,8 @@ from bulkmail_kernel.db import (
     Database,
     Event,
     ImportRun,
-    open_database,
+    chunks,
+    resolve_database,
     utcnow,
 )
 from bulkmail_kernel.exceptions import ContactImportError
@@ -285,24 +286,19 @@ def _merge_within_source(candidates: list[_Candidate], report: _Report) -> list[
 # --------------------------------------------------------------------------- database
 
 
-def _chunks(items: list[Any], size: int = 500) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _resolve_against_db(
     s: Session, groups: list[_Candidate], report: _Report
 ) -> dict[int, Contact]:
     """Attach each group to the existing contact it matches; reject conflicting ones."""
     ext_ids = sorted({g.external_id for g in groups if g.external_id is not None})
     by_ext: dict[str, int] = {}
-    for chunk in _chunks(ext_ids):
+    for chunk in chunks(ext_ids):
         ext_stmt = sa.select(Contact.external_id, Contact.id).where(Contact.external_id.in_(chunk))
         by_ext.update({e: i for e, i in s.execute(ext_stmt) if e is not None})
     owner: dict[tuple[str, str], int] = {}
     for channel in ("email", "phone"):
         norms = sorted({p.normalized for g in groups for p in g.points if p.channel == channel})
-        for chunk in _chunks(norms):
+        for chunk in chunks(norms):
             # channel first, so the (channel, normalized) unique index serves the lookup.
             point_stmt = sa.select(ContactPoint.normalized, ContactPoint.contact_id).where(
                 ContactPoint.channel == channel, ContactPoint.normalized.in_(chunk)
@@ -310,8 +306,12 @@ def _resolve_against_db(
             owner.update({(channel, nm): cid for nm, cid in s.execute(point_stmt)})
     matched_ids = sorted(set(by_ext.values()) | set(owner.values()))
     contacts: dict[int, Contact] = {}
-    for chunk in _chunks(matched_ids):
-        load = sa.select(Contact).where(Contact.id.in_(chunk)).options(selectinload(Contact.points))
+    for ids_chunk in chunks(matched_ids):
+        load = (
+            sa.select(Contact)
+            .where(Contact.id.in_(ids_chunk))
+            .options(selectinload(Contact.points))
+        )
         contacts.update({c.id: c for c in s.scalars(load)})
 
     claimed: dict[int, _Candidate] = {}
@@ -357,7 +357,7 @@ def _resolve_against_db(
 def _insert_many(s: Session, groups: list[_Candidate], source: str, now: datetime) -> list[int]:
     """Insert new contacts and their points in bulk; return the new contact ids in order."""
     ids: list[int] = []
-    for chunk in _chunks(groups, 2000):
+    for chunk in chunks(groups, 2000):
         rows = [
             {
                 "external_id": g.external_id,
@@ -497,7 +497,7 @@ def import_contacts(
     """
     if on_error not in ("raise", "skip"):
         raise ContactImportError(f"on_error={on_error!r}: use 'raise' or 'skip'")
-    database = db or open_database(url)
+    database = resolve_database(db, url)
     src = read_source(source, encoding=encoding, delimiter=delimiter, sheet=sheet, table=table,
                       query=query)  # fmt: skip
     name = source_name or src.name
@@ -546,7 +546,7 @@ def import_contacts(
                 }
                 for cid, kind, g, changed in sorted(events, key=lambda e: e[2].row)
             ]  # fmt: skip
-            for chunk in _chunks(event_rows, 5000):
+            for chunk in chunks(event_rows, 5000):
                 s.execute(sa.insert(Event), chunk)
             committed = True
         run.inserted, run.updated = inserted, updated

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from tqdm.auto import tqdm
 
 from bulkmail_kernel import config
-from bulkmail_kernel.db import Contact, Database, Suppression, open_database
+from bulkmail_kernel.db import Contact, Database, Suppression, resolve_database
 from bulkmail_kernel.demo.dataset import DEMO_SOURCE, DEMO_SUPPRESSION_DETAIL, _generate
 from bulkmail_kernel.exceptions import ConfigError
 
@@ -210,7 +210,7 @@ def generate_demo(
     """
     if contacts < 1:
         raise ConfigError(f"generate_demo: contacts={contacts}: give a positive number")
-    db = db or open_database(url)
+    db = resolve_database(db, url)
     today = today or datetime.now(UTC).date()
     started = time.perf_counter()
     _prepare(db, replace)

@@ -20,7 +20,13 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from bulkmail_kernel.db import Database, Segment, SegmentMember, open_database, utcnow
+from bulkmail_kernel.db import (
+    Database,
+    Segment,
+    SegmentMember,
+    resolve_database,
+    utcnow,
+)
 from bulkmail_kernel.exceptions import SegmentError
 from bulkmail_kernel.segments.filters import _require, filter_recipients
 from bulkmail_kernel.segments.spec import FilterSpec, _did_you_mean
@@ -48,10 +54,6 @@ class LoadedSegment(NamedTuple):
     spec: FilterSpec
     info: SegmentInfo
     member_ids: pd.Index
-
-
-def _database(db: Database | None, url: str | None) -> Database:
-    return db if db is not None else open_database(url)
 
 
 def _check_name(name: Any, what: str = "segment name") -> str:
@@ -144,7 +146,7 @@ def save_segment(
     name = _check_name(name)
     members = filter_recipients(frame, spec, today=today)
     ids = np.unique(members["contact_point_id"].to_numpy(dtype=np.int64))
-    database = _database(db, url)
+    database = resolve_database(db, url)
     try:
         with database.session() as s:
             seg = s.scalars(sa.select(Segment).where(Segment.name == name)).one_or_none()
@@ -180,7 +182,7 @@ def save_segment(
 
 def list_segments(*, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
     """Return the saved segments: name, description, members, snapshot and change times, spec."""
-    database = _database(db, url)
+    database = resolve_database(db, url)
     counts = (
         sa.select(SegmentMember.segment_id, sa.func.count().label("members"))
         .group_by(SegmentMember.segment_id)
@@ -225,7 +227,7 @@ def list_segments(*, db: Database | None = None, url: str | None = None) -> pd.D
 
 def load_segment(name: str, *, db: Database | None = None, url: str | None = None) -> LoadedSegment:
     """Return the spec, the stored info and the snapshot's contact point ids of segment ``name``."""
-    database = _database(db, url)
+    database = resolve_database(db, url)
     with database.session() as s:
         seg = _get(s, _check_name(name))
         ids = s.scalars(
@@ -277,7 +279,7 @@ def rename_segment(
 ) -> SegmentInfo:
     """Rename segment ``name`` to ``new_name``."""
     name, new_name = _check_name(name), _check_name(new_name, "new segment name")
-    database = _database(db, url)
+    database = resolve_database(db, url)
     with database.session() as s:
         seg = _get(s, name)
         if new_name != name:
@@ -296,7 +298,7 @@ def rename_segment(
 
 def delete_segment(name: str, *, db: Database | None = None, url: str | None = None) -> None:
     """Delete segment ``name`` and its snapshot (the contacts themselves stay)."""
-    database = _database(db, url)
+    database = resolve_database(db, url)
     with database.session() as s:
         seg = _get(s, _check_name(name))
         # Explicit, so it does not depend on SQLite's foreign_keys pragma being on.
