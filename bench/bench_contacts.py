@@ -16,7 +16,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import Contact, ContactPoint
 
 

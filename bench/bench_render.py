@@ -13,7 +13,8 @@ import sys
 import time
 
 from bulkmail_kernel.compose.mime import _stdlib_message, build_email_message, build_mime
-from bulkmail_kernel.compose.templates import render, template_from_html
+from bulkmail_kernel.compose.render import render
+from bulkmail_kernel.compose.templates import template_from_html
 
 ITEMS = """
       <tr><td class="item">{{ product.name }}</td>

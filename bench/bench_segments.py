@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from bulkmail_kernel.segments.export import export_recipients
-from bulkmail_kernel.segments.filters import FilterSpec, filter_recipients
+from bulkmail_kernel.segments.filters import filter_recipients
+from bulkmail_kernel.segments.spec import FilterSpec
 from bulkmail_kernel.widgets.segments import segment_builder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,8 +46,8 @@ import sqlalchemy as sa
 from sending_support import address, body, make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel import send
 from bulkmail_kernel.db import Message, MessageBody
-from bulkmail_kernel.engine.sending import send
 from bulkmail_kernel.servers.sink import free_port, start_sink
 
 PADDING_LINE = "Lorem ipsum dolor sit amet, consectetur adipiscing elit."

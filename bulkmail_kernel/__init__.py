@@ -16,52 +16,44 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bulkmail_kernel.campaigns.campaigns import (
-        CampaignInfo,
-        SenderInfo,
-        add_sender_account,
         cancel,
         create_campaign,
         get_campaign,
         pause,
-        queue,
-        register,
-        remove_from_queue,
-        requeue,
         resume,
-        skipped,
-        test_send,
-        unknown_messages,
-        unsubscribe,
-        unsubscribe_address,
     )
-    from bulkmail_kernel.campaigns.reports import list_campaigns, list_suppressions, plot_timeline
-    from bulkmail_kernel.compose.mime import build_mime
-    from bulkmail_kernel.compose.sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
-    from bulkmail_kernel.compose.templates import (
-        RenderedMessage,
-        Template,
-        check_template,
-        list_templates,
-        load_template,
-        render,
-        template_from_html,
-    )
-    from bulkmail_kernel.contacts.importer import ImportResult, contacts_frame, import_contacts
-    from bulkmail_kernel.db import Database, open_database
-    from bulkmail_kernel.deliverability.bounces import parse_bounce, process_mailbox
-    from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
-    from bulkmail_kernel.demo.generate import generate_demo
-    from bulkmail_kernel.engine.sending import (
-        RetryPolicy,
-        SendSummary,
+    from bulkmail_kernel.campaigns.registration import register, skipped
+    from bulkmail_kernel.campaigns.reports import (
         campaign_failures,
         campaign_report,
         campaign_timeline,
         history,
+        list_campaigns,
+        list_suppressions,
+        plot_timeline,
         provider_status,
-        run_worker,
-        send,
     )
+    from bulkmail_kernel.campaigns.samples import test_send
+    from bulkmail_kernel.compose.checks import check_template, preview_warnings
+    from bulkmail_kernel.compose.mime import build_mime
+    from bulkmail_kernel.compose.render import RenderedMessage, render
+    from bulkmail_kernel.compose.sms import fit_to_gsm7, sms_cost, sms_fit_preview, sms_segments
+    from bulkmail_kernel.compose.templates import (
+        Template,
+        list_templates,
+        load_template,
+        template_from_html,
+    )
+    from bulkmail_kernel.contacts.frame import contacts_frame
+    from bulkmail_kernel.contacts.importer import import_contacts
+    from bulkmail_kernel.contacts.report import ImportResult
+    from bulkmail_kernel.db import Database, connect, open_database
+    from bulkmail_kernel.deliverability.bounces import parse_bounce
+    from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
+    from bulkmail_kernel.deliverability.mailbox import process_mailbox
+    from bulkmail_kernel.demo.generate import generate_demo
+    from bulkmail_kernel.engine.loop import RetryPolicy, SendSummary, send
+    from bulkmail_kernel.engine.worker import run_worker
     from bulkmail_kernel.exceptions import (
         BulkmailError,
         ConfigError,
@@ -73,32 +65,33 @@ if TYPE_CHECKING:
         SendError,
         TemplateError,
     )
-    from bulkmail_kernel.providers.eurosms import (
-        EuroSmsError,
-        add_eurosms_account,
-        poll_delivery_reports,
-    )
+    from bulkmail_kernel.outbox.queue import queue, remove_from_queue, requeue, unknown_messages
+    from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
+    from bulkmail_kernel.providers.accounts import add_sender_account
+    from bulkmail_kernel.providers.eurosms import add_eurosms_account, poll_delivery_reports
     from bulkmail_kernel.providers.sendpulse import (
-        SendPulseError,
         SendPulseResult,
         add_sendpulse_account,
         send_campaign_via_sendpulse,
         sendpulse_report,
     )
+    from bulkmail_kernel.records import CampaignInfo, SenderInfo
     from bulkmail_kernel.segments.export import export_recipients
-    from bulkmail_kernel.segments.filters import (
-        FilterSpec,
+    from bulkmail_kernel.segments.filters import filter_recipients
+    from bulkmail_kernel.segments.saved import (
         delete_segment,
-        filter_recipients,
         list_segments,
         load_segment,
         rename_segment,
         save_segment,
         segment_recipients,
     )
+    from bulkmail_kernel.segments.spec import FilterSpec
     from bulkmail_kernel.servers.sink import Sink, start_sink
     from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
-    from bulkmail_kernel.widgets.preview import preview, preview_warnings
+    from bulkmail_kernel.transports.eurosms import EuroSmsError
+    from bulkmail_kernel.transports.sendpulse import SendPulseError
+    from bulkmail_kernel.widgets.preview import preview
     from bulkmail_kernel.widgets.segments import segment_builder
 
 __version__ = "0.1.0"
@@ -108,53 +101,54 @@ logging.getLogger("bulkmail").addHandler(logging.NullHandler())
 #: Public name -> (module, name there): where each name of ``__all__`` lives.
 _WHERE: dict[str, tuple[str, str]] = {
     "BulkmailError": ("bulkmail_kernel.exceptions", "BulkmailError"),
-    "CampaignInfo": ("bulkmail_kernel.campaigns.campaigns", "CampaignInfo"),
+    "CampaignInfo": ("bulkmail_kernel.records", "CampaignInfo"),
     "ConfigError": ("bulkmail_kernel.exceptions", "ConfigError"),
     "ContactImportError": ("bulkmail_kernel.exceptions", "ContactImportError"),
     "Database": ("bulkmail_kernel.db", "Database"),
-    "EuroSmsError": ("bulkmail_kernel.providers.eurosms", "EuroSmsError"),
+    "EuroSmsError": ("bulkmail_kernel.transports.eurosms", "EuroSmsError"),
     "ExportError": ("bulkmail_kernel.exceptions", "ExportError"),
     "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
-    "FilterSpec": ("bulkmail_kernel.segments.filters", "FilterSpec"),
-    "ImportResult": ("bulkmail_kernel.contacts.importer", "ImportResult"),
+    "FilterSpec": ("bulkmail_kernel.segments.spec", "FilterSpec"),
+    "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
-    "RenderedMessage": ("bulkmail_kernel.compose.templates", "RenderedMessage"),
-    "RetryPolicy": ("bulkmail_kernel.engine.sending", "RetryPolicy"),
+    "RenderedMessage": ("bulkmail_kernel.compose.render", "RenderedMessage"),
+    "RetryPolicy": ("bulkmail_kernel.engine.loop", "RetryPolicy"),
     "SegmentError": ("bulkmail_kernel.exceptions", "SegmentError"),
     "SendError": ("bulkmail_kernel.exceptions", "SendError"),
-    "SendPulseError": ("bulkmail_kernel.providers.sendpulse", "SendPulseError"),
+    "SendPulseError": ("bulkmail_kernel.transports.sendpulse", "SendPulseError"),
     "SendPulseResult": ("bulkmail_kernel.providers.sendpulse", "SendPulseResult"),
-    "SendSummary": ("bulkmail_kernel.engine.sending", "SendSummary"),
-    "SenderInfo": ("bulkmail_kernel.campaigns.campaigns", "SenderInfo"),
+    "SendSummary": ("bulkmail_kernel.engine.loop", "SendSummary"),
+    "SenderInfo": ("bulkmail_kernel.records", "SenderInfo"),
     "Sink": ("bulkmail_kernel.servers.sink", "Sink"),
     "Template": ("bulkmail_kernel.compose.templates", "Template"),
     "TemplateError": ("bulkmail_kernel.exceptions", "TemplateError"),
     "add_eurosms_account": ("bulkmail_kernel.providers.eurosms", "add_eurosms_account"),
-    "add_sender_account": ("bulkmail_kernel.campaigns.campaigns", "add_sender_account"),
+    "add_sender_account": ("bulkmail_kernel.providers.accounts", "add_sender_account"),
     "add_sendpulse_account": ("bulkmail_kernel.providers.sendpulse", "add_sendpulse_account"),
     "build_mime": ("bulkmail_kernel.compose.mime", "build_mime"),
-    "campaign_failures": ("bulkmail_kernel.engine.sending", "campaign_failures"),
-    "campaign_report": ("bulkmail_kernel.engine.sending", "campaign_report"),
-    "campaign_timeline": ("bulkmail_kernel.engine.sending", "campaign_timeline"),
+    "campaign_failures": ("bulkmail_kernel.campaigns.reports", "campaign_failures"),
+    "campaign_report": ("bulkmail_kernel.campaigns.reports", "campaign_report"),
+    "campaign_timeline": ("bulkmail_kernel.campaigns.reports", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
-    "check_template": ("bulkmail_kernel.compose.templates", "check_template"),
-    "contacts_frame": ("bulkmail_kernel.contacts.importer", "contacts_frame"),
+    "check_template": ("bulkmail_kernel.compose.checks", "check_template"),
+    "connect": ("bulkmail_kernel.db", "connect"),
+    "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
     "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
     "create_unsubscribe_app": ("bulkmail_kernel.servers.web", "create_app"),
-    "delete_segment": ("bulkmail_kernel.segments.filters", "delete_segment"),
+    "delete_segment": ("bulkmail_kernel.segments.saved", "delete_segment"),
     "export_recipients": ("bulkmail_kernel.segments.export", "export_recipients"),
     "filter_recipients": ("bulkmail_kernel.segments.filters", "filter_recipients"),
     "fit_to_gsm7": ("bulkmail_kernel.compose.sms", "fit_to_gsm7"),
     "generate_demo": ("bulkmail_kernel.demo.generate", "generate_demo"),
     "generate_dkim_key": ("bulkmail_kernel.deliverability.dkim", "generate_dkim_key"),
     "get_campaign": ("bulkmail_kernel.campaigns.campaigns", "get_campaign"),
-    "history": ("bulkmail_kernel.engine.sending", "history"),
+    "history": ("bulkmail_kernel.campaigns.reports", "history"),
     "import_contacts": ("bulkmail_kernel.contacts.importer", "import_contacts"),
     "list_campaigns": ("bulkmail_kernel.campaigns.reports", "list_campaigns"),
-    "list_segments": ("bulkmail_kernel.segments.filters", "list_segments"),
+    "list_segments": ("bulkmail_kernel.segments.saved", "list_segments"),
     "list_suppressions": ("bulkmail_kernel.campaigns.reports", "list_suppressions"),
     "list_templates": ("bulkmail_kernel.compose.templates", "list_templates"),
-    "load_segment": ("bulkmail_kernel.segments.filters", "load_segment"),
+    "load_segment": ("bulkmail_kernel.segments.saved", "load_segment"),
     "load_template": ("bulkmail_kernel.compose.templates", "load_template"),
     "open_database": ("bulkmail_kernel.db", "open_database"),
     "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
@@ -162,37 +156,37 @@ _WHERE: dict[str, tuple[str, str]] = {
     "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
     "poll_delivery_reports": ("bulkmail_kernel.providers.eurosms", "poll_delivery_reports"),
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),
-    "preview_warnings": ("bulkmail_kernel.widgets.preview", "preview_warnings"),
-    "process_mailbox": ("bulkmail_kernel.deliverability.bounces", "process_mailbox"),
-    "provider_status": ("bulkmail_kernel.engine.sending", "provider_status"),
-    "queue": ("bulkmail_kernel.campaigns.campaigns", "queue"),
-    "register": ("bulkmail_kernel.campaigns.campaigns", "register"),
-    "remove_from_queue": ("bulkmail_kernel.campaigns.campaigns", "remove_from_queue"),
-    "rename_segment": ("bulkmail_kernel.segments.filters", "rename_segment"),
-    "render": ("bulkmail_kernel.compose.templates", "render"),
-    "requeue": ("bulkmail_kernel.campaigns.campaigns", "requeue"),
+    "preview_warnings": ("bulkmail_kernel.compose.checks", "preview_warnings"),
+    "process_mailbox": ("bulkmail_kernel.deliverability.mailbox", "process_mailbox"),
+    "provider_status": ("bulkmail_kernel.campaigns.reports", "provider_status"),
+    "queue": ("bulkmail_kernel.outbox.queue", "queue"),
+    "register": ("bulkmail_kernel.campaigns.registration", "register"),
+    "remove_from_queue": ("bulkmail_kernel.outbox.queue", "remove_from_queue"),
+    "rename_segment": ("bulkmail_kernel.segments.saved", "rename_segment"),
+    "render": ("bulkmail_kernel.compose.render", "render"),
+    "requeue": ("bulkmail_kernel.outbox.queue", "requeue"),
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
-    "run_worker": ("bulkmail_kernel.engine.sending", "run_worker"),
-    "save_segment": ("bulkmail_kernel.segments.filters", "save_segment"),
+    "run_worker": ("bulkmail_kernel.engine.worker", "run_worker"),
+    "save_segment": ("bulkmail_kernel.segments.saved", "save_segment"),
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
-    "segment_recipients": ("bulkmail_kernel.segments.filters", "segment_recipients"),
-    "send": ("bulkmail_kernel.engine.sending", "send"),
+    "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
+    "send": ("bulkmail_kernel.engine.loop", "send"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",
         "send_campaign_via_sendpulse",
     ),
     "sendpulse_report": ("bulkmail_kernel.providers.sendpulse", "sendpulse_report"),
     "sign_message": ("bulkmail_kernel.deliverability.dkim", "sign_message"),
-    "skipped": ("bulkmail_kernel.campaigns.campaigns", "skipped"),
+    "skipped": ("bulkmail_kernel.campaigns.registration", "skipped"),
     "sms_cost": ("bulkmail_kernel.compose.sms", "sms_cost"),
     "sms_fit_preview": ("bulkmail_kernel.compose.sms", "sms_fit_preview"),
     "sms_segments": ("bulkmail_kernel.compose.sms", "sms_segments"),
     "start_sink": ("bulkmail_kernel.servers.sink", "start_sink"),
     "template_from_html": ("bulkmail_kernel.compose.templates", "template_from_html"),
-    "test_send": ("bulkmail_kernel.campaigns.campaigns", "test_send"),
-    "unknown_messages": ("bulkmail_kernel.campaigns.campaigns", "unknown_messages"),
-    "unsubscribe": ("bulkmail_kernel.campaigns.campaigns", "unsubscribe"),
-    "unsubscribe_address": ("bulkmail_kernel.campaigns.campaigns", "unsubscribe_address"),
+    "test_send": ("bulkmail_kernel.campaigns.samples", "test_send"),
+    "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
+    "unsubscribe": ("bulkmail_kernel.outbox.suppressions", "unsubscribe"),
+    "unsubscribe_address": ("bulkmail_kernel.outbox.suppressions", "unsubscribe_address"),
 }
 
 __all__ = [
@@ -227,6 +221,7 @@ __all__ = [
     "campaign_timeline",
     "cancel",
     "check_template",
+    "connect",
     "contacts_frame",
     "create_campaign",
     "create_unsubscribe_app",

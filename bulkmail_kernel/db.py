@@ -10,12 +10,12 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -34,6 +34,7 @@ from bulkmail_kernel import config
 from bulkmail_kernel.exceptions import ConfigError
 
 log = logging.getLogger("bulkmail")
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -513,11 +514,30 @@ def current_revision(engine: Engine) -> str | None:
 
 
 _open: dict[str, Database] = {}
+#: The URL ``connect`` chose for this notebook or process (None: the environment's or the default).
+_connected: str | None = None
+
+
+def connect(url: str | None = None) -> Database:
+    """Open the database every function of this process uses unless given another.
+
+    Call it once at the top of a notebook (``bm.connect("postgresql+psycopg://...")``);
+    ``db=`` or ``url=`` on a single call still wins. Without it, functions use
+    ``BULKMAIL_DB_URL`` or ``data/bulkmail.db``.
+    """
+    global _connected
+    database = open_database(url)
+    _connected = config.database_url(url)
+    return database
 
 
 def open_database(url: str | None = None, *, migrate: bool = True) -> Database:
-    """Open (and by default migrate) the database at ``url``; repeated calls share one engine."""
-    resolved = config.database_url(url)
+    """Open (and by default migrate) the database at ``url``; repeated calls share one engine.
+
+    Without ``url``: the database ``connect`` chose, else ``BULKMAIL_DB_URL``, else
+    ``data/bulkmail.db``.
+    """
+    resolved = config.database_url(url if url is not None else _connected)
     db = _open.get(resolved)
     if db is None:
         engine = create_db_engine(resolved)
@@ -535,8 +555,21 @@ def open_database(url: str | None = None, *, migrate: bool = True) -> Database:
     return db
 
 
+def resolve_database(db: Database | None = None, url: str | None = None) -> Database:
+    """Return ``db``, else the database at ``url``, else the connected (or default) one."""
+    return db if db is not None else open_database(url)
+
+
+def chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    """Yield ``items`` in slices of ``size``: IN lists and multi-row INSERTs stay bounded."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
 def close_all() -> None:
-    """Dispose every engine opened by ``open_database`` (tests and long notebooks)."""
+    """Dispose every engine ``open_database`` opened and forget ``connect`` (tests, notebooks)."""
+    global _connected
     for db in _open.values():
         db.dispose()
     _open.clear()
+    _connected = None

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from bulkmail_kernel.campaigns.campaigns import add_sender_account, create_campaign
+from bulkmail_kernel import add_sender_account, create_campaign
 from bulkmail_kernel.db import (
     Campaign,
     Contact,

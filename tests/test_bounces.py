@@ -21,13 +21,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from process_support import stop
 
+import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import campaigns as cm
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel import send
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
-from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces, process_mailbox
-from bulkmail_kernel.engine.sending import send
+from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces
+from bulkmail_kernel.deliverability.mailbox import process_mailbox
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.servers.sink import Sink
 
@@ -242,35 +245,28 @@ def dovecot(tmp_path: Path) -> Iterator[Imap]:
     proc = subprocess.Popen(
         [binary, "-F", "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(100).startswith(b"* OK"):
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            out = proc.communicate()[0].decode(errors="replace")
-            log = (
-                (tmp_path / "dovecot.log").read_text()
-                if (tmp_path / "dovecot.log").exists()
-                else ""
-            )
-            pytest.fail(f"dovecot did not start: {out}\n{log}")
-        time.sleep(0.05)
     try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    if s.recv(100).startswith(b"* OK"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out = proc.communicate()[0].decode(errors="replace")
+                log = (
+                    (tmp_path / "dovecot.log").read_text()
+                    if (tmp_path / "dovecot.log").exists()
+                    else ""
+                )
+                pytest.fail(f"dovecot did not start: {out}\n{log}")
+            time.sleep(0.05)
         yield Imap(port, "bounces", "s3cret-imap", mail / "bounces", owner.pw_uid, owner.pw_gid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop(proc, 10)
         shutil.rmtree(public, ignore_errors=True)
 
 

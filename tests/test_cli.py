@@ -97,6 +97,8 @@ NO_COMMAND = {
     "filter_recipients": "a frame and a FilterSpec in; save-segment and segment-recipients filter",
     "template_from_html": "pasted HTML in, a Template object out; on disk a template is a folder",
     "create_unsubscribe_app": "returns an ASGI app; unsubscribe-server serves it",
+    # The process-wide database of a notebook; each command is its own process: --db says it.
+    "connect": "a notebook's default database; a command takes --db or BULKMAIL_DB_URL",
     # Text helpers of the composing cell; register --fit-to-gsm7 applies the rewrite.
     "fit_to_gsm7": "a text helper of the composing cell",
     "sms_cost": "a text helper of the composing cell",

@@ -15,16 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts.importer import (
-    FRAME_COLUMNS,
-    clean_text,
-    contacts_frame,
-    import_contacts,
-    normalize_phone,
-    parse_date,
-    parse_yes_no,
-)
+from bulkmail_kernel.contacts.frame import FRAME_COLUMNS, contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.contacts.sources import detect_encoding
+from bulkmail_kernel.contacts.values import clean_text, normalize_phone, parse_date, parse_yes_no
 from bulkmail_kernel.db import Contact, ContactPoint, Event, ImportRun, Suppression
 from bulkmail_kernel.exceptions import ContactImportError
 

@@ -169,3 +169,29 @@ def test_an_outbox_from_before_handed_at_is_upgraded_in_place(db_url: str) -> No
             sa.text("SELECT recipient, status, attempts, handed_at FROM messages")
         ).one()
     assert tuple(row) == ("b@x.sk", "sending", 1, None)
+
+
+def test_connect_is_the_database_every_function_uses(db_url: str, tmp_path, monkeypatch) -> None:
+    """bm.connect(url) once; calls without db=/url= use it; an explicit url= still wins."""
+    import bulkmail_kernel as bm
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("BULKMAIL_DB_URL", other)
+    connected = bm.connect(db_url)
+    try:
+        bm.add_sender_account(
+            "conn",
+            kind="file",
+            from_email="a@example.com",
+            settings={"folder": str(tmp_path / "out")},
+        )
+        assert bm.open_database() is connected
+        assert list(bm.list_campaigns()["name"]) == []
+        bm.create_campaign("via-connect", sender="conn", template="invitation_sk")
+        assert bm.get_campaign("via-connect", url=db_url).name == "via-connect"
+        # an explicit url= is not overridden by connect()
+        with pytest.raises(bm.SendError, match="does not exist"):
+            bm.get_campaign("via-connect", url=other)
+    finally:
+        dbmod.close_all()  # forgets connect(): later calls use BULKMAIL_DB_URL again
+    assert bm.open_database().url == dbmod.open_database(other).url

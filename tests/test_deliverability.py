@@ -25,21 +25,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from bulkmail_kernel.campaigns.campaigns import (
+from bulkmail_kernel import (
     SenderInfo,
     add_sender_account,
     create_campaign,
     get_campaign,
-    hash_token,
-    list_id,
     queue,
     register,
-    send_samples,
-    unsubscribe_mailto,
+    run_worker,
+    send,
 )
+from bulkmail_kernel.campaigns.samples import send_samples
+from bulkmail_kernel.clock import ManualClock
+from bulkmail_kernel.compose.headers import list_id, unsubscribe_mailto
 from bulkmail_kernel.compose.mime import build_mime
-from bulkmail_kernel.compose.templates import Mailbox, list_templates, load_template, render
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel.compose.render import Mailbox, render
+from bulkmail_kernel.compose.templates import list_templates, load_template
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import (
     Database,
     Message,
@@ -53,9 +56,8 @@ from bulkmail_kernel.deliverability.dkim import (
     generate_dkim_key,
     prepare_outgoing,
 )
-from bulkmail_kernel.engine.sending import run_worker, send
-from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
+from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.servers.sink import Sink, start_sink
 from bulkmail_kernel.transports.smtp import SmtpTransport
 

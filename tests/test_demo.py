@@ -16,13 +16,9 @@ from email_validator import validate_email
 
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.db import Contact, ContactPoint, Suppression, open_database
-from bulkmail_kernel.demo.generate import (
-    _LAST,
-    _PHONE_PLANS,
-    DEMO_SOURCE,
-    ascii_name,
-    generate_demo,
-)
+from bulkmail_kernel.demo.dataset import DEMO_SOURCE
+from bulkmail_kernel.demo.generate import generate_demo
+from bulkmail_kernel.demo.pools import _LAST, _PHONE_PLANS, ascii_name
 from bulkmail_kernel.exceptions import ConfigError
 
 TODAY = date(2026, 11, 23)
@@ -265,7 +261,7 @@ def test_ascii_name_transliterates() -> None:
 
 
 def test_frame_shows_demo_data(database: dbmod.Database) -> None:
-    contacts_mod = pytest.importorskip("bulkmail_kernel.contacts.importer")
+    contacts_mod = pytest.importorskip("bulkmail_kernel.contacts.frame")
     _generate(database)
     frame = contacts_mod.contacts_frame(database)
     assert frame["contact_id"].nunique() == N

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from process_support import stop
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.contacts.importer import contacts_frame
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.demo.generate import generate_demo
-from bulkmail_kernel.segments.filters import FilterSpec, filter_recipients
+from bulkmail_kernel.segments.filters import filter_recipients
+from bulkmail_kernel.segments.spec import FilterSpec
 from bulkmail_kernel.servers.sink import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,11 +95,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
                 time.sleep(0.5)
         yield base, tmp_path, token
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 20)  # JupyterLab shuts its kernels down on SIGTERM
         log.close()
         dbmod.close_all()
 

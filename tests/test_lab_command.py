@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from process_support import live_in_group, stop
 
 from bulkmail_kernel.servers.sink import free_port
 
@@ -74,10 +75,11 @@ def test_bulkmail_lab_starts_everything_on_a_fresh_data_dir(tmp_path: Path) -> N
             urllib.request.urlopen(token_url, timeout=5)
         answer.value.close()  # an HTTPError holds the open response
         assert answer.value.code == 404
+        # SIGTERM to the lab alone (as docker stop sends it to PID 1) stops it cleanly:
+        # it stops JupyterLab and waits for it, so nothing of its process group is left.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, (tmp_path / "lab.log").read_text()
+        assert live_in_group(proc.pid) == [], (tmp_path / "lab.log").read_text()
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc, group=True)
         log.close()

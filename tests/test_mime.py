@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from bulkmail_kernel.compose.mime import (
     encode_header,
     new_message_id,
 )
-from bulkmail_kernel.compose.templates import Mailbox, load_template, render, template_from_html
+from bulkmail_kernel.compose.render import Mailbox, render
+from bulkmail_kernel.compose.templates import load_template, template_from_html
 from bulkmail_kernel.exceptions import BulkmailError, SendError, TemplateError
 
 REPO_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -229,3 +231,14 @@ def test_names_and_subjects_never_create_an_extra_header(first_name, topic):
         # re-folding the parsed message (what a relay might do) keeps the header set
         again = email.message_from_bytes(parsed.as_bytes(), policy=email.policy.default)
         assert [k.lower() for k in again] == EXPECTED_HEADERS
+
+
+def test_without_a_date_the_message_is_as_the_outbox_stores_it():
+    """Date is decided once, at sending: build_mime adds none unless asked for one."""
+    message, _ = build()
+    stored = build_mime(message, message_id="<m1@firma.sk>")
+    dated = build_mime(message, message_id="<m1@firma.sk>", date=WHEN)
+    assert b"\r\nDate:" not in stored.split(b"\r\n\r\n")[0]
+    assert dated.count(b"\r\nDate: ") == 1
+    # the stored form is the dated one less exactly that line
+    assert re.sub(rb"\r\nDate: [^\r\n]*", b"", dated, count=1) == stored

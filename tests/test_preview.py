@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bulkmail_kernel.compose.templates import load_template, render, template_from_html
+from bulkmail_kernel.compose.checks import images_without_alt, preview_warnings
+from bulkmail_kernel.compose.render import render
+from bulkmail_kernel.compose.templates import load_template, template_from_html
 from bulkmail_kernel.widgets.preview import (
     MOBILE_WIDTH,
-    images_without_alt,
     preview,
     preview_html,
     preview_summary,
-    preview_warnings,
     recipient_labels,
 )
 

@@ -6,11 +6,18 @@ import matplotlib
 import pytest
 from sending_support import address, make_campaign, sink_account
 
+from bulkmail_kernel import (
+    create_campaign,
+    history,
+    list_campaigns,
+    list_suppressions,
+    plot_timeline,
+    queue,
+    send,
+    unsubscribe_address,
+)
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns.campaigns import create_campaign, queue, unsubscribe_address
-from bulkmail_kernel.campaigns.reports import list_campaigns, list_suppressions, plot_timeline
-from bulkmail_kernel.contacts.importer import contacts_frame
-from bulkmail_kernel.engine.sending import history, send
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.servers.sink import Sink
 

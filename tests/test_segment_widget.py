@@ -12,12 +12,9 @@ import pytest
 from test_segments import TODAY, make_frame, store_frame
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.segments.filters import (
-    FilterSpec,
-    filter_recipients,
-    list_segments,
-    load_segment,
-)
+from bulkmail_kernel.segments.filters import filter_recipients
+from bulkmail_kernel.segments.saved import list_segments, load_segment
+from bulkmail_kernel.segments.spec import FilterSpec
 from bulkmail_kernel.widgets.segments import SegmentBuilder, segment_builder
 
 

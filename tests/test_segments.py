@@ -13,18 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.exceptions import FilterError
-from bulkmail_kernel.segments.filters import (
-    FilterSpec,
-    SegmentError,
+from bulkmail_kernel.exceptions import FilterError, SegmentError
+from bulkmail_kernel.segments.filters import filter_recipients
+from bulkmail_kernel.segments.saved import (
     delete_segment,
-    filter_recipients,
     list_segments,
     load_segment,
     rename_segment,
     save_segment,
     segment_recipients,
 )
+from bulkmail_kernel.segments.spec import FilterSpec
 
 TODAY = date(2025, 6, 30)
 TZ = "Europe/Bratislava"

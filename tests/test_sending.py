@@ -15,27 +15,25 @@ import pytest
 import sqlalchemy as sa
 from sending_support import address, make_campaign, sink_account
 
-from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns.campaigns import (
+from bulkmail_kernel import (
+    RetryPolicy,
     SenderInfo,
+    campaign_report,
     get_campaign,
+    history,
     pause,
     queue,
     requeue,
     resume,
-    unknown_messages,
-)
-from bulkmail_kernel.db import ContactPoint, Event, Message, Suppression, Worker
-from bulkmail_kernel.engine.sending import (
-    OutboxStore,
-    RetryPolicy,
-    campaign_report,
-    history,
     run_worker,
     send,
+    unknown_messages,
 )
-from bulkmail_kernel.engine.throttle import ManualClock
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.clock import ManualClock
+from bulkmail_kernel.db import ContactPoint, Event, Message, Suppression, Worker
 from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.servers.sink import Sink, SinkRules, start_sink
 from bulkmail_kernel.transports import SendResult
 from bulkmail_kernel.transports.smtp import SmtpTransport

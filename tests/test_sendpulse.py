@@ -12,16 +12,22 @@ import pytest
 import sqlalchemy as sa
 from fakes.sendpulse_fake import SendPulseFake, running_sendpulse
 
-from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns.campaigns import (
+from bulkmail_kernel import (
+    SendPulseError,
     add_sender_account,
+    add_sendpulse_account,
     create_campaign,
     get_campaign,
+    provider_status,
     queue,
     register,
+    send_campaign_via_sendpulse,
+    sendpulse_report,
 )
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.compose.templates import template_from_html
-from bulkmail_kernel.contacts.importer import contacts_frame
+from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import (
     Campaign,
     Contact,
@@ -30,16 +36,8 @@ from bulkmail_kernel.db import (
     SenderAccount,
     UnsubscribeToken,
 )
-from bulkmail_kernel.engine.sending import provider_status
-from bulkmail_kernel.engine.throttle import ManualClock
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
-from bulkmail_kernel.providers.sendpulse import (
-    SendPulseClient,
-    SendPulseError,
-    add_sendpulse_account,
-    send_campaign_via_sendpulse,
-    sendpulse_report,
-)
+from bulkmail_kernel.transports.sendpulse import SendPulseClient
 
 SECRET = "sp-client-secret"
 HTML = """<html><head><style>p { color: #333; }</style></head><body>

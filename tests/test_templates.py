@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import struct
@@ -10,17 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bulkmail_kernel.compose.checks import check_template
 from bulkmail_kernel.compose.mime import build_mime
-from bulkmail_kernel.compose.templates import (
-    check_template,
-    format_date,
-    list_templates,
-    load_template,
-    render,
-    row_to_context,
-    salutation,
-    template_from_html,
-)
+from bulkmail_kernel.compose.render import render
+from bulkmail_kernel.compose.sandbox import format_date, row_to_context, salutation
+from bulkmail_kernel.compose.templates import list_templates, load_template, template_from_html
 from bulkmail_kernel.exceptions import TemplateError
 
 REPO_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
@@ -101,7 +96,9 @@ def test_every_predefined_template_renders_and_passes_header_checks(name, langua
     assert len(message.inline_images) == 1
     assert f'src="cid:{message.inline_images[0].cid}"' in message.html
     assert 'alt=""' not in message.html
-    data = build_mime(message, message_id="<1@firma.sk>")
+    data = build_mime(
+        message, message_id="<1@firma.sk>", date=dt.datetime(2025, 9, 1, tzinfo=dt.UTC)
+    )
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert [k.lower() for k in parsed] == [
         "from",

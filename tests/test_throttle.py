@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.engine.throttle import ManualClock, SharedTokenBucket, TokenBucket
+from bulkmail_kernel.clock import ManualClock
+from bulkmail_kernel.engine.throttle import SharedTokenBucket, TokenBucket
 from bulkmail_kernel.exceptions import ConfigError
 
 

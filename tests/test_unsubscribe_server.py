@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns import campaigns as cm
+from bulkmail_kernel import send
 from bulkmail_kernel.compose.templates import template_from_html
-from bulkmail_kernel.contacts.importer import contacts_frame, import_contacts
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import Message, MessageBody, Suppression
-from bulkmail_kernel.engine.sending import send
 from bulkmail_kernel.servers.sink import Sink
 from bulkmail_kernel.servers.web import create_app, serve_in_thread, token_owner
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from process_support import stop
 from sending_support import make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.campaigns.campaigns import get_campaign, queue
+from bulkmail_kernel import get_campaign, queue, run_worker, send
 from bulkmail_kernel.db import Campaign, Worker
-from bulkmail_kernel.engine.sending import run_worker, send
 from bulkmail_kernel.servers.sink import Sink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _worker(url: str) -> subprocess.Popen[bytes]:
     code = (
         "import logging, sys; logging.basicConfig(level=logging.WARNING);"
-        "from bulkmail_kernel.engine.sending import run_worker, send;"
+        "from bulkmail_kernel import run_worker, send;"
         f"run_worker(url={url!r}, poll_interval_s=0.1, exit_when_idle=True)"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)
@@ -86,21 +86,27 @@ def test_kill_9_at_random_points_never_duplicates_or_loses(db_url: str, sink: Si
     # milliseconds later: mid-batch, between sending and recording, or while claiming.
     for round_ in range(4):
         proc = _worker(db_url)
-        target = len(sink.messages) + (0 if round_ == 0 else rng.randint(1, 250))
-        deadline = time.monotonic() + 60
-        while len(sink.messages) < target and proc.poll() is None:
-            assert time.monotonic() < deadline, "the worker sent nothing for 60 s"
-            time.sleep(0.001)
-        # Round 0 kills during start-up or the first claim, before anything was sent.
-        time.sleep(rng.uniform(0.3, 1.5) if round_ == 0 else rng.uniform(0, 0.02))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=30)
+        try:
+            target = len(sink.messages) + (0 if round_ == 0 else rng.randint(1, 250))
+            deadline = time.monotonic() + 60
+            while len(sink.messages) < target and proc.poll() is None:
+                assert time.monotonic() < deadline, "the worker sent nothing for 60 s"
+                time.sleep(0.001)
+            # Round 0 kills during start-up or the first claim, before anything was sent.
+            time.sleep(rng.uniform(0.3, 1.5) if round_ == 0 else rng.uniform(0, 0.02))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+            proc.communicate(timeout=30)
+        finally:
+            stop(proc)
     assert kills == 4
     assert len(sink.messages) < n  # the last worker still has work to finish
     final = _worker(db_url)
-    _, err = final.communicate(timeout=300)
+    try:
+        _, err = final.communicate(timeout=300)
+    finally:
+        stop(final)
     assert final.returncode == 0, err.decode()
     frame = queue(cid, db=database)
     status = dict(zip(frame["message_id_header"], frame["status"].astype(str), strict=True))
@@ -132,9 +138,13 @@ def test_three_workers_on_postgresql_share_the_rate(pg_url: str, sink: Sink) -> 
     cid = make_campaign(database, n, rate_per_hour=rate, burst=1, status="scheduled")
     start = time.monotonic()
     procs = [_worker(pg_url) for _ in range(3)]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err.decode()
+    finally:
+        for p in procs:
+            stop(p)
     elapsed = time.monotonic() - start
     accepted = Counter(m.message_id for m in sink.messages)
     assert len(accepted) == n
@@ -160,16 +170,19 @@ def test_kill_9_of_an_unthrottled_send_leaves_at_most_50_in_doubt(db_url: str, s
     n = 1200
     cid = make_campaign(database, n)
     code = (
-        "import math; from bulkmail_kernel.engine.sending import send;"
+        "import math; from bulkmail_kernel import send;"
         f"send({cid}, rate_per_hour=math.inf, progress=False, connections=2, url={db_url!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while len(sink.messages) < 290 and proc.poll() is None:
-        assert time.monotonic() < deadline, "send() sent nothing for 60 s"
-        time.sleep(0.001)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while len(sink.messages) < 290 and proc.poll() is None:
+            assert time.monotonic() < deadline, "send() sent nothing for 60 s"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        stop(proc)
     before = len(sink.messages)
     assert before < n  # killed mid-campaign
     # The next send() recovers the dead one's claims and finishes the campaign.

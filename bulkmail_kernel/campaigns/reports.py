@@ -1,31 +1,40 @@
-"""Reports an analyst reads after sending: campaigns at a glance, suppressions, a timeline plot.
+"""Reports an analyst reads after sending, as DataFrames: nothing here writes.
 
-Per-campaign counts, failures and per-contact history live with the send loop
-(``sending.campaign_report``, ``campaign_failures``, ``history``); this module adds
-the cross-campaign views and the plot.
+Per campaign: counts per status, failures, provider-side ids, a timeline and its
+plot; across campaigns: the list of campaigns and of suppressions; per contact:
+its history.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
 
-from bulkmail_kernel.campaigns.campaigns import CampaignRef
-from bulkmail_kernel.db import Campaign, Database, Message, Suppression, open_database
-from bulkmail_kernel.engine.sending import campaign_timeline
+from bulkmail_kernel.db import (
+    Campaign,
+    Database,
+    Event,
+    Message,
+    MessageStatus,
+    Suppression,
+    resolve_database,
+)
+from bulkmail_kernel.outbox.handover import REF_FIELDS
+from bulkmail_kernel.outbox.lookup import campaign_row
+from bulkmail_kernel.outbox.queue import queue
+from bulkmail_kernel.outbox.store import OutboxStore
+from bulkmail_kernel.records import CampaignRef
 
+# Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
+_M = cast(sa.Table, Message.__table__)
 _STATUSES = ("queued", "sending", "sent", "deferred", "failed", "unknown", "removed")
-
-
-def _database(db: Database | None, url: str | None) -> Database:
-    return db or open_database(url)
 
 
 def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
     """Return every campaign with its status, schedule and message count per status."""
-    database = _database(db, url)
+    database = resolve_database(db, url)
     counts = (
         sa.select(Message.campaign_id, Message.status, sa.func.count().label("n"))
         .group_by(Message.campaign_id, Message.status)
@@ -78,7 +87,7 @@ def list_suppressions(
     url: str | None = None,
 ) -> pd.DataFrame:
     """Return the suppressed addresses (unsubscribes, hard bounces, ...), newest first."""
-    database = _database(db, url)
+    database = resolve_database(db, url)
     query = sa.select(
         Suppression.created_at,
         Suppression.channel,
@@ -93,6 +102,120 @@ def list_suppressions(
     frame = pd.DataFrame(rows, columns=["created_at", "channel", "address", "reason", "detail"])
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     return frame
+
+
+def history(contact_id: int, *, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
+    """Return everything that happened to contact ``contact_id``, oldest first."""
+    database = resolve_database(db, url)
+    ev = Event.__table__
+    query = (
+        sa.select(
+            ev.c.occurred_at,
+            ev.c.kind,
+            Campaign.name.label("campaign"),
+            ev.c.message_id,
+            _M.c.recipient,
+            ev.c.detail,
+        )
+        .select_from(ev)
+        .join(Campaign, Campaign.id == ev.c.campaign_id, isouter=True)
+        .join(_M, _M.c.id == ev.c.message_id, isouter=True)
+        .where(ev.c.contact_id == contact_id)
+        .order_by(ev.c.occurred_at, ev.c.id)
+    )
+    with database.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    frame = pd.DataFrame(
+        rows, columns=["occurred_at", "kind", "campaign", "message_id", "recipient", "detail"]
+    )
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
+    frame["message_id"] = frame["message_id"].astype("Int64")
+    return frame
+
+
+def campaign_report(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """Return the campaign's message count per status (every status, zeros included)."""
+    database = resolve_database(db, url)
+    with database.session() as s:
+        cid = campaign_row(s, campaign).id
+    counts = OutboxStore(database, "report").counts(cid)
+    statuses = [m.value for m in MessageStatus]
+    frame = pd.DataFrame(
+        {"messages": [counts.get(k, 0) for k in statuses]},
+        index=pd.Index(statuses, name="status"),
+    )
+    total = int(frame["messages"].sum())
+    frame["share"] = frame["messages"] / total if total else 0.0
+    return frame
+
+
+def campaign_failures(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """Return the failed, removed and unknown messages with their code and reason."""
+    bad = [MessageStatus.FAILED.value, MessageStatus.REMOVED.value, MessageStatus.UNKNOWN.value]
+    frame = queue(campaign, status=bad, db=db, url=url)
+    return frame[["message_id", "recipient", "status", "attempts", "last_code", "last_error"]]
+
+
+_PROVIDER_COLUMNS = ["provider", *REF_FIELDS]
+
+
+def provider_status(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """Return the provider-side ids and status stored on the campaign (one row per provider).
+
+    For a campaign handed to SendPulse: its address book and campaign ids, the status
+    as last seen (``sendpulse_report()`` asks SendPulse again). Empty when the campaign
+    went out message by message (SMTP, EuroSMS) and has no provider-side campaign.
+    """
+    database = resolve_database(db, url)
+    with database.session() as s:
+        ref = dict(campaign_row(s, campaign).provider_ref or {})
+    rows = [
+        [provider] + [dict(info or {}).get(k) for k in _PROVIDER_COLUMNS[1:]]
+        for provider, info in sorted(ref.items())
+        if isinstance(info, dict)
+    ]
+    return pd.DataFrame(rows, columns=_PROVIDER_COLUMNS)
+
+
+def campaign_timeline(
+    campaign: CampaignRef,
+    *,
+    freq: str = "1min",
+    db: Database | None = None,
+    url: str | None = None,
+) -> pd.DataFrame:
+    """Return attempts per ``freq`` interval and outcome (sent, deferred, failed, ...)."""
+    database = resolve_database(db, url)
+    ev = Event.__table__
+    kinds = ["sent", "deferred", "failed", "unknown"]
+    with database.session() as s:
+        cid = campaign_row(s, campaign).id
+        rows = s.execute(
+            sa.select(ev.c.occurred_at, ev.c.kind).where(
+                ev.c.campaign_id == cid, ev.c.kind.in_(kinds)
+            )
+        ).all()
+    frame = pd.DataFrame(rows, columns=["occurred_at", "kind"])
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True)
+    if frame.empty:
+        return pd.DataFrame(columns=kinds, index=pd.DatetimeIndex([], tz="UTC", name="time"))
+    table = (
+        frame.groupby([pd.Grouper(key="occurred_at", freq=freq), "kind"])
+        .size()
+        .unstack("kind", fill_value=0)
+        .reindex(columns=kinds, fill_value=0)
+    )
+    table.index.name = "time"
+    table.columns.name = None
+    return table
 
 
 def plot_timeline(

@@ -52,6 +52,7 @@ def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
 def cmd_lab(args: argparse.Namespace) -> int:
     """Create the demo database if missing and open JupyterLab on notebooks/."""
     # lab is no function of the API: it assembles the workbench, so it may look inside.
+    import signal
     import subprocess
 
     import sqlalchemy as sa
@@ -98,13 +99,34 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and fresh VMs often run as root
     print("starting JupyterLab:", " ".join(cmd[2:]))
+    lab = None
+
+    def stop_on_sigterm(signum: int, frame: object) -> None:
+        # systemctl stop and docker stop send SIGTERM (docker to this process alone, its PID 1):
+        # leave the wait as Ctrl-C does, so the finally below stops everything (issue 12).
+        raise SystemExit(0)  # JupyterLab too exits 0 when SIGTERM stops it
+
+    previous_term = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        return subprocess.call(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+        lab = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+        return lab.wait()
     finally:
+        # A second signal must not cut this short and leave JupyterLab unreaped.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if lab is not None and lab.poll() is None:
+            lab.terminate()  # JupyterLab shuts its kernels down on SIGTERM
+            try:
+                lab.wait(10)
+            except subprocess.TimeoutExpired:
+                lab.kill()
+                lab.wait()
         if sink is not None:
             sink.stop()
         if unsub is not None:
             unsub.stop()
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def add_commands(commands: Commands) -> None:

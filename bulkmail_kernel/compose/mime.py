@@ -26,13 +26,8 @@ from email.message import EmailMessage, MIMEPart
 from email.utils import encode_rfc2231, format_datetime, make_msgid
 from functools import lru_cache
 
-from bulkmail_kernel.compose.templates import (
-    Attachment,
-    InlineImage,
-    Mailbox,
-    RenderedMessage,
-    clean_header_value,
-)
+from bulkmail_kernel.compose.render import Mailbox, RenderedMessage, clean_header_value
+from bulkmail_kernel.compose.templates import Attachment, InlineImage
 from bulkmail_kernel.exceptions import SendError, TemplateError
 
 CRLF = b"\r\n"
@@ -232,17 +227,17 @@ def _message_id(rendered: RenderedMessage, message_id: str) -> str:
 def _header_values(
     rendered: RenderedMessage, message_id: str, date: dt.datetime | None
 ) -> list[tuple[str, str]]:
-    when = date or dt.datetime.now(dt.UTC)
-    if when.tzinfo is None:
+    if date is not None and date.tzinfo is None:
         raise _fail(rendered, "Date must be time-zone aware (e.g. datetime.now(UTC))")
     subject = clean_header_value(
         rendered.subject, field_name="subject", recipient=rendered.recipient
     )
-    values = [
-        ("Subject", subject),
-        ("Date", format_datetime(when)),
-        ("Message-ID", _message_id(rendered, message_id)),
-    ]
+    # Without a date the message is as the outbox stores it: Date is added at sending, once
+    # (deliverability.dkim.prepare_outgoing), so a retry carries its own time.
+    values = [("Subject", subject)]
+    if date is not None:
+        values.append(("Date", format_datetime(date)))
+    values.append(("Message-ID", _message_id(rendered, message_id)))
     for name, value in rendered.headers:
         if not re.match(r"^[!-9;-~]+$", name):
             raise _fail(rendered, f"header name {name!r} is not a valid field name")
@@ -279,7 +274,11 @@ def _verify_header_block(rendered: RenderedMessage, data: bytes, expected: list[
 def build_mime(
     rendered: RenderedMessage, *, message_id: str, date: dt.datetime | None = None
 ) -> bytes:
-    """Return the message as standards-compliant MIME bytes (CRLF line ends), verified."""
+    """Return the message as standards-compliant MIME bytes (CRLF line ends), verified.
+
+    Without ``date`` there is no Date header: that is the form the outbox stores, and
+    the header is added when the message is sent.
+    """
     try:
         values = _header_values(rendered, message_id, date)
         lines = [

@@ -1,55 +1,43 @@
-"""Templates: loading from ``templates/<name>/``, sandboxed rendering, per-recipient checks.
+"""Templates: what a template is, compiling it once, and loading it from ``templates/<name>/``.
 
 A template is a subject, an HTML body, an optional plain-text body and an optional
-SMS body. Everything expensive (CSS inlining, the text alternative generated from
-the HTML, reading images and attachments, compiling Jinja) happens once when the
-:class:`Template` is built; :func:`render` is then pure and fast.
+SMS body, with the images and attachments of its folder. Everything expensive (CSS
+inlining, the text alternative generated from the HTML, reading images and
+attachments, compiling Jinja in the sandbox of :mod:`~bulkmail_kernel.compose.sandbox`)
+happens once when the :class:`Template` is built, so that rendering
+(:mod:`~bulkmail_kernel.compose.render`) is then pure and fast. ``load_template``,
+``list_templates`` and ``template_from_html`` are the ways in.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import html as htmlmod
 import logging
-import math
 import mimetypes
 import re
 import tomllib
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
-from types import TracebackType
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import css_inline
 import html2text
 import jinja2
-import numpy as np
 import pandas as pd
-from jinja2 import meta, pass_context
-from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
 
-from bulkmail_kernel.config import (
-    DEFAULT_LANGUAGE,
-    SUPPORTED_LANGUAGES,
-    local_timezone,
-    templates_dir,
-)
+from bulkmail_kernel.compose.sandbox import _HTML_ENV, _PLAIN_ENV, _template_error
+from bulkmail_kernel.config import templates_dir
 from bulkmail_kernel.exceptions import TemplateError
 
 log = logging.getLogger("bulkmail")
 
 PARTS = ("subject", "html", "text", "sms")
 METADATA_FILE = "template.toml"
-#: Variables SendPulse can personalise by itself; anything else must be rendered by us.
-SENDPULSE_VARIABLES = frozenset({"name", "patronymic", "surname"})
-#: Placeholder URL used when checking or previewing without a real unsubscribe link.
-PREVIEW_UNSUBSCRIBE_URL = "https://example.invalid/unsubscribe/preview"
 
 _METADATA_KEYS = {
     "name",
@@ -65,26 +53,8 @@ _METADATA_KEYS = {
     "sample",
     "send_as_is",
 }
-_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
-_HEADER_BREAKERS = re.compile(r"[\r\n\x00]+")
 _JINJA_CONSTRUCT = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 _IMG_SRC = re.compile(r"""(<img\b[^>]*?\bsrc\s*=\s*)(["'])([^"'{}]+)\2""", re.IGNORECASE)
-_BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
-_UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined|has no attribute '([^']+)'")
-
-
-# --------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class Mailbox:
-    """A display name and an e-mail address (or a phone number for SMS)."""
-
-    name: str
-    address: str
-
-    def __str__(self) -> str:
-        return f"{self.name} <{self.address}>" if self.name else self.address
 
 
 @dataclass(frozen=True)
@@ -104,26 +74,6 @@ class InlineImage:
     filename: str
     content_type: str
     data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class RenderedMessage:
-    """One recipient's message, ready to be turned into MIME bytes or an SMS."""
-
-    subject: str
-    html: str | None
-    text: str | None
-    to: Mailbox
-    sender: Mailbox
-    attachments: tuple[Attachment, ...] = ()
-    inline_images: tuple[InlineImage, ...] = ()
-    #: Extra headers in order, e.g. List-Unsubscribe; names are fixed by us, values cleaned.
-    headers: tuple[tuple[str, str], ...] = ()
-    sms: str | None = None
-    template_name: str = ""
-    #: Who this is for, in words, for error messages ("contact point 12 <a@b.sk>").
-    recipient: str = ""
-    unsubscribe_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -191,225 +141,6 @@ class Template:
     def variables(self) -> set[str]:
         """Return every variable the template's parts use but do not define themselves."""
         return set().union(*_undeclared(self).values())
-
-
-# --------------------------------------------------------------------------- filters
-
-
-def _plain(value: Any) -> Any:
-    """Turn a pandas/numpy cell into a plain Python value (NaN/NA/NaT become None)."""
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    if isinstance(value, np.datetime64):
-        stamp = pd.Timestamp(value)
-        return None if stamp is pd.NaT else stamp.to_pydatetime()
-    if isinstance(value, pd.Timedelta):
-        return value.to_pytimedelta()
-    if isinstance(value, np.generic):
-        return _plain(value.item())
-    return value
-
-
-def row_to_context(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
-    """Return a recipient row as a plain dict, with pandas NaN/NA/Timestamp made None/datetime."""
-    items = row.items()
-    return {str(k): _plain(v) for k, v in items}
-
-
-def _is_empty(value: Any) -> bool:
-    if value is None or isinstance(value, jinja2.Undefined):
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, float):
-        return math.isnan(value)
-    return value is pd.NA or value is pd.NaT
-
-
-def default_filter(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
-    """Return ``default_value`` when the value is undefined, None, NaN or an empty string."""
-    if _is_empty(value) or (boolean and not value):
-        return default_value
-    return value
-
-
-def _language(ctx: Context | None, explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    if ctx is not None:
-        for key in ("template_language", "language"):
-            value = ctx.get(key)
-            if isinstance(value, str) and value in SUPPORTED_LANGUAGES:
-                return value
-    return DEFAULT_LANGUAGE
-
-
-def salutation(
-    row: Mapping[str, Any], language: str | None = None, gender: str | None = None
-) -> str:
-    """Return a formal greeting for a recipient by language and gender, neutral when unknown."""
-    if not isinstance(row, Mapping):
-        raise TypeError("salutation expects the recipient row: write {{ recipient | salutation }}")
-    lang = language or DEFAULT_LANGUAGE
-    first = (row.get("first_name") or "").strip() if not _is_empty(row.get("first_name")) else ""
-    last = (row.get("last_name") or "").strip() if not _is_empty(row.get("last_name")) else ""
-    patr = (row.get("patronymic") or "").strip() if not _is_empty(row.get("patronymic")) else ""
-    sex = gender or row.get("gender")
-    sex = sex if sex in ("m", "f") else None
-    full = " ".join(p for p in (first, last) if p)
-    if lang == "ru":
-        given = " ".join(p for p in (first, patr) if p) or full
-        if sex == "m" and given:
-            return f"Уважаемый {given}"
-        if sex == "f" and given:
-            return f"Уважаемая {given}"
-        return f"Здравствуйте, {given}" if given else "Здравствуйте"
-    if lang == "en":
-        if sex and last:
-            return f"Dear {'Mr' if sex == 'm' else 'Ms'} {last}"
-        return f"Dear {full}" if full else "Dear customer"
-    if lang == "cs":
-        # The Czech vocative (Nováku) needs a morphology table; the nominative is accepted.
-        if sex and last:
-            return f"Vážený pane {last}" if sex == "m" else f"Vážená paní {last}"
-        return f"Vážená/ý {full}" if full else "Dobrý den"
-    if sex and last:
-        return f"Vážený pán {last}" if sex == "m" else f"Vážená pani {last}"
-    return f"Vážená/ý {full}" if full else "Dobrý deň"
-
-
-@pass_context
-def _salutation_filter(
-    ctx: Context, row: Mapping[str, Any], language: str | None = None, gender: str | None = None
-) -> str:
-    return salutation(row, _language(ctx, language), gender)
-
-
-_MONTHS_EN = (
-    *("January", "February", "March", "April", "May", "June"),
-    *("July", "August", "September", "October", "November", "December"),
-)
-
-
-def format_date(value: Any, language: str | None = None, fmt: str | None = None) -> str:
-    """Return a date as the language writes it: sk/cs 1. 7. 2025, ru 01.07.2025, en 1 July 2025."""
-    value = _plain(value)
-    if value is None or value == "":
-        return ""
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            return value
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        # Stored times are UTC; the reader lives in the analyst's zone.
-        value = value.astimezone(ZoneInfo(local_timezone()))
-    if not isinstance(value, dt.date):
-        raise TypeError(f"date filter got {type(value).__name__} {value!r}, not a date")
-    if fmt:
-        return value.strftime(fmt)
-    lang = language or DEFAULT_LANGUAGE
-    if lang == "ru":
-        return f"{value.day:02d}.{value.month:02d}.{value.year}"
-    if lang == "en":
-        return f"{value.day} {_MONTHS_EN[value.month - 1]} {value.year}"
-    return f"{value.day}. {value.month}. {value.year}"
-
-
-@pass_context
-def _date_filter(
-    ctx: Context, value: Any, fmt: str | None = None, language: str | None = None
-) -> str:
-    return format_date(value, _language(ctx, language), fmt)
-
-
-def _finalize(value: Any) -> Any:
-    # None (from NaN cells) must print as nothing, not as the word "None".
-    return "" if value is None else value
-
-
-class _Sandbox(SandboxedEnvironment):
-    """The sandbox, with dict keys looked up first (``article.title`` on a row dict)."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        # The stock lookup tries getattr first and pays for an AttributeError on every
-        # dict access in a loop; a dict key is data, never an attribute, so it is safe.
-        if type(obj) is dict and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
-def _make_env(autoescape: bool) -> SandboxedEnvironment:
-    env = _Sandbox(
-        autoescape=autoescape,
-        undefined=jinja2.StrictUndefined,
-        finalize=_finalize,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        auto_reload=False,
-    )
-    env.filters["default"] = default_filter
-    env.filters["d"] = default_filter
-    env.filters["salutation"] = _salutation_filter
-    env.filters["date"] = _date_filter
-    return env
-
-
-_HTML_ENV = _make_env(autoescape=True)
-_PLAIN_ENV = _make_env(autoescape=False)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _error_line(exc: BaseException, filename: str) -> int | None:
-    line = getattr(exc, "lineno", None)
-    tb: TracebackType | None = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == filename:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def _template_error(
-    exc: Exception, template: str, part: str, *, recipient: str = "", line: int | None = None
-) -> TemplateError:
-    variable = None
-    if isinstance(exc, jinja2.UndefinedError):
-        match = _UNDEFINED_NAME.search(str(exc))
-        variable = (match.group(1) or match.group(2)) if match else None
-        what = f"variable {variable!r} is undefined"
-        todo = (
-            f"add a {variable!r} column to the recipients or pass it in values=..., "
-            f"or write {{{{ {variable} | default('') }}}}"
-        )
-    elif isinstance(exc, SecurityError):
-        what = f"sandbox violation: {exc}"
-        todo = "templates may only use plain values, filters and loops"
-    elif isinstance(exc, jinja2.TemplateSyntaxError):
-        what = f"syntax error: {exc.message}"
-        todo = "fix the template text"
-    else:
-        what = f"{type(exc).__name__}: {exc}"
-        todo = "check the values this line uses"
-    where = f"template {template!r}, {part}" + (f", line {line}" if line else "")
-    who = f" (recipient {recipient})" if recipient else ""
-    return TemplateError(
-        f"{where}: {what}{who}: {todo}",
-        template=template,
-        part=part,
-        line=line,
-        variable=variable,
-        recipient=recipient or None,
-        reason=what,
-    )
 
 
 # --------------------------------------------------------------------------- compiling
@@ -734,229 +465,3 @@ def list_templates(directory: str | Path | None = None) -> pd.DataFrame:
         )
     columns = ["name", "language", "channel", "description", "required", "folder"]
     return pd.DataFrame(rows, columns=columns)
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def clean_header_value(
-    value: str, *, field_name: str, recipient: str = "", template: str = ""
-) -> str:
-    """Return a header value with CR/LF/NUL removed; refuse RFC 2047 encoded-word syntax."""
-    cleaned = _HEADER_BREAKERS.sub(" ", value).strip()
-    if _ENCODED_WORD.search(cleaned):
-        # Python 3.11's header folder decodes such words and can emit a real line break.
-        who = f" for recipient {recipient}" if recipient else ""
-        raise TemplateError(
-            f"{field_name}{who} contains RFC 2047 encoded-word syntax {cleaned!r}: refused, "
-            "because it could smuggle a line break into the headers; fix the value",
-            template=template or None,
-            recipient=recipient or None,
-            field=field_name,
-        )
-    return cleaned
-
-
-def _recipient_label(ctx: Mapping[str, Any]) -> str:
-    bits = []
-    if ctx.get("contact_point_id") is not None:
-        bits.append(f"contact point {ctx['contact_point_id']}")
-    elif ctx.get("contact_id") is not None:
-        bits.append(f"contact {ctx['contact_id']}")
-    if ctx.get("address"):
-        bits.append(f"<{ctx['address']}>")
-    return " ".join(bits) or "(no address)"
-
-
-def _parse_sender(sender: str | Mailbox | None) -> Mailbox:
-    if sender is None:
-        return Mailbox("", "")
-    if isinstance(sender, Mailbox):
-        return sender
-    return _parse_sender_text(sender)
-
-
-@lru_cache(maxsize=64)
-def _parse_sender_text(sender: str) -> Mailbox:
-    name, address = parseaddr(sender)
-    if not address:
-        raise TemplateError(f"sender {sender!r} is not an address like 'Firm <info@firm.sk>'")
-    return Mailbox(name, address)
-
-
-def build_context(
-    template: Template,
-    row: Mapping[str, Any] | pd.Series,
-    values: Mapping[str, Any] | None = None,
-    unsubscribe_url: str | None = None,
-) -> dict[str, Any]:
-    """Return the Jinja context: campaign values, overridden by the recipient's non-empty cells."""
-    recipient = row_to_context(row)
-    # Campaign values are defaults; a recipient's own non-empty cell is more specific.
-    ctx = {k: _plain(v) for k, v in (values or {}).items()}
-    ctx.update({k: v for k, v in recipient.items() if v is not None or k not in ctx})
-    # SendPulse's own variable names, so one template renders both locally and there.
-    ctx.setdefault("name", recipient.get("first_name"))
-    ctx.setdefault("surname", recipient.get("last_name"))
-    ctx.setdefault("patronymic", None)
-    ctx["recipient"] = recipient
-    ctx["unsubscribe_url"] = unsubscribe_url
-    ctx["template_language"] = template.language or recipient.get("language") or DEFAULT_LANGUAGE
-    return ctx
-
-
-def _render_part(
-    template: Template, part: str, ctx: Mapping[str, Any], recipient: str
-) -> str | None:
-    compiled = template._compiled.parts.get(part)
-    if compiled is None:
-        return None
-    try:
-        return compiled.compiled.render(ctx)
-    except Exception as exc:
-        line = _error_line(exc, f"<{template.name}:{part}>")
-        if compiled.original is not None:
-            # Inlining reflows lines: render the source as written to report its line number.
-            try:
-                compiled.original.render(ctx)
-            except Exception as again:
-                line = _error_line(again, f"<{template.name}:{part}>")
-        raise _template_error(exc, template.name, part, recipient=recipient, line=line) from exc
-
-
-def render(
-    template: Template,
-    row: Mapping[str, Any] | pd.Series,
-    *,
-    values: Mapping[str, Any] | None = None,
-    unsubscribe_url: str | None = None,
-    sender: str | Mailbox | None = None,
-    unsubscribe_mailto: str | None = None,
-) -> RenderedMessage:
-    """Render a template for one recipient row (pure: no I/O).
-
-    Args:
-        template: a :class:`Template` from :func:`load_template` or :func:`template_from_html`.
-        row: the recipient (a row of the contacts frame, or any mapping).
-        values: campaign-wide values (event date, venue, ...); a non-empty row cell of the
-            same name wins, so values act as defaults.
-        unsubscribe_url: the recipient's one-click unsubscribe URL (``{{ unsubscribe_url }}``).
-        sender: the From address, ``"Firm <info@firm.sk>"`` or a :class:`Mailbox`.
-        unsubscribe_mailto: an optional ``mailto:`` address for List-Unsubscribe.
-
-    """
-    ctx = build_context(template, row, values, unsubscribe_url)
-    who = _recipient_label(ctx)
-    subject = _render_part(template, "subject", ctx, who) or ""
-    html = _render_part(template, "html", ctx, who)
-    text = _render_part(template, "text", ctx, who)
-    if text is None and html is not None and template._compiled.text_from_html_each_time:
-        text = _html_to_text(html)
-    elif text is not None and not template.text:
-        # Loops in generated text leave runs of blank lines behind.
-        text = _BLANK_RUNS.sub("\n\n", text)
-    sms = _render_part(template, "sms", ctx, who)
-    subject = clean_header_value(
-        subject, field_name="subject", recipient=who, template=template.name
-    )
-    rec = ctx["recipient"]
-    display = " ".join(str(rec[k]) for k in ("first_name", "last_name") if rec.get(k))
-    to = Mailbox(
-        clean_header_value(
-            display, field_name="recipient name", recipient=who, template=template.name
-        ),
-        _HEADER_BREAKERS.sub("", str(rec.get("address") or "")).strip(),
-    )
-    headers: list[tuple[str, str]] = []
-    targets = []
-    if unsubscribe_url:
-        url = _HEADER_BREAKERS.sub("", unsubscribe_url).strip()
-        if not re.match(r"^https?://[^\s<>]+$", url):
-            raise TemplateError(
-                f"unsubscribe URL {url!r} for recipient {who} is not an http(s) URL without spaces",
-                recipient=who,
-            )
-        targets.append(f"<{url}>")
-    if unsubscribe_mailto:
-        mailto = _HEADER_BREAKERS.sub("", unsubscribe_mailto).strip().removeprefix("mailto:")
-        targets.append(f"<mailto:{mailto}>")
-    if targets:
-        headers.append(("List-Unsubscribe", ", ".join(targets)))
-    if unsubscribe_url:
-        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-    return RenderedMessage(
-        subject=subject,
-        html=html,
-        text=text,
-        to=to,
-        sender=_parse_sender(sender),
-        attachments=template._compiled.attachments,
-        inline_images=template._compiled.inline_images,
-        headers=tuple(headers),
-        sms=sms,
-        template_name=template.name,
-        recipient=who,
-        unsubscribe_url=unsubscribe_url,
-    )
-
-
-# --------------------------------------------------------------------------- checks
-
-_CHECK_COLUMNS = ["row", "contact_point_id", "address", "part", "line", "variable", "error"]
-
-
-def check_template(
-    template: Template,
-    frame: pd.DataFrame,
-    *,
-    values: Mapping[str, Any] | None = None,
-    provider: str | None = None,
-) -> pd.DataFrame:
-    """Render for every recipient and return the ones that fail and why (empty = all fine)."""
-    problems: list[dict[str, Any]] = []
-    if provider is not None:
-        if provider.lower() != "sendpulse":
-            raise TemplateError(
-                f"unknown provider {provider!r}: the only provider rule is 'sendpulse'"
-            )
-        allowed = ", ".join(sorted(SENDPULSE_VARIABLES))
-        for part, names in _undeclared(template).items():
-            for variable in sorted(names - SENDPULSE_VARIABLES):
-                problems.append(
-                    {
-                        "part": part,
-                        "variable": variable,
-                        "error": f"SendPulse personalises only {allowed}; "
-                        f"{variable!r} would be sent literally",
-                    }
-                )
-    for index, record in zip(frame.index, frame.to_dict("records"), strict=True):
-        who = {
-            "row": index,
-            "contact_point_id": record.get("contact_point_id"),
-            "address": record.get("address"),
-        }
-        ctx = build_context(template, record, values, PREVIEW_UNSUBSCRIBE_URL)
-        for variable in template.required:
-            if _is_empty(ctx.get(variable)):
-                problems.append(
-                    {
-                        **who,
-                        "part": "required",
-                        "variable": variable,
-                        "error": f"required value {variable!r} is empty",
-                    }
-                )
-        try:
-            render(template, record, values=values, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL)
-        except TemplateError as exc:
-            problems.append(
-                {
-                    **who,
-                    "part": exc.fields.get("part") or exc.fields.get("field"),
-                    "line": exc.fields.get("line"),
-                    "variable": exc.fields.get("variable"),
-                    "error": exc.fields.get("reason") or exc.message,
-                }
-            )
-    return pd.DataFrame(problems, columns=_CHECK_COLUMNS)

@@ -1,9 +1,10 @@
 """Throttling: a token bucket per process, or one shared by every worker through the database.
 
-Both buckets take an injectable :class:`Clock`, so tests move time by hand and
-never sleep. The shared bucket keeps its state in the ``rate_buckets`` table; on
-PostgreSQL the row is locked with ``SELECT ... FOR UPDATE`` and on SQLite the
-write lock is taken first, so two workers never spend the same token.
+Both buckets take an injectable :class:`~bulkmail_kernel.clock.Clock`, so tests
+move time by hand and never sleep. The shared bucket keeps its state in the
+``rate_buckets`` table; on PostgreSQL the row is locked with ``SELECT ... FOR
+UPDATE`` and on SQLite the write lock is taken first, so two workers never spend
+the same token.
 
 A caller that finds the bucket empty *reserves* its token (the level goes
 negative) and sleeps until the token would have arrived: one round trip per
@@ -13,78 +14,13 @@ message, no polling, and the rate holds however many workers share it.
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Protocol, cast
 
 import sqlalchemy as sa
 
+from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import Database, RateBucket
 from bulkmail_kernel.exceptions import ConfigError
-
-
-class Clock(Protocol):
-    """Where the sending engine gets time from (patched in tests, never slept in them)."""
-
-    def now(self) -> datetime:
-        """Return the current wall-clock time, aware, in UTC."""
-        ...
-
-    def monotonic(self) -> float:
-        """Return seconds on a clock that never goes back."""
-        ...
-
-    def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``."""
-        ...
-
-
-class SystemClock:
-    """The real clock."""
-
-    def now(self) -> datetime:
-        """Return the current UTC time."""
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        """Return ``time.monotonic()``."""
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep for real."""
-        if seconds > 0:
-            time.sleep(seconds)
-
-
-@dataclass
-class ManualClock:
-    """A clock that only moves when told to; ``sleep`` advances it instantly."""
-
-    start: datetime = field(default_factory=lambda: datetime(2025, 1, 6, 9, 0, tzinfo=UTC))
-    elapsed: float = 0.0
-    slept: list[float] = field(default_factory=list)
-
-    def now(self) -> datetime:
-        """Return the start time plus the elapsed seconds."""
-        return self.start + timedelta(seconds=self.elapsed)
-
-    def monotonic(self) -> float:
-        """Return the elapsed seconds."""
-        return self.elapsed
-
-    def sleep(self, seconds: float) -> None:
-        """Advance the clock by ``seconds`` without waiting."""
-        if seconds > 0:
-            self.slept.append(seconds)
-            self.elapsed += seconds
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock forward by ``seconds``."""
-        self.elapsed += seconds
-
-
-SYSTEM_CLOCK = SystemClock()
 
 
 def _check(rate_per_hour: float, burst: int) -> None:

@@ -28,9 +28,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bulkmail_kernel.campaigns.campaigns import hash_token, unsubscribe
 from bulkmail_kernel.config import DEFAULT_LANGUAGE
-from bulkmail_kernel.db import Contact, ContactPoint, Database, UnsubscribeToken, open_database
+from bulkmail_kernel.db import (
+    Contact,
+    ContactPoint,
+    Database,
+    UnsubscribeToken,
+    resolve_database,
+)
+from bulkmail_kernel.outbox.suppressions import hash_token, unsubscribe
 
 log = logging.getLogger("bulkmail")
 
@@ -101,7 +107,7 @@ def token_owner(
     """Return the address and language a token unsubscribes, or None for an unknown token."""
     if not _TOKEN.match(token):
         return None
-    database = db if db is not None else open_database(url)
+    database = resolve_database(db, url)
     with database.session() as s:
         row = s.get(UnsubscribeToken, hash_token(token))
         point = s.get(ContactPoint, row.contact_point_id) if row is not None else None
@@ -153,7 +159,7 @@ def _one_click(body: bytes, content_type: str) -> bool:
 
 def create_app(db: Database | None = None, url: str | None = None) -> Starlette:
     """Return the ASGI app serving ``GET``/``POST /u/{token}`` for database ``db`` (or ``url``)."""
-    database = db if db is not None else open_database(url)
+    database = resolve_database(db, url)
 
     async def confirm_page(request: Request) -> Response:
         token = request.path_params["token"]

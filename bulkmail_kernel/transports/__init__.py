@@ -96,7 +96,7 @@ def open_transport(kind: str, settings: dict[str, Any], credential_ref: str = ""
             raise ConfigError("file sender account: settings has no 'folder' for the .eml files")
         return FileTransport(settings["folder"])
     if kind == "eurosms":
-        from bulkmail_kernel.providers.eurosms import EuroSmsTransport
+        from bulkmail_kernel.transports.eurosms import EuroSmsTransport
 
         return EuroSmsTransport.from_settings(settings, credential_ref)
     if kind == "sendpulse":

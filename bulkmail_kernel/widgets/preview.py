@@ -6,48 +6,22 @@ import base64
 import html as htmlmod
 from collections.abc import Mapping
 from dataclasses import replace
-from html.parser import HTMLParser
 from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
 
+from bulkmail_kernel.compose.checks import PREVIEW_UNSUBSCRIBE_URL, preview_warnings
 from bulkmail_kernel.compose.mime import build_mime
+from bulkmail_kernel.compose.render import Mailbox, RenderedMessage, render
 from bulkmail_kernel.compose.sms import sms_segments
-from bulkmail_kernel.compose.templates import (
-    PREVIEW_UNSUBSCRIBE_URL,
-    Mailbox,
-    RenderedMessage,
-    Template,
-    render,
-)
+from bulkmail_kernel.compose.templates import Template
 from bulkmail_kernel.exceptions import BulkmailError
 
 DESKTOP_WIDTH = 700
 MOBILE_WIDTH = 375
-MAX_SUBJECT_CHARS = 78
 _PREVIEW_SENDER = Mailbox("Preview", "preview@example.invalid")
 _PREVIEW_MESSAGE_ID = "<preview@example.invalid>"
-
-
-class _ImageAltFinder(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.missing: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "img":
-            found = dict(attrs)
-            if "alt" not in found:
-                self.missing.append(found.get("src") or "?")
-
-
-def images_without_alt(html: str) -> list[str]:
-    """Return the ``src`` of every ``<img>`` that has no ``alt`` attribute."""
-    finder = _ImageAltFinder()
-    finder.feed(html)
-    finder.close()
-    return finder.missing
 
 
 def message_size_kb(rendered: RenderedMessage) -> float | None:
@@ -59,37 +33,6 @@ def message_size_kb(rendered: RenderedMessage) -> float | None:
     sender = rendered.sender if rendered.sender.address else _PREVIEW_SENDER
     data = build_mime(replace(rendered, sender=sender), message_id=_PREVIEW_MESSAGE_ID)
     return round(len(data) / 1024, 1)
-
-
-def preview_warnings(rendered: RenderedMessage) -> list[str]:
-    """Return what a careful sender would want to fix before sending this message."""
-    warnings = []
-    is_email = rendered.html is not None or rendered.text is not None
-    if is_email:
-        url = rendered.unsubscribe_url
-        bodies = (rendered.html or "") + (rendered.text or "")
-        if not url:
-            warnings.append("No unsubscribe URL: the message has no List-Unsubscribe header.")
-        elif url not in bodies and htmlmod.escape(url) not in bodies:
-            warnings.append('No visible unsubscribe link: add <a href="{{ unsubscribe_url }}">.')
-        if not rendered.subject:
-            warnings.append("The subject is empty.")
-        elif len(rendered.subject) > MAX_SUBJECT_CHARS:
-            warnings.append(
-                f"The subject is {len(rendered.subject)} characters long "
-                f"(over {MAX_SUBJECT_CHARS}); mail apps will cut it."
-            )
-        if rendered.html is not None:
-            for src in images_without_alt(rendered.html):
-                warnings.append(f"Image {src!r} has no alt text.")
-    if rendered.sms is not None:
-        info = sms_segments(rendered.sms)
-        if info.segments > 1:
-            warnings.append(
-                f"The SMS needs {info.segments} segments ({info.encoding}, {info.units} units, "
-                f"{info.per_segment} per segment): each segment is billed."
-            )
-    return warnings
 
 
 def preview_html(rendered: RenderedMessage, width: int = DESKTOP_WIDTH) -> str:

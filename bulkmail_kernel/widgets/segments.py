@@ -22,15 +22,9 @@ from bulkmail_kernel import config
 from bulkmail_kernel.db import Database
 from bulkmail_kernel.exceptions import BulkmailError, FilterError
 from bulkmail_kernel.segments.export import export_recipients, is_contact_column
-from bulkmail_kernel.segments.filters import (
-    BUILTIN_COLUMNS,
-    GENDERS,
-    KINDS,
-    AttributeCondition,
-    FilterSpec,
-    filter_recipients,
-    save_segment,
-)
+from bulkmail_kernel.segments.filters import BUILTIN_COLUMNS, filter_recipients
+from bulkmail_kernel.segments.saved import save_segment
+from bulkmail_kernel.segments.spec import GENDERS, KINDS, AttributeCondition, FilterSpec
 
 log = logging.getLogger("bulkmail")
 

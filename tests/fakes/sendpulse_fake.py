@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bulkmail_kernel.engine.throttle import SYSTEM_CLOCK, Clock
+from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 
 from . import serve
 

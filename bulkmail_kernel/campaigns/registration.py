@@ -1,0 +1,290 @@
+"""Registration: one rendered message per recipient into the outbox, and who was skipped and why.
+
+``register(campaign)`` renders every recipient's message now and stores the bytes
+(without Date, which is added at sending), so what was previewed is what is sent.
+The Message-ID is fixed here, on the sender's domain, so retries keep it; each
+recipient gets an unsubscribe token stored only as its SHA-256.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import replace as dc_replace
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from bulkmail_kernel.campaigns.campaigns import recipients_of, template_of
+from bulkmail_kernel.compose.headers import (
+    has_unsubscribe_pattern,
+    list_id,
+    new_message_id,
+    new_token,
+    unsubscribe_mailto,
+    unsubscribe_url,
+)
+from bulkmail_kernel.compose.mime import build_mime
+from bulkmail_kernel.compose.render import Mailbox, render
+from bulkmail_kernel.compose.sms import fit_to_gsm7 as fit_text
+from bulkmail_kernel.compose.sms import sms_segments
+from bulkmail_kernel.db import (
+    CampaignStatus,
+    ContactPoint,
+    Database,
+    Event,
+    Message,
+    Suppression,
+    chunks,
+    resolve_database,
+    utcnow,
+)
+from bulkmail_kernel.exceptions import BulkmailError, ConfigError, SendError
+from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
+from bulkmail_kernel.outbox.queue import queue, store_messages
+from bulkmail_kernel.records import CampaignRef, campaign_channel, point_channel
+
+log = logging.getLogger("bulkmail")
+
+#: Most segments one SMS may cost unless the campaign says otherwise (a typo can cost 10x).
+DEFAULT_MAX_SMS_SEGMENTS = 6
+
+
+def register(
+    campaign: CampaignRef,
+    recipients: pd.DataFrame | None = None,
+    *,
+    template: Any = None,
+    fit_to_gsm7: bool | None = None,
+    max_segments: int | None = None,
+    db: Database | None = None,
+    url: str | None = None,
+) -> pd.DataFrame:
+    """Render one message per recipient into the outbox and return the queue.
+
+    ``recipients`` are rows of ``contacts_frame()`` (default: the campaign's
+    segment). Registering again adds only recipients not yet in the campaign.
+    Suppressed, not-allowed, duplicate and unrenderable recipients are skipped and
+    listed by ``skipped(campaign)``. Bodies are rendered now, so what was previewed
+    is what is sent; the Date header is added when each message is sent.
+
+    An SMS campaign stores each recipient's text (UTF-8) for their E.164 number.
+    ``fit_to_gsm7`` rewrites it into the GSM-7 alphabet first (default: the campaign
+    value ``fit_to_gsm7``); a text longer than ``max_segments`` segments (default:
+    the campaign value ``max_sms_segments``, else 6) stops the registration, naming
+    the recipient. SendPulse accounts need no unsubscribe link pattern: SendPulse
+    adds its own.
+    """
+    database = resolve_database(db, url)
+    with database.session() as s:
+        c = campaign_row(s, campaign)
+        if c.status in (CampaignStatus.CANCELLED.value,):
+            raise SendError(f"campaign {c.name!r} is cancelled: create a new one", campaign=c.name)
+        sender = sender_of(s, c)
+        tmpl = template_of(c, template)
+        if template is not None:
+            c.template_name = getattr(tmpl, "name", "") or c.template_name
+            c.template_source = {
+                k: getattr(tmpl, k, None) for k in ("subject", "html", "text", "sms", "language")
+            }
+            if getattr(tmpl, "folder", None) is not None and tmpl.html is None:
+                c.template_source["folder"] = str(tmpl.folder)
+        cid, cname, channel, values = c.id, c.name, c.channel, dict(c.values or {})
+    is_sms = campaign_channel(channel) == "sms"
+    wanted = point_channel(channel)
+    if is_sms and not getattr(tmpl, "sms", None):
+        raise SendError(
+            f"register {cname!r}: template {getattr(tmpl, 'name', '')!r} has no SMS text: "
+            'use an SMS template (channel = "sms", an sms.txt)',
+            campaign=cname,
+        )
+    fit = bool(values.get("fit_to_gsm7", False)) if fit_to_gsm7 is None else fit_to_gsm7
+    limit = int(
+        values.get("max_sms_segments", DEFAULT_MAX_SMS_SEGMENTS)
+        if max_segments is None
+        else max_segments
+    )
+    # E-mail needs a List-Unsubscribe link (RFC 8058); SendPulse adds its own link and an SMS
+    # carries one only if its text asks for {{ unsubscribe_url }} (an opt-out text otherwise).
+    if is_sms:
+        link_needed = link_wanted = "unsubscribe_url" in tmpl.variables()
+    else:
+        link_needed = sender.kind != "sendpulse"
+        link_wanted = link_needed or has_unsubscribe_pattern(sender)
+    frame = recipients if recipients is not None else recipients_of(c, database)
+    if "contact_point_id" not in frame.columns:
+        raise SendError(
+            f"register {cname!r}: the recipients frame has no 'contact_point_id' column: "
+            "pass rows of contacts_frame() (or of filter_recipients())",
+            campaign=cname,
+        )
+    point_ids = [int(x) for x in frame["contact_point_id"]]
+    cp = ContactPoint.__table__
+    with database.engine.connect() as conn:
+        points = {
+            r.id: r
+            for chunk in chunks(point_ids, 500)
+            for r in conn.execute(
+                sa.select(
+                    cp.c.id, cp.c.contact_id, cp.c.channel, cp.c.normalized, cp.c.mailing_allowed
+                ).where(cp.c.id.in_(chunk))
+            )
+        }
+        suppressed = {
+            (ch, n)
+            for ch, n in conn.execute(sa.select(Suppression.channel, Suppression.normalized))
+        }
+        already = set(
+            conn.execute(sa.select(Message.recipient).where(Message.campaign_id == cid)).scalars()
+        )
+    from_box = Mailbox(sender.from_name, sender.from_email)
+    # RFC 2919: one List-Id per campaign, so receivers (and Gmail's filters) group its mail.
+    list_header = None if is_sms else ("List-Id", list_id(cname, cid, sender))
+    skipped: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    now = utcnow()
+    for (_, row), pid in zip(frame.iterrows(), point_ids, strict=True):
+        point = points.get(pid)
+        reason = None
+        if point is None:
+            reason = "contact point no longer exists"
+        elif point.channel != wanted:
+            reason = f"not {'a phone' if is_sms else 'an email'} contact point ({point.channel})"
+        elif is_sms and not re.fullmatch(r"\+[1-9]\d{6,14}", point.normalized):
+            reason = f"{point.normalized!r} is not an E.164 phone number"
+        elif (point.channel, point.normalized) in suppressed:
+            reason = "suppressed"
+        elif not point.mailing_allowed:
+            reason = "mailing not allowed"
+        elif point.normalized in already:
+            continue  # registered before: idempotent, not a skip
+        elif point.normalized in seen:
+            reason = "duplicate address in this campaign"
+        if reason is None:
+            assert point is not None  # every branch without a point set a reason
+            token = new_token() if link_wanted else None
+            link = unsubscribe_url(sender, token) if token is not None else None
+            try:
+                rendered = render(
+                    tmpl,
+                    row,
+                    values=values,
+                    unsubscribe_url=link,
+                    sender=from_box,
+                    unsubscribe_mailto=(
+                        unsubscribe_mailto(sender, token)
+                        if token is not None and not is_sms
+                        else None
+                    ),
+                )
+                message_id = new_message_id(sender)
+                if is_sms:
+                    text = (rendered.sms or "").strip()
+                    text = fit_text(text) if fit else text
+                    subject, data = text, text.encode("utf-8")
+                else:
+                    subject = rendered.subject
+                    assert list_header is not None
+                    rendered = dc_replace(rendered, headers=(*rendered.headers, list_header))
+                    data = build_mime(rendered, message_id=message_id)
+            except BulkmailError as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                reason = f"cannot render: {exc.message}"
+            else:
+                if is_sms:
+                    reason = _sms_problem(cname, point.normalized, rendered.recipient, text, limit)
+            if reason is None:
+                seen.add(point.normalized)
+                messages.append(
+                    {
+                        "point": point,
+                        "token": token,
+                        "message_id": message_id,
+                        "subject": subject,
+                        "body": data,
+                    }
+                )
+        if reason is not None:
+            skipped.append(
+                {
+                    "kind": "skipped",
+                    "contact_id": getattr(point, "contact_id", None),
+                    "contact_point_id": pid if point is not None else None,
+                    "campaign_id": cid,
+                    "message_id": None,
+                    "detail": reason,
+                    "occurred_at": now,
+                    "data": {"address": getattr(point, "normalized", None), "at": "registration"},
+                }
+            )
+    store_messages(database, cid, wanted, messages, skipped, now)
+    with database.session() as s:
+        c = campaign_row(s, cid)
+        if c.status in (CampaignStatus.DRAFT.value, CampaignStatus.FINISHED.value):
+            c.status = (
+                CampaignStatus.SCHEDULED.value
+                if c.scheduled_at
+                else CampaignStatus.REGISTERED.value
+            )
+        c.registered_at = now
+    log.info(
+        "campaign %s: %d messages registered, %d recipients skipped (see skipped())",
+        cname,
+        len(messages),
+        len(skipped),
+    )
+    return queue(cid, db=database)
+
+
+def _sms_problem(campaign: str, number: str, who: str, text: str, max_segments: int) -> str | None:
+    """Return why an SMS text cannot be registered (None: fine); raise when it is too long."""
+    if not text:
+        return "the SMS text is empty"
+    info = sms_segments(text)
+    if info.segments > max_segments:
+        # Not a skip: every recipient would likely cost as much, so the analyst must decide.
+        raise SendError(
+            f"register {campaign!r}: the SMS for {who or number} ({number}) is {info.segments} "
+            f"segments ({info.encoding}, {info.units} units), more than max_segments="
+            f"{max_segments}: shorten the template, register with fit_to_gsm7=True, or raise "
+            "max_segments",
+            campaign=campaign,
+            recipient=number,
+            segments=info.segments,
+        )
+    return None
+
+
+def skipped(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """Return who was skipped, when and why (at registration or, later, at send time)."""
+    database = resolve_database(db, url)
+    with database.session() as s:
+        cid = campaign_row(s, campaign).id
+        rows = s.execute(
+            sa.select(
+                Event.occurred_at,
+                Event.contact_id,
+                Event.contact_point_id,
+                ContactPoint.normalized,
+                Event.detail,
+                Event.data,
+            )
+            .join(ContactPoint, ContactPoint.id == Event.contact_point_id, isouter=True)
+            .where(Event.campaign_id == cid, Event.kind == "skipped")
+            .order_by(Event.id)
+        ).all()
+    frame = pd.DataFrame(
+        [(r[0], r[1], r[2], r[3], r[4], (r[5] or {}).get("at", "")) for r in rows],
+        columns=["occurred_at", "contact_id", "contact_point_id", "address", "reason", "at"],
+    )
+    for col in ("contact_id", "contact_point_id"):
+        frame[col] = frame[col].astype("Int64")
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
+    return frame

@@ -1,0 +1,225 @@
+"""Rendering: one template and one recipient row in, a ``RenderedMessage`` out, no I/O.
+
+``render`` fills a compiled :class:`~bulkmail_kernel.compose.templates.Template` with
+the recipient's values (campaign values as defaults, see ``build_context``), cleans
+every header value so no line break can be smuggled into the headers
+(``clean_header_value``), and adds the List-Unsubscribe headers. The result is a
+frozen ``RenderedMessage`` addressed ``Mailbox`` to ``Mailbox``, which
+:mod:`~bulkmail_kernel.compose.mime` turns into bytes and the SMS providers send as
+text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parseaddr
+from functools import lru_cache
+from typing import Any
+
+import pandas as pd
+
+from bulkmail_kernel.compose.sandbox import _error_line, _plain, _template_error, row_to_context
+from bulkmail_kernel.compose.templates import Attachment, InlineImage, Template, _html_to_text
+from bulkmail_kernel.config import DEFAULT_LANGUAGE
+from bulkmail_kernel.exceptions import TemplateError
+
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
+_HEADER_BREAKERS = re.compile(r"[\r\n\x00]+")
+_BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """A display name and an e-mail address (or a phone number for SMS)."""
+
+    name: str
+    address: str
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.address}>" if self.name else self.address
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    """One recipient's message, ready to be turned into MIME bytes or an SMS."""
+
+    subject: str
+    html: str | None
+    text: str | None
+    to: Mailbox
+    sender: Mailbox
+    attachments: tuple[Attachment, ...] = ()
+    inline_images: tuple[InlineImage, ...] = ()
+    #: Extra headers in order, e.g. List-Unsubscribe; names are fixed by us, values cleaned.
+    headers: tuple[tuple[str, str], ...] = ()
+    sms: str | None = None
+    template_name: str = ""
+    #: Who this is for, in words, for error messages ("contact point 12 <a@b.sk>").
+    recipient: str = ""
+    unsubscribe_url: str | None = None
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def clean_header_value(
+    value: str, *, field_name: str, recipient: str = "", template: str = ""
+) -> str:
+    """Return a header value with CR/LF/NUL removed; refuse RFC 2047 encoded-word syntax."""
+    cleaned = _HEADER_BREAKERS.sub(" ", value).strip()
+    if _ENCODED_WORD.search(cleaned):
+        # Python 3.11's header folder decodes such words and can emit a real line break.
+        who = f" for recipient {recipient}" if recipient else ""
+        raise TemplateError(
+            f"{field_name}{who} contains RFC 2047 encoded-word syntax {cleaned!r}: refused, "
+            "because it could smuggle a line break into the headers; fix the value",
+            template=template or None,
+            recipient=recipient or None,
+            field=field_name,
+        )
+    return cleaned
+
+
+def _recipient_label(ctx: Mapping[str, Any]) -> str:
+    bits = []
+    if ctx.get("contact_point_id") is not None:
+        bits.append(f"contact point {ctx['contact_point_id']}")
+    elif ctx.get("contact_id") is not None:
+        bits.append(f"contact {ctx['contact_id']}")
+    if ctx.get("address"):
+        bits.append(f"<{ctx['address']}>")
+    return " ".join(bits) or "(no address)"
+
+
+def _parse_sender(sender: str | Mailbox | None) -> Mailbox:
+    if sender is None:
+        return Mailbox("", "")
+    if isinstance(sender, Mailbox):
+        return sender
+    return _parse_sender_text(sender)
+
+
+@lru_cache(maxsize=64)
+def _parse_sender_text(sender: str) -> Mailbox:
+    name, address = parseaddr(sender)
+    if not address:
+        raise TemplateError(f"sender {sender!r} is not an address like 'Firm <info@firm.sk>'")
+    return Mailbox(name, address)
+
+
+def build_context(
+    template: Template,
+    row: Mapping[str, Any] | pd.Series,
+    values: Mapping[str, Any] | None = None,
+    unsubscribe_url: str | None = None,
+) -> dict[str, Any]:
+    """Return the Jinja context: campaign values, overridden by the recipient's non-empty cells."""
+    recipient = row_to_context(row)
+    # Campaign values are defaults; a recipient's own non-empty cell is more specific.
+    ctx = {k: _plain(v) for k, v in (values or {}).items()}
+    ctx.update({k: v for k, v in recipient.items() if v is not None or k not in ctx})
+    # SendPulse's own variable names, so one template renders both locally and there.
+    ctx.setdefault("name", recipient.get("first_name"))
+    ctx.setdefault("surname", recipient.get("last_name"))
+    ctx.setdefault("patronymic", None)
+    ctx["recipient"] = recipient
+    ctx["unsubscribe_url"] = unsubscribe_url
+    ctx["template_language"] = template.language or recipient.get("language") or DEFAULT_LANGUAGE
+    return ctx
+
+
+def _render_part(
+    template: Template, part: str, ctx: Mapping[str, Any], recipient: str
+) -> str | None:
+    compiled = template._compiled.parts.get(part)
+    if compiled is None:
+        return None
+    try:
+        return compiled.compiled.render(ctx)
+    except Exception as exc:
+        line = _error_line(exc, f"<{template.name}:{part}>")
+        if compiled.original is not None:
+            # Inlining reflows lines: render the source as written to report its line number.
+            try:
+                compiled.original.render(ctx)
+            except Exception as again:
+                line = _error_line(again, f"<{template.name}:{part}>")
+        raise _template_error(exc, template.name, part, recipient=recipient, line=line) from exc
+
+
+def render(
+    template: Template,
+    row: Mapping[str, Any] | pd.Series,
+    *,
+    values: Mapping[str, Any] | None = None,
+    unsubscribe_url: str | None = None,
+    sender: str | Mailbox | None = None,
+    unsubscribe_mailto: str | None = None,
+) -> RenderedMessage:
+    """Render a template for one recipient row (pure: no I/O).
+
+    Args:
+        template: a :class:`Template` from :func:`load_template` or :func:`template_from_html`.
+        row: the recipient (a row of the contacts frame, or any mapping).
+        values: campaign-wide values (event date, venue, ...); a non-empty row cell of the
+            same name wins, so values act as defaults.
+        unsubscribe_url: the recipient's one-click unsubscribe URL (``{{ unsubscribe_url }}``).
+        sender: the From address, ``"Firm <info@firm.sk>"`` or a :class:`Mailbox`.
+        unsubscribe_mailto: an optional ``mailto:`` address for List-Unsubscribe.
+
+    """
+    ctx = build_context(template, row, values, unsubscribe_url)
+    who = _recipient_label(ctx)
+    subject = _render_part(template, "subject", ctx, who) or ""
+    html = _render_part(template, "html", ctx, who)
+    text = _render_part(template, "text", ctx, who)
+    if text is None and html is not None and template._compiled.text_from_html_each_time:
+        text = _html_to_text(html)
+    elif text is not None and not template.text:
+        # Loops in generated text leave runs of blank lines behind.
+        text = _BLANK_RUNS.sub("\n\n", text)
+    sms = _render_part(template, "sms", ctx, who)
+    subject = clean_header_value(
+        subject, field_name="subject", recipient=who, template=template.name
+    )
+    rec = ctx["recipient"]
+    display = " ".join(str(rec[k]) for k in ("first_name", "last_name") if rec.get(k))
+    to = Mailbox(
+        clean_header_value(
+            display, field_name="recipient name", recipient=who, template=template.name
+        ),
+        _HEADER_BREAKERS.sub("", str(rec.get("address") or "")).strip(),
+    )
+    headers: list[tuple[str, str]] = []
+    targets = []
+    if unsubscribe_url:
+        url = _HEADER_BREAKERS.sub("", unsubscribe_url).strip()
+        if not re.match(r"^https?://[^\s<>]+$", url):
+            raise TemplateError(
+                f"unsubscribe URL {url!r} for recipient {who} is not an http(s) URL without spaces",
+                recipient=who,
+            )
+        targets.append(f"<{url}>")
+    if unsubscribe_mailto:
+        mailto = _HEADER_BREAKERS.sub("", unsubscribe_mailto).strip().removeprefix("mailto:")
+        targets.append(f"<mailto:{mailto}>")
+    if targets:
+        headers.append(("List-Unsubscribe", ", ".join(targets)))
+    if unsubscribe_url:
+        headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    return RenderedMessage(
+        subject=subject,
+        html=html,
+        text=text,
+        to=to,
+        sender=_parse_sender(sender),
+        attachments=template._compiled.attachments,
+        inline_images=template._compiled.inline_images,
+        headers=tuple(headers),
+        sms=sms,
+        template_name=template.name,
+        recipient=who,
+        unsubscribe_url=unsubscribe_url,
+    )

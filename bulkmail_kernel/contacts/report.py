@@ -1,0 +1,88 @@
+"""What an import did: ``ImportResult`` and the row-by-row report it carries.
+
+``import_contacts`` returns an ``ImportResult``: the counts (inserted, updated,
+unchanged, merged, rejected), whether anything was committed, and a DataFrame listing
+every rejected, merged or cleaned row with the row number a person sees in the source.
+``_Report`` collects those lines while the pipeline validates, merges and stores; it
+lives here with the result it becomes, apart from the pipeline itself.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from bulkmail_kernel.contacts.values import _cell_text
+
+REPORT_COLUMNS = ("row", "action", "column", "value", "reason")
+
+
+@dataclass(frozen=True, eq=False)
+class ImportResult:
+    """What an import did: counts, whether it was committed, and a row-by-row report.
+
+    ``report`` lists every rejected, merged or cleaned row with the row number a
+    person sees in the source (spreadsheet row with the header as row 1, XML
+    ``<contact>`` element number, SQL result row).
+    """
+
+    source: str
+    rows: int
+    inserted: int
+    updated: int
+    unchanged: int
+    merged: int
+    rejected: int
+    committed: bool
+    report: pd.DataFrame
+    run_id: int | None = None
+    encoding: str | None = None
+    delimiter: str | None = None
+
+    def summary(self) -> str:
+        """Return a one-line summary of the counts."""
+        state = "committed" if self.committed else "NOT committed"
+        text = (
+            f"{self.source}: {self.rows} rows, {self.inserted} inserted, {self.updated} updated, "
+            f"{self.unchanged} unchanged, {self.merged} merged, {self.rejected} rejected; {state}"
+        )
+        if not self.committed and self.rejected:
+            text += " (fix the rejected rows, or import again with on_error='skip')"
+        return text
+
+    def __repr__(self) -> str:
+        lines = [f"ImportResult({self.summary()})"]
+        if len(self.report):
+            lines.append(self.report.to_string(index=False, max_rows=20, max_colwidth=60))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        colour = "#1a7f37" if self.committed else "#cf222e"
+        head = f'<p style="color:{colour}"><b>{html.escape(self.summary())}</b></p>'
+        if not len(self.report):
+            return head
+        return head + self.report.to_html(index=False, max_rows=200, escape=True)
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str, str, str, str]] = []
+        self.rejected: set[int] = set()
+        self.merged: set[int] = set()
+
+    def add(self, row: int, action: str, column: str, value: Any, reason: str) -> None:
+        self.lines.append((row, action, column, _cell_text(value), reason))
+        if action == "rejected":
+            self.rejected.add(row)
+        elif action == "merged":
+            self.merged.add(row)
+
+    def frame(self) -> pd.DataFrame:
+        order = {"rejected": 0, "merged": 1, "cleaned": 2}
+        lines = sorted(self.lines, key=lambda t: (t[0], order.get(t[1], 9)))
+        df = pd.DataFrame(lines, columns=list(REPORT_COLUMNS))
+        return df.astype({"row": "int64", "action": "str", "column": "str", "value": "str",
+                          "reason": "str"})  # fmt: skip

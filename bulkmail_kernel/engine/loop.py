@@ -1,0 +1,526 @@
+"""The send loop: claim a batch, send each message through the transport, record, repeat.
+
+Within a batch, every few messages (one at campaign rates, 50 unthrottled) the loop
+records what went out and, in the same commit, marks the next few handed over
+before they go to the transport; a crash then leaves only those few in doubt (see
+:mod:`bulkmail_kernel.outbox.store`, which holds every query). Each e-mail gets its
+Date, header check and DKIM signature on the way out
+(:func:`~bulkmail_kernel.deliverability.dkim.prepare_outgoing`); an SMS leaves as stored.
+
+``send(connections=N)`` runs N such loops as threads of one worker, each over its
+own SMTP connection, all claiming through that same statement and taking their
+turn from the one shared token bucket; a fatal answer or Ctrl-C in any of them
+stops them all, each recording what it sent and putting the rest back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from tqdm.auto import tqdm
+
+from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
+from bulkmail_kernel.compose.headers import envelope_from
+from bulkmail_kernel.db import CampaignStatus, Database, MessageStatus, resolve_database
+from bulkmail_kernel.deliverability.dkim import (
+    SIGNED_HEADERS,
+    DkimSigner,
+    prepare_outgoing,
+    signer_for,
+)
+from bulkmail_kernel.engine.throttle import SharedTokenBucket, Throttle
+from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.recovery import new_worker_id
+from bulkmail_kernel.outbox.store import CLAIMABLE, OPEN, Claimed, OutboxStore
+from bulkmail_kernel.records import CampaignRef, SenderInfo, campaign_channel
+from bulkmail_kernel.transports import SendResult, Transport, open_transport
+
+log = logging.getLogger("bulkmail")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for 4xx answers and dropped connections (Postfix-like defaults)."""
+
+    retry_backoff_s: float = 300.0
+    max_backoff_s: float = 4000.0
+    expiry_s: float = 5 * 86400.0
+
+    def delay_s(self, attempts: int) -> float:
+        """Return the wait before the next try after ``attempts`` failed tries."""
+        return min(self.max_backoff_s, self.retry_backoff_s * 2 ** max(0, attempts - 1))
+
+    def waited_s(self, attempts: int) -> float:
+        """Return the total backoff spent once ``attempts`` tries were deferred."""
+        return sum(self.delay_s(k) for k in range(1, attempts + 1))
+
+
+@dataclass(frozen=True)
+class SendSummary:
+    """What one ``send`` call did, and what is left."""
+
+    campaign: str
+    status: str
+    sent: int
+    deferred: int
+    failed: int
+    unknown: int
+    removed: int
+    remaining: int
+    elapsed_s: float
+    connections: int
+
+
+class _NoThrottle:
+    def acquire(self) -> float:
+        return 0.0
+
+
+@dataclass
+class _Run:
+    """Everything one campaign's send loop needs."""
+
+    store: OutboxStore
+    campaign_id: int
+    name: str
+    sender: SenderInfo
+    transport: Transport
+    throttle: Throttle
+    clock: Clock
+    retry: RetryPolicy
+    batch: int
+    stop: threading.Event | None = None
+    on_progress: Callable[[int], None] | None = None
+    #: Signs every e-mail of the campaign (None: the account has no DKIM key).
+    signer: DkimSigner | None = None
+    #: How many messages are recorded and marked handed over at a time (``mark_handed``).
+    mark_ahead: int = 20
+    totals: dict[str, int] = field(
+        default_factory=lambda: {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0}
+    )
+
+
+def _run_batches(run: _Run) -> None:
+    """Claim, send and record batches until nothing is due, the campaign pauses or we're told."""
+    while True:
+        if run.stop is not None and run.stop.is_set():
+            return
+        if run.store.campaign_status(run.campaign_id) != CampaignStatus.SENDING.value:
+            return  # paused, cancelled or stopped from elsewhere: leave the rest queued
+        # Unthrottled, the first few are marked by the claim; throttled, each message is
+        # marked only once its token is in hand (a crash while waiting leaves no doubt).
+        first = run.mark_ahead if isinstance(run.throttle, _NoThrottle) else 0
+        batch = run.store.claim(run.campaign_id, run.batch, hand=first)
+        if not batch:
+            return
+        outcomes: list[tuple[Claimed, SendResult]] = []
+        recorded = 0  # outcomes[:recorded] are in the database
+        in_flight: Claimed | None = None
+        fatal: SendResult | None = None
+        handed = {m.id for m in batch if m.handed}
+        lost: set[int] = set()  # taken back from us: neither sent, recorded nor released
+        try:
+            for i, m in enumerate(batch):
+                if run.stop is not None and run.stop.is_set():
+                    break
+                body = m.body
+                if m.channel != "phone":  # an SMS is the bare text: a Date would be sent as words
+                    try:
+                        body = _outgoing(run, m)
+                    except SendError as exc:
+                        # Never handed to the transport: a smuggled header must not leave.
+                        log.error("message %d to %s not sent: %s", m.id, m.recipient, exc.message)
+                        outcomes.append((m, SendResult("failed", None, f"not sent: {exc.message}")))
+                        continue
+                run.throttle.acquire()
+                if run.stop is not None and run.stop.is_set():
+                    break  # told to stop while waiting for the token: this one goes back
+                if m.id not in handed:
+                    # Every few messages: record what went out so far, then mark (committed)
+                    # the next few as handed over before they leave. After a crash only those
+                    # few are in doubt ('unknown'); the rest of the claim is requeued.
+                    ahead = [c.id for c in batch[i : i + run.mark_ahead] if c.id not in lost]
+                    recorded, mine = _flush(run, outcomes, recorded, ahead)
+                    handed |= mine
+                    lost |= set(ahead) - mine
+                    if m.id not in handed:
+                        log.warning("message %d was taken back from this worker: not sent", m.id)
+                        continue
+                in_flight = m
+                result = run.transport.send(
+                    body,
+                    mail_from=envelope_from(run.sender, m.message_id_header),
+                    rcpt_to=m.recipient,
+                )
+                in_flight = None
+                outcomes.append((m, result))
+                if result.status == "fatal":
+                    fatal = result
+                    break
+        except BaseException:
+            # Ctrl-C or a crash inside the transport: what was sent is recorded, what was in
+            # flight may have gone out (unknown), the rest goes back to the queue untouched.
+            if in_flight is not None:
+                outcomes.append(
+                    (in_flight, SendResult("unknown", None, "interrupted while sending"))
+                )
+                with contextlib.suppress(Exception):
+                    run.transport.close()
+            _flush(run, outcomes, recorded, [])
+            done = {o[0].id for o in outcomes} | lost
+            run.store.release([m for m in batch if m.id not in done])
+            raise
+        _flush(run, outcomes, recorded, [])
+        done = {o[0].id for o in outcomes} | lost
+        run.store.release([m for m in batch if m.id not in done])
+        if fatal is not None:
+            error = (
+                f"campaign {run.name!r} stopped: {fatal.detail}. Nothing after it was sent and no "
+                "message was marked; fix the sender account, then resume() and send() again"
+            )
+            run.store.stop_campaign(run.campaign_id, error)
+            raise SendError(error, campaign=run.name, code=fatal.code)
+
+
+def _flush(
+    run: _Run, outcomes: list[tuple[Claimed, SendResult]], recorded: int, hand: list[int]
+) -> tuple[int, set[int]]:
+    """Record ``outcomes[recorded:]``, mark ``hand``; return how many are recorded, and ours."""
+    counts, mine = run.store.record_and_mark(run.campaign_id, outcomes[recorded:], run.retry, hand)
+    for k in run.totals:
+        run.totals[k] += counts[k]
+    if run.on_progress is not None:
+        run.on_progress(sum(counts[k] for k in ("sent", "failed", "unknown")))
+    return len(outcomes), mine
+
+
+def _outgoing(run: _Run, m: Claimed) -> bytes:
+    """Return the bytes of e-mail ``m`` as they leave: Date now, header set checked, signed."""
+    return prepare_outgoing(m.body, when=run.clock.now(), signer=run.signer, allowed=SIGNED_HEADERS)
+
+
+def _signer(sender: SenderInfo, channel: str) -> DkimSigner | None:
+    """Return the DKIM signer of an e-mail campaign's account (ConfigError for bad settings)."""
+    if campaign_channel(channel) != "email":
+        return None
+    try:
+        return signer_for(sender.settings, sender.from_email)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"sender account {sender.name!r}: {exc.message}; nothing was sent",
+            **{**exc.fields, "account": sender.name},
+        ) from exc
+
+
+def _mark_ahead(rate_per_hour: float) -> int:
+    # About half a second's worth, 1 to 20: at campaign rates (100-3,000/h) every message
+    # is recorded and the next marked on its own, so a crash leaves at most the one in
+    # hand in doubt. Unthrottled, 50 at a time: the claim marks the first 50 in its own
+    # commit, then one commit per 50 records them and marks the next, so a crash leaves
+    # at most 50 in doubt whatever the claim's size (the rest is requeued), and claims
+    # can be large (send()'s batch_size, 200) to spread their own cost.
+    if math.isinf(rate_per_hour):
+        return 50
+    return max(1, min(20, int(rate_per_hour / 3600 * 0.5)))
+
+
+def _batch_size(rate_per_hour: float, batch_size: int) -> int:
+    if math.isinf(rate_per_hour):
+        return batch_size
+    # Claim about five seconds' worth: a crash then leaves at most that many 'unknown'.
+    return max(1, min(batch_size, int(rate_per_hour / 3600 * 5)))
+
+
+def send(
+    campaign: CampaignRef,
+    *,
+    rate_per_hour: float | None = None,
+    burst: int | None = None,
+    progress: bool = True,
+    connections: int = 1,
+    transport: Transport | None = None,
+    transport_factory: Callable[[SenderInfo], Transport] | None = None,
+    retry: RetryPolicy | None = None,
+    wait_for_retries: bool = False,
+    batch_size: int = 200,
+    clock: Clock = SYSTEM_CLOCK,
+    stop: threading.Event | None = None,
+    db: Database | None = None,
+    url: str | None = None,
+) -> SendSummary:
+    """Send the campaign's due messages, throttled, and return what happened.
+
+    Interrupting (Ctrl-C) leaves the queue consistent; calling ``send`` again resumes.
+    The throttle is shared through the database with any worker sending the same campaign.
+
+    Args:
+        campaign: name or id of a registered campaign.
+        rate_per_hour: messages per hour (default: the campaign's); ``math.inf`` sends
+            as fast as the server takes them (a local sink, benchmarks).
+        burst: how many may leave at once before the rate applies (default: the campaign's).
+        progress: show a ``tqdm`` progress bar.
+        connections: how many SMTP connections send in parallel, one thread each. They
+            claim from the same outbox (no message goes out twice) and share the one
+            throttle, so the rate stays the campaign's; more connections only help when
+            the server, not the rate, is the limit. Keep it at or below what the relay
+            allows per client (often 2 to 10).
+        transport: where messages go (default: the campaign's sender account); one
+            connection, so only with ``connections=1``.
+        transport_factory: builds one transport per connection from the sender account
+            (default: the account's own kind, e.g. SMTP through yagmail's login).
+        retry: backoff and expiry for deferred messages.
+        wait_for_retries: keep waiting for deferred messages to come due instead of
+            returning with them pending (the worker picks them up later otherwise).
+        batch_size: most messages claimed at once when unthrottled; a crash leaves at
+            most 50 of them in doubt whatever the size (the rest go back to the queue).
+        clock: time source (tests pass a ``ManualClock``).
+        stop: an event that ends the run after the message in hand.
+        db: an open database (default: ``open_database(url)``).
+        url: the database URL when ``db`` is not given.
+
+    """
+    if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+        raise ConfigError(f"send: connections={connections!r}: give a whole number, 1 or more")
+    if transport is not None and (connections > 1 or transport_factory is not None):
+        raise ConfigError(
+            "send: a transport is one connection: pass transport_factory (one transport per "
+            "connection) to send over several, or leave connections at 1"
+        )
+    database = resolve_database(db, url)
+    retry = retry or RetryPolicy()
+    store = OutboxStore(database, new_worker_id(), clock)
+    c, sender = store.campaign_to_send(campaign)
+    campaign_id, name = c.id, c.name
+    rate = float(rate_per_hour if rate_per_hour is not None else c.rate_per_hour)
+    burst_n = int(burst if burst is not None else c.burst)
+    # Loaded once, before anything is claimed: a missing key stops us with nothing sent.
+    signer = _signer(sender, c.channel)
+    store.register_worker()
+    start = clock.monotonic()
+    # Set to end every sender thread: the caller's stop, Ctrl-C, or a fatal answer in one.
+    halt = threading.Event() if connections > 1 else stop
+    transports: list[Transport] = []
+    runs: list[_Run] = []
+    try:
+        store.recover()
+        own_transport = transport is None
+        if transport is not None:
+            _open(transport, store, campaign_id, name)
+            transports = [transport]
+        else:
+            factory = transport_factory or _account_transport
+            transports = _open_transports(
+                lambda: factory(sender), connections, store, campaign_id, name
+            )
+        store.start_sending(campaign_id)
+        # Threads sleep for their token on the halt event, so Ctrl-C never waits out a token.
+        throttle_clock = _HaltableClock(clock, halt) if halt is not stop else clock
+        throttle: Throttle = (
+            _NoThrottle()
+            if math.isinf(rate)
+            else SharedTokenBucket(
+                database, f"campaign:{campaign_id}", rate, burst_n, clock=throttle_clock
+            )
+        )
+        counts = store.counts(campaign_id)
+        todo = sum(counts.get(k, 0) for k in CLAIMABLE)
+        bar = tqdm(total=todo, desc=name, unit="msg", disable=not progress)
+        bar_lock = threading.Lock()
+
+        def tick(n: int) -> None:
+            with bar_lock:  # one bar for every connection's thread
+                bar.update(n)
+
+        runs = [
+            _Run(
+                store,
+                campaign_id,
+                name,
+                sender,
+                t,
+                throttle,
+                clock,
+                retry,
+                _batch_size(rate, batch_size),
+                halt,
+                tick,
+                signer,
+                _mark_ahead(rate),
+            )
+            for t in transports
+        ]
+        try:
+            while True:
+                if len(runs) == 1:
+                    _run_batches(runs[0])
+                else:
+                    _run_parallel(runs, halt, stop)
+                if not wait_for_retries or (stop is not None and stop.is_set()):
+                    break
+                if store.campaign_status(campaign_id) != CampaignStatus.SENDING.value:
+                    break
+                due = store.next_due(campaign_id)
+                if due is None:
+                    break
+                store.heartbeat()
+                clock.sleep(min(60.0, max(0.0, (due - clock.now()).total_seconds())))
+        finally:
+            bar.close()
+            if own_transport:
+                for t in transports:
+                    with contextlib.suppress(Exception):
+                        t.close()
+        status = store.finish_if_done(campaign_id)
+    finally:
+        store.unregister_worker()
+    counts = store.counts(campaign_id)
+    totals = {k: sum(r.totals[k] for r in runs) for k in ("sent", "deferred", "failed", "unknown")}
+    return SendSummary(
+        campaign=name,
+        status=status,
+        sent=totals["sent"],
+        deferred=totals["deferred"],
+        failed=totals["failed"],
+        unknown=totals["unknown"],
+        removed=counts.get(MessageStatus.REMOVED.value, 0),
+        remaining=sum(counts.get(k, 0) for k in OPEN),
+        elapsed_s=clock.monotonic() - start,
+        connections=sum(getattr(t, "logins", 1) for t in transports),
+    )
+
+
+def _account_transport(sender: SenderInfo) -> Transport:
+    return open_transport(sender.kind, sender.settings, sender.credential_ref)
+
+
+def _open_transports(
+    factory: Callable[[], Transport], n: int, store: OutboxStore, campaign_id: int, name: str
+) -> list[Transport]:
+    """Open ``n`` connections one after the other; fewer if the server refuses the later ones."""
+    opened: list[Transport] = []
+    try:
+        for k in range(n):
+            t = factory()
+            try:
+                _open(t, store, campaign_id, name)
+            except SendError as exc:
+                with contextlib.suppress(Exception):
+                    t.close()
+                if exc.fields.get("fatal") or not opened:
+                    raise
+                # Relays cap connections per client ("421 too many connections"): go on with
+                # the ones we have rather than not at all.
+                log.warning(
+                    "campaign %r: connection %d of %d refused (%s): sending over %d",
+                    name,
+                    k + 1,
+                    n,
+                    exc.message,
+                    len(opened),
+                )
+                break
+            opened.append(t)
+    except BaseException:
+        for t in opened:
+            with contextlib.suppress(Exception):
+                t.close()
+        raise
+    return opened
+
+
+class _HaltableClock:
+    """The run's clock, but a real sleep ends early when the halt event is set."""
+
+    def __init__(self, clock: Clock, halt: threading.Event | None) -> None:
+        self.clock = clock
+        self.halt = halt
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def monotonic(self) -> float:
+        return self.clock.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if self.clock is SYSTEM_CLOCK and self.halt is not None:
+            if seconds > 0:
+                self.halt.wait(seconds)
+        else:
+            self.clock.sleep(seconds)
+
+
+def _run_parallel(
+    runs: list[_Run], halt: threading.Event | None, stop: threading.Event | None
+) -> None:
+    """Run one sender thread per connection until all are done; re-raise the first failure.
+
+    A failure in one thread (a fatal SMTP answer, a crash) and Ctrl-C in the caller set
+    ``halt``: every thread records what it sent and puts the rest of its batch back.
+    """
+    assert halt is not None
+    errors = _in_threads([functools.partial(_run_batches, r) for r in runs], halt, stop)
+    if errors:
+        # A fatal answer wins over the consequences it caused in the other threads.
+        raise next((e for e in errors if isinstance(e, SendError)), errors[0])
+
+
+def _in_threads(
+    jobs: list[Callable[[], object]], halt: threading.Event, stop: threading.Event | None
+) -> list[BaseException]:
+    """Run each job in its own thread until all end; return what they raised.
+
+    A job that raises sets ``halt`` for the others. Ctrl-C lands in the calling thread
+    only: it sets ``halt``, waits for every job to record and return, and is re-raised.
+    """
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    # Our own "finished" flags, not Thread.join(): in CPython 3.11 a join interrupted by
+    # Ctrl-C marks a still-running thread as stopped (the bpo-45274 branch of
+    # Thread._wait_for_tstate_lock), and we must not return while a thread still holds
+    # messages in 'sending'.
+    done = [threading.Event() for _ in jobs]
+
+    def work(k: int) -> None:
+        try:
+            jobs[k]()
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+            halt.set()
+        finally:
+            done[k].set()
+
+    for k in range(len(jobs)):
+        threading.Thread(target=work, args=(k,), name=f"bulkmail-{k}", daemon=True).start()
+    try:
+        while not all(d.is_set() for d in done):
+            if stop is not None and stop.is_set():
+                halt.set()
+            next(d for d in done if not d.is_set()).wait(0.05)
+    except BaseException:
+        halt.set()
+        for d in done:
+            d.wait()
+        raise
+    return errors
+
+
+def _open(transport: Transport, store: OutboxStore, campaign_id: int, name: str) -> None:
+    opener = getattr(transport, "open", None)
+    if opener is None:
+        return
+    try:
+        opener()
+    except SendError as exc:
+        if exc.fields.get("fatal"):
+            error = f"campaign {name!r} stopped: {exc.message}"
+            store.stop_campaign(campaign_id, error)
+            raise SendError(error, campaign=name, **exc.fields) from exc
+        raise

@@ -1,0 +1,167 @@
+"""The worker daemon (``bulkmail worker``): send every due campaign until stopped.
+
+Each pass it beats, recovers what dead workers left in ``sending``, starts the
+scheduled campaigns that are due and runs the send loop over each sending one, one
+connection per sender account, taking turns from each campaign's shared throttle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
+from bulkmail_kernel.db import Database, resolve_database
+from bulkmail_kernel.deliverability.dkim import DkimSigner
+from bulkmail_kernel.engine.loop import (
+    RetryPolicy,
+    _account_transport,
+    _batch_size,
+    _HaltableClock,
+    _in_threads,
+    _mark_ahead,
+    _open,
+    _Run,
+    _run_batches,
+    _signer,
+)
+from bulkmail_kernel.engine.throttle import SharedTokenBucket
+from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.recovery import new_worker_id
+from bulkmail_kernel.outbox.store import OutboxStore
+from bulkmail_kernel.records import SenderInfo, campaign_channel
+from bulkmail_kernel.transports import Transport
+
+log = logging.getLogger("bulkmail")
+
+
+def run_worker(
+    *,
+    db: Database | None = None,
+    url: str | None = None,
+    poll_interval_s: float = 5.0,
+    stop: threading.Event | None = None,
+    exit_when_idle: bool = False,
+    retry: RetryPolicy | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    transport_factory: Callable[[SenderInfo], Transport] | None = None,
+    connections: int = 1,
+) -> int:
+    """Send scheduled and running campaigns until stopped (``bulkmail worker``); return the count.
+
+    Each worker holds one connection per sender account, claims with ``SKIP LOCKED``
+    and shares each campaign's rate with every other worker through the database.
+    ``connections`` runs that many workers as threads of this process (each its own
+    connection, worker row and claims): the same as starting that many processes.
+    """
+    if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+        raise ConfigError(
+            f"run_worker: connections={connections!r}: give a whole number, 1 or more"
+        )
+    database = resolve_database(db, url)
+    retry = retry or RetryPolicy()
+    stop = stop or threading.Event()
+    args = (database, poll_interval_s, stop, exit_when_idle, retry, clock, transport_factory)
+    if connections == 1:
+        return _worker_loop(*args)
+    sent: list[int] = []
+
+    def work() -> None:
+        # Each thread is a worker of its own: its row, its claims, its connections.
+        sent.append(_worker_loop(*args))
+
+    # Ctrl-C or a crash in one worker thread stops them all after the message in hand.
+    errors = _in_threads([work] * connections, stop, None)
+    if errors:
+        raise errors[0]
+    return sum(sent)
+
+
+def _worker_loop(
+    database: Database,
+    poll_interval_s: float,
+    stop: threading.Event,
+    exit_when_idle: bool,
+    retry: RetryPolicy,
+    clock: Clock,
+    transport_factory: Callable[[SenderInfo], Transport] | None,
+) -> int:
+    store = OutboxStore(database, new_worker_id(), clock)
+    store.register_worker()
+    log.info("worker %s started on %s", store.worker_id, database.url)
+    transports: dict[int, Transport] = {}
+    signers: dict[tuple[int, str], DkimSigner | None] = {}
+    sent = 0
+    try:
+        while not stop.is_set():
+            store.heartbeat()
+            store.recover()
+            worked = False
+            for campaign_id in store.due_campaigns():
+                due = store.take_due(campaign_id)
+                if due is None:
+                    continue  # deleted in the meantime
+                c, sender = due
+                name, rate, burst = c.name, float(c.rate_per_hour), c.burst
+                key = (sender.id, campaign_channel(c.channel))
+                if key not in signers:
+                    try:
+                        signers[key] = _signer(sender, c.channel)
+                    except ConfigError as exc:
+                        # Other campaigns keep going; this one waits for the account to be fixed.
+                        error = f"campaign {name!r} stopped: {exc.message}"
+                        log.error("worker: %s", error)
+                        store.stop_campaign(campaign_id, error)
+                        continue
+                transport = transports.get(sender.id)
+                if transport is None:
+                    transport = (transport_factory or _account_transport)(sender)
+                    try:
+                        _open(transport, store, campaign_id, name)
+                    except SendError as exc:
+                        log.error("worker: %s", exc.message)
+                        continue
+                    transports[sender.id] = transport
+                run = _Run(
+                    store,
+                    campaign_id,
+                    name,
+                    sender,
+                    transport,
+                    SharedTokenBucket(
+                        database,
+                        f"campaign:{campaign_id}",
+                        rate,
+                        burst,
+                        clock=_HaltableClock(clock, stop),
+                    ),
+                    clock,
+                    retry,
+                    _batch_size(rate, 100),
+                    stop,
+                    signer=signers[key],
+                    mark_ahead=_mark_ahead(rate),
+                )
+                try:
+                    _run_batches(run)
+                except SendError as exc:
+                    log.error("worker: %s", exc.message)
+                    transports.pop(sender.id, None)
+                sent += run.totals["sent"]
+                worked = worked or any(run.totals.values())
+                store.finish_if_done(campaign_id)
+            if not worked:
+                if exit_when_idle and not store.has_open_work():
+                    break
+                stop.wait(poll_interval_s) if clock is SYSTEM_CLOCK else clock.sleep(
+                    poll_interval_s
+                )
+    finally:
+        for t in transports.values():
+            with contextlib.suppress(Exception):
+                t.close()
+        store.unregister_worker()
+        log.info("worker %s stopped after %d messages", store.worker_id, sent)
+    return sent

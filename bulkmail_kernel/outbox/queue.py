@@ -1,0 +1,273 @@
+"""The queue: registered messages stored, listed, removed, requeued.
+
+``store_messages`` is how registration puts messages into the outbox (state in
+``messages``, bytes in ``message_bodies``, the unsubscribe tokens as hashes, a
+``registered`` event each); the rest are the analyst's edits of the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
+
+from bulkmail_kernel.db import (
+    CampaignStatus,
+    Database,
+    Event,
+    Message,
+    MessageBody,
+    MessageStatus,
+    UnsubscribeToken,
+    chunks,
+    resolve_database,
+    utcnow,
+)
+from bulkmail_kernel.exceptions import SendError
+from bulkmail_kernel.outbox.lookup import campaign_row
+from bulkmail_kernel.outbox.suppressions import hash_token
+from bulkmail_kernel.records import CampaignRef
+
+log = logging.getLogger("bulkmail")
+
+#: Statuses a message can be removed from the queue in (sent ones are history).
+REMOVABLE = (MessageStatus.QUEUED, MessageStatus.DEFERRED, MessageStatus.UNKNOWN)
+
+
+_QUEUE_COLUMNS = [
+    "message_id",
+    "contact_id",
+    "contact_point_id",
+    "recipient",
+    "subject",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "sent_at",
+    "last_code",
+    "last_error",
+    "message_id_header",
+]
+
+
+def queue(
+    campaign: CampaignRef,
+    *,
+    status: str | Sequence[str] | None = None,
+    db: Database | None = None,
+    url: str | None = None,
+) -> pd.DataFrame:
+    """Return the campaign's messages (optionally only those in ``status``) as a DataFrame."""
+    database = resolve_database(db, url)
+    with database.session() as s:
+        c = campaign_row(s, campaign)
+        q = (
+            sa.select(
+                Message.id,
+                Message.contact_id,
+                Message.contact_point_id,
+                Message.recipient,
+                MessageBody.subject,
+                Message.status,
+                Message.attempts,
+                Message.next_attempt_at,
+                Message.sent_at,
+                Message.last_code,
+                Message.last_error,
+                Message.message_id_header,
+            )
+            .join(MessageBody, MessageBody.message_id == Message.id, isouter=True)
+            .where(Message.campaign_id == c.id)
+            .order_by(Message.id)
+        )
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            q = q.where(Message.status.in_(wanted))
+        rows = s.execute(q).all()
+    frame = pd.DataFrame(rows, columns=_QUEUE_COLUMNS)
+    frame["message_id"] = frame["message_id"].astype("int64")
+    for col in ("contact_id", "contact_point_id", "attempts"):
+        frame[col] = frame[col].astype("Int64")
+    for col in ("next_attempt_at", "sent_at"):
+        frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[us, UTC]")
+    frame["status"] = frame["status"].astype(pd.CategoricalDtype([m.value for m in MessageStatus]))
+    return frame
+
+
+def _message_ids(messages: Iterable[int] | pd.DataFrame | pd.Series) -> list[int]:
+    if isinstance(messages, pd.DataFrame):
+        if "message_id" not in messages.columns:
+            raise SendError(
+                "remove_from_queue: the frame has no 'message_id' column: "
+                "filter the frame that queue() returned"
+            )
+        messages = messages["message_id"]
+    return [int(m) for m in messages]
+
+
+def remove_from_queue(
+    campaign: CampaignRef,
+    messages: Iterable[int] | pd.DataFrame | pd.Series,
+    *,
+    reason: str = "removed by the analyst",
+    db: Database | None = None,
+    url: str | None = None,
+) -> int:
+    """Take messages (ids, or a frame filtered from ``queue()``) out of the queue; return how many.
+
+    Only queued, deferred and unknown messages can be removed; sent and failed
+    ones are history and stay.
+    """
+    ids = _message_ids(messages)
+    database = resolve_database(db, url)
+    removed = 0
+    with database.session() as s:
+        c = campaign_row(s, campaign)
+        for chunk in chunks(ids, 500):
+            rows = s.execute(
+                sa.update(Message)
+                .where(
+                    Message.campaign_id == c.id,
+                    Message.id.in_(chunk),
+                    Message.status.in_([m.value for m in REMOVABLE]),
+                )
+                .values(status=MessageStatus.REMOVED.value, last_error=reason, updated_at=utcnow())
+                .returning(Message.id, Message.contact_id, Message.contact_point_id)
+            ).all()
+            if rows:
+                s.execute(
+                    sa.insert(Event),
+                    [
+                        {
+                            "kind": "removed",
+                            "contact_id": r.contact_id,
+                            "contact_point_id": r.contact_point_id,
+                            "campaign_id": c.id,
+                            "message_id": r.id,
+                            "detail": reason,
+                            "data": {},
+                        }
+                        for r in rows
+                    ],
+                )
+            removed += len(rows)
+    log.info("campaign %s: %d messages removed from the queue", campaign, removed)
+    return removed
+
+
+def unknown_messages(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> pd.DataFrame:
+    """List the messages whose fate is unknown (a worker died or a connection broke mid-send)."""
+    return queue(campaign, status=MessageStatus.UNKNOWN.value, db=db, url=url)
+
+
+def requeue(
+    campaign: CampaignRef,
+    messages: Iterable[int] | pd.DataFrame | pd.Series,
+    *,
+    db: Database | None = None,
+    url: str | None = None,
+) -> int:
+    """Queue unknown messages again, after checking they did not arrive; return how many."""
+    ids = _message_ids(messages)
+    with resolve_database(db, url).session() as s:
+        c = campaign_row(s, campaign)
+        n = 0
+        for chunk in chunks(ids, 500):
+            # Session.execute is typed as returning Result; an UPDATE returns a CursorResult.
+            result = cast(
+                CursorResult[Any],
+                s.execute(
+                    sa.update(Message)
+                    .where(
+                        Message.campaign_id == c.id,
+                        Message.id.in_(chunk),
+                        Message.status == MessageStatus.UNKNOWN.value,
+                    )
+                    .values(status=MessageStatus.QUEUED.value, next_attempt_at=None)
+                ),
+            )
+            n += result.rowcount
+        if n and c.status == CampaignStatus.FINISHED.value:
+            c.status = CampaignStatus.REGISTERED.value
+    return n
+
+
+def store_messages(
+    database: Database,
+    cid: int,
+    channel: str,
+    messages: list[dict[str, Any]],
+    skipped: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    """Store registered messages (state, body, token hash, event) and skip events, in one go."""
+    with database.engine.begin() as conn:
+        for chunk in chunks(messages, 500):
+            rows = conn.execute(
+                sa.insert(Message).returning(Message.id, Message.recipient),
+                [
+                    {
+                        "campaign_id": cid,
+                        "contact_id": m["point"].contact_id,
+                        "contact_point_id": m["point"].id,
+                        "channel": channel,
+                        "recipient": m["point"].normalized,
+                        "status": MessageStatus.QUEUED.value,
+                        "attempts": 0,
+                        "message_id_header": m["message_id"],
+                        "last_error": "",
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for m in chunk
+                ],
+            ).all()
+            ids = {r.recipient: r.id for r in rows}
+            conn.execute(
+                sa.insert(MessageBody),
+                [
+                    {
+                        "message_id": ids[m["point"].normalized],
+                        "subject": m["subject"],
+                        "body": m["body"],
+                    }
+                    for m in chunk
+                ],
+            )
+            tokens = [
+                {
+                    "token_hash": hash_token(m["token"]),
+                    "contact_point_id": m["point"].id,
+                    "campaign_id": cid,
+                    "created_at": now,
+                }
+                for m in chunk
+                if m["token"] is not None
+            ]
+            if tokens:
+                conn.execute(sa.insert(UnsubscribeToken), tokens)
+            conn.execute(
+                sa.insert(Event),
+                [
+                    {
+                        "kind": "registered",
+                        "contact_id": m["point"].contact_id,
+                        "contact_point_id": m["point"].id,
+                        "campaign_id": cid,
+                        "message_id": ids[m["point"].normalized],
+                        "detail": m["subject"][:2000],
+                        "data": {},
+                        "occurred_at": now,
+                    }
+                    for m in chunk
+                ],
+            )
+        if skipped:
+            conn.execute(sa.insert(Event), skipped)

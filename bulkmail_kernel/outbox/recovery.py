@@ -1,0 +1,213 @@
+"""Workers: their registration and heartbeat, and the recovery of a dead worker's claims.
+
+A worker announces itself in ``workers`` and beats while it sends. When one is gone
+(heartbeat too old or, on this machine, no such process), whatever it left in
+``sending`` is recovered: marked handed over means it may have gone out (``unknown``,
+for the analyst to resend or drop, never resent silently); unmarked means it never
+reached the transport and goes back to the queue. :class:`~.store.OutboxStore`
+exposes these as its methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from datetime import datetime
+from typing import Any, cast
+
+import pandas as pd
+import sqlalchemy as sa
+
+from bulkmail_kernel.db import Database, Event, Message, MessageStatus, Worker, chunks
+
+log = logging.getLogger("bulkmail")
+
+# Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
+_M = cast(sa.Table, Message.__table__)
+
+
+def new_worker_id() -> str:
+    """Return a worker id naming the host and process, unique across restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def event_row(
+    kind: str, m: Any, campaign_id: int | None, detail: str, data: dict[str, Any], now: Any
+) -> dict[str, Any]:
+    """Return the ``events`` row for message ``m`` (a claimed message or a ``messages`` row)."""
+    return {
+        "kind": kind,
+        "contact_id": m.contact_id,
+        "contact_point_id": m.contact_point_id,
+        "campaign_id": campaign_id if campaign_id is not None else getattr(m, "campaign_id", None),
+        "message_id": m.id,
+        "detail": detail[:2000],
+        "data": data,
+        "occurred_at": now,
+    }
+
+
+def back_to_queue() -> dict[str, Any]:
+    """Return the column values that put a claimed, never-sent message back where it was."""
+    return {
+        "status": sa.case(
+            (_M.c.next_attempt_at.is_(None), MessageStatus.QUEUED.value),
+            else_=MessageStatus.DEFERRED.value,
+        ),
+        "attempts": _M.c.attempts - 1,  # the claim counted an attempt that never happened
+        "claimed_by": None,
+        "handed_at": None,
+    }
+
+
+def register_worker(database: Database, worker_id: str, now: datetime) -> None:
+    """Announce worker ``worker_id`` (so its claims are not taken for a dead one's)."""
+    with database.session() as s:
+        row = s.get(Worker, worker_id)
+        if row is None:
+            s.add(
+                Worker(
+                    id=worker_id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+        else:
+            row.heartbeat_at = now
+
+
+def beat(conn: sa.Connection, worker_id: str, now: datetime) -> None:
+    """Record that worker ``worker_id`` is alive at ``now``, inside the caller's transaction."""
+    conn.execute(sa.update(Worker).where(Worker.id == worker_id).values(heartbeat_at=now))
+
+
+def unregister_worker(database: Database, worker_id: str) -> None:
+    """Remove the worker's row on a clean exit."""
+    with database.engine.begin() as conn:
+        conn.execute(sa.delete(Worker).where(Worker.id == worker_id))
+
+
+def recover(
+    database: Database, worker_id: str, now: datetime, *, stale_after_s: float = 120.0
+) -> pd.DataFrame:
+    """Flag ``unknown`` what a worker that is gone may have sent; requeue what it never did.
+
+    ``worker_id`` is the caller, alive by definition. See
+    :meth:`~.store.OutboxStore.recover`.
+    """
+    host = socket.gethostname()
+    with database.session() as s:
+        workers = s.scalars(sa.select(Worker)).all()
+        alive = {
+            w.id
+            for w in workers
+            if w.id == worker_id
+            or (
+                (now - w.heartbeat_at).total_seconds() < stale_after_s
+                and (w.hostname != host or _pid_alive(w.pid))
+            )
+        }
+        rows = s.execute(
+            sa.select(
+                _M.c.id,
+                _M.c.campaign_id,
+                _M.c.contact_id,
+                _M.c.contact_point_id,
+                _M.c.recipient,
+                _M.c.claimed_by,
+                _M.c.handed_at,
+            )
+            .where(_M.c.status == MessageStatus.SENDING.value)
+            .where(sa.or_(_M.c.claimed_by.is_(None), _M.c.claimed_by.not_in(alive)))
+        ).all()
+        # Never handed to the transport: it cannot have gone out, so it goes back.
+        fresh = [r for r in rows if r.handed_at is None]
+        requeued: set[int] = set()
+        for chunk in chunks([r.id for r in fresh], 500):
+            requeued |= set(
+                s.execute(
+                    sa.update(_M)
+                    .where(
+                        _M.c.id.in_(chunk),
+                        _M.c.status == MessageStatus.SENDING.value,
+                        _M.c.handed_at.is_(None),
+                    )
+                    .values(**back_to_queue())
+                    .returning(_M.c.id)
+                ).scalars()
+            )
+        # (One marked in the meantime by a worker presumed dead stays: next pass, unknown.)
+        fresh = [r for r in fresh if r.id in requeued]
+        if fresh:
+            s.execute(
+                sa.insert(Event),
+                [
+                    event_row(
+                        "requeued",
+                        r,
+                        r.campaign_id,
+                        f"worker {r.claimed_by} died before handing it to the server: "
+                        "back in the queue",
+                        {"worker": r.claimed_by},
+                        now,
+                    )
+                    for r in fresh
+                ],
+            )
+            log.warning(
+                "%d messages claimed by a worker that died were never handed over: requeued",
+                len(fresh),
+            )
+        rows = [r for r in rows if r.handed_at is not None]
+        if rows:
+            ids = [r.id for r in rows]
+            for chunk in chunks(ids, 500):
+                s.execute(
+                    sa.update(Message)
+                    .where(Message.id.in_(chunk), Message.status == MessageStatus.SENDING.value)
+                    .values(
+                        status=MessageStatus.UNKNOWN.value,
+                        last_error="the worker died while sending: it may or may not have "
+                        "gone out; check and requeue() or remove_from_queue()",
+                    )
+                )
+            s.execute(
+                sa.insert(Event),
+                [
+                    event_row(
+                        "unknown",
+                        r,
+                        r.campaign_id,
+                        f"worker {r.claimed_by} died while sending",
+                        {"worker": r.claimed_by},
+                        now,
+                    )
+                    for r in rows
+                ],
+            )
+            log.warning(
+                "%d messages were being sent by a worker that died: flagged 'unknown' "
+                "(list them with unknown_messages())",
+                len(rows),
+            )
+        dead = [w.id for w in workers if w.id not in alive]
+        if dead:
+            s.execute(sa.delete(Worker).where(Worker.id.in_(dead)))
+    return pd.DataFrame(
+        [(r.id, r.campaign_id, r.recipient, r.claimed_by) for r in rows],
+        columns=["message_id", "campaign_id", "recipient", "claimed_by"],
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,546 @@
+"""The outbox store: the one writer of what happens to messages once they are queued.
+
+Per message the state machine is::
+
+    queued ──claim──> sending ──> sent
+                         │──────> deferred ──(backoff elapsed)──> sending ...
+                         │──────> failed       (5xx, or retries expired)
+                         └──────> unknown      (worker died / connection broke after the content)
+
+A claim is one guarded UPDATE: ``... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``
+on PostgreSQL, so several workers never take the same message, and on SQLite the
+same statement is atomic because SQLite has one writer at a time. The send loop
+records what went out and, in the same commit, marks the next few ``handed_at``
+before they go to the transport (:meth:`OutboxStore.record_and_mark`); if the
+process dies, :mod:`.recovery` flags the marked ones ``unknown`` and requeues the
+rest. The store also moves the campaign through its states as the loop and the
+worker ask (started, stopped, finished), so neither of them holds any SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol, cast
+
+import pandas as pd
+import sqlalchemy as sa
+
+from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
+from bulkmail_kernel.db import (
+    Campaign,
+    CampaignStatus,
+    ContactPoint,
+    Database,
+    Event,
+    Message,
+    MessageBody,
+    MessageStatus,
+    Suppression,
+)
+from bulkmail_kernel.exceptions import SendError
+from bulkmail_kernel.outbox import recovery
+from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
+from bulkmail_kernel.outbox.recovery import back_to_queue, event_row
+from bulkmail_kernel.outbox.suppressions import add_suppression
+from bulkmail_kernel.records import CampaignInfo, CampaignRef, SenderInfo, point_channel
+from bulkmail_kernel.transports import SendResult
+
+# Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
+_M = cast(sa.Table, Message.__table__)
+
+#: Statuses a message can be claimed from (a deferred one once it is due).
+CLAIMABLE = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
+#: Statuses of a message not yet done with: the campaign is not finished while any is left.
+OPEN = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value, MessageStatus.SENDING.value)
+
+
+class Backoff(Protocol):
+    """When a deferred message is tried again and when it is given up (the engine's RetryPolicy)."""
+
+    @property
+    def expiry_s(self) -> float:
+        """Return the total backoff after which a deferred message fails."""
+        ...
+
+    def delay_s(self, attempts: int) -> float:
+        """Return the wait before the next try after ``attempts`` failed tries."""
+        ...
+
+    def waited_s(self, attempts: int) -> float:
+        """Return the total backoff spent once ``attempts`` tries were deferred."""
+        ...
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message this worker holds in ``sending``."""
+
+    id: int
+    contact_id: int | None
+    contact_point_id: int | None
+    recipient: str
+    attempts: int
+    body: bytes = field(repr=False)
+    #: The contact-point channel, "email" or "phone": what a hard bounce suppresses.
+    channel: str = "email"
+    #: The Message-ID fixed at registration (a VERP return path carries its unique part).
+    message_id_header: str = ""
+    #: Marked handed over by the claim itself (``claim(hand=...)``).
+    handed: bool = False
+
+
+class OutboxStore:
+    """Claims batches of messages for one worker and records what happened to them."""
+
+    def __init__(self, database: Database, worker_id: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.db = database
+        self.worker_id = worker_id
+        self.clock = clock
+
+    # -- workers (see .recovery) ---------------------------------------------------
+
+    def register_worker(self) -> None:
+        """Announce this worker (so its claims are not taken for a dead one's)."""
+        recovery.register_worker(self.db, self.worker_id, self.clock.now())
+
+    def heartbeat(self) -> None:
+        """Say this worker is alive."""
+        with self.db.engine.begin() as conn:
+            recovery.beat(conn, self.worker_id, self.clock.now())
+
+    def unregister_worker(self) -> None:
+        """Remove this worker's row on a clean exit."""
+        recovery.unregister_worker(self.db, self.worker_id)
+
+    def recover(self, *, stale_after_s: float = 120.0) -> pd.DataFrame:
+        """Flag ``unknown`` what a worker that is gone may have sent; requeue what it never did.
+
+        A worker is gone when its heartbeat is older than ``stale_after_s`` or, on
+        this machine, its process no longer exists. Of its messages left in
+        ``sending``, those marked handed over (``handed_at``) may or may not have gone
+        out and become ``unknown``; the others never reached the transport and go back
+        to the queue. Returns the messages flagged unknown.
+        """
+        return recovery.recover(
+            self.db, self.worker_id, self.clock.now(), stale_after_s=stale_after_s
+        )
+
+    # -- claims ----------------------------------------------------------------
+
+    def claim(self, campaign_id: int, limit: int, *, hand: int = 0) -> list[Claimed]:
+        """Move up to ``limit`` due messages of the campaign to ``sending`` and return them.
+
+        Permission is checked again here: a contact point that was unsubscribed,
+        suppressed or had mailing disallowed since registration is removed, not sent.
+        The first ``hand`` are marked handed over in the same commit (``Claimed.handed``),
+        and the worker's heartbeat goes with it too: one write fewer each.
+        """
+        now = self.clock.now()
+        due = sa.or_(
+            _M.c.status == MessageStatus.QUEUED.value,
+            sa.and_(_M.c.status == MessageStatus.DEFERRED.value, _M.c.next_attempt_at <= now),
+        )
+        candidates = (
+            sa.select(_M.c.id)
+            .where(_M.c.campaign_id == campaign_id, due)
+            .order_by(_M.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.db.engine.begin() as conn:
+            recovery.beat(conn, self.worker_id, now)
+            rows = conn.execute(
+                sa.update(_M)
+                .where(_M.c.id.in_(candidates.scalar_subquery()), _M.c.status.in_(CLAIMABLE))
+                .values(
+                    status=MessageStatus.SENDING.value,
+                    claimed_by=self.worker_id,
+                    claimed_at=now,
+                    handed_at=None,
+                    attempts=_M.c.attempts + 1,
+                    updated_at=now,
+                )
+                .returning(
+                    _M.c.id,
+                    _M.c.contact_id,
+                    _M.c.contact_point_id,
+                    _M.c.recipient,
+                    _M.c.attempts,
+                    _M.c.channel,
+                    _M.c.message_id_header,
+                )
+            ).all()
+            if not rows:
+                return []
+            ids = [r.id for r in rows]
+            cp = ContactPoint.__table__
+            sup = cast(sa.Table, Suppression.__table__)
+            allowed_rows = conn.execute(
+                sa.select(_M.c.id, cp.c.mailing_allowed, sup.c.reason)
+                .select_from(_M)
+                .join(cp, cp.c.id == _M.c.contact_point_id, isouter=True)
+                .join(
+                    sup,
+                    sa.and_(sup.c.channel == _M.c.channel, sup.c.normalized == _M.c.recipient),
+                    isouter=True,
+                )
+                .where(_M.c.id.in_(ids))
+            ).all()
+            refused: dict[int, str] = {}
+            for mid, mailing_allowed, suppressed in allowed_rows:
+                if suppressed is not None:
+                    refused[mid] = f"suppressed since registration ({suppressed})"
+                elif not mailing_allowed:
+                    refused[mid] = "mailing no longer allowed for this contact point"
+            if refused:
+                self._remove(conn, [r for r in rows if r.id in refused], refused, now)
+            keep = [r for r in rows if r.id not in refused]
+            bodies = (
+                dict(
+                    conn.execute(
+                        sa.select(MessageBody.message_id, MessageBody.body).where(
+                            MessageBody.message_id.in_([r.id for r in keep])
+                        )
+                    ).all()
+                )
+                if keep
+                else {}
+            )
+            keep.sort(key=lambda r: r.id)
+            handed = self._mark(conn, [r.id for r in keep[:hand]])
+            # Built before the commit: a message the store cannot read is not left claimed.
+            return [
+                Claimed(
+                    r.id,
+                    r.contact_id,
+                    r.contact_point_id,
+                    r.recipient,
+                    r.attempts,
+                    bodies[r.id],
+                    # Outboxes written before SMS existed may say "sms" for "phone".
+                    point_channel(r.channel),
+                    r.message_id_header or "",
+                    r.id in handed,
+                )
+                for r in keep
+            ]
+
+    def _remove(self, conn: sa.Connection, rows: list[Any], why: dict[int, str], now: Any) -> None:
+        conn.execute(
+            sa.update(_M)
+            .where(_M.c.id == sa.bindparam("mid"))
+            .values(
+                status=MessageStatus.REMOVED.value,
+                last_error=sa.bindparam("b_why"),
+                attempts=_M.c.attempts - 1,
+                claimed_by=None,
+                updated_at=now,
+            ),
+            [{"mid": r.id, "b_why": why[r.id]} for r in rows],
+        )
+        conn.execute(
+            sa.insert(Event),
+            [event_row("skipped", r, None, why[r.id], {"at": "send time"}, now) for r in rows],
+        )
+
+    def release(self, messages: list[Claimed]) -> None:
+        """Put claimed but unsent messages back in the queue (interrupt, stop, pause)."""
+        if not messages:
+            return
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                sa.update(_M)
+                .where(
+                    _M.c.id == sa.bindparam("mid"),
+                    _M.c.status == MessageStatus.SENDING.value,
+                    _M.c.claimed_by == self.worker_id,
+                )
+                .values(**back_to_queue()),
+                [{"mid": m.id} for m in messages],
+            )
+
+    def mark_handed(self, ids: list[int]) -> set[int]:
+        """Mark claimed messages as about to go to the transport; return those still ours.
+
+        Committed before they are sent, so a crash leaves only these in doubt. A
+        message missing from the answer was taken back (this worker was presumed dead
+        and its claim recovered): it must not be sent by us.
+        """
+        if not ids:
+            return set()
+        with self.db.engine.begin() as conn:
+            return self._mark(conn, ids)
+
+    def _mark(self, conn: sa.Connection, ids: list[int]) -> set[int]:
+        if not ids:
+            return set()
+        return set(
+            conn.execute(
+                sa.update(_M)
+                .where(
+                    _M.c.id.in_(ids),
+                    _M.c.claimed_by == self.worker_id,
+                    _M.c.status == MessageStatus.SENDING.value,
+                )
+                .values(handed_at=self.clock.now())
+                .returning(_M.c.id)
+            ).scalars()
+        )
+
+    # -- outcomes --------------------------------------------------------------
+
+    def record(
+        self, campaign_id: int, outcomes: list[tuple[Claimed, SendResult]], retry: Backoff
+    ) -> dict[str, int]:
+        """Store the outcome of each sent message and its event, in one transaction."""
+        return self.record_and_mark(campaign_id, outcomes, retry, [])[0]
+
+    def record_and_mark(
+        self,
+        campaign_id: int,
+        outcomes: list[tuple[Claimed, SendResult]],
+        retry: Backoff,
+        hand: list[int],
+    ) -> tuple[dict[str, int], set[int]]:
+        """Record ``outcomes`` and mark ``hand`` handed over, in one transaction.
+
+        Returns the counts per outcome and the messages of ``hand`` still ours (see
+        :meth:`mark_handed`): one commit where the send loop would otherwise make two.
+        """
+        counts = {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0, "fatal": 0}
+        if not outcomes:
+            return counts, self.mark_handed(hand)
+        now = self.clock.now()
+        updates: list[dict[str, Any]] = []
+        # Plain successes (the bulk of every batch) differ only in their id: one UPDATE
+        # ... WHERE id IN (...) per reply code instead of a row each in an executemany.
+        sent_by_code: dict[str | None, list[int]] = {}
+        events: list[dict[str, Any]] = []
+        suppress: list[tuple[Claimed, SendResult]] = []
+        for m, r in outcomes:
+            code = str(r.code) if r.code is not None else None
+            data = {"attempt": m.attempts, "code": r.code, "worker": self.worker_id}
+            kind: str = r.status
+            counts[r.status] += 1
+            events.append(event_row(kind, m, campaign_id, r.detail, data, now))
+            if r.status == "sent" and r.provider_message_id is None:
+                sent_by_code.setdefault(code, []).append(m.id)
+                continue
+            u: dict[str, Any] = {
+                "mid": m.id,
+                "b_status": r.status,
+                "b_code": code,
+                "b_error": "",
+                "b_next": None,
+                "b_sent": None,
+                "b_attempts": m.attempts,
+                "b_pmid": r.provider_message_id,
+            }
+            if r.status == "sent":
+                u["b_sent"] = now
+            elif r.status == "deferred":
+                if retry.waited_s(m.attempts) >= retry.expiry_s:
+                    u["b_status"] = kind = "failed"
+                    u["b_error"] = f"gave up after {m.attempts} attempts: {r.detail}"
+                else:
+                    u["b_next"] = now + timedelta(seconds=retry.delay_s(m.attempts))
+                    u["b_error"] = r.detail
+            elif r.status == "fatal":
+                # Nothing is known against this message: back to where it was, attempt uncounted.
+                u["b_status"] = MessageStatus.QUEUED.value
+                u["b_attempts"] = m.attempts - 1
+                u["b_error"] = r.detail
+                kind = "error"
+            else:
+                u["b_error"] = r.detail
+                if r.status == "failed" and r.suppress:
+                    suppress.append((m, r))
+            events[-1]["kind"] = kind
+            updates.append(u)
+        with self.db.engine.begin() as conn:
+            for code, ids in sent_by_code.items():
+                # The claim already counted this attempt: attempts stays as it is.
+                conn.execute(
+                    sa.update(_M)
+                    .where(_M.c.id.in_(ids), _M.c.claimed_by == self.worker_id)
+                    .values(
+                        status=MessageStatus.SENT.value,
+                        last_code=code,
+                        last_error="",
+                        next_attempt_at=None,
+                        sent_at=now,
+                        provider_message_id=None,
+                        claimed_by=None,
+                        updated_at=now,
+                    )
+                )
+            if updates:
+                conn.execute(
+                    sa.update(_M)
+                    .where(_M.c.id == sa.bindparam("mid"), _M.c.claimed_by == self.worker_id)
+                    .values(
+                        status=sa.bindparam("b_status"),
+                        last_code=sa.bindparam("b_code"),
+                        last_error=sa.bindparam("b_error"),
+                        next_attempt_at=sa.bindparam("b_next", type_=_M.c.next_attempt_at.type),
+                        sent_at=sa.bindparam("b_sent", type_=_M.c.sent_at.type),
+                        attempts=sa.bindparam("b_attempts"),
+                        provider_message_id=sa.bindparam("b_pmid"),
+                        claimed_by=None,
+                        updated_at=now,
+                    ),
+                    updates,
+                )
+            conn.execute(sa.insert(Event), events)
+            for m, r in suppress:
+                self._suppress(conn, m, r, campaign_id, now)
+            mine = self._mark(conn, hand)
+        return counts, mine
+
+    def _suppress(
+        self, conn: sa.Connection, m: Claimed, r: SendResult, campaign_id: int, now: datetime
+    ) -> None:
+        add_suppression(
+            conn,
+            m.channel,
+            m.recipient,
+            reason="hard_bounce",
+            detail=r.detail,
+            message_id=m.id,
+            now=now,
+        )
+        conn.execute(
+            sa.insert(Event).values(
+                event_row("suppressed", m, campaign_id, f"hard bounce: {r.detail}", {}, now)
+            )
+        )
+
+    # -- message counts --------------------------------------------------------
+
+    def counts(self, campaign_id: int) -> dict[str, int]:
+        """Return the number of messages per status."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_M.c.status, sa.func.count())
+                .where(_M.c.campaign_id == campaign_id)
+                .group_by(_M.c.status)
+            ).all()
+        return {status: int(n) for status, n in rows}
+
+    def next_due(self, campaign_id: int) -> Any:
+        """Return when the next deferred message becomes due, or None."""
+        with self.db.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.min(_M.c.next_attempt_at)).where(
+                    _M.c.campaign_id == campaign_id,
+                    _M.c.status == MessageStatus.DEFERRED.value,
+                )
+            ).scalar()
+
+    def has_open_work(self) -> bool:
+        """Return whether any sending or scheduled campaign still has messages to claim."""
+        with self.db.engine.connect() as conn:
+            n = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(_M)
+                .join(Campaign, Campaign.id == _M.c.campaign_id)
+                .where(
+                    _M.c.status.in_(CLAIMABLE),
+                    Campaign.status.in_(
+                        [CampaignStatus.SENDING.value, CampaignStatus.SCHEDULED.value]
+                    ),
+                )
+            ).scalar_one()
+        return bool(n)
+
+    # -- campaign state --------------------------------------------------------
+
+    def campaign_to_send(self, campaign: CampaignRef) -> tuple[CampaignInfo, SenderInfo]:
+        """Return the campaign and its sender account, or raise SendError if it cannot be sent."""
+        with self.db.session() as s:
+            c = campaign_row(s, campaign)
+            if c.status == CampaignStatus.PAUSED.value:
+                raise SendError(
+                    f"campaign {c.name!r} is paused: resume() it first", campaign=c.name
+                )
+            if c.status in (CampaignStatus.CANCELLED.value, CampaignStatus.DRAFT.value):
+                raise SendError(
+                    f"campaign {c.name!r} is {c.status}: "
+                    + ("register() it first" if c.status == "draft" else "it cannot be sent"),
+                    campaign=c.name,
+                )
+            return campaign_info(c), sender_of(s, c)
+
+    def due_campaigns(self) -> list[int]:
+        """Return the ids of the campaigns sending now or scheduled for now or earlier."""
+        now = self.clock.now()
+        with self.db.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(Campaign.id)
+                    .where(
+                        sa.or_(
+                            Campaign.status == CampaignStatus.SENDING.value,
+                            sa.and_(
+                                Campaign.status == CampaignStatus.SCHEDULED.value,
+                                sa.or_(
+                                    Campaign.scheduled_at.is_(None), Campaign.scheduled_at <= now
+                                ),
+                            ),
+                        )
+                    )
+                    .order_by(Campaign.id)
+                ).scalars()
+            )
+
+    def take_due(self, campaign_id: int) -> tuple[CampaignInfo, SenderInfo] | None:
+        """Start a due campaign (scheduled becomes sending); return it and its sender account.
+
+        None if the campaign was deleted in the meantime.
+        """
+        with self.db.session() as s:
+            c = s.get(Campaign, campaign_id)
+            if c is None:
+                return None
+            if c.status == CampaignStatus.SCHEDULED.value:
+                c.status = CampaignStatus.SENDING.value
+            return campaign_info(c), sender_of(s, c)
+
+    def start_sending(self, campaign_id: int) -> None:
+        """Set the campaign ``sending`` and clear its last error."""
+        with self.db.session() as s:
+            running = s.get(Campaign, campaign_id)
+            assert running is not None
+            running.status = CampaignStatus.SENDING.value
+            running.last_error = ""
+
+    def campaign_status(self, campaign_id: int) -> str:
+        """Return the campaign's status as stored now (it may be paused from elsewhere)."""
+        with self.db.engine.connect() as conn:
+            return str(
+                conn.execute(
+                    sa.select(Campaign.status).where(Campaign.id == campaign_id)
+                ).scalar_one()
+            )
+
+    def stop_campaign(self, campaign_id: int, error: str) -> None:
+        """Set the campaign ``stopped`` with ``error`` as the reason (and its event)."""
+        with self.db.session() as s:
+            c = s.get(Campaign, campaign_id)
+            assert c is not None
+            c.status = CampaignStatus.STOPPED.value
+            c.last_error = error
+            s.add(Event(kind="stopped", campaign_id=campaign_id, detail=error))
+
+    def finish_if_done(self, campaign_id: int) -> str:
+        """Set a sending campaign ``finished`` once no message is open; return its status."""
+        counts = self.counts(campaign_id)
+        with self.db.session() as s:
+            c = s.get(Campaign, campaign_id)
+            assert c is not None
+            if c.status == CampaignStatus.SENDING.value and not any(counts.get(k) for k in OPEN):
+                c.status = CampaignStatus.FINISHED.value
+                c.finished_at = self.clock.now()
+                s.add(Event(kind="finished", campaign_id=campaign_id, data=counts))
+            return c.status
