@@ -354,17 +354,3 @@ def start_sink(
         pipelining=pipelining,
     )
     return Sink(path, host, port or free_port(host), rules).start()
-
-
-def serve_sink(folder: str | Path, port: int = 2525, *, host: str = "127.0.0.1") -> None:
-    """Run the sink in the foreground until interrupted (``bulkmail sink``)."""
-    sink = start_sink(folder, port, host=host)
-    print(f"bulkmail sink: listening on {host}:{sink.port}, storing into {sink.folder}")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sink.stop()
-        print(f"bulkmail sink: {len(sink.messages)} messages, {sink.connections} connections")

@@ -203,25 +203,6 @@ def create_app(db: Database | None = None, url: str | None = None) -> Starlette:
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 
 
-def serve(host: str = "127.0.0.1", port: int = 8025, *, url: str | None = None) -> None:
-    """Run the unsubscribe endpoint with uvicorn until interrupted (``unsubscribe-server``).
-
-    Listen on loopback and let the firm's HTTPS web server proxy ``/u/`` to it: the
-    links in the messages must be https.
-    """
-    import uvicorn
-
-    # Forwarded headers are trusted only from the local proxy, so logs show real clients.
-    uvicorn.run(
-        create_app(url=url),
-        host=host,
-        port=port,
-        proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
-        server_header=False,
-    )
-
-
 class BackgroundServer:
     """An ASGI app served by uvicorn in a daemon thread; ``stop()`` ends it."""
 
