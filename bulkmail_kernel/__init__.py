@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         pause,
         resume,
     )
+    from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
     from bulkmail_kernel.campaigns.registration import register, skipped
     from bulkmail_kernel.campaigns.reports import (
         campaign_failures,
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
     from bulkmail_kernel.transports.eurosms import EuroSmsError
     from bulkmail_kernel.transports.sendpulse import SendPulseError
+    from bulkmail_kernel.widgets.monitor import outbox_monitor
     from bulkmail_kernel.widgets.preview import preview
     from bulkmail_kernel.widgets.segments import segment_builder
 
@@ -102,6 +104,7 @@ logging.getLogger("bulkmail").addHandler(logging.NullHandler())
 _WHERE: dict[str, tuple[str, str]] = {
     "BulkmailError": ("bulkmail_kernel.exceptions", "BulkmailError"),
     "CampaignInfo": ("bulkmail_kernel.records", "CampaignInfo"),
+    "CampaignProgress": ("bulkmail_kernel.campaigns.monitor", "CampaignProgress"),
     "ConfigError": ("bulkmail_kernel.exceptions", "ConfigError"),
     "ContactImportError": ("bulkmail_kernel.exceptions", "ContactImportError"),
     "Database": ("bulkmail_kernel.db", "Database"),
@@ -127,6 +130,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "add_sendpulse_account": ("bulkmail_kernel.providers.sendpulse", "add_sendpulse_account"),
     "build_mime": ("bulkmail_kernel.compose.mime", "build_mime"),
     "campaign_failures": ("bulkmail_kernel.campaigns.reports", "campaign_failures"),
+    "campaign_progress": ("bulkmail_kernel.campaigns.monitor", "campaign_progress"),
     "campaign_report": ("bulkmail_kernel.campaigns.reports", "campaign_report"),
     "campaign_timeline": ("bulkmail_kernel.campaigns.reports", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
@@ -151,6 +155,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "load_segment": ("bulkmail_kernel.segments.saved", "load_segment"),
     "load_template": ("bulkmail_kernel.compose.templates", "load_template"),
     "open_database": ("bulkmail_kernel.db", "open_database"),
+    "outbox_monitor": ("bulkmail_kernel.widgets.monitor", "outbox_monitor"),
     "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
     "pause": ("bulkmail_kernel.campaigns.campaigns", "pause"),
     "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
@@ -192,6 +197,7 @@ _WHERE: dict[str, tuple[str, str]] = {
 __all__ = [
     "BulkmailError",
     "CampaignInfo",
+    "CampaignProgress",
     "ConfigError",
     "ContactImportError",
     "Database",
@@ -217,6 +223,7 @@ __all__ = [
     "add_sendpulse_account",
     "build_mime",
     "campaign_failures",
+    "campaign_progress",
     "campaign_report",
     "campaign_timeline",
     "cancel",
@@ -241,6 +248,7 @@ __all__ = [
     "load_segment",
     "load_template",
     "open_database",
+    "outbox_monitor",
     "parse_bounce",
     "pause",
     "plot_timeline",

@@ -87,6 +87,7 @@ NO_COMMAND = {
     # Notebook panels (ipywidgets) and a chart: they are displayed in a cell.
     "segment_builder": "a notebook widget",
     "preview": "a notebook widget",
+    "outbox_monitor": "a notebook widget; campaign-progress prints what it shows",
     "plot_timeline": "a matplotlib chart; campaign-timeline prints its numbers",
     # Objects and bytes in, objects and bytes out.
     "build_mime": "RenderedMessage in, bytes out",

@@ -190,6 +190,27 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign_progress(args: argparse.Namespace) -> int:
+    """Print how a campaign is going: counts, actual against set rate, ETA, the last errors.
+
+    Times are in the analyst's zone (BULKMAIL_TZ). Run it under `watch` for a live view.
+    """
+    from bulkmail_kernel import campaign_progress
+
+    p = campaign_progress(args.campaign, errors=args.errors, window_s=args.window_s, url=args.db)
+    print(p.summary())
+    print(
+        f"scheduled {p.scheduled_at or '-'}; first sent {p.started_at or '-'}; "
+        f"last sent {p.last_sent_at or '-'}; finished {p.finished_at or '-'}"
+    )
+    if p.last_error:
+        print(f"stopped: {p.last_error}")
+    if len(p.errors):
+        print("last errors:")
+        print_frame(p.errors, args)
+    return 0
+
+
 def cmd_test_send(args: argparse.Namespace) -> int:
     """Send one sample per --to address, subject marked [TEST] (exit 1 if one was not sent).
 
@@ -343,6 +364,20 @@ def add_commands(commands: Commands) -> None:
         p = commands.add(verb, func, f"{verb} a campaign")
         add_campaign(p)
         add_db(p)
+
+    p = commands.add(
+        "campaign-progress", cmd_campaign_progress, "counts, rate against the set rate, ETA"
+    )
+    add_campaign(p)
+    p.add_argument("--errors", type=int, default=10, help="how many of the last errors to list")
+    p.add_argument(
+        "--window-s",
+        type=float,
+        default=600.0,
+        help="the actual rate counts what was sent in this many last seconds (default 600)",
+    )
+    add_csv(p)
+    add_db(p)
 
     p = commands.add("test-send", cmd_test_send, "send [TEST] samples of a campaign")
     add_campaign(p)

@@ -1,0 +1,345 @@
+"""The outbox monitor: a campaign's live counts, rate, ETA and errors, with its queue controls.
+
+Thin over tested functions: what it shows is ``campaign_progress`` and ``open_messages``
+(campaigns/monitor.py), its buttons call ``pause``, ``resume``, ``cancel`` and
+``remove_from_queue``. It reads the database, so it shows what any worker on any machine
+is doing. A background thread re-reads every ``refresh_s`` seconds and updates the
+widgets in place (ipywidgets may be updated from a thread), so the kernel stays free;
+closing the widget, or ``.stop()``, ends that thread.
+"""
+
+from __future__ import annotations
+
+import html as htmlmod
+import itertools
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+
+from bulkmail_kernel import config
+from bulkmail_kernel.campaigns.campaigns import cancel, pause, resume
+from bulkmail_kernel.campaigns.monitor import (
+    CampaignProgress,
+    campaign_progress,
+    duration_text,
+    open_messages,
+    watched_campaigns,
+)
+from bulkmail_kernel.db import Database, resolve_database
+from bulkmail_kernel.exceptions import BulkmailError
+from bulkmail_kernel.outbox.queue import remove_from_queue
+from bulkmail_kernel.records import CampaignRef
+
+#: How many removable messages the queue list offers (the first ones; `queue()` has them all).
+QUEUE_ROWS = 200
+_COUNTER = itertools.count(1)
+
+
+def _when(value: datetime | None) -> str:
+    return "—" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
+
+
+def counts_html(p: CampaignProgress) -> str:
+    """Return the counts per status as a one-row HTML table."""
+    head = "".join(f"<th style='padding: 0 8px'>{k}</th>" for k in p.counts)
+    cells = "".join(
+        f"<td style='padding: 0 8px; text-align: right'>{n:,}</td>" for n in p.counts.values()
+    )
+    return (
+        f"<table><tr>{head}<th style='padding: 0 8px'>total</th></tr>"
+        f"<tr>{cells}<td style='padding: 0 8px; text-align: right'><b>{p.total:,}</b></td></tr>"
+        "</table>"
+    )
+
+
+def rate_html(p: CampaignProgress) -> str:
+    """Return status, rate against the set rate, ETA and the campaign's times as HTML."""
+    rate = "no rate yet" if p.actual_rate_per_hour is None else f"{p.actual_rate_per_hour:,.0f}/h"
+    eta = "—" if p.eta is None else f"{duration_text(p.eta_s)} (at {_when(p.eta)})"
+    lines = [
+        f"<b>{htmlmod.escape(p.name)}</b> — {htmlmod.escape(p.status)}",
+        f"rate {rate} of {p.rate_per_hour:,}/h set · remaining {p.remaining:,} · ETA {eta}",
+        f"scheduled {_when(p.scheduled_at)} · first sent {_when(p.started_at)} · "
+        f"last sent {_when(p.last_sent_at)} · finished {_when(p.finished_at)} "
+        f"<span style='color: #888'>({htmlmod.escape(config.local_timezone())}, "
+        f"as of {p.as_of:%H:%M:%S})</span>",
+    ]
+    if p.last_error:
+        lines.append(f"<span style='color: #b00'>{htmlmod.escape(p.last_error)}</span>")
+    return "<br>".join(lines)
+
+
+def errors_html(errors: pd.DataFrame) -> str:
+    """Return the last errors as an HTML table (or a line saying there are none)."""
+    if errors.empty:
+        return "<i>no errors</i>"
+    head = "".join(f"<th style='text-align: left; padding-right: 8px'>{c}</th>" for c in errors)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td style='padding-right: 8px'>{htmlmod.escape(_cell(v))}</td>" for v in row)
+        + "</tr>"
+        for row in errors.itertuples(index=False)
+    )
+    return f"<b>last errors</b><table>{head and f'<tr>{head}</tr>'}{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if isinstance(value, datetime):
+        return _when(value)
+    return str(value)[:200]
+
+
+def queue_options(frame: pd.DataFrame) -> list[tuple[str, int]]:
+    """Return (label, message id) per removable message for the selection list."""
+    return [
+        (f"#{r.message_id} {r.recipient} ({r.status})", int(r.message_id))
+        for r in frame.itertuples(index=False)
+    ]
+
+
+class OutboxMonitor(widgets.VBox):
+    """The monitor panel; every button calls a public function, a thread keeps it current."""
+
+    def __init__(
+        self,
+        campaign: CampaignRef | None = None,
+        *,
+        refresh_s: float = 2.0,
+        db: Database | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.database = resolve_database(db, url)
+        self.refresh_s = float(refresh_s)
+        self.picker = widgets.Dropdown(description="campaign", options=[])
+        self.progress_bar = widgets.IntProgress(min=0, max=1, value=0, description="sent")
+        self.progress_label = widgets.Label()
+        self.counts = widgets.HTML()
+        self.rate = widgets.HTML()
+        self.errors = widgets.HTML()
+        self.queue = widgets.SelectMultiple(
+            options=[], rows=8, description="queue", layout=widgets.Layout(width="60%")
+        )
+        self.pause_button = widgets.Button(description="Pause", icon="pause")
+        self.resume_button = widgets.Button(description="Resume", icon="play")
+        self.cancel_button = widgets.Button(description="Cancel", icon="ban", button_style="danger")
+        self.remove_button = widgets.Button(description="Remove selected", icon="trash")
+        self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
+        self.status = widgets.Label()
+        self.last: CampaignProgress | None = None
+        self._cancel_armed: int | None = None
+        self._busy = threading.Lock()
+        self._again = threading.Event()
+        self._stop = threading.Event()
+        self._fixed = campaign
+        if campaign is not None:
+            with_name = campaign_progress(campaign, errors=0, db=self.database)
+            self.picker.options = [(with_name.name, with_name.campaign_id)]
+            self.picker.value = with_name.campaign_id
+            self.picker.layout.display = "none"
+        else:
+            self._update_picker()
+        self.picker.observe(lambda _c: self.refresh(), names="value")
+        for button, action in (
+            (self.pause_button, self.pause),
+            (self.resume_button, self.resume),
+            (self.cancel_button, self.cancel),
+            (self.remove_button, self.remove_selected),
+            (self.refresh_button, lambda: self.refresh()),
+        ):
+            button.on_click(lambda _b, act=action: act())
+        super().__init__(
+            [
+                self.picker,
+                widgets.HBox([self.progress_bar, self.progress_label]),
+                self.rate,
+                self.counts,
+                self.errors,
+                self.queue,
+                widgets.HBox(
+                    [
+                        self.pause_button,
+                        self.resume_button,
+                        self.cancel_button,
+                        self.remove_button,
+                        self.refresh_button,
+                    ]
+                ),
+                self.status,
+            ]
+        )
+        self.refresh()
+        self._thread: threading.Thread | None = None
+        if self.refresh_s > 0:
+            self._thread = threading.Thread(
+                target=self._loop, name=f"bulkmail-monitor-{next(_COUNTER)}", daemon=True
+            )
+            self._thread.start()
+
+    @property
+    def campaign_id(self) -> int | None:
+        """Return the id of the campaign shown (None when there is none to show)."""
+        value = self.picker.value
+        return None if value is None else int(value)
+
+    # -- reading ---------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Re-read the database and update every widget; False if a refresh was already running.
+
+        A refresh asked for during another one (a button pressed while the thread reads)
+        is not piled up: the running one reads once more when it is done.
+        """
+        if not self._busy.acquire(blocking=False):
+            self._again.set()
+            return False
+        try:
+            self._again.set()
+            while self._again.is_set():
+                self._again.clear()
+                self._read_and_show()
+        finally:
+            self._busy.release()
+        return True
+
+    def _read_and_show(self) -> None:
+        try:
+            if self._fixed is None:
+                self._update_picker()
+            cid = self.campaign_id
+            if cid is None:
+                self.rate.value = "<i>no campaign to watch: all are finished or cancelled</i>"
+                return
+            p = campaign_progress(cid, db=self.database)
+            pending = open_messages(cid, limit=QUEUE_ROWS, db=self.database)
+            self._show(p, pending)
+        except BulkmailError as exc:
+            self.status.value = f"refresh failed: {exc.message}"
+        except Exception as exc:  # a lost connection must not kill the thread: say it, go on
+            first = (str(exc).splitlines() or [""])[0]
+            self.status.value = f"refresh failed: {type(exc).__name__}: {first}"
+
+    def _show(self, p: CampaignProgress, pending: pd.DataFrame) -> None:
+        self.last = p
+        self.progress_bar.max = max(p.total, 1)
+        self.progress_bar.value = p.sent
+        self.progress_bar.bar_style = "success" if p.status == "finished" else ""
+        self.progress_label.value = f"{p.sent:,} / {p.total:,}"
+        self.counts.value = counts_html(p)
+        self.rate.value = rate_html(p)
+        self.errors.value = errors_html(p.errors)
+        options = queue_options(pending)
+        if tuple(options) != tuple(self.queue.options):
+            kept = set(self.queue.value)
+            self.queue.options = options
+            # A refresh must not drop what the analyst selected and is about to remove.
+            self.queue.value = tuple(v for _label, v in options if v in kept)
+
+    def _update_picker(self) -> None:
+        current = self.picker.value
+        options = [
+            (f"{name} ({status})", cid) for cid, name, status in watched_campaigns(db=self.database)
+        ]
+        if current is not None and current not in [v for _l, v in options]:
+            # The campaign being watched finished: it stays until another one is chosen.
+            p = self.last
+            label = (
+                f"{p.name} ({p.status})"
+                if p is not None and p.campaign_id == current
+                else str(current)
+            )
+            options.append((label, current))
+        if options != list(self.picker.options):
+            self.picker.options = options
+            # New options may leave nothing chosen: keep the campaign shown, or take the newest.
+            if current is None and options:
+                current = options[0][1]
+            self.picker.value = current
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            self.refresh()
+
+    # -- the buttons -----------------------------------------------------------
+
+    def _act(self, what: Callable[[int], str]) -> None:
+        """Run one button's action on the campaign shown, say what happened, refresh."""
+        cid = self.campaign_id
+        if cid is None:
+            self.status.value = "no campaign chosen"
+            return
+        try:
+            self.status.value = what(cid)
+        except BulkmailError as exc:
+            self.status.value = f"not done: {exc.message}"
+        self.refresh()
+
+    def pause(self) -> None:
+        """Pause the campaign shown (the Pause button)."""
+        self._cancel_armed = None
+        self._act(lambda cid: f"paused: now {pause(cid, db=self.database).status}")
+
+    def resume(self) -> None:
+        """Resume the campaign shown (the Resume button)."""
+        self._cancel_armed = None
+        self._act(lambda cid: f"resumed: now {resume(cid, db=self.database).status}")
+
+    def cancel(self) -> None:
+        """Cancel the campaign shown; the first press asks, the second does it (Cancel)."""
+        cid = self.campaign_id
+        if cid is not None and self._cancel_armed != cid:
+            self._cancel_armed = cid
+            self.status.value = "press Cancel again to cancel: every unsent message is removed"
+            return
+        self._cancel_armed = None
+        self._act(lambda cid: f"cancelled: now {cancel(cid, db=self.database).status}")
+
+    def remove_selected(self) -> None:
+        """Remove the messages selected in the queue list (the Remove selected button)."""
+        self._cancel_armed = None
+        chosen = [int(v) for v in self.queue.value]
+        if not chosen:
+            self.status.value = "select messages in the queue list first"
+            return
+        self._act(
+            lambda cid: (
+                f"{remove_from_queue(cid, chosen, db=self.database)} of "
+                f"{len(chosen)} selected messages removed"
+            )
+        )
+
+    # -- the thread ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop refreshing (the panel stays as it was last shown)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+
+    def close(self) -> None:
+        """Stop the refresh thread and close the panel."""
+        self.stop()
+        super().close()
+
+
+def outbox_monitor(
+    campaign: CampaignRef | None = None,
+    *,
+    refresh_s: float = 2.0,
+    db: Database | None = None,
+    url: str | None = None,
+) -> OutboxMonitor:
+    """Return a live outbox monitor of ``campaign`` (None: a list of the unfinished ones).
+
+    It shows the counts per status, the actual against the set rate, the ETA and the last
+    errors, re-read every ``refresh_s`` seconds in a background thread (0: only on
+    Refresh), with Pause, Resume, Cancel and Remove selected buttons. Close it (or call
+    ``.stop()``) to end the thread.
+    """
+    return OutboxMonitor(campaign, refresh_s=refresh_s, db=db, url=url)
