@@ -1,4 +1,4 @@
-"""The ipywidgets front ends: the segment builder and the preview.
+"""The ipywidgets front ends: the segment builder, the preview and the outbox monitor.
 
 Thin: every control calls a public function that is tested without a browser.
 """
