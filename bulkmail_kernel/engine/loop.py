@@ -37,6 +37,7 @@ from bulkmail_kernel.deliverability.dkim import (
 )
 from bulkmail_kernel.engine.throttle import SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.journal import Journal, journal_dir
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.store import CLAIMABLE, OPEN, Claimed, OutboxStore
 from bulkmail_kernel.records import CampaignRef, SenderInfo, campaign_channel
@@ -102,6 +103,8 @@ class _Run:
     signer: DkimSigner | None = None
     #: How many messages are recorded and marked handed over at a time (``mark_handed``).
     mark_ahead: int = 20
+    #: This sender thread's journal (see :mod:`~bulkmail_kernel.outbox.journal`).
+    journal: Journal | None = None
     totals: dict[str, int] = field(
         default_factory=lambda: {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0}
     )
@@ -154,11 +157,17 @@ def _run_batches(run: _Run) -> None:
                         log.warning("message %d was taken back from this worker: not sent", m.id)
                         continue
                 in_flight = m
+                if run.journal is not None:
+                    run.journal.begin(m.id)
                 result = run.transport.send(
                     body,
                     mail_from=envelope_from(run.sender, m.message_id_header),
                     rcpt_to=m.recipient,
                 )
+                if run.journal is not None:
+                    at = run.clock.now().timestamp()
+                    pid = result.provider_message_id
+                    run.journal.answer(m.id, result.status, result.code, at, pid)
                 in_flight = None
                 outcomes.append((m, result))
                 if result.status == "fatal":
@@ -180,6 +189,8 @@ def _run_batches(run: _Run) -> None:
         _flush(run, outcomes, recorded, [])
         done = {o[0].id for o in outcomes} | lost
         run.store.release([m for m in batch if m.id not in done])
+        if run.journal is not None:
+            run.journal.settled()  # the whole batch is in the database
         if fatal is not None:
             error = (
                 f"campaign {run.name!r} stopped: {fatal.detail}. Nothing after it was sent and no "
@@ -308,6 +319,7 @@ def send(
     halt = threading.Event() if connections > 1 else stop
     transports: list[Transport] = []
     runs: list[_Run] = []
+    journals: list[Journal] = []
     try:
         store.recover()
         own_transport = transport is None
@@ -338,6 +350,10 @@ def send(
             with bar_lock:  # one bar for every connection's thread
                 bar.update(n)
 
+        # One journal per sender thread, open before anything is claimed (see _mark_ahead).
+        folder = journal_dir(database)
+        n = len(transports)
+        journals = [Journal(folder, store.worker_id, k, n) for k in range(n)]
         runs = [
             _Run(
                 store,
@@ -353,8 +369,9 @@ def send(
                 tick,
                 signer,
                 _mark_ahead(rate),
+                journal=j,
             )
-            for t in transports
+            for t, j in zip(transports, journals, strict=True)
         ]
         try:
             while True:
@@ -371,8 +388,15 @@ def send(
                     break
                 store.heartbeat()
                 clock.sleep(min(60.0, max(0.0, (due - clock.now()).total_seconds())))
+        except BaseException:
+            # Whatever is still ours in 'sending' is settled by its journal once we are gone.
+            for j in journals:
+                j.close(keep=True)
+            raise
         finally:
             bar.close()
+            for j in journals:
+                j.close()
             if own_transport:
                 for t in transports:
                     with contextlib.suppress(Exception):
