@@ -154,6 +154,12 @@ def test_journal_folder_follows_the_database(
     assert journal_dir(database) == tmp_path / "x.db.journal.d"
     monkeypatch.setenv("BULKMAIL_JOURNAL_DIR", str(tmp_path / "j"))
     assert journal_dir(database) == tmp_path / "j"
+    monkeypatch.setenv("BULKMAIL_JOURNAL", "off")
+    assert journal_dir(database) is None
+    j = Journal(None, new_worker_id())
+    j.begin(1)
+    j.close()
+    assert not list(tmp_path.rglob("*.journal"))
 
 
 _CRASH = """

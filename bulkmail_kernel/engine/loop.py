@@ -2,8 +2,10 @@
 
 Within a batch, every few messages (one at campaign rates, 50 unthrottled) the loop
 records what went out and, in the same commit, marks the next few handed over
-before they go to the transport; a crash then leaves only those few in doubt (see
-:mod:`bulkmail_kernel.outbox.store`, which holds every query). Each e-mail gets its
+before they go to the transport (see :mod:`bulkmail_kernel.outbox.store`, which holds
+every query). Each sender thread also journals every hand-over and answer
+(:mod:`bulkmail_kernel.outbox.journal`): after a crash, only the message on the wire
+stays in doubt, not the whole marked group. Each e-mail gets its
 Date, header check and DKIM signature on the way out
 (:func:`~bulkmail_kernel.deliverability.dkim.prepare_outgoing`); an SMS leaves as stored.
 
@@ -234,9 +236,11 @@ def _mark_ahead(rate_per_hour: float) -> int:
     # About half a second's worth, 1 to 20: at campaign rates (100-3,000/h) every message
     # is recorded and the next marked on its own, so a crash leaves at most the one in
     # hand in doubt. Unthrottled, 50 at a time: the claim marks the first 50 in its own
-    # commit, then one commit per 50 records them and marks the next, so a crash leaves
-    # at most 50 in doubt whatever the claim's size (the rest is requeued), and claims
-    # can be large (send()'s batch_size, 200) to spread their own cost.
+    # commit, then one commit per 50 records them and marks the next, so the database
+    # alone knows at most 50 in doubt whatever the claim's size (the rest is requeued),
+    # and claims can be large (send()'s batch_size, 200) to spread their own cost. The
+    # thread's journal (two small writes a message, no sync) then settles all but the one
+    # on the wire, so the groups stay large without leaving more in doubt.
     if math.isinf(rate_per_hour):
         return 50
     return max(1, min(20, int(rate_per_hour / 3600 * 0.5)))
@@ -290,7 +294,8 @@ def send(
         wait_for_retries: keep waiting for deferred messages to come due instead of
             returning with them pending (the worker picks them up later otherwise).
         batch_size: most messages claimed at once when unthrottled; a crash leaves at
-            most 50 of them in doubt whatever the size (the rest go back to the queue).
+            most the one on the wire per connection in doubt whatever the size (the
+            send journal settles the rest; without it, at most 50).
         clock: time source (tests pass a ``ManualClock``).
         stop: an event that ends the run after the message in hand.
         db: an open database (default: ``open_database(url)``).

@@ -58,13 +58,16 @@ class Answer:
     provider_message_id: str | None = None
 
 
-def journal_dir(database: Database) -> Path:
+def journal_dir(database: Database) -> Path | None:
     """Return where this database's workers keep their journals on this machine.
 
     ``BULKMAIL_JOURNAL_DIR`` if set; beside a SQLite file (``<file>.journal.d``); else
     ``<data>/journal``. Every worker of one database on one machine must see the same
-    folder: workers on other machines keep their own.
+    folder: workers on other machines keep their own. ``BULKMAIL_JOURNAL=off`` turns
+    journals off (None): a crash then leaves every handed-over message in doubt.
     """
+    if os.environ.get("BULKMAIL_JOURNAL", "").strip().lower() in ("off", "0", "no", "false"):
+        return None
     env = os.environ.get("BULKMAIL_JOURNAL_DIR")
     if env:
         return Path(env).expanduser().resolve()
@@ -92,10 +95,14 @@ def _stem(worker_id: str) -> str:
 class Journal:
     """One sender thread's journal file; every method is best effort and never raises."""
 
-    def __init__(self, directory: Path, worker_id: str, thread: int = 0, threads: int = 1) -> None:
-        self.path = directory / f"{_stem(worker_id)}.{thread}.journal"
+    def __init__(
+        self, directory: Path | None, worker_id: str, thread: int = 0, threads: int = 1
+    ) -> None:
+        self.path = (directory or Path()) / f"{_stem(worker_id)}.{thread}.journal"
         self._fd: int | None = None
         self._header = b""
+        if directory is None:
+            return  # journals are off: every method does nothing
         boot, ns = _machine()
         try:
             directory.mkdir(parents=True, exist_ok=True)
