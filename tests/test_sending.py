@@ -571,7 +571,8 @@ def test_ctrl_c_with_three_connections_leaves_queue_consistent(
         transport_factory=factory,
         db=database,
     )
-    assert summary.interrupted and summary.unknown == 0
+    assert summary.interrupted
+    assert summary.unknown == 0
     counts = _statuses(database, cid)
     # Each thread finished the message in hand and recorded it: nothing unknown or held.
     assert set(counts) == {"sent", "queued"}
