@@ -73,3 +73,44 @@ def default_region() -> str:
 def local_timezone() -> str:
     """Return the analyst's IANA time zone (``BULKMAIL_TZ``, default Europe/Bratislava)."""
     return os.environ.get("BULKMAIL_TZ", "Europe/Bratislava")
+
+
+#: A worker whose heartbeat is older than this is taken for dead (``BULKMAIL_DEAD_WORKER_S``).
+DEFAULT_DEAD_WORKER_S = 120.0
+#: A scheduled campaign more than this late waits as ``late`` (``BULKMAIL_MAX_LATENESS_S``).
+DEFAULT_MAX_LATENESS_S = 6 * 3600.0
+
+
+def _seconds(variable: str, default: float, what: str) -> float:
+    """Return the positive number of seconds in environment ``variable``, else ``default``."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(
+            f"{variable}={raw!r}: give {what} as a positive number of seconds, e.g. {default:g}",
+            variable=variable,
+        )
+    return value
+
+
+def dead_worker_s() -> float:
+    """Return after how many silent seconds a worker is taken for dead (default 120).
+
+    ``BULKMAIL_DEAD_WORKER_S``; each worker beats from a thread of its own every quarter
+    of it (at most every 30 s), so no throttle wait makes a live worker look dead.
+    """
+    return _seconds("BULKMAIL_DEAD_WORKER_S", DEFAULT_DEAD_WORKER_S, "the dead-worker limit")
+
+
+def max_lateness_s() -> float:
+    """Return how late a scheduled campaign may still start (default 6 h).
+
+    ``BULKMAIL_MAX_LATENESS_S``: a worker finding a campaign later than this (the machine
+    was off over the weekend) sets it ``late`` instead of sending it; ``resume`` sends it.
+    """
+    return _seconds("BULKMAIL_MAX_LATENESS_S", DEFAULT_MAX_LATENESS_S, "the longest lateness")

@@ -126,6 +126,8 @@ class CampaignStatus(enum.StrEnum):
     STOPPED = "stopped"
     CANCELLED = "cancelled"
     FINISHED = "finished"
+    #: Its scheduled time passed long ago (``BULKMAIL_MAX_LATENESS_S``): waits for ``resume``.
+    LATE = "late"
 
 
 def _enum_values(e: type[enum.StrEnum]) -> str:

@@ -353,8 +353,13 @@ def test_interrupt_leaves_queue_consistent_and_send_resumes(
     sink_account(database, sink.port)
     cid = make_campaign(database, 50)
     transport = _InterruptAfter(SmtpTransport("127.0.0.1", sink.port, security="none"), 17)
-    with pytest.raises(KeyboardInterrupt):
-        send(cid, rate_per_hour=math.inf, progress=False, db=database, transport=transport)
+    # Kernel → Interrupt ends send() quietly: a summary, not a traceback (issue 13).
+    interrupted = send(
+        cid, rate_per_hour=math.inf, progress=False, db=database, transport=transport
+    )
+    assert interrupted.interrupted
+    assert (interrupted.sent, interrupted.unknown, interrupted.remaining) == (17, 1, 32)
+    assert interrupted.status == "sending"
     transport.close()
     counts = _statuses(database, cid)
     # The interrupt arrived inside the transport: that message may have gone, so it is unknown.
@@ -491,6 +496,7 @@ class _RefuseSenderAfter:
     def __init__(self, sink: Sink, n: int) -> None:
         self.sink, self.n = sink, n
         self.rcpt_replies: dict[str, list[str]] = {}
+        self.delay_s = 0.0
         self.users: dict[str, str] | None = None
 
     @property
@@ -558,15 +564,16 @@ def test_ctrl_c_with_three_connections_leaves_queue_consistent(
         inner = SmtpTransport("127.0.0.1", int(sender.settings["port"]), security="none")
         return _InterruptMainAfter(inner, count, lock)
 
-    with pytest.raises(KeyboardInterrupt):
-        send(
-            cid,
-            rate_per_hour=math.inf,
-            progress=False,
-            connections=3,
-            transport_factory=factory,
-            db=database,
-        )
+    summary = send(
+        cid,
+        rate_per_hour=math.inf,
+        progress=False,
+        connections=3,
+        transport_factory=factory,
+        db=database,
+    )
+    assert summary.interrupted
+    assert summary.unknown == 0
     counts = _statuses(database, cid)
     # Each thread finished the message in hand and recorded it: nothing unknown or held.
     assert set(counts) == {"sent", "queued"}

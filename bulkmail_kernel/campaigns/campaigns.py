@@ -23,6 +23,7 @@ from bulkmail_kernel.db import (
     Segment,
     SenderAccount,
     resolve_database,
+    utcnow,
 )
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row
@@ -168,6 +169,7 @@ def pause(
             CampaignStatus.SCHEDULED,
             CampaignStatus.SENDING,
             CampaignStatus.STOPPED,
+            CampaignStatus.LATE,
         ],
         db,
         url,
@@ -177,14 +179,34 @@ def pause(
 def resume(
     campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
 ) -> CampaignInfo:
-    """Resume a paused or stopped campaign (scheduled again if it has a send time)."""
+    """Resume a paused, stopped or late campaign.
+
+    A late one (its send time passed long ago while no worker ran), and any whose send
+    time has passed, becomes ``sending``: a worker picks it up now (or ``send`` it). One
+    with a send time ahead is scheduled again; one without is registered.
+    """
+    resumable = (
+        CampaignStatus.PAUSED.value,
+        CampaignStatus.STOPPED.value,
+        CampaignStatus.LATE.value,
+    )
     with resolve_database(db, url).session() as s:
         c = campaign_row(s, campaign)
-        if c.status not in (CampaignStatus.PAUSED.value, CampaignStatus.STOPPED.value):
-            raise SendError(f"campaign {c.name!r} is {c.status}, not paused", campaign=c.name)
-        c.status = (
-            CampaignStatus.SCHEDULED.value if c.scheduled_at else CampaignStatus.REGISTERED.value
-        )
+        if c.status not in resumable:
+            raise SendError(
+                f"campaign {c.name!r} is {c.status}, not paused, stopped or late",
+                campaign=c.name,
+            )
+        if c.status == CampaignStatus.LATE.value or (
+            c.scheduled_at is not None and c.scheduled_at <= utcnow()
+        ):
+            # Its time has passed: back to 'scheduled' a worker could find it late again at
+            # once, though the person just said go. A worker takes a sending one as it is.
+            c.status = CampaignStatus.SENDING.value
+        elif c.scheduled_at is not None:
+            c.status = CampaignStatus.SCHEDULED.value
+        else:
+            c.status = CampaignStatus.REGISTERED.value
         c.last_error = ""
         s.flush()
         return campaign_info(c)

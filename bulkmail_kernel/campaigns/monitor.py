@@ -112,6 +112,18 @@ class CampaignProgress:
             + f"; rate {rate} of {self.rate_per_hour:,}/h set; ETA {eta}"
         )
 
+    def progress_line(self) -> str:
+        """Return the line ``bulkmail run-worker`` logs: sent/total, actual (set) rate, ETA."""
+        rate = (
+            "no rate yet"
+            if self.actual_rate_per_hour is None
+            else f"{self.actual_rate_per_hour:,.0f}/h"
+        )
+        return (
+            f"campaign {self.name!r}: {self.sent:,}/{self.total:,} sent, {rate} "
+            f"(set {self.rate_per_hour:,}/h), ETA {duration_text(self.eta_s)}"
+        )
+
 
 def duration_text(seconds: float | None) -> str:
     """Return ``seconds`` as "2 h 05 min", "4 min 10 s" or "12 s"."""

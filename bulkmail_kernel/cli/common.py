@@ -51,31 +51,50 @@ class Commands:
     ) -> None:
         self._sub = sub
         self._only = only
-        self._old: list[tuple[str, str, Handler, CommandParser]] = []
+        self._old: list[tuple[str, str, Handler, CommandParser, str | None]] = []
 
     def _active(self, name: str) -> bool:
         return self._only is None or self._only == name
 
-    def add(self, name: str, func: Handler, help: str, *, old: Sequence[str] = ()) -> CommandParser:
-        """Add command ``name`` running ``func``; ``old`` are names it had before the mirror."""
-        parser = self._sub.add_parser(name, help=help, description=func.__doc__)
+    def add(
+        self,
+        name: str,
+        func: Handler,
+        help: str,
+        *,
+        old: Sequence[str] = (),
+        epilog: str | None = None,
+    ) -> CommandParser:
+        """Add command ``name`` running ``func``; ``old`` are names it had before the mirror.
+
+        ``epilog`` is printed as written after the options (exit codes, examples).
+        """
+        parser = self._sub.add_parser(name, help=help, description=func.__doc__, **_epilog(epilog))
         parser.set_defaults(func=func)
         command = CommandParser(parser, active=self._active(name))
-        self._old.extend((alias, name, func, command) for alias in old)
+        self._old.extend((alias, name, func, command, epilog) for alias in old)
         return command
 
     def add_old_names(self) -> None:
         """Add each old name as a parser with the same options as the command it stands for."""
-        for alias, name, func, command in self._old:
+        for alias, name, func, command, epilog in self._old:
             parser = self._sub.add_parser(
                 alias,
                 help=f"old name of {name}",
                 description=f"{func.__doc__} (`bulkmail {alias}` is the old name of {name}.)",
+                **_epilog(epilog),
             )
             parser.set_defaults(func=func)
             if self._active(alias):
                 for args, kwargs in command.calls:
                     parser.add_argument(*args, **kwargs)
+
+
+def _epilog(epilog: str | None) -> dict[str, Any]:
+    if epilog is None:
+        return {}
+    # Raw: the epilog's own line breaks stay (a table of exit codes), the rest wraps as usual.
+    return {"epilog": epilog, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
 # --------------------------------------------------------------------------- common options

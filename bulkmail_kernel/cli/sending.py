@@ -1,42 +1,186 @@
-"""Commands of the sending stage and its reports: send, run-worker, campaign-report, history."""
+"""Commands of the sending stage and its reports: send, run-worker, campaign-report, history.
+
+``send`` and ``run-worker`` are what ``systemctl stop``, ``docker stop`` and ``kill``
+stop: SIGTERM and SIGINT drain them (the message on the wire finishes and is recorded,
+the rest of the claim goes back, the worker row goes) instead of killing them with
+messages in doubt (issue 13). ``run-worker`` logs each change of state and a progress
+line per sending campaign to stderr, with timestamps, as it happens.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
-from bulkmail_kernel.cli.common import Commands, add_campaign, add_csv, add_db, given, print_frame
+from bulkmail_kernel.cli.common import (
+    CommandParser,
+    Commands,
+    add_campaign,
+    add_csv,
+    add_db,
+    given,
+    print_frame,
+)
+
+log = logging.getLogger("bulkmail")
+
+#: Exit status of a second SIGTERM/SIGINT (the shell's 128 + SIGINT).
+HARD_STOP = 130
+
+WORKER_EXIT_CODES = """\
+signals:
+  SIGTERM or SIGINT (systemctl stop, docker stop, kill, Ctrl-C) stops it cleanly: the
+  message on the wire finishes and is recorded, the rest goes back to the queue, and
+  it exits within seconds with nothing left 'unknown'. A second signal stops at once
+  (what was on the wire is recorded 'unknown').
+
+exit codes:
+  0    stopped cleanly (a signal, or --exit-when-idle found nothing left to send)
+  1    stopped, but something went wrong while it ran: a campaign stopped with an
+       error (a login refused, a DKIM key missing: see list-campaigns), or any other
+       error logged (or a crash, with its traceback)
+  2    usage or settings error, nothing was sent: a bad option, a bad
+       BULKMAIL_DEAD_WORKER_S / BULKMAIL_MAX_LATENESS_S / database URL
+  130  stopped at once by a second signal
+
+settings (environment):
+  BULKMAIL_DB_URL           the database (or --db)
+  BULKMAIL_DEAD_WORKER_S    a worker silent this long is taken for dead (default 120)
+  BULKMAIL_MAX_LATENESS_S   a scheduled campaign later than this waits as 'late'
+                            until resumed (default 21600, 6 h)
+"""
+
+
+@contextlib.contextmanager
+def stop_on_signals(what: str) -> Iterator[threading.Event]:
+    """Yield an event that SIGTERM or SIGINT sets; a second signal raises KeyboardInterrupt.
+
+    Installed only in the main thread (where Python runs signal handlers) and put back
+    on exit. The handler does not set the event itself: ``Event.set`` takes a lock the
+    interrupted main thread may hold, so a helper thread does it.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    received: list[str] = []
+
+    def drain(name: str) -> None:
+        log.warning(
+            "%s: %s received: stopping after the message in hand (send it again to stop at once)",
+            what,
+            name,
+        )
+        stop.set()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        received.append(name)
+        if len(received) == 1:
+            threading.Thread(target=drain, args=(name,), name="bulkmail-stop").start()
+        elif len(received) == 2:
+            # Stop harder: the message on the wire is abandoned (recorded 'unknown').
+            raise KeyboardInterrupt(f"second signal ({name})")
+        # A third and later: the hard stop is already recording what it has.
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send the campaign's due messages now, throttled, and print what happened."""
     from bulkmail_kernel import send
 
-    summary = send(
-        args.campaign,
-        rate_per_hour=args.rate_per_hour,
-        burst=args.burst,
-        progress=not args.quiet,
-        connections=args.connections,
-        wait_for_retries=args.wait_for_retries,
-        url=args.db,
-        **given(args, "batch_size"),
-    )
+    with stop_on_signals("send") as stop:
+        summary = send(
+            args.campaign,
+            rate_per_hour=args.rate_per_hour,
+            burst=args.burst,
+            progress=not args.quiet,
+            connections=args.connections,
+            wait_for_retries=args.wait_for_retries,
+            stop=stop,
+            url=args.db,
+            **given(args, "batch_size", "dead_worker_s"),
+        )
     print(summary)
-    return 0
+    return HARD_STOP if summary.interrupted else 0
+
+
+class _Errors(logging.Handler):
+    """Counts the errors logged while the worker runs: exit code 1."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def _report_progress(url: str | None, every_s: float, done: threading.Event) -> None:
+    """Log a progress line per sending campaign every ``every_s`` until ``done``."""
+    from bulkmail_kernel import campaign_progress, list_campaigns
+
+    failing = False
+    while not done.wait(every_s):
+        try:
+            frame = list_campaigns(url=url)
+            for cid in frame.loc[frame["status"] == "sending", "campaign_id"]:
+                log.info("%s", campaign_progress(int(cid), errors=0, url=url).progress_line())
+            failing = False
+        except Exception as exc:  # the database is away: the worker says so too; go on
+            if not failing:
+                log.warning("progress: cannot read the campaigns (%s)", type(exc).__name__)
+            failing = True
 
 
 def cmd_run_worker(args: argparse.Namespace) -> int:
-    """Send scheduled and running campaigns until stopped (Ctrl-C)."""
+    """Send scheduled and running campaigns until stopped (SIGTERM, Ctrl-C)."""
     from bulkmail_kernel import run_worker
 
-    sent = run_worker(
-        url=args.db,
-        poll_interval_s=args.poll_interval_s,
-        exit_when_idle=args.exit_when_idle,
-        connections=args.connections,
-    )
+    logger = logging.getLogger("bulkmail")
+    level = logger.level
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    errors = _Errors()
+    logger.addHandler(errors)
+    done = threading.Event()
+    reporter = None
+    if not args.quiet and args.progress_every_s > 0:
+        reporter = threading.Thread(
+            target=_report_progress,
+            args=(args.db, args.progress_every_s, done),
+            name="bulkmail-progress",
+            daemon=True,
+        )
+        reporter.start()
+    try:
+        with stop_on_signals("run-worker") as stop:
+            sent = run_worker(
+                url=args.db,
+                poll_interval_s=args.poll_interval_s,
+                exit_when_idle=args.exit_when_idle,
+                connections=args.connections,
+                stop=stop,
+                **given(args, "dead_worker_s", "max_lateness_s"),
+            )
+    finally:
+        done.set()
+        if reporter is not None:
+            reporter.join(30)
+        logger.removeHandler(errors)
+        logger.setLevel(level)
     print(f"worker stopped after {sent} messages")
-    return 0
+    return 1 if errors.count else 0
 
 
 def cmd_campaign_report(args: argparse.Namespace) -> int:
@@ -101,19 +245,39 @@ def add_commands(commands: Commands) -> None:
     p.add_argument(
         "--batch-size", type=int, help="messages claimed at a time, unthrottled (default 200)"
     )
+    _add_dead_worker_s(p)
     add_db(p)
 
     p = commands.add(
         "run-worker",
         cmd_run_worker,
-        "send scheduled campaigns until stopped (Ctrl-C)",
+        "send scheduled campaigns until stopped (SIGTERM, Ctrl-C)",
         old=["worker"],
+        epilog=WORKER_EXIT_CODES,
     )
     p.add_argument(
         "--poll-interval-s", type=float, default=5.0, help="seconds between looks for work"
     )
     p.add_argument("--exit-when-idle", action="store_true", help="stop when nothing is due")
     p.add_argument("--connections", type=int, default=1, help="sender threads, one connection each")
+    p.add_argument(
+        "--progress-every-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="log a progress line per sending campaign every S seconds (default 60; 0: never)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="log warnings and errors only (no progress lines)"
+    )
+    _add_dead_worker_s(p)
+    p.add_argument(
+        "--max-lateness-s",
+        type=float,
+        metavar="S",
+        help="a scheduled campaign more than S seconds late waits as 'late' until resumed "
+        "(default BULKMAIL_MAX_LATENESS_S or 21600)",
+    )
     add_db(p)
 
     p = commands.add(
@@ -150,3 +314,13 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("contact_id", type=int, help="the contact's id")
     add_csv(p)
     add_db(p)
+
+
+def _add_dead_worker_s(p: CommandParser) -> None:
+    p.add_argument(
+        "--dead-worker-s",
+        type=float,
+        metavar="S",
+        help="a worker silent for S seconds is taken for dead (default "
+        "BULKMAIL_DEAD_WORKER_S or 120)",
+    )

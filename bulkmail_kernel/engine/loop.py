@@ -21,10 +21,10 @@ import contextlib
 import functools
 import logging
 import math
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from tqdm.auto import tqdm
 
@@ -37,6 +37,8 @@ from bulkmail_kernel.deliverability.dkim import (
     prepare_outgoing,
     signer_for,
 )
+from bulkmail_kernel.engine.heartbeat import Heartbeat, dead_worker_limit_s
+from bulkmail_kernel.engine.threads import _HaltableClock, _in_threads
 from bulkmail_kernel.engine.throttle import SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
@@ -79,6 +81,8 @@ class SendSummary:
     remaining: int
     elapsed_s: float
     connections: int
+    #: Ended by Ctrl-C (Kernel → Interrupt): what was sent is recorded, the rest is queued.
+    interrupted: bool = False
 
 
 class _NoThrottle:
@@ -267,12 +271,15 @@ def send(
     batch_size: int = 200,
     clock: Clock = SYSTEM_CLOCK,
     stop: threading.Event | None = None,
+    dead_worker_s: float | None = None,
     db: Database | None = None,
     url: str | None = None,
 ) -> SendSummary:
     """Send the campaign's due messages, throttled, and return what happened.
 
-    Interrupting (Ctrl-C) leaves the queue consistent; calling ``send`` again resumes.
+    Interrupting (Ctrl-C, Kernel → Interrupt) ends it quietly: what was sent is
+    recorded, the rest goes back to the queue, one line says so and the summary is
+    returned (``interrupted=True``); calling ``send`` again resumes.
     The throttle is shared through the database with any worker sending the same campaign.
 
     Args:
@@ -298,6 +305,9 @@ def send(
             send journal settles the rest; without it, at most 50).
         clock: time source (tests pass a ``ManualClock``).
         stop: an event that ends the run after the message in hand.
+        dead_worker_s: after how many seconds without a heartbeat a worker is taken for
+            dead (default ``BULKMAIL_DEAD_WORKER_S``, 120); this one beats from a thread
+            of its own every quarter of it, whatever it waits for.
         db: an open database (default: ``open_database(url)``).
         url: the database URL when ``db`` is not given.
 
@@ -309,6 +319,7 @@ def send(
             "send: a transport is one connection: pass transport_factory (one transport per "
             "connection) to send over several, or leave connections at 1"
         )
+    dead_s = dead_worker_limit_s(dead_worker_s)
     database = resolve_database(db, url)
     retry = retry or RetryPolicy()
     store = OutboxStore(database, new_worker_id(), clock)
@@ -319,14 +330,16 @@ def send(
     # Loaded once, before anything is claimed: a missing key stops us with nothing sent.
     signer = _signer(sender, c.channel)
     store.register_worker()
+    heartbeat = Heartbeat(store, dead_s).start()
     start = clock.monotonic()
     # Set to end every sender thread: the caller's stop, Ctrl-C, or a fatal answer in one.
     halt = threading.Event() if connections > 1 else stop
     transports: list[Transport] = []
     runs: list[_Run] = []
     journals: list[Journal] = []
+    interrupted = False
     try:
-        store.recover()
+        store.recover(stale_after_s=dead_s)
         own_transport = transport is None
         if transport is not None:
             _open(transport, store, campaign_id, name)
@@ -337,8 +350,9 @@ def send(
                 lambda: factory(sender), connections, store, campaign_id, name
             )
         store.start_sending(campaign_id)
-        # Threads sleep for their token on the halt event, so Ctrl-C never waits out a token.
-        throttle_clock = _HaltableClock(clock, halt) if halt is not stop else clock
+        # Threads sleep for their token on the halt event, so a stop (Ctrl-C, SIGTERM in the
+        # CLI) never waits out a token.
+        throttle_clock = _HaltableClock(clock, halt)
         throttle: Throttle = (
             _NoThrottle()
             if math.isinf(rate)
@@ -391,12 +405,15 @@ def send(
                 due = store.next_due(campaign_id)
                 if due is None:
                     break
-                store.heartbeat()
-                clock.sleep(min(60.0, max(0.0, (due - clock.now()).total_seconds())))
-        except BaseException:
-            # Whatever is still ours in 'sending' is settled by its journal once we are gone.
-            for j in journals:
-                j.close(keep=True)
+                _HaltableClock(clock, stop).sleep(
+                    min(60.0, max(0.0, (due - clock.now()).total_seconds()))
+                )
+        except BaseException as exc:
+            # Ctrl-C: every sender recorded and released. Anything else may leave messages
+            # ours in 'sending': the journal settles them once this process is gone.
+            if not isinstance(exc, KeyboardInterrupt):
+                for j in journals:
+                    j.close(keep=True)
             raise
         finally:
             bar.close()
@@ -407,11 +424,17 @@ def send(
                     with contextlib.suppress(Exception):
                         t.close()
         status = store.finish_if_done(campaign_id)
+    except KeyboardInterrupt:
+        # Kernel → Interrupt (issue 13): every sender recorded what it sent and put the rest
+        # back before this arrived here; a summary, not a traceback through the throttle.
+        interrupted = True
+        status = store.finish_if_done(campaign_id)
     finally:
+        heartbeat.stop()
         store.unregister_worker()
     counts = store.counts(campaign_id)
     totals = {k: sum(r.totals[k] for r in runs) for k in ("sent", "deferred", "failed", "unknown")}
-    return SendSummary(
+    summary = SendSummary(
         campaign=name,
         status=status,
         sent=totals["sent"],
@@ -422,7 +445,25 @@ def send(
         remaining=sum(counts.get(k, 0) for k in OPEN),
         elapsed_s=clock.monotonic() - start,
         connections=sum(getattr(t, "logins", 1) for t in transports),
+        interrupted=interrupted,
     )
+    if interrupted:
+        say_once(
+            f"send({name!r}) interrupted: {summary.sent} sent, {summary.unknown} unknown, "
+            f"{summary.remaining} left in the queue; send() again to go on"
+        )
+    return summary
+
+
+def say_once(line: str) -> None:
+    """Log ``line`` as a warning, or print it to stderr when nothing would show the log."""
+    logger: logging.Logger | None = log
+    while logger is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+            log.warning(line)
+            return
+        logger = logger.parent if logger.propagate else None
+    print(line, file=sys.stderr)
 
 
 def _account_transport(sender: SenderInfo) -> Transport:
@@ -464,27 +505,6 @@ def _open_transports(
     return opened
 
 
-class _HaltableClock:
-    """The run's clock, but a real sleep ends early when the halt event is set."""
-
-    def __init__(self, clock: Clock, halt: threading.Event | None) -> None:
-        self.clock = clock
-        self.halt = halt
-
-    def now(self) -> datetime:
-        return self.clock.now()
-
-    def monotonic(self) -> float:
-        return self.clock.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        if self.clock is SYSTEM_CLOCK and self.halt is not None:
-            if seconds > 0:
-                self.halt.wait(seconds)
-        else:
-            self.clock.sleep(seconds)
-
-
 def _run_parallel(
     runs: list[_Run], halt: threading.Event | None, stop: threading.Event | None
 ) -> None:
@@ -498,47 +518,6 @@ def _run_parallel(
     if errors:
         # A fatal answer wins over the consequences it caused in the other threads.
         raise next((e for e in errors if isinstance(e, SendError)), errors[0])
-
-
-def _in_threads(
-    jobs: list[Callable[[], object]], halt: threading.Event, stop: threading.Event | None
-) -> list[BaseException]:
-    """Run each job in its own thread until all end; return what they raised.
-
-    A job that raises sets ``halt`` for the others. Ctrl-C lands in the calling thread
-    only: it sets ``halt``, waits for every job to record and return, and is re-raised.
-    """
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    # Our own "finished" flags, not Thread.join(): in CPython 3.11 a join interrupted by
-    # Ctrl-C marks a still-running thread as stopped (the bpo-45274 branch of
-    # Thread._wait_for_tstate_lock), and we must not return while a thread still holds
-    # messages in 'sending'.
-    done = [threading.Event() for _ in jobs]
-
-    def work(k: int) -> None:
-        try:
-            jobs[k]()
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-            halt.set()
-        finally:
-            done[k].set()
-
-    for k in range(len(jobs)):
-        threading.Thread(target=work, args=(k,), name=f"bulkmail-{k}", daemon=True).start()
-    try:
-        while not all(d.is_set() for d in done):
-            if stop is not None and stop.is_set():
-                halt.set()
-            next(d for d in done if not d.is_set()).wait(0.05)
-    except BaseException:
-        halt.set()
-        for d in done:
-            d.wait()
-        raise
-    return errors
 
 
 def _open(transport: Transport, store: OutboxStore, campaign_id: int, name: str) -> None:

@@ -1,8 +1,12 @@
 """The worker daemon (``bulkmail worker``): send every due campaign until stopped.
 
-Each pass it beats, recovers what dead workers left in ``sending``, starts the
-scheduled campaigns that are due and runs the send loop over each sending one, one
-connection per sender account, taking turns from each campaign's shared throttle.
+Each pass it recovers what dead workers left in ``sending``, sets ``late`` the
+scheduled campaigns overdue by more than ``BULKMAIL_MAX_LATENESS_S`` (they wait for
+``resume``), starts the scheduled campaigns that are due and runs the send loop over
+each sending one, one connection per sender account, taking turns from each
+campaign's shared throttle. It beats from a thread of its own (:mod:`.heartbeat`)
+and logs each change of state: started, campaign picked up, paused, cancelled,
+stopped, finished, late, stopped itself.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
+from bulkmail_kernel import config
 from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
-from bulkmail_kernel.db import Database, resolve_database
+from bulkmail_kernel.db import CampaignStatus, Database, resolve_database
 from bulkmail_kernel.deliverability.dkim import DkimSigner
+from bulkmail_kernel.engine.heartbeat import Heartbeat, dead_worker_limit_s
 from bulkmail_kernel.engine.loop import (
     RetryPolicy,
     _account_transport,
@@ -31,6 +38,7 @@ from bulkmail_kernel.engine.throttle import SharedTokenBucket
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
 from bulkmail_kernel.outbox.recovery import new_worker_id
+from bulkmail_kernel.outbox.schedule import mark_late
 from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.records import SenderInfo, campaign_channel
 from bulkmail_kernel.transports import Transport
@@ -49,6 +57,8 @@ def run_worker(
     clock: Clock = SYSTEM_CLOCK,
     transport_factory: Callable[[SenderInfo], Transport] | None = None,
     connections: int = 1,
+    dead_worker_s: float | None = None,
+    max_lateness_s: float | None = None,
 ) -> int:
     """Send scheduled and running campaigns until stopped (``bulkmail worker``); return the count.
 
@@ -56,15 +66,33 @@ def run_worker(
     and shares each campaign's rate with every other worker through the database.
     ``connections`` runs that many workers as threads of this process (each its own
     connection, worker row and claims): the same as starting that many processes.
+    ``dead_worker_s`` (default ``BULKMAIL_DEAD_WORKER_S``, 120) is when a silent worker
+    is taken for dead; ``max_lateness_s`` (default ``BULKMAIL_MAX_LATENESS_S``, 6 h) is
+    how late a scheduled campaign may still start: later, it is set ``late`` and waits
+    for ``resume``. Setting ``stop`` ends it after the message in hand, everything
+    recorded and the rest of its claims back in the queue.
     """
     if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
         raise ConfigError(
             f"run_worker: connections={connections!r}: give a whole number, 1 or more"
         )
+    limits = _Limits(
+        dead_worker_limit_s(dead_worker_s),
+        config.max_lateness_s() if max_lateness_s is None else _lateness(max_lateness_s),
+    )
     database = resolve_database(db, url)
     retry = retry or RetryPolicy()
     stop = stop or threading.Event()
-    args = (database, poll_interval_s, stop, exit_when_idle, retry, clock, transport_factory)
+    args = (
+        database,
+        poll_interval_s,
+        stop,
+        exit_when_idle,
+        retry,
+        clock,
+        transport_factory,
+        limits,
+    )
     if connections == 1:
         return _worker_loop(*args)
     sent: list[int] = []
@@ -88,10 +116,13 @@ def _worker_loop(
     retry: RetryPolicy,
     clock: Clock,
     transport_factory: Callable[[SenderInfo], Transport] | None,
+    limits: _Limits,
 ) -> int:
     store = OutboxStore(database, new_worker_id(), clock)
     store.register_worker()
+    heartbeat = Heartbeat(store, limits.dead_worker_s).start()
     log.info("worker %s started on %s", store.worker_id, database.url)
+    active: set[int] = set()  # the campaigns this worker is sending, for the log
     transports: dict[int, Transport] = {}
     signers: dict[tuple[int, str], DkimSigner | None] = {}
     sent = 0
@@ -100,8 +131,8 @@ def _worker_loop(
     clean = False
     try:
         while not stop.is_set():
-            store.heartbeat()
-            store.recover()
+            store.recover(stale_after_s=limits.dead_worker_s)
+            _mark_late(store, limits.max_lateness_s)
             worked = False
             for campaign_id in store.due_campaigns():
                 due = store.take_due(campaign_id)
@@ -109,6 +140,9 @@ def _worker_loop(
                     continue  # deleted in the meantime
                 c, sender = due
                 name, rate, burst = c.name, float(c.rate_per_hour), c.burst
+                if campaign_id not in active:
+                    active.add(campaign_id)
+                    log.info("campaign %r picked up (%s/h, burst %d)", name, c.rate_per_hour, burst)
                 key = (sender.id, campaign_channel(c.channel))
                 if key not in signers:
                     try:
@@ -156,7 +190,7 @@ def _worker_loop(
                     transports.pop(sender.id, None)
                 sent += run.totals["sent"]
                 worked = worked or any(run.totals.values())
-                store.finish_if_done(campaign_id)
+                _log_state(name, store.finish_if_done(campaign_id), campaign_id, active)
             if not worked:
                 if exit_when_idle and not store.has_open_work():
                     break
@@ -170,6 +204,49 @@ def _worker_loop(
         for t in transports.values():
             with contextlib.suppress(Exception):
                 t.close()
+        heartbeat.stop()
         store.unregister_worker()
         log.info("worker %s stopped after %d messages", store.worker_id, sent)
     return sent
+
+
+class _Limits(NamedTuple):
+    dead_worker_s: float
+    max_lateness_s: float
+
+
+def _lateness(max_lateness_s: float) -> float:
+    if isinstance(max_lateness_s, bool) or not max_lateness_s > 0:
+        raise ConfigError(
+            f"run_worker: max_lateness_s={max_lateness_s!r}: give a positive number of seconds"
+        )
+    return float(max_lateness_s)
+
+
+def _mark_late(store: OutboxStore, max_lateness_s: float) -> None:
+    """Set ``late`` the scheduled campaigns overdue by more than the lateness, and say so."""
+    for name, scheduled_at in mark_late(store.db, store.clock.now(), max_lateness_s):
+        log.warning(
+            "campaign %r is late: it was due at %s, more than %s ago; not sent. "
+            "resume() it (bulkmail resume) to send it now, or cancel() it",
+            name,
+            f"{scheduled_at:%Y-%m-%d %H:%M} UTC",
+            _hours(max_lateness_s),
+        )
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
+
+
+def _log_state(name: str, status: str, campaign_id: int, active: set[int]) -> None:
+    """Log what became of a campaign this worker was sending, once it is no longer sending."""
+    if status == CampaignStatus.SENDING.value or campaign_id not in active:
+        return
+    active.discard(campaign_id)
+    if status == CampaignStatus.FINISHED.value:
+        log.info("campaign %r finished", name)
+    elif status == CampaignStatus.STOPPED.value:
+        log.info("campaign %r stopped (see its last error)", name)
+    else:  # paused or cancelled from elsewhere: the rest stays queued
+        log.info("campaign %r is %s: left alone", name, status)

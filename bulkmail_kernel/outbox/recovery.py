@@ -21,6 +21,7 @@ from typing import Any, cast
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel import config
 from bulkmail_kernel.db import Database, Event, Message, MessageStatus, Worker, chunks
 from bulkmail_kernel.outbox.journal import Answer, read_journal, remove_journal, stale_journals
 
@@ -82,9 +83,13 @@ def register_worker(database: Database, worker_id: str, now: datetime) -> None:
             row.heartbeat_at = now
 
 
-def beat(conn: sa.Connection, worker_id: str, now: datetime) -> None:
-    """Record that worker ``worker_id`` is alive at ``now``, inside the caller's transaction."""
-    conn.execute(sa.update(Worker).where(Worker.id == worker_id).values(heartbeat_at=now))
+def beat(conn: sa.Connection, worker_id: str, now: datetime) -> bool:
+    """Record that worker ``worker_id`` is alive at ``now``, inside the caller's transaction.
+
+    False if its row is gone: another worker took it for dead and recovered its claims.
+    """
+    result = conn.execute(sa.update(Worker).where(Worker.id == worker_id).values(heartbeat_at=now))
+    return bool(result.rowcount)
 
 
 def unregister_worker(database: Database, worker_id: str) -> None:
@@ -98,15 +103,23 @@ def recover(
     worker_id: str,
     now: datetime,
     *,
-    stale_after_s: float = 120.0,
+    stale_after_s: float | None = None,
     journals: Path | None = None,
 ) -> pd.DataFrame:
     """Flag ``unknown`` what a worker that is gone may have sent; requeue what it never did.
 
-    ``worker_id`` is the caller, alive by definition. ``journals`` is this machine's
-    journal folder: a dead worker's journal there settles most of what it handed over
-    (see :mod:`.journal`). See :meth:`~.store.OutboxStore.recover`.
+    ``worker_id`` is the caller, alive by definition; ``stale_after_s`` defaults to
+    ``config.dead_worker_s()``. ``journals`` is this machine's journal folder: a dead
+    worker's journal there settles most of what it handed over (see :mod:`.journal`).
+    See :meth:`~.store.OutboxStore.recover`.
+
+    Only the claims of the workers found dead here, or of no worker at all, are
+    touched: a worker that registers (and claims) while this runs is not in the list
+    read first, but it has a row, and every statement below checks for one (issue 13:
+    at 20 messages/h two workers took each other's claims in turns).
     """
+    if stale_after_s is None:
+        stale_after_s = config.dead_worker_s()
     host = socket.gethostname()
     with database.session() as s:
         workers = s.scalars(sa.select(Worker)).all()
@@ -119,6 +132,8 @@ def recover(
                 and (w.hostname != host or _pid_alive(w.pid))
             )
         }
+        dead = {w.id: w.heartbeat_at for w in workers if w.id not in alive}
+        orphaned = _orphaned(dead)
         rows = s.execute(
             sa.select(
                 _M.c.id,
@@ -130,7 +145,7 @@ def recover(
                 _M.c.handed_at,
             )
             .where(_M.c.status == MessageStatus.SENDING.value)
-            .where(sa.or_(_M.c.claimed_by.is_(None), _M.c.claimed_by.not_in(alive)))
+            .where(orphaned)
         ).all()
         # Never handed to the transport: it cannot have gone out, so it goes back.
         fresh = [r for r in rows if r.handed_at is None]
@@ -143,6 +158,7 @@ def recover(
                         _M.c.id.in_(chunk),
                         _M.c.status == MessageStatus.SENDING.value,
                         _M.c.handed_at.is_(None),
+                        orphaned,
                     )
                     .values(**back_to_queue())
                     .returning(_M.c.id)
@@ -180,7 +196,7 @@ def recover(
             back_ids |= set(
                 s.execute(
                     sa.update(_M)
-                    .where(_M.c.id.in_(chunk), _M.c.status == MessageStatus.SENDING.value)
+                    .where(_M.c.id.in_(chunk), _M.c.status == MessageStatus.SENDING.value, orphaned)
                     .values(**back_to_queue())
                     .returning(_M.c.id)
                 ).scalars()
@@ -227,7 +243,11 @@ def recover(
                 flagged |= set(
                     s.execute(
                         sa.update(_M)
-                        .where(_M.c.id.in_(chunk), _M.c.status == MessageStatus.SENDING.value)
+                        .where(
+                            _M.c.id.in_(chunk),
+                            _M.c.status == MessageStatus.SENDING.value,
+                            orphaned,
+                        )
                         .values(
                             status=MessageStatus.UNKNOWN.value,
                             last_error="the worker died while sending: it may or may not have "
@@ -257,9 +277,20 @@ def recover(
                 "(list them with unknown_messages())",
                 len(rows),
             )
-        dead = [w.id for w in workers if w.id not in alive]
-        if dead:
-            s.execute(sa.delete(Worker).where(Worker.id.in_(dead)))
+        # Only as last seen: a row that beat since was alive after all, and stays.
+        table = cast(sa.Table, Worker.__table__)
+        for w, hb in dead.items():
+            gone = (
+                s.connection()
+                .execute(sa.delete(table).where(table.c.id == w, table.c.heartbeat_at == hb))
+                .rowcount
+            )
+            if gone:
+                log.warning(
+                    "worker %s taken for dead (no heartbeat for %g s, or no such process here)",
+                    w,
+                    stale_after_s,
+                )
     if journals is not None:
         # Committed: the dead workers' journals have said all they can.
         for wid in {w for w in said} | set(stale_journals(journals)):
@@ -268,6 +299,21 @@ def recover(
     return pd.DataFrame(
         [(r.id, r.campaign_id, r.recipient, r.claimed_by) for r in rows],
         columns=["message_id", "campaign_id", "recipient", "claimed_by"],
+    )
+
+
+def _orphaned(dead: dict[str, datetime]) -> sa.ColumnElement[bool]:
+    """Return the condition of a claim no live worker holds: a dead one's, or nobody's.
+
+    Checked against ``workers`` as the statement runs: a worker taken for dead that
+    beat since (its heartbeat is no longer the one seen) keeps its claims.
+    """
+    holder = sa.select(Worker.id).where(Worker.id == _M.c.claimed_by)
+    still_dead = [sa.and_(Worker.id == w, Worker.heartbeat_at == hb) for w, hb in dead.items()]
+    return sa.or_(
+        _M.c.claimed_by.is_(None),
+        ~holder.exists(),
+        holder.where(sa.or_(*still_dead)).exists() if still_dead else sa.false(),
     )
 
 

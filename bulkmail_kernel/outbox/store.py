@@ -105,19 +105,20 @@ class OutboxStore:
         """Announce this worker (so its claims are not taken for a dead one's)."""
         recovery.register_worker(self.db, self.worker_id, self.clock.now())
 
-    def heartbeat(self) -> None:
-        """Say this worker is alive."""
+    def heartbeat(self) -> bool:
+        """Say this worker is alive; False if its row is gone (it was taken for dead)."""
         with self.db.engine.begin() as conn:
-            recovery.beat(conn, self.worker_id, self.clock.now())
+            return recovery.beat(conn, self.worker_id, self.clock.now())
 
     def unregister_worker(self) -> None:
         """Remove this worker's row on a clean exit."""
         recovery.unregister_worker(self.db, self.worker_id)
 
-    def recover(self, *, stale_after_s: float = 120.0) -> pd.DataFrame:
+    def recover(self, *, stale_after_s: float | None = None) -> pd.DataFrame:
         """Flag ``unknown`` what a worker that is gone may have sent; requeue what it never did.
 
-        A worker is gone when its heartbeat is older than ``stale_after_s`` or, on
+        A worker is gone when its heartbeat is older than ``stale_after_s`` (default
+        ``config.dead_worker_s()``, ``BULKMAIL_DEAD_WORKER_S``) or, on
         this machine, its process no longer exists. Of its messages left in
         ``sending``, those marked handed over (``handed_at``) may or may not have gone
         out and become ``unknown``; the others never reached the transport and go back

@@ -73,6 +73,9 @@ class SinkRules:
     users: dict[str, str] | None = None
     #: Offer PIPELINING in the EHLO answer (RFC 2920), as Postfix and most relays do.
     pipelining: bool = True
+    #: Seconds each message's content is held before it is stored and answered: a slow
+    #: relay, so a test can stop a sender while a message is on the wire.
+    delay_s: float = 0.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -124,6 +127,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.sink.rules.delay_s > 0:
+            await asyncio.sleep(self.sink.rules.delay_s)
         data = envelope.original_content or b""
         self.sink.store(envelope.mail_from or "", tuple(envelope.rcpt_tos), data)
         return "250 2.0.0 OK queued"
@@ -343,8 +348,12 @@ def start_sink(
     mail_reply: str | None = None,
     users: dict[str, str] | None = None,
     pipelining: bool = True,
+    delay_s: float = 0.0,
 ) -> Sink:
-    """Start a local SMTP sink that stores every accepted message in ``folder``."""
+    """Start a local SMTP sink that stores every accepted message in ``folder``.
+
+    ``delay_s`` holds each message that long before answering, as a slow relay would.
+    """
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     rules = SinkRules(
@@ -352,5 +361,6 @@ def start_sink(
         mail_reply=mail_reply,
         users=users,
         pipelining=pipelining,
+        delay_s=delay_s,
     )
     return Sink(path, host, port or free_port(host), rules).start()
