@@ -126,6 +126,35 @@ def test_a_worker_sleeping_for_its_token_is_not_taken_for_dead(
     assert len(sink.messages) == 3
 
 
+@pytest.mark.postgres
+def test_recovery_leaves_a_worker_that_started_meanwhile_alone(pg_url: str, sink: Sink) -> None:
+    # The recovering worker reads the list of workers, then the claims in 'sending'. A
+    # worker that registers and claims between the two is in no list it read, yet alive:
+    # its claims must stay its own (requeued, they would go out twice).
+    database = dbmod.open_database(pg_url)
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 4)
+    newcomer = OutboxStore(database, "newcomer:1:x")
+    held: list[object] = []
+
+    def meanwhile(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if not held and statement.lstrip().startswith("SELECT") and "handed_at" in statement:
+            newcomer.register_worker()
+            held.extend(newcomer.claim(cid, 2, hand=1))
+
+    sa.event.listen(database.engine, "before_cursor_execute", meanwhile)
+    try:
+        OutboxStore(database, "rescuer:1:x").recover(stale_after_s=60)
+    finally:
+        sa.event.remove(database.engine, "before_cursor_execute", meanwhile)
+    assert len(held) == 2
+    assert _statuses(database, cid) == {"sending": 2, "queued": 2}
+    assert _events(database, "requeued") == 0
+    assert _events(database, "unknown") == 0
+    with database.session() as s:
+        assert s.get(Worker, "newcomer:1:x") is not None
+
+
 # --------------------------------------------------------------------------- Ctrl-C in a notebook
 
 
