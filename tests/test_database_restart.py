@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,11 +35,12 @@ from sending_support import make_campaign, sink_account
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel import queue
 from bulkmail_kernel.db import Event
+from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.servers.sink import Sink, free_port, start_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = pytest.mark.postgres
 
 
 def _bin_dir() -> Path | None:
@@ -130,6 +132,7 @@ def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_three_workers_carry_on_through_a_postgresql_restart(
     cluster: Cluster, slow_sink: Sink, tmp_path: Path, mode: str
@@ -173,6 +176,37 @@ def test_three_workers_carry_on_through_a_postgresql_restart(
             .where(Event.campaign_id == cid, Event.kind == "sent")
             .group_by(Event.message_id)
         ).all()
+        doubt = conn.execute(
+            sa.select(sa.func.count()).where(
+                Event.campaign_id == cid, Event.kind.in_(["unknown", "requeued"])
+            )
+        ).scalar()
     assert len(sent_events) == n
     assert {count for _, count in sent_events} == {1}  # no event written twice
+    assert doubt == 0  # no live worker was taken for dead during the gap
     assert "database system is ready to accept connections" in cluster.log()
+
+
+def test_after_an_outage_a_live_worker_is_not_taken_for_dead(cluster: Cluster) -> None:
+    """Nobody could beat while the server was down: the gap is not a sign of death."""
+    database = dbmod.open_database(cluster.url)
+    sink_account(database, free_port())
+    cid = make_campaign(database, 20, status="sending")
+    other = OutboxStore(database, "worker-b")  # alive, in this very process
+    other.register_worker()
+    assert len(other.claim(cid, 5, hand=2)) == 5
+    me = OutboxStore(database, "worker-a")
+    cluster.pg_ctl("stop", "-m", "fast")
+    restart = threading.Timer(2.0, cluster.pg_ctl, args=("start",))
+    restart.start()
+    try:
+        assert me.counts(cid) == {"sending": 5, "queued": 15}  # waits for the server
+    finally:
+        restart.join()
+    # worker-b's heartbeat is older than the limit, but only because of the outage.
+    assert len(me.recover(stale_after_s=1.5)) == 0
+    assert me.counts(cid) == {"sending": 5, "queued": 15}
+    # Once the live workers had their time to beat again, silence means death again.
+    time.sleep(1.6)
+    assert len(me.recover(stale_after_s=1.5)) == 2
+    assert me.counts(cid) == {"unknown": 2, "queued": 18}

@@ -43,8 +43,9 @@ after the server committed but before the client heard it (a lost commit):
 
 The outcome of a message on the wire stays in the send loop's memory while the
 record waits here, and is written once the server is back: it never becomes
-``unknown``. A worker cannot beat while the server is down; the dead-worker limit
-(120 s) is far above a restart, so no other worker takes its claims meanwhile.
+``unknown``. A worker cannot beat while the server is down: the dead-worker limit
+(120 s) is far above a restart, and after a longer outage :func:`grace_s` stretches the
+limit by the outage's length until the live workers had time to beat again.
 """
 
 from __future__ import annotations
@@ -149,6 +150,9 @@ class _Outage:
         self.lock = threading.Lock()
         #: time.monotonic() of the first lost connection, None while connected.
         self.since: float | None = None
+        #: When the last outage ended (time.monotonic()) and how long it lasted.
+        self.ended: float | None = None
+        self.length_s = 0.0
 
     def lost(self, exc: BaseException) -> float:
         """Note a lost connection (a warning if it starts the outage); return the outage start."""
@@ -167,10 +171,10 @@ class _Outage:
         with self.lock:
             if self.since is None:
                 return
-            log.info(
-                "database %s: connection back after %.1f s", self.url, time.monotonic() - self.since
-            )
+            self.ended = time.monotonic()
+            self.length_s = self.ended - self.since
             self.since = None
+            log.info("database %s: connection back after %.1f s", self.url, self.length_s)
 
 
 _outages: weakref.WeakKeyDictionary[Engine, _Outage] = weakref.WeakKeyDictionary()
@@ -200,6 +204,21 @@ def watch(database: Database) -> _Outage:
             event.listen(engine, "connect", on_connect)
             _outages[engine] = outage
     return outage
+
+
+def grace_s(database: Database, window_s: float) -> float:
+    """Return how long the database was lost, if that ended less than ``window_s`` ago.
+
+    No worker could beat while it was down: for a while after an outage, a heartbeat
+    that much older than the dead-worker limit is still a live worker's.
+    """
+    outage = watch(database)
+    now = time.monotonic()
+    if outage.since is not None:
+        return now - outage.since
+    if outage.ended is not None and now - outage.ended < window_s:
+        return outage.length_s
+    return 0.0
 
 
 def retrying(database: Database, what: str, op: Callable[[int], T]) -> T:

@@ -126,8 +126,10 @@ class OutboxStore:
         this machine, its process no longer exists. Of its messages left in
         ``sending``, those marked handed over (``handed_at``) may or may not have gone
         out and become ``unknown``; the others never reached the transport and go back
-        to the queue. Returns the messages flagged unknown.
+        to the queue. Returns the messages flagged unknown. Just after the database was
+        lost for a while, the limit is that much longer (:func:`.reconnect.grace_s`).
         """
+        stale_after_s += reconnect.grace_s(self.db, stale_after_s)
         return recovery.recover(
             self.db, self.worker_id, self.clock.now(), stale_after_s=stale_after_s
         )
