@@ -25,8 +25,10 @@ from sending_support import make_campaign, sink_account
 
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel import queue, send
-from bulkmail_kernel.db import Event, Message
+from bulkmail_kernel.clock import ManualClock
+from bulkmail_kernel.db import Event, Message, RateBucket
 from bulkmail_kernel.engine.loop import RetryPolicy
+from bulkmail_kernel.engine.throttle import SharedTokenBucket
 from bulkmail_kernel.exceptions import ConfigError
 from bulkmail_kernel.outbox.reconnect import is_connection_lost, retrying
 from bulkmail_kernel.outbox.store import OutboxStore
@@ -270,3 +272,18 @@ def test_send_carries_on_while_its_connections_are_killed(
     assert lost
     assert back
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["lost-commit", "lost-before-commit"])
+def test_the_shared_throttle_waits_out_a_lost_connection(
+    app_url: str, admin: sa.Engine, committed: bool
+) -> None:
+    database = dbmod.open_database(app_url)
+    clock = ManualClock()
+    bucket = SharedTokenBucket(database, "campaign:1", rate_per_hour=3600, burst=5, clock=clock)
+    _lose_next_commit(database, admin, committed=committed)
+    assert bucket.acquire() == 0.0
+    with database.engine.connect() as conn:
+        tokens = conn.execute(sa.select(RateBucket.tokens)).scalar_one()
+    # A take retried after its commit went through spends a second token: slower, never faster.
+    assert tokens == pytest.approx(3.0 if committed else 4.0)

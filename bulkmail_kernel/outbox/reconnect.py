@@ -8,9 +8,10 @@ send path (:class:`~.store.OutboxStore`, the shared throttle) runs through
 
 **Which errors.** Only a lost connection is retried (:func:`is_connection_lost`):
 SQLAlchemy's ``connection_invalidated``, SQLSTATE class 08 (connection exception),
-57P01-57P03 (administrator or crash shutdown, "the database system is starting up")
-and psycopg's connection failures, which carry no SQLSTATE ("server closed the
-connection unexpectedly", "connection refused"). A real error (syntax, integrity, a
+57P01-57P03 (administrator or crash shutdown, "the database system is starting up"),
+57P05 (idle session timeout), 53300 (too many clients) and psycopg's connection
+failures, which carry no SQLSTATE ("server closed the connection unexpectedly",
+"connection refused"). A real error (syntax, integrity, a
 cancelled statement) is raised at once. SQLite is never retried here: its one
 transient error, "database is locked", is already waited out by the busy timeout.
 
@@ -27,8 +28,13 @@ replaces a pooled connection the restart killed before it is used; that is logge
 same way, through the engine's ``handle_error`` event.
 
 **Nothing twice.** Running a read again is harmless, and so are most writes, guarded
-as they are by ``claimed_by = this worker``. Two are not, when the connection drops
-after the server committed but before the client heard it (a lost commit):
+as they are by ``claimed_by = this worker``: recording, releasing or marking clears or
+keeps that claim, so a second run after a commit that went through changes nothing.
+(A record does not also demand ``status = 'sending'``: a message flagged ``unknown``
+while this worker was presumed dead keeps its ``claimed_by``, and our record of what
+really happened to it is the truth.) Two writes are not safe to repeat as they are,
+when the connection drops after the server committed but before the client heard it
+(a lost commit):
 
 - a *claim* run again would take a second batch while the first stays ``sending``
   under this worker's name, never sent. Each claim stamps its rows with a
@@ -40,6 +46,10 @@ after the server committed but before the client heard it (a lost commit):
   lost commit applied both or neither: a retried record first looks for its own first
   event (:func:`already_recorded`) and, if it is there, only reads which of the
   messages to hand over are still ours (:func:`still_held`).
+
+The shared throttle's take is retried as it is: a lost commit there spends one token
+twice, which only slows the rate. ``stop_campaign`` skips a second stop with the same
+reason, so its event is not doubled either.
 
 The outcome of a message on the wire stays in the send loop's memory while the
 record waits here, and is written once the server is back: it never becomes
@@ -82,8 +92,9 @@ DEFAULT_RETRY_S = 300.0
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 10.0
 
-#: Admin shutdown, crash shutdown, "cannot connect now" (starting up, shutting down).
-_SQLSTATES = {"57P01", "57P02", "57P03"}
+#: Admin shutdown, crash shutdown, "cannot connect now" (starting up, shutting down), an
+#: idle session timed out, and "too many clients" (every worker reconnecting at once).
+_SQLSTATES = {"57P01", "57P02", "57P03", "57P05", "53300"}
 #: What libpq says when the connection itself failed (psycopg gives these no SQLSTATE).
 _PHRASES = (
     "server closed the connection",
