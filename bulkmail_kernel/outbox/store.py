@@ -40,6 +40,7 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox import reconnect, recovery
+from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
 from bulkmail_kernel.outbox.reconnect import reconnecting, retrying
 from bulkmail_kernel.outbox.recovery import back_to_queue, event_row
@@ -131,7 +132,11 @@ class OutboxStore:
         """
         stale_after_s += reconnect.grace_s(self.db, stale_after_s)
         return recovery.recover(
-            self.db, self.worker_id, self.clock.now(), stale_after_s=stale_after_s
+            self.db,
+            self.worker_id,
+            self.clock.now(),
+            stale_after_s=stale_after_s,
+            journals=journal_dir(self.db),
         )
 
     # -- claims ----------------------------------------------------------------
