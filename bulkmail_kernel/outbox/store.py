@@ -30,13 +30,11 @@ from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
-    ContactPoint,
     Database,
     Event,
     Message,
     MessageBody,
     MessageStatus,
-    Suppression,
 )
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox import reconnect, recovery
@@ -44,7 +42,7 @@ from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
 from bulkmail_kernel.outbox.reconnect import reconnecting, retrying
 from bulkmail_kernel.outbox.recovery import back_to_queue, event_row
-from bulkmail_kernel.outbox.suppressions import add_suppression
+from bulkmail_kernel.outbox.suppressions import add_suppression, remove_not_allowed
 from bulkmail_kernel.records import CampaignInfo, CampaignRef, SenderInfo, point_channel
 from bulkmail_kernel.transports import SendResult
 
@@ -199,7 +197,7 @@ class OutboxStore:
                 ).all()
                 if not rows:
                     return []
-                keep = self._allowed(conn, list(rows), now)
+                keep = remove_not_allowed(conn, list(rows), now)
                 keep.sort(key=lambda r: r.id)
                 handed = self._mark(conn, [r.id for r in keep[:hand]])
             bodies = (
@@ -229,50 +227,6 @@ class OutboxStore:
                 )
                 for r in keep
             ]
-
-    def _allowed(self, conn: sa.Connection, rows: list[Any], now: datetime) -> list[Any]:
-        """Remove the claimed ``rows`` no longer allowed to be sent; return the others."""
-        ids = [r.id for r in rows]
-        cp = ContactPoint.__table__
-        sup = cast(sa.Table, Suppression.__table__)
-        allowed_rows = conn.execute(
-            sa.select(_M.c.id, cp.c.mailing_allowed, sup.c.reason)
-            .select_from(_M)
-            .join(cp, cp.c.id == _M.c.contact_point_id, isouter=True)
-            .join(
-                sup,
-                sa.and_(sup.c.channel == _M.c.channel, sup.c.normalized == _M.c.recipient),
-                isouter=True,
-            )
-            .where(_M.c.id.in_(ids))
-        ).all()
-        refused: dict[int, str] = {}
-        for mid, mailing_allowed, suppressed in allowed_rows:
-            if suppressed is not None:
-                refused[mid] = f"suppressed since registration ({suppressed})"
-            elif not mailing_allowed:
-                refused[mid] = "mailing no longer allowed for this contact point"
-        if refused:
-            self._remove(conn, [r for r in rows if r.id in refused], refused, now)
-        return [r for r in rows if r.id not in refused]
-
-    def _remove(self, conn: sa.Connection, rows: list[Any], why: dict[int, str], now: Any) -> None:
-        conn.execute(
-            sa.update(_M)
-            .where(_M.c.id == sa.bindparam("mid"))
-            .values(
-                status=MessageStatus.REMOVED.value,
-                last_error=sa.bindparam("b_why"),
-                attempts=_M.c.attempts - 1,
-                claimed_by=None,
-                updated_at=now,
-            ),
-            [{"mid": r.id, "b_why": why[r.id]} for r in rows],
-        )
-        conn.execute(
-            sa.insert(Event),
-            [event_row("skipped", r, None, why[r.id], {"at": "send time"}, now) for r in rows],
-        )
 
     @reconnecting
     def release(self, messages: list[Claimed]) -> None:
