@@ -188,6 +188,20 @@ def test_only_a_lost_connection_is_retried(app_url: str, admin: sa.Engine) -> No
     assert not is_connection_lost(psycopg.errors.QueryCanceled("canceling statement"))
 
 
+def test_a_wrong_database_name_fails_at_once(pg_url: str) -> None:
+    base = sa.engine.make_url(pg_url)
+    url = base.set(database=f"bm_missing_{uuid.uuid4().hex[:8]}").render_as_string(False)
+    database = dbmod.open_database(url, migrate=False)
+    start = time.monotonic()
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="does not exist") as exc:
+            OutboxStore(database, "worker-a").counts(1)
+    finally:
+        dbmod.close_all()
+    assert not is_connection_lost(exc.value)
+    assert time.monotonic() - start < 5
+
+
 def test_gives_up_after_the_configured_time_with_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -96,6 +96,8 @@ MAX_DELAY_S = 10.0
 #: idle session timed out, and "too many clients" (every worker reconnecting at once).
 _SQLSTATES = {"57P01", "57P02", "57P03", "57P05", "53300"}
 #: What libpq says when the connection itself failed (psycopg gives these no SQLSTATE).
+#: Not "connection failed" alone: a wrong password or database name says that too, and
+#: those must fail at once.
 _PHRASES = (
     "server closed the connection",
     "the database system is starting up",
@@ -105,12 +107,14 @@ _PHRASES = (
     "terminating connection",
     "connection refused",
     "could not connect",
-    "connection failed",
     "connection is closed",
     "connection is lost",
-    "connection timeout expired",
+    "timeout expired",
     "consuming input failed",
     "no connection to the server",
+    "no route to host",
+    "network is unreachable",
+    "temporary failure in name resolution",
     "ssl syscall error",
     "ssl connection has been closed",
 )
