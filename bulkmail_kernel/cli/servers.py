@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bulkmail_kernel import config
-from bulkmail_kernel.cli.common import Commands, add_db
+from bulkmail_kernel.cli.common import Commands, add_csv, add_db, print_frame
 
 
 def cmd_start_sink(args: argparse.Namespace) -> int:
@@ -129,6 +129,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous_term)
 
 
+def cmd_live_workers(args: argparse.Namespace) -> int:
+    """List the workers alive on the database (heartbeat within BULKMAIL_DEAD_WORKER_S)."""
+    from bulkmail_kernel import live_workers
+
+    print_frame(live_workers(stale_after_s=args.stale_after_s, url=args.db), args)
+    return 0
+
+
 def add_commands(commands: Commands) -> None:
     """Add the server commands."""
     p = commands.add(
@@ -163,4 +171,13 @@ def add_commands(commands: Commands) -> None:
     p.add_argument(
         "--unsubscribe-port", type=int, default=8025, help="unsubscribe endpoint port (8025)"
     )
+    add_db(p)
+
+    p = commands.add("live-workers", cmd_live_workers, "the workers alive on the database")
+    p.add_argument(
+        "--stale-after-s",
+        type=float,
+        help="a worker silent this long is dead (default BULKMAIL_DEAD_WORKER_S, 120)",
+    )
+    add_csv(p)
     add_db(p)
