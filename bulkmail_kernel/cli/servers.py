@@ -126,7 +126,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     try:
         if not args.no_worker:
             worker = _start_worker(args)
-        print("starting JupyterLab:", " ".join(cmd[2:]))
+        # Flushed first: JupyterLab writes to the same stdout (a log file under a service).
+        print("starting JupyterLab:", " ".join(cmd[2:]), flush=True)
         lab = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter, fixed arguments
         return lab.wait()
     finally:
@@ -178,7 +179,10 @@ def _start_worker(args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
         worker = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    print(f"worker running (pid {worker.pid}) for scheduled campaigns: its log is {log_path}")
+    print(
+        f"worker running (pid {worker.pid}) for scheduled campaigns: its log is {log_path}",
+        flush=True,
+    )
     return worker
 
 

@@ -187,6 +187,15 @@ class OutboxMonitor(widgets.VBox):
                 self.status,
             ]
         )
+        # Names for the page: the browser test (and a stylesheet) find the parts by them.
+        self.add_class("bm-monitor")
+        for part, name in (
+            (self.progress_label, "progress"),
+            (self.rate, "rate"),
+            (self.counts, "counts"),
+            (self.status, "status"),
+        ):
+            part.add_class(f"bm-monitor-{name}")
         self.refresh()
         self._thread: threading.Thread | None = None
         if self.refresh_s > 0:
@@ -243,7 +252,7 @@ class OutboxMonitor(widgets.VBox):
             self.last is None or self.last.campaign_id != p.campaign_id
         ):
             # Another campaign shown: the picker starts from its send time (local, naive).
-            self.when.value = p.scheduled_at.replace(tzinfo=None)
+            self.when.value = p.scheduled_at.replace(tzinfo=None, microsecond=0)
         self.last = p
         self.progress_bar.max = max(p.total, 1)
         self.progress_bar.value = p.sent
