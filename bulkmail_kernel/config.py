@@ -72,11 +72,6 @@ def default_region() -> str:
     return os.environ.get("BULKMAIL_REGION", DEFAULT_REGION).upper()
 
 
-def local_timezone() -> str:
-    """Return the analyst's IANA time zone (``BULKMAIL_TZ``, default Europe/Bratislava)."""
-    return os.environ.get("BULKMAIL_TZ", "Europe/Bratislava")
-
-
 def local_zone() -> ZoneInfo:
     """Return the analyst's time zone as a ``ZoneInfo`` (ConfigError if BULKMAIL_TZ is unknown)."""
     name = local_timezone()
@@ -145,3 +140,8 @@ def _local_wall_clock(naive: datetime, what: str) -> datetime:
 def as_local(value: datetime | None) -> datetime | None:
     """Return an aware ``value`` in the local zone (None stays None)."""
     return None if value is None else value.astimezone(local_zone())
+
+
+def local_timezone() -> str:
+    """Return the analyst's IANA time zone (``BULKMAIL_TZ``, default Europe/Bratislava)."""
+    return os.environ.get("BULKMAIL_TZ", "Europe/Bratislava")
