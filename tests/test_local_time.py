@@ -88,8 +88,8 @@ def test_nonsense_and_an_unknown_zone_are_config_errors(monkeypatch: pytest.Monk
         to_utc("2026-12-03 09:00")
 
 
-def test_create_campaign_stores_utc_and_shows_local(sqlite_url: str) -> None:
-    database = dbmod.open_database(sqlite_url)
+def test_create_campaign_stores_utc_and_shows_local(db_url: str) -> None:
+    database = dbmod.open_database(db_url)
     sink_account(database, 2525)
     info = create_campaign("x", sender="sink", scheduled_at="2026-12-03 09:00", db=database)
     assert _stored(database, "x") == datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
@@ -107,9 +107,9 @@ def test_create_campaign_stores_utc_and_shows_local(sqlite_url: str) -> None:
         create_campaign("y", sender="sink", scheduled_at="2026-03-29 02:30", db=database)
 
 
-def test_another_zone_from_bulkmail_tz(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_another_zone_from_bulkmail_tz(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BULKMAIL_TZ", "America/New_York")
-    database = dbmod.open_database(sqlite_url)
+    database = dbmod.open_database(db_url)
     sink_account(database, 2525)
     create_campaign("ny", sender="sink", scheduled_at="2026-12-03 09:00", db=database)
     assert _stored(database, "ny") == datetime(2026, 12, 3, 14, 0, tzinfo=UTC)  # EST, -05:00

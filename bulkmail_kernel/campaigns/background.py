@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime
 from typing import Any, Literal
 
@@ -124,9 +125,9 @@ class BackgroundSend:
         """
         if self.by == "kernel":
             return self._done.wait(timeout)
-        deadline = None if timeout is None else utcnow().timestamp() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while self.running:
-            left = None if deadline is None else deadline - utcnow().timestamp()
+            left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
             self._stop.wait(poll_s if left is None else min(poll_s, left))
