@@ -156,6 +156,8 @@ def test_the_lab_worker_sends_the_scheduled_campaign_and_the_monitor_shows_it(
         # Due in 40 s: right after the run it waits, nothing sent.
         expect(rate).to_contain_text("— scheduled")
         expect(reminder.locator(".bm-monitor-progress")).to_contain_text("0 / 6")
+        expect(rate).to_contain_text("due in")
+        expect(rate).not_to_contain_text("no worker is running")  # the lab's worker is there
         reminder.screenshot(path=str(tmp_path / "monitor-scheduled.png"))
         # Then the worker sends it, and the monitor shows it to the end.
         expect(rate).to_contain_text("— finished", timeout=120_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import ipywidgets as widgets
@@ -78,5 +79,35 @@ def test_the_picker_starts_from_the_campaigns_send_time(sqlite_url: str) -> None
     m = outbox_monitor("set", refresh_s=0, db=database)
     try:
         assert m.when.value == datetime(2026, 12, 31, 23, 30)
+    finally:
+        m.close()
+
+
+def test_the_monitor_says_when_a_scheduled_campaign_goes_out_and_who_sends_it(
+    sqlite_url: str,
+) -> None:
+    from datetime import timedelta
+
+    from bulkmail_kernel import schedule
+    from bulkmail_kernel.db import Worker, utcnow
+
+    database = dbmod.open_database(sqlite_url)
+    sink_account(database, 2525)
+    make_campaign(database, 2, name="soon")
+    schedule("soon", utcnow() + timedelta(minutes=5), db=database)
+    m = outbox_monitor("soon", refresh_s=0, db=database)
+    try:
+        assert re.search(r"due in [45] min \d\d s", m.rate.value), m.rate.value
+        assert "no worker is running to send it" in m.rate.value
+        # Its time passed while nobody runs a worker: the monitor says what to do.
+        schedule("soon", utcnow() - timedelta(seconds=75), db=database)
+        m.refresh()
+        assert "due 1 min 15 s ago, but no worker is running" in m.rate.value
+        assert "bulkmail_kernel.cli run-worker" in m.rate.value
+        now = utcnow()
+        with database.session() as s:  # a worker on another machine, beating
+            s.add(Worker(id="far:7:x", hostname="far", pid=7, started_at=now, heartbeat_at=now))
+        m.refresh()
+        assert "a worker takes it at its next look" in m.rate.value
     finally:
         m.close()

@@ -34,6 +34,7 @@ from bulkmail_kernel.campaigns.monitor import (
 from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.exceptions import BulkmailError
 from bulkmail_kernel.outbox.queue import remove_from_queue
+from bulkmail_kernel.outbox.workers import live_workers
 from bulkmail_kernel.records import CampaignRef
 
 #: How many removable messages the queue list offers (the first ones; `queue()` has them all).
@@ -64,7 +65,29 @@ def counts_html(p: CampaignProgress) -> str:
     )
 
 
-def rate_html(p: CampaignProgress) -> str:
+def schedule_note(p: CampaignProgress, workers: int | None = None) -> str:
+    """Return when a scheduled campaign goes out, and whether a worker is there to send it.
+
+    ``workers`` is how many run-workers are alive (None: not looked up). "" for a
+    campaign that is not waiting for its time.
+    """
+    if p.status != "scheduled" or p.scheduled_at is None:
+        return ""
+    wait_s = (p.scheduled_at - p.as_of).total_seconds()
+    if wait_s > 0:
+        note = f"due in {duration_text(wait_s)}"
+        if workers == 0:
+            note += " · no worker is running to send it"
+        return note
+    if workers == 0:
+        return (
+            f"due {duration_text(-wait_s)} ago, but no worker is running: bulkmail lab starts "
+            "one, or run .venv/bin/python -m bulkmail_kernel.cli run-worker"
+        )
+    return f"due {duration_text(-wait_s)} ago: a worker takes it at its next look"
+
+
+def rate_html(p: CampaignProgress, workers: int | None = None) -> str:
     """Return status, rate against the set rate, ETA and the campaign's times as HTML."""
     rate = "no rate yet" if p.actual_rate_per_hour is None else f"{p.actual_rate_per_hour:,.0f}/h"
     eta = "—" if p.eta is None else f"{duration_text(p.eta_s)} (at {_when(p.eta)})"
@@ -76,6 +99,10 @@ def rate_html(p: CampaignProgress) -> str:
         f"<span style='color: #888'>({htmlmod.escape(config.local_timezone())}, "
         f"as of {p.as_of:%H:%M:%S})</span>",
     ]
+    note = schedule_note(p, workers)
+    if note:
+        color = "#b00" if "no worker" in note else "#555"
+        lines.append(f"<span style='color: {color}'>{htmlmod.escape(note)}</span>")
     if p.last_error:
         lines.append(f"<span style='color: #b00'>{htmlmod.escape(p.last_error)}</span>")
     return "<br>".join(lines)
@@ -259,7 +286,12 @@ class OutboxMonitor(widgets.VBox):
         self.progress_bar.bar_style = "success" if p.status == "finished" else ""
         self.progress_label.value = f"{p.sent:,} / {p.total:,}"
         self.counts.value = counts_html(p)
-        self.rate.value = rate_html(p)
+        workers = None
+        if p.status == "scheduled":
+            # Only then: whether anyone will send it (the workers table is a few rows).
+            alive = live_workers(db=self.database)
+            workers = int(alive["runs_worker"].sum())
+        self.rate.value = rate_html(p, workers)
         self.errors.value = errors_html(p.errors)
         options = queue_options(pending)
         if tuple(options) != tuple(self.queue.options):
