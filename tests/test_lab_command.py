@@ -123,3 +123,58 @@ def test_lab_starts_no_second_worker_on_a_database_that_has_one(
     out = capsys.readouterr().out
     assert "a worker already runs on this database (far:7:x" in out
     assert "--another-worker" in out
+
+
+def test_ctrl_c_stops_the_lab_and_its_worker(tmp_path: Path) -> None:
+    exe = shutil.which("bulkmail", path=str(Path(sys.executable).parent))
+    assert exe
+    data = tmp_path / "data"
+    data.mkdir()
+    db_url = f"sqlite:///{tmp_path / 'elsewhere.db'}"  # --db: the worker follows it
+    from bulkmail_kernel.demo.generate import generate_demo
+
+    generate_demo(50, url=db_url, progress=False, samples_dir=None)
+    dbmod.close_all()
+    lab_port = free_port()
+    env = {
+        **os.environ,
+        "BULKMAIL_DATA_DIR": str(data),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_TOKEN": "lab-test",
+    }
+    env.pop("BULKMAIL_DB_URL", None)
+    log = (tmp_path / "lab.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "lab",
+            "--no-browser",
+            "--no-sink",
+            "--no-unsubscribe-server",
+            f"--port={lab_port}",
+            f"--db={db_url}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        database = dbmod.open_database(db_url)
+        deadline = time.monotonic() + 120
+        while not live_workers(db=database)["runs_worker"].any():
+            assert proc.poll() is None, (tmp_path / "lab.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "lab.log").read_text()
+            time.sleep(0.5)
+        dbmod.close_all()
+        # Ctrl-C in the lab's terminal (to the lab alone here): everything stops, reaped.
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130, (tmp_path / "lab.log").read_text()
+        out = (tmp_path / "lab.log").read_text()
+        assert "worker stopped (exit" in out
+        assert live_in_group(proc.pid) == [], out
+        assert (data / "worker.log").read_text().strip()
+    finally:
+        stop(proc, group=True)
+        log.close()
+        dbmod.close_all()
