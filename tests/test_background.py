@@ -116,8 +116,8 @@ def test_refuses_paused_and_draft_campaigns_and_a_missing_worker(sqlite_url: str
         send_in_background("w", use_worker=True, db=database)
 
 
-def test_live_workers_reads_fresh_rows_and_tells_a_worker_from_a_send(sqlite_url: str) -> None:
-    database = dbmod.open_database(sqlite_url)
+def test_live_workers_reads_fresh_rows_and_tells_a_worker_from_a_send(db_url: str) -> None:
+    database = dbmod.open_database(db_url)
     now = utcnow()
     with database.session() as s:
         s.add_all(
