@@ -199,3 +199,21 @@ def test_a_live_worker_takes_the_campaign(
     assert _counts("handed", database)["sent"] == 5
     assert len(sink.messages) == 5
     assert worker.poll() is None  # still running, for the next campaign
+
+
+def test_a_run_worker_script_on_this_machine_counts_as_a_worker(sqlite_url: str) -> None:
+    database = dbmod.open_database(sqlite_url)
+    code = (
+        "from bulkmail_kernel import run_worker;"
+        f"run_worker(url={sqlite_url!r}, poll_interval_s=0.2)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        _until("the script's worker row", lambda: len(live_workers(db=database)) == 1)
+        frame = live_workers(db=database)
+        assert bool(frame["runs_worker"].iloc[0]) is True
+        assert int(frame["pid"].iloc[0]) == proc.pid
+    finally:
+        stop(proc)
+    # Its process gone, its row (left by the hard stop) no longer counts, however fresh.
+    assert live_workers(db=database).empty

@@ -116,5 +116,6 @@ def _is_worker_command(command: list[str]) -> bool:
     """Return whether a command line is ``bulkmail run-worker`` (or ``worker``), any spelling."""
     if not command:
         return True  # unreadable: a worker row we cannot disprove
-    # `bulkmail [-v] run-worker ...`, `python -m bulkmail_kernel.cli -v worker ...`
-    return any(word in ("run-worker", "worker") for word in command[1:])
+    # `bulkmail [-v] run-worker ...`, `python -m bulkmail_kernel.cli -v worker ...`, and a
+    # script calling run_worker() (`python -c "...run_worker(...)"`).
+    return any(word in ("run-worker", "worker") or "run_worker" in word for word in command[1:])
