@@ -34,6 +34,7 @@ _AT_REST = (
     CampaignStatus.CANCELLED.value,
     CampaignStatus.PAUSED.value,
     CampaignStatus.STOPPED.value,
+    "late",  # its time passed long ago with no worker: waits for resume()
 )
 
 
