@@ -236,7 +236,7 @@ def _mark_late(store: OutboxStore, max_lateness_s: float) -> None:
             "campaign %r is late: it was due at %s, more than %s ago; not sent. "
             "resume() it (bulkmail resume) to send it now, or cancel() it",
             name,
-            f"{scheduled_at:%Y-%m-%d %H:%M} UTC",
+            f"{config.as_local(scheduled_at):%Y-%m-%d %H:%M %Z}",
             _hours(max_lateness_s),
         )
 

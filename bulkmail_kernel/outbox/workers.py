@@ -19,29 +19,8 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import config
 from bulkmail_kernel.db import Database, Worker, resolve_database, utcnow
-from bulkmail_kernel.exceptions import ConfigError
-
-#: Default of ``BULKMAIL_DEAD_WORKER_S``: a worker silent this long is taken for dead.
-DEAD_WORKER_S = 120.0
 
 _COLUMNS = ["worker_id", "hostname", "pid", "runs_worker", "started_at", "heartbeat_at", "age_s"]
-
-
-def dead_worker_s() -> float:
-    """Return the dead-worker limit in seconds (``BULKMAIL_DEAD_WORKER_S``, default 120)."""
-    text = os.environ.get("BULKMAIL_DEAD_WORKER_S")
-    if not text:
-        return DEAD_WORKER_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(
-            f"BULKMAIL_DEAD_WORKER_S={text!r}: give a number of seconds above 0 (default 120)",
-            setting="BULKMAIL_DEAD_WORKER_S",
-        )
-    return value
 
 
 def live_workers(
@@ -59,7 +38,7 @@ def live_workers(
     (seconds since the last beat). ``stale_after_s`` defaults to ``BULKMAIL_DEAD_WORKER_S``
     (120 s); on this machine a row whose process is gone is left out at once.
     """
-    limit = dead_worker_s() if stale_after_s is None else float(stale_after_s)
+    limit = config.dead_worker_s() if stale_after_s is None else float(stale_after_s)
     now = utcnow() if now is None else now
     database = resolve_database(db, url)
     with database.session() as s:
