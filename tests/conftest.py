@@ -34,7 +34,7 @@ _PG_REASON = _pg_unreachable_reason()
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test away from the developer's data/ and BULKMAIL_* settings."""
-    for var in ("BULKMAIL_DB_URL", "BULKMAIL_HOME", "BULKMAIL_DATA_DIR"):
+    for var in ("BULKMAIL_DB_URL", "BULKMAIL_HOME", "BULKMAIL_DATA_DIR", "BULKMAIL_JOURNAL_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("BULKMAIL_DATA_DIR", str(tmp_path / "data"))
 

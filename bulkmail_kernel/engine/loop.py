@@ -2,8 +2,10 @@
 
 Within a batch, every few messages (one at campaign rates, 50 unthrottled) the loop
 records what went out and, in the same commit, marks the next few handed over
-before they go to the transport; a crash then leaves only those few in doubt (see
-:mod:`bulkmail_kernel.outbox.store`, which holds every query). Each e-mail gets its
+before they go to the transport (see :mod:`bulkmail_kernel.outbox.store`, which holds
+every query). Each sender thread also journals every hand-over and answer
+(:mod:`bulkmail_kernel.outbox.journal`): after a crash, only the message on the wire
+stays in doubt, not the whole marked group. Each e-mail gets its
 Date, header check and DKIM signature on the way out
 (:func:`~bulkmail_kernel.deliverability.dkim.prepare_outgoing`); an SMS leaves as stored.
 
@@ -39,6 +41,7 @@ from bulkmail_kernel.engine.heartbeat import Heartbeat, dead_worker_limit_s
 from bulkmail_kernel.engine.threads import _HaltableClock, _in_threads
 from bulkmail_kernel.engine.throttle import SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.journal import Journal, journal_dir
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.store import CLAIMABLE, OPEN, Claimed, OutboxStore
 from bulkmail_kernel.records import CampaignRef, SenderInfo, campaign_channel
@@ -106,6 +109,8 @@ class _Run:
     signer: DkimSigner | None = None
     #: How many messages are recorded and marked handed over at a time (``mark_handed``).
     mark_ahead: int = 20
+    #: This sender thread's journal (see :mod:`~bulkmail_kernel.outbox.journal`).
+    journal: Journal | None = None
     totals: dict[str, int] = field(
         default_factory=lambda: {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0}
     )
@@ -158,11 +163,17 @@ def _run_batches(run: _Run) -> None:
                         log.warning("message %d was taken back from this worker: not sent", m.id)
                         continue
                 in_flight = m
+                if run.journal is not None:
+                    run.journal.begin(m.id)
                 result = run.transport.send(
                     body,
                     mail_from=envelope_from(run.sender, m.message_id_header),
                     rcpt_to=m.recipient,
                 )
+                if run.journal is not None:
+                    at = run.clock.now().timestamp()
+                    pid = result.provider_message_id
+                    run.journal.answer(m.id, result.status, result.code, at, pid)
                 in_flight = None
                 outcomes.append((m, result))
                 if result.status == "fatal":
@@ -184,6 +195,8 @@ def _run_batches(run: _Run) -> None:
         _flush(run, outcomes, recorded, [])
         done = {o[0].id for o in outcomes} | lost
         run.store.release([m for m in batch if m.id not in done])
+        if run.journal is not None:
+            run.journal.settled()  # the whole batch is in the database
         if fatal is not None:
             error = (
                 f"campaign {run.name!r} stopped: {fatal.detail}. Nothing after it was sent and no "
@@ -227,9 +240,11 @@ def _mark_ahead(rate_per_hour: float) -> int:
     # About half a second's worth, 1 to 20: at campaign rates (100-3,000/h) every message
     # is recorded and the next marked on its own, so a crash leaves at most the one in
     # hand in doubt. Unthrottled, 50 at a time: the claim marks the first 50 in its own
-    # commit, then one commit per 50 records them and marks the next, so a crash leaves
-    # at most 50 in doubt whatever the claim's size (the rest is requeued), and claims
-    # can be large (send()'s batch_size, 200) to spread their own cost.
+    # commit, then one commit per 50 records them and marks the next, so the database
+    # alone knows at most 50 in doubt whatever the claim's size (the rest is requeued),
+    # and claims can be large (send()'s batch_size, 200) to spread their own cost. The
+    # thread's journal (two small writes a message, no sync) then settles all but the one
+    # on the wire, so the groups stay large without leaving more in doubt.
     if math.isinf(rate_per_hour):
         return 50
     return max(1, min(20, int(rate_per_hour / 3600 * 0.5)))
@@ -286,7 +301,8 @@ def send(
         wait_for_retries: keep waiting for deferred messages to come due instead of
             returning with them pending (the worker picks them up later otherwise).
         batch_size: most messages claimed at once when unthrottled; a crash leaves at
-            most 50 of them in doubt whatever the size (the rest go back to the queue).
+            most the one on the wire per connection in doubt whatever the size (the
+            send journal settles the rest; without it, at most 50).
         clock: time source (tests pass a ``ManualClock``).
         stop: an event that ends the run after the message in hand.
         dead_worker_s: after how many seconds without a heartbeat a worker is taken for
@@ -321,6 +337,7 @@ def send(
     transports: list[Transport] = []
     runs: list[_Run] = []
     interrupted = False
+    journals: list[Journal] = []
     try:
         store.recover(stale_after_s=dead_s)
         own_transport = transport is None
@@ -352,6 +369,10 @@ def send(
             with bar_lock:  # one bar for every connection's thread
                 bar.update(n)
 
+        # One journal per sender thread, open before anything is claimed (see _mark_ahead).
+        folder = journal_dir(database)
+        n = len(transports)
+        journals = [Journal(folder, store.worker_id, k, n) for k in range(n)]
         runs = [
             _Run(
                 store,
@@ -367,8 +388,9 @@ def send(
                 tick,
                 signer,
                 _mark_ahead(rate),
+                journal=j,
             )
-            for t in transports
+            for t, j in zip(transports, journals, strict=True)
         ]
         try:
             while True:
@@ -386,8 +408,15 @@ def send(
                 _HaltableClock(clock, stop).sleep(
                     min(60.0, max(0.0, (due - clock.now()).total_seconds()))
                 )
+        except BaseException:
+            # Whatever is still ours in 'sending' is settled by its journal once we are gone.
+            for j in journals:
+                j.close(keep=True)
+            raise
         finally:
             bar.close()
+            for j in journals:
+                j.close()
             if own_transport:
                 for t in transports:
                     with contextlib.suppress(Exception):

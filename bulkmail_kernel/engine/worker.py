@@ -36,6 +36,7 @@ from bulkmail_kernel.engine.loop import (
 )
 from bulkmail_kernel.engine.throttle import SharedTokenBucket
 from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.journal import Journal, journal_dir
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.schedule import mark_late
 from bulkmail_kernel.outbox.store import OutboxStore
@@ -119,12 +120,15 @@ def _worker_loop(
 ) -> int:
     store = OutboxStore(database, new_worker_id(), clock)
     store.register_worker()
-    heartbeat = Heartbeat(store, limits.dead_worker_s).start()
     log.info("worker %s started on %s", store.worker_id, database.url)
     active: set[int] = set()  # the campaigns this worker is sending, for the log
     transports: dict[int, Transport] = {}
     signers: dict[tuple[int, str], DkimSigner | None] = {}
     sent = 0
+    # Open before the first claim: a crash is then settled by it (see _mark_ahead).
+    journal = Journal(journal_dir(database), store.worker_id)
+    clean = False
+    heartbeat = Heartbeat(store, limits.dead_worker_s).start()
     try:
         while not stop.is_set():
             store.recover(stale_after_s=limits.dead_worker_s)
@@ -177,6 +181,7 @@ def _worker_loop(
                     stop,
                     signer=signers[key],
                     mark_ahead=_mark_ahead(rate),
+                    journal=journal,
                 )
                 try:
                     _run_batches(run)
@@ -192,7 +197,10 @@ def _worker_loop(
                 stop.wait(poll_interval_s) if clock is SYSTEM_CLOCK else clock.sleep(
                     poll_interval_s
                 )
+        clean = True
     finally:
+        # After an error, messages may stay ours in 'sending': the journal settles them.
+        journal.close(keep=not clean)
         for t in transports.values():
             with contextlib.suppress(Exception):
                 t.close()

@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import config
 from bulkmail_kernel.db import Database, Event, Message, MessageStatus, Worker, chunks
+from bulkmail_kernel.outbox.journal import Answer, read_journal, remove_journal, stale_journals
 
 log = logging.getLogger("bulkmail")
 
@@ -97,12 +99,19 @@ def unregister_worker(database: Database, worker_id: str) -> None:
 
 
 def recover(
-    database: Database, worker_id: str, now: datetime, *, stale_after_s: float | None = None
+    database: Database,
+    worker_id: str,
+    now: datetime,
+    *,
+    stale_after_s: float | None = None,
+    journals: Path | None = None,
 ) -> pd.DataFrame:
     """Flag ``unknown`` what a worker that is gone may have sent; requeue what it never did.
 
     ``worker_id`` is the caller, alive by definition; ``stale_after_s`` defaults to
-    ``config.dead_worker_s()``. See :meth:`~.store.OutboxStore.recover`.
+    ``config.dead_worker_s()``. ``journals`` is this machine's journal folder: a dead
+    worker's journal there settles most of what it handed over (see :mod:`.journal`).
+    See :meth:`~.store.OutboxStore.recover`.
 
     Only the claims of the workers found dead here, or of no worker at all, are
     touched: a worker that registers (and claims) while this runs is not in the list
@@ -178,21 +187,76 @@ def recover(
                 len(fresh),
             )
         rows = [r for r in rows if r.handed_at is not None]
-        flagged: set[int] = set()
-        for chunk in chunks([r.id for r in rows], 500):
-            flagged |= set(
+        # A dead worker's journal (same machine) says which handed messages it never
+        # began (back to the queue) and which the server accepted (sent); see .journal.
+        said = _journal_answers(journals, {r.claimed_by for r in rows if r.claimed_by})
+        back = [r for r in rows if _said(said, r) in ("never", "refused")]
+        back_ids: set[int] = set()
+        for chunk in chunks([r.id for r in back], 500):
+            back_ids |= set(
                 s.execute(
                     sa.update(_M)
                     .where(_M.c.id.in_(chunk), _M.c.status == MessageStatus.SENDING.value, orphaned)
-                    .values(
-                        status=MessageStatus.UNKNOWN.value,
-                        last_error="the worker died while sending: it may or may not have "
-                        "gone out; check and requeue() or remove_from_queue()",
-                    )
+                    .values(**back_to_queue())
                     .returning(_M.c.id)
                 ).scalars()
             )
-        rows = [r for r in rows if r.id in flagged]
+        back = [r for r in back if r.id in back_ids]
+        if back:
+            s.execute(
+                sa.insert(Event),
+                [
+                    event_row(
+                        "requeued",
+                        r,
+                        r.campaign_id,
+                        f"worker {r.claimed_by} died; its journal shows the message "
+                        + (
+                            "was refused by the server"
+                            if _said(said, r) == "refused"
+                            else "never reached the server"
+                        )
+                        + ": back in the queue",
+                        {"worker": r.claimed_by, "journal": True},
+                        now,
+                    )
+                    for r in back
+                ],
+            )
+            log.warning(
+                "%d messages handed over by a worker that died never left (its journal says "
+                "so): requeued",
+                len(back),
+            )
+        accepted = [(r, _answer(said, r)) for r in rows if _said(said, r) == "sent"]
+        recorded = _record_journal_sent(s, accepted, now, orphaned)
+        if recorded:
+            log.warning(
+                "%d messages sent by a worker that died before recording them: recorded "
+                "sent from its journal",
+                len(recorded),
+            )
+        rows = [r for r in rows if _said(said, r) in ("begun", "unknown", "untrusted")]
+        if rows:
+            flagged: set[int] = set()
+            for chunk in chunks([r.id for r in rows], 500):
+                flagged |= set(
+                    s.execute(
+                        sa.update(_M)
+                        .where(
+                            _M.c.id.in_(chunk),
+                            _M.c.status == MessageStatus.SENDING.value,
+                            orphaned,
+                        )
+                        .values(
+                            status=MessageStatus.UNKNOWN.value,
+                            last_error="the worker died while sending: it may or may not have "
+                            "gone out; check and requeue() or remove_from_queue()",
+                        )
+                        .returning(_M.c.id)
+                    ).scalars()
+                )
+            rows = [r for r in rows if r.id in flagged]
         if rows:
             s.execute(
                 sa.insert(Event),
@@ -227,10 +291,90 @@ def recover(
                     w,
                     stale_after_s,
                 )
+    if journals is not None:
+        # Committed: the dead workers' journals have said all they can.
+        for wid in {w for w in said} | set(stale_journals(journals)):
+            if wid not in alive:
+                remove_journal(journals, wid)
     return pd.DataFrame(
         [(r.id, r.campaign_id, r.recipient, r.claimed_by) for r in rows],
         columns=["message_id", "campaign_id", "recipient", "claimed_by"],
     )
+
+
+def _journal_answers(
+    journals: Path | None, worker_ids: set[str]
+) -> dict[str, dict[int, Answer] | None]:
+    """Return each dead worker's journal (None: none here, or not to be trusted)."""
+    if journals is None:
+        return {}
+    return {w: read_journal(journals, w) for w in sorted(worker_ids)}
+
+
+def _said(said: dict[str, dict[int, Answer] | None], r: Any) -> str:
+    """Return what row ``r``'s worker journal says of it ('untrusted': nothing to go by).
+
+    One of never (not begun), sent, refused, begun (no answer), unknown, untrusted.
+    """
+    answers = said.get(r.claimed_by) if r.claimed_by else None
+    if answers is None:
+        return "untrusted"
+    a = answers.get(r.id)
+    return "never" if a is None else a.outcome
+
+
+def _answer(said: dict[str, dict[int, Answer] | None], r: Any) -> Answer:
+    answers = said[r.claimed_by]
+    assert answers is not None
+    return answers[r.id]
+
+
+def _record_journal_sent(
+    s: Any, accepted: list[tuple[Any, Answer]], now: datetime, orphaned: sa.ColumnElement[bool]
+) -> list[Any]:
+    """Record as sent what a dead worker's journal shows accepted; return the rows recorded."""
+    done = []
+    for r, a in accepted:
+        at = datetime.fromtimestamp(a.at, UTC) if a.at is not None else now
+        hit = s.execute(
+            sa.update(_M)
+            .where(
+                _M.c.id == r.id,
+                _M.c.status == MessageStatus.SENDING.value,
+                _M.c.claimed_by == r.claimed_by,
+                orphaned,
+            )
+            .values(
+                status=MessageStatus.SENT.value,
+                last_code=str(a.code) if a.code is not None else None,
+                last_error="",
+                next_attempt_at=None,
+                sent_at=at,
+                provider_message_id=a.provider_message_id,
+                claimed_by=None,
+                updated_at=now,
+            )
+            .returning(_M.c.id)
+        ).first()
+        if hit is not None:
+            done.append((r, a))
+    if done:
+        s.execute(
+            sa.insert(Event),
+            [
+                event_row(
+                    "sent",
+                    r,
+                    r.campaign_id,
+                    f"accepted ({a.code}); recorded from the journal of worker "
+                    f"{r.claimed_by}, which died before recording it",
+                    {"worker": r.claimed_by, "code": a.code, "recovered": True},
+                    now,
+                )
+                for r, a in done
+            ],
+        )
+    return [r for r, _ in done]
 
 
 def _orphaned(dead: dict[str, datetime]) -> sa.ColumnElement[bool]:

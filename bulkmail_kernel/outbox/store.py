@@ -40,6 +40,7 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox import recovery
+from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
 from bulkmail_kernel.outbox.recovery import back_to_queue, event_row
 from bulkmail_kernel.outbox.suppressions import add_suppression
@@ -124,7 +125,11 @@ class OutboxStore:
         to the queue. Returns the messages flagged unknown.
         """
         return recovery.recover(
-            self.db, self.worker_id, self.clock.now(), stale_after_s=stale_after_s
+            self.db,
+            self.worker_id,
+            self.clock.now(),
+            stale_after_s=stale_after_s,
+            journals=journal_dir(self.db),
         )
 
     # -- claims ----------------------------------------------------------------
