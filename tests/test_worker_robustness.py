@@ -225,7 +225,9 @@ def test_a_second_signal_stops_at_once_and_still_records(sqlite_url: str, slow_s
         _, err = proc.communicate(timeout=10)
     finally:
         stop(proc)
-    assert proc.returncode in (0, 130), err  # 0 if the first had drained already
+    # 130: the hard stop. If the first signal had drained everything already: 0, or killed
+    # by the second one arriving after the handlers were put back (nothing left to record).
+    assert proc.returncode in (130, 0, -signal.SIGTERM), err
     counts = _statuses(database, cid)
     assert counts["sending"] == 0
     assert counts["unknown"] <= 1  # at most the one on the wire

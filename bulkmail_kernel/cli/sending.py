@@ -9,10 +9,12 @@ line per sending campaign to stderr, with timestamps, as it happens.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -56,19 +58,46 @@ settings (environment):
 """
 
 
+#: Code a KeyboardInterrupt must not land in: raised inside a database call or its
+#: bookkeeping, it can leave a connection holding SQLite's write lock, and everything
+#: after it (recording, releasing, unregistering) waits for that lock.
+_NOT_HERE = (
+    "sqlalchemy.",
+    "psycopg",
+    "sqlite3",
+    "logging",
+    "tqdm",
+    "bulkmail_kernel.outbox.",
+    "bulkmail_kernel.db",
+    "bulkmail_kernel.engine.heartbeat",
+)
+
+
+def _in_critical_code(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(_NOT_HERE):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def stop_on_signals(what: str) -> Iterator[threading.Event]:
     """Yield an event that SIGTERM or SIGINT sets; a second signal raises KeyboardInterrupt.
 
     Installed only in the main thread (where Python runs signal handlers) and put back
     on exit. The handler does not set the event itself: ``Event.set`` takes a lock the
-    interrupted main thread may hold, so a helper thread does it.
+    interrupted main thread may hold, so a helper thread does it. The second signal's
+    KeyboardInterrupt waits until the main thread is out of the database (a helper
+    watches it), so what the hard stop records is recorded.
     """
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
     received: list[str] = []
+    hard = {"wanted": False, "raised": False, "watching": False}
+    closed = threading.Event()
 
     def drain(name: str) -> None:
         log.warning(
@@ -78,20 +107,40 @@ def stop_on_signals(what: str) -> Iterator[threading.Event]:
         )
         stop.set()
 
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        received.append(name)
-        if len(received) == 1:
+    def watch() -> None:
+        # Interrupt the main thread again once it is out of the database.
+        main = threading.main_thread().ident
+        while not closed.wait(0.01):
+            if not _in_critical_code(sys._current_frames().get(main or 0)):
+                if not closed.is_set():
+                    _thread.interrupt_main(signal.SIGINT)
+                break
+        hard["watching"] = False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if len(received) == 0:
+            name = signal.Signals(signum).name
+            received.append(name)
             threading.Thread(target=drain, args=(name,), name="bulkmail-stop").start()
-        elif len(received) == 2:
-            # Stop harder: the message on the wire is abandoned (recorded 'unknown').
-            raise KeyboardInterrupt(f"second signal ({name})")
-        # A third and later: the hard stop is already recording what it has.
+            return
+        received.append(signal.Signals(signum).name)
+        if hard["raised"]:
+            return  # the hard stop is already recording what it has
+        hard["wanted"] = True
+        if _in_critical_code(frame):
+            if not hard["watching"]:
+                hard["watching"] = True
+                threading.Thread(target=watch, name="bulkmail-hard-stop", daemon=True).start()
+            return
+        # Stop harder: the message on the wire is abandoned (recorded 'unknown').
+        hard["raised"] = True
+        raise KeyboardInterrupt(f"second signal ({received[-1]})")
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield stop
     finally:
+        closed.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

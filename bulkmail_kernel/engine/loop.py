@@ -187,7 +187,8 @@ def _run_batches(run: _Run) -> None:
                     (in_flight, SendResult("unknown", None, "interrupted while sending"))
                 )
                 with contextlib.suppress(Exception):
-                    run.transport.close()
+                    # Cut off mid-send: no polite QUIT into a half-written DATA.
+                    getattr(run.transport, "abort", run.transport.close)()
             _flush(run, outcomes, recorded, [])
             done = {o[0].id for o in outcomes} | lost
             run.store.release([m for m in batch if m.id not in done])
