@@ -6,6 +6,7 @@ are in test_worker_robustness.py.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import math
 import re
@@ -27,7 +28,7 @@ from bulkmail_kernel.db import Campaign, Event, SenderAccount, Worker
 from bulkmail_kernel.engine.heartbeat import Heartbeat, beat_interval_s, dead_worker_limit_s
 from bulkmail_kernel.exceptions import ConfigError
 from bulkmail_kernel.outbox.store import OutboxStore
-from bulkmail_kernel.servers.sink import Sink
+from bulkmail_kernel.servers.sink import Sink, start_sink
 
 
 def _statuses(db: dbmod.Database, cid: int) -> Counter[str]:
@@ -189,6 +190,39 @@ def test_interrupting_a_throttled_send_returns_its_summary_with_one_line(
     rest = send(cid, rate_per_hour=math.inf, progress=False, db=database)
     assert (rest.sent, rest.status, rest.interrupted) == (7, "finished", False)
     assert len({m.message_id for m in sink.messages}) == len(sink.messages) == 10
+
+
+def test_kernel_interrupt_mid_send_finishes_the_message_on_the_wire(
+    database: dbmod.Database, tmp_path: Path
+) -> None:
+    # Kernel → Interrupt is a KeyboardInterrupt in the main thread. The one connection
+    # sends from a thread of its own, so it lands in the waiting caller: the message on
+    # the wire (the sink holds each 40 ms) is finished and recorded, nothing is unknown.
+    sink = start_sink(tmp_path / "slow", delay_s=0.04)
+    try:
+        sink_account(database, sink.port)
+        cid = make_campaign(database, 60)
+
+        def interrupt() -> None:
+            deadline = time.monotonic() + 30
+            while len(sink.messages) < 5 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            _thread.interrupt_main()
+
+        helper = threading.Thread(target=interrupt)
+        helper.start()
+        summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+        helper.join()
+        assert summary.interrupted
+        assert summary.unknown == 0
+        assert 5 <= summary.sent < 60
+        assert _statuses(database, cid) == {"sent": summary.sent, "queued": 60 - summary.sent}
+        assert len({m.message_id for m in sink.messages}) == len(sink.messages) == summary.sent
+        rest = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+        assert (rest.sent, rest.status) == (60 - summary.sent, "finished")
+        assert len({m.message_id for m in sink.messages}) == len(sink.messages) == 60
+    finally:
+        sink.stop()
 
 
 def test_without_a_log_handler_the_line_is_printed_once(

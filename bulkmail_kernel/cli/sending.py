@@ -73,6 +73,20 @@ _NOT_HERE = (
 )
 
 
+SEND_EXIT_CODES = """\
+signals:
+  SIGTERM or SIGINT (kill, docker stop, Ctrl-C) stops it cleanly: the message on the
+  wire finishes and is recorded, the rest goes back to the queue, the summary is
+  printed; `bulkmail send` again goes on. A second signal stops at once.
+
+exit codes:
+  0    done, or stopped cleanly by a signal (the summary says what is left)
+  2    the campaign cannot be sent (paused, cancelled, stopped by the server's answer),
+       a bad option or setting
+  130  stopped at once by a second signal
+"""
+
+
 def _in_critical_code(frame: FrameType | None) -> bool:
     while frame is not None:
         if str(frame.f_globals.get("__name__", "")).startswith(_NOT_HERE):
@@ -278,7 +292,12 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Commands) -> None:
     """Add the sending and report commands."""
-    p = commands.add("send", cmd_send, "send a campaign now, throttled, with a progress bar")
+    p = commands.add(
+        "send",
+        cmd_send,
+        "send a campaign now, throttled, with a progress bar",
+        epilog=SEND_EXIT_CODES,
+    )
     add_campaign(p)
     p.add_argument("--rate-per-hour", type=float, help="messages per hour (default: campaign's)")
     p.add_argument("--burst", type=int, help="messages allowed at once (default: campaign's)")
