@@ -39,7 +39,7 @@ signals:
   SIGTERM or SIGINT (systemctl stop, docker stop, kill, Ctrl-C) stops it cleanly: the
   message on the wire finishes and is recorded, the rest goes back to the queue, and
   it exits within seconds with nothing left 'unknown'. A second signal stops at once
-  (what was on the wire is recorded 'unknown').
+  (exit 130); a message it cuts off on the wire is recorded 'unknown'.
 
 exit codes:
   0    stopped cleanly (a signal, or --exit-when-idle found nothing left to send)
@@ -77,7 +77,8 @@ SEND_EXIT_CODES = """\
 signals:
   SIGTERM or SIGINT (kill, docker stop, Ctrl-C) stops it cleanly: the message on the
   wire finishes and is recorded, the rest goes back to the queue, the summary is
-  printed; `bulkmail send` again goes on. A second signal stops at once.
+  printed; `bulkmail send` again goes on. A second signal stops as soon as each
+  connection has recorded its message in hand (exit 130).
 
 exit codes:
   0    done, or stopped cleanly by a signal (the summary says what is left)
