@@ -20,13 +20,22 @@ import pytest
 import sqlalchemy as sa
 from sending_support import make_campaign, sink_account
 
-from bulkmail_kernel import config, get_campaign, list_campaigns, queue, resume, run_worker, send
+from bulkmail_kernel import (
+    config,
+    get_campaign,
+    list_campaigns,
+    pause,
+    queue,
+    resume,
+    run_worker,
+    send,
+)
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.cli import main
 from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.db import Campaign, Event, SenderAccount, Worker
 from bulkmail_kernel.engine.heartbeat import Heartbeat, beat_interval_s, dead_worker_limit_s
-from bulkmail_kernel.exceptions import ConfigError
+from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.servers.sink import Sink, start_sink
 
@@ -381,3 +390,25 @@ def test_run_worker_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[
             assert re.search(rf"^\s+{code}\s*\S", text, re.M), (name, code)
         assert "SIGTERM" in text
         assert "BULKMAIL_DEAD_WORKER_S" in text
+
+
+def test_resume_sends_what_is_due_and_schedules_what_is_ahead(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    # Back to 'scheduled' with its time long past, a worker would find it late at once.
+    overdue = make_campaign(database, 1, name="overdue", status="scheduled")
+    ahead = make_campaign(database, 1, name="ahead", first=10, status="scheduled")
+    with database.session() as s:
+        for cid, shift in ((overdue, timedelta(days=-3)), (ahead, timedelta(days=3))):
+            s.execute(
+                sa.update(Campaign)
+                .where(Campaign.id == cid)
+                .values(scheduled_at=dbmod.utcnow() + shift)
+            )
+    for cid in (overdue, ahead):
+        pause(cid, db=database)
+    assert resume(overdue, db=database).status == "sending"
+    assert resume(ahead, db=database).status == "scheduled"
+    with pytest.raises(SendError, match="not paused, stopped or late"):
+        resume(ahead, db=database)
