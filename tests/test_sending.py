@@ -496,6 +496,7 @@ class _RefuseSenderAfter:
     def __init__(self, sink: Sink, n: int) -> None:
         self.sink, self.n = sink, n
         self.rcpt_replies: dict[str, list[str]] = {}
+        self.delay_s = 0.0
         self.users: dict[str, str] | None = None
 
     @property

@@ -341,8 +341,8 @@ def send(
     halt = threading.Event()
     transports: list[Transport] = []
     runs: list[_Run] = []
-    interrupted = False
     journals: list[Journal] = []
+    interrupted = False
     try:
         store.recover(stale_after_s=dead_s)
         own_transport = transport is None
@@ -410,10 +410,12 @@ def send(
                 _HaltableClock(clock, stop).sleep(
                     min(60.0, max(0.0, (due - clock.now()).total_seconds()))
                 )
-        except BaseException:
-            # Whatever is still ours in 'sending' is settled by its journal once we are gone.
-            for j in journals:
-                j.close(keep=True)
+        except BaseException as exc:
+            # Ctrl-C: every sender recorded and released. Anything else may leave messages
+            # ours in 'sending': the journal settles them once this process is gone.
+            if not isinstance(exc, KeyboardInterrupt):
+                for j in journals:
+                    j.close(keep=True)
             raise
         finally:
             bar.close()

@@ -302,6 +302,21 @@ def recover(
     )
 
 
+def _orphaned(dead: dict[str, datetime]) -> sa.ColumnElement[bool]:
+    """Return the condition of a claim no live worker holds: a dead one's, or nobody's.
+
+    Checked against ``workers`` as the statement runs: a worker taken for dead that
+    beat since (its heartbeat is no longer the one seen) keeps its claims.
+    """
+    holder = sa.select(Worker.id).where(Worker.id == _M.c.claimed_by)
+    still_dead = [sa.and_(Worker.id == w, Worker.heartbeat_at == hb) for w, hb in dead.items()]
+    return sa.or_(
+        _M.c.claimed_by.is_(None),
+        ~holder.exists(),
+        holder.where(sa.or_(*still_dead)).exists() if still_dead else sa.false(),
+    )
+
+
 def _journal_answers(
     journals: Path | None, worker_ids: set[str]
 ) -> dict[str, dict[int, Answer] | None]:
@@ -375,21 +390,6 @@ def _record_journal_sent(
             ],
         )
     return [r for r, _ in done]
-
-
-def _orphaned(dead: dict[str, datetime]) -> sa.ColumnElement[bool]:
-    """Return the condition of a claim no live worker holds: a dead one's, or nobody's.
-
-    Checked against ``workers`` as the statement runs: a worker taken for dead that
-    beat since (its heartbeat is no longer the one seen) keeps its claims.
-    """
-    holder = sa.select(Worker.id).where(Worker.id == _M.c.claimed_by)
-    still_dead = [sa.and_(Worker.id == w, Worker.heartbeat_at == hb) for w, hb in dead.items()]
-    return sa.or_(
-        _M.c.claimed_by.is_(None),
-        ~holder.exists(),
-        holder.where(sa.or_(*still_dead)).exists() if still_dead else sa.false(),
-    )
 
 
 def _pid_alive(pid: int) -> bool:
