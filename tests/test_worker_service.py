@@ -6,6 +6,7 @@ are in test_worker_robustness.py.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import math
 import re
@@ -19,15 +20,24 @@ import pytest
 import sqlalchemy as sa
 from sending_support import make_campaign, sink_account
 
-from bulkmail_kernel import config, get_campaign, list_campaigns, queue, resume, run_worker, send
+from bulkmail_kernel import (
+    config,
+    get_campaign,
+    list_campaigns,
+    pause,
+    queue,
+    resume,
+    run_worker,
+    send,
+)
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.cli import main
 from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.db import Campaign, Event, SenderAccount, Worker
 from bulkmail_kernel.engine.heartbeat import Heartbeat, beat_interval_s, dead_worker_limit_s
-from bulkmail_kernel.exceptions import ConfigError
+from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.store import OutboxStore
-from bulkmail_kernel.servers.sink import Sink
+from bulkmail_kernel.servers.sink import Sink, start_sink
 
 
 def _statuses(db: dbmod.Database, cid: int) -> Counter[str]:
@@ -191,6 +201,39 @@ def test_interrupting_a_throttled_send_returns_its_summary_with_one_line(
     assert len({m.message_id for m in sink.messages}) == len(sink.messages) == 10
 
 
+def test_kernel_interrupt_mid_send_finishes_the_message_on_the_wire(
+    database: dbmod.Database, tmp_path: Path
+) -> None:
+    # Kernel → Interrupt is a KeyboardInterrupt in the main thread. The one connection
+    # sends from a thread of its own, so it lands in the waiting caller: the message on
+    # the wire (the sink holds each 40 ms) is finished and recorded, nothing is unknown.
+    sink = start_sink(tmp_path / "slow", delay_s=0.04)
+    try:
+        sink_account(database, sink.port)
+        cid = make_campaign(database, 60)
+
+        def interrupt() -> None:
+            deadline = time.monotonic() + 30
+            while len(sink.messages) < 5 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            _thread.interrupt_main()
+
+        helper = threading.Thread(target=interrupt)
+        helper.start()
+        summary = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+        helper.join()
+        assert summary.interrupted
+        assert summary.unknown == 0
+        assert 5 <= summary.sent < 60
+        assert _statuses(database, cid) == {"sent": summary.sent, "queued": 60 - summary.sent}
+        assert len({m.message_id for m in sink.messages}) == len(sink.messages) == summary.sent
+        rest = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+        assert (rest.sent, rest.status) == (60 - summary.sent, "finished")
+        assert len({m.message_id for m in sink.messages}) == len(sink.messages) == 60
+    finally:
+        sink.stop()
+
+
 def test_without_a_log_handler_the_line_is_printed_once(
     sqlite_url: str, sink: Sink, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -347,3 +390,25 @@ def test_run_worker_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[
             assert re.search(rf"^\s+{code}\s*\S", text, re.M), (name, code)
         assert "SIGTERM" in text
         assert "BULKMAIL_DEAD_WORKER_S" in text
+
+
+def test_resume_sends_what_is_due_and_schedules_what_is_ahead(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    # Back to 'scheduled' with its time long past, a worker would find it late at once.
+    overdue = make_campaign(database, 1, name="overdue", status="scheduled")
+    ahead = make_campaign(database, 1, name="ahead", first=10, status="scheduled")
+    with database.session() as s:
+        for cid, shift in ((overdue, timedelta(days=-3)), (ahead, timedelta(days=3))):
+            s.execute(
+                sa.update(Campaign)
+                .where(Campaign.id == cid)
+                .values(scheduled_at=dbmod.utcnow() + shift)
+            )
+    for cid in (overdue, ahead):
+        pause(cid, db=database)
+    assert resume(overdue, db=database).status == "sending"
+    assert resume(ahead, db=database).status == "scheduled"
+    with pytest.raises(SendError, match="not paused, stopped or late"):
+        resume(ahead, db=database)

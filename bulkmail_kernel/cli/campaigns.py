@@ -174,7 +174,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Resume a paused or stopped campaign."""
+    """Resume a paused, stopped or late campaign (a late one is sent now)."""
     from bulkmail_kernel import resume
 
     print(resume(args.campaign, url=args.db))

@@ -9,10 +9,12 @@ line per sending campaign to stderr, with timestamps, as it happens.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -37,7 +39,7 @@ signals:
   SIGTERM or SIGINT (systemctl stop, docker stop, kill, Ctrl-C) stops it cleanly: the
   message on the wire finishes and is recorded, the rest goes back to the queue, and
   it exits within seconds with nothing left 'unknown'. A second signal stops at once
-  (what was on the wire is recorded 'unknown').
+  (exit 130); a message it cuts off on the wire is recorded 'unknown'.
 
 exit codes:
   0    stopped cleanly (a signal, or --exit-when-idle found nothing left to send)
@@ -56,19 +58,61 @@ settings (environment):
 """
 
 
+#: Code a KeyboardInterrupt must not land in: raised inside a database call or its
+#: bookkeeping, it can leave a connection holding SQLite's write lock, and everything
+#: after it (recording, releasing, unregistering) waits for that lock.
+_NOT_HERE = (
+    "sqlalchemy.",
+    "psycopg",
+    "sqlite3",
+    "logging",
+    "tqdm",
+    "bulkmail_kernel.outbox.",
+    "bulkmail_kernel.db",
+    "bulkmail_kernel.engine.heartbeat",
+)
+
+
+SEND_EXIT_CODES = """\
+signals:
+  SIGTERM or SIGINT (kill, docker stop, Ctrl-C) stops it cleanly: the message on the
+  wire finishes and is recorded, the rest goes back to the queue, the summary is
+  printed; `bulkmail send` again goes on. A second signal stops as soon as each
+  connection has recorded its message in hand (exit 130).
+
+exit codes:
+  0    done, or stopped cleanly by a signal (the summary says what is left)
+  2    the campaign cannot be sent (paused, cancelled, stopped by the server's answer),
+       a bad option or setting
+  130  stopped at once by a second signal
+"""
+
+
+def _in_critical_code(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(_NOT_HERE):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def stop_on_signals(what: str) -> Iterator[threading.Event]:
     """Yield an event that SIGTERM or SIGINT sets; a second signal raises KeyboardInterrupt.
 
     Installed only in the main thread (where Python runs signal handlers) and put back
     on exit. The handler does not set the event itself: ``Event.set`` takes a lock the
-    interrupted main thread may hold, so a helper thread does it.
+    interrupted main thread may hold, so a helper thread does it. The second signal's
+    KeyboardInterrupt waits until the main thread is out of the database (a helper
+    watches it), so what the hard stop records is recorded.
     """
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
     received: list[str] = []
+    hard = {"wanted": False, "raised": False, "watching": False}
+    closed = threading.Event()
 
     def drain(name: str) -> None:
         log.warning(
@@ -78,20 +122,40 @@ def stop_on_signals(what: str) -> Iterator[threading.Event]:
         )
         stop.set()
 
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        received.append(name)
-        if len(received) == 1:
+    def watch() -> None:
+        # Interrupt the main thread again once it is out of the database.
+        main = threading.main_thread().ident
+        while not closed.wait(0.01):
+            if not _in_critical_code(sys._current_frames().get(main or 0)):
+                if not closed.is_set():
+                    _thread.interrupt_main(signal.SIGINT)
+                break
+        hard["watching"] = False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if len(received) == 0:
+            name = signal.Signals(signum).name
+            received.append(name)
             threading.Thread(target=drain, args=(name,), name="bulkmail-stop").start()
-        elif len(received) == 2:
-            # Stop harder: the message on the wire is abandoned (recorded 'unknown').
-            raise KeyboardInterrupt(f"second signal ({name})")
-        # A third and later: the hard stop is already recording what it has.
+            return
+        received.append(signal.Signals(signum).name)
+        if hard["raised"]:
+            return  # the hard stop is already recording what it has
+        hard["wanted"] = True
+        if _in_critical_code(frame):
+            if not hard["watching"]:
+                hard["watching"] = True
+                threading.Thread(target=watch, name="bulkmail-hard-stop", daemon=True).start()
+            return
+        # Stop harder: the message on the wire is abandoned (recorded 'unknown').
+        hard["raised"] = True
+        raise KeyboardInterrupt(f"second signal ({received[-1]})")
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield stop
     finally:
+        closed.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -229,7 +293,12 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Commands) -> None:
     """Add the sending and report commands."""
-    p = commands.add("send", cmd_send, "send a campaign now, throttled, with a progress bar")
+    p = commands.add(
+        "send",
+        cmd_send,
+        "send a campaign now, throttled, with a progress bar",
+        epilog=SEND_EXIT_CODES,
+    )
     add_campaign(p)
     p.add_argument("--rate-per-hour", type=float, help="messages per hour (default: campaign's)")
     p.add_argument("--burst", type=int, help="messages allowed at once (default: campaign's)")

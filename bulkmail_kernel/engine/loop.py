@@ -12,7 +12,8 @@ Date, header check and DKIM signature on the way out
 ``send(connections=N)`` runs N such loops as threads of one worker, each over its
 own SMTP connection, all claiming through that same statement and taking their
 turn from the one shared token bucket; a fatal answer or Ctrl-C in any of them
-stops them all, each recording what it sent and putting the rest back.
+stops them all, each recording what it sent and putting the rest back. One
+connection is one such thread too, so Ctrl-C never lands inside the send loop.
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def _run_batches(run: _Run) -> None:
                     (in_flight, SendResult("unknown", None, "interrupted while sending"))
                 )
                 with contextlib.suppress(Exception):
-                    run.transport.close()
+                    # Cut off mid-send: no polite QUIT into a half-written DATA.
+                    getattr(run.transport, "abort", run.transport.close)()
             _flush(run, outcomes, recorded, [])
             done = {o[0].id for o in outcomes} | lost
             run.store.release([m for m in batch if m.id not in done])
@@ -333,7 +335,10 @@ def send(
     heartbeat = Heartbeat(store, dead_s).start()
     start = clock.monotonic()
     # Set to end every sender thread: the caller's stop, Ctrl-C, or a fatal answer in one.
-    halt = threading.Event() if connections > 1 else stop
+    # Even one connection sends from a thread of its own: Ctrl-C (Kernel → Interrupt) then
+    # lands in this waiting thread, never inside a database call or half a DATA; the sender
+    # finishes the message in hand, records it and puts the rest back (issue 13).
+    halt = threading.Event()
     transports: list[Transport] = []
     runs: list[_Run] = []
     journals: list[Journal] = []
@@ -394,10 +399,7 @@ def send(
         ]
         try:
             while True:
-                if len(runs) == 1:
-                    _run_batches(runs[0])
-                else:
-                    _run_parallel(runs, halt, stop)
+                _run_parallel(runs, halt, stop)
                 if not wait_for_retries or (stop is not None and stop.is_set()):
                     break
                 if store.campaign_status(campaign_id) != CampaignStatus.SENDING.value:
@@ -505,15 +507,12 @@ def _open_transports(
     return opened
 
 
-def _run_parallel(
-    runs: list[_Run], halt: threading.Event | None, stop: threading.Event | None
-) -> None:
+def _run_parallel(runs: list[_Run], halt: threading.Event, stop: threading.Event | None) -> None:
     """Run one sender thread per connection until all are done; re-raise the first failure.
 
     A failure in one thread (a fatal SMTP answer, a crash) and Ctrl-C in the caller set
     ``halt``: every thread records what it sent and puts the rest of its batch back.
     """
-    assert halt is not None
     errors = _in_threads([functools.partial(_run_batches, r) for r in runs], halt, stop)
     if errors:
         # A fatal answer wins over the consequences it caused in the other threads.

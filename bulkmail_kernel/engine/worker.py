@@ -121,7 +121,6 @@ def _worker_loop(
 ) -> int:
     store = OutboxStore(database, new_worker_id(), clock)
     store.register_worker()
-    heartbeat = Heartbeat(store, limits.dead_worker_s).start()
     log.info("worker %s started on %s", store.worker_id, database.url)
     active: set[int] = set()  # the campaigns this worker is sending, for the log
     transports: dict[int, Transport] = {}
@@ -130,6 +129,7 @@ def _worker_loop(
     # Open before the first claim: a crash is then settled by it (see _mark_ahead).
     journal = Journal(journal_dir(database), store.worker_id)
     clean = False
+    heartbeat = Heartbeat(store, limits.dead_worker_s).start()
     try:
         while not stop.is_set():
             store.recover(stale_after_s=limits.dead_worker_s)

@@ -229,7 +229,7 @@ def recover(
                 len(back),
             )
         accepted = [(r, _answer(said, r)) for r in rows if _said(said, r) == "sent"]
-        recorded = _record_journal_sent(s, accepted, now)
+        recorded = _record_journal_sent(s, accepted, now, orphaned)
         if recorded:
             log.warning(
                 "%d messages sent by a worker that died before recording them: recorded "
@@ -344,7 +344,9 @@ def _answer(said: dict[str, dict[int, Answer] | None], r: Any) -> Answer:
     return answers[r.id]
 
 
-def _record_journal_sent(s: Any, accepted: list[tuple[Any, Answer]], now: datetime) -> list[Any]:
+def _record_journal_sent(
+    s: Any, accepted: list[tuple[Any, Answer]], now: datetime, orphaned: sa.ColumnElement[bool]
+) -> list[Any]:
     """Record as sent what a dead worker's journal shows accepted; return the rows recorded."""
     done = []
     for r, a in accepted:
@@ -355,6 +357,7 @@ def _record_journal_sent(s: Any, accepted: list[tuple[Any, Answer]], now: dateti
                 _M.c.id == r.id,
                 _M.c.status == MessageStatus.SENDING.value,
                 _M.c.claimed_by == r.claimed_by,
+                orphaned,
             )
             .values(
                 status=MessageStatus.SENT.value,

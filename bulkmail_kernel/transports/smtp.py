@@ -306,6 +306,13 @@ class SmtpTransport:
             self._drop()
         return result
 
+    def abort(self) -> None:
+        """Close the connection without QUIT: a send was cut off mid-transaction.
+
+        After half a DATA the server would take QUIT for more content and never answer.
+        """
+        self._drop()
+
     def close(self) -> None:
         """Say QUIT and close the connection."""
         yag, self._yag = self._yag, None
