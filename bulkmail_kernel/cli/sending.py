@@ -111,12 +111,12 @@ def stop_on_signals(what: str) -> Iterator[threading.Event]:
         yield stop
         return
     received: list[str] = []
-    hard = {"wanted": False, "raised": False, "watching": False}
+    hard = {"raised": False, "watching": False}
     closed = threading.Event()
 
     def drain(name: str) -> None:
         log.warning(
-            "%s: %s received: stopping after the message in hand (send it again to stop at once)",
+            "%s: %s received: stopping after the message in hand (again: stop harder)",
             what,
             name,
         )
@@ -141,7 +141,6 @@ def stop_on_signals(what: str) -> Iterator[threading.Event]:
         received.append(signal.Signals(signum).name)
         if hard["raised"]:
             return  # the hard stop is already recording what it has
-        hard["wanted"] = True
         if _in_critical_code(frame):
             if not hard["watching"]:
                 hard["watching"] = True
