@@ -15,12 +15,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bulkmail_kernel.campaigns.background import BackgroundSend, send_in_background
     from bulkmail_kernel.campaigns.campaigns import (
         cancel,
         create_campaign,
         get_campaign,
         pause,
         resume,
+        schedule,
     )
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
     from bulkmail_kernel.campaigns.registration import register, skipped
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     )
     from bulkmail_kernel.outbox.queue import queue, remove_from_queue, requeue, unknown_messages
     from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
+    from bulkmail_kernel.outbox.workers import live_workers
     from bulkmail_kernel.providers.accounts import add_sender_account
     from bulkmail_kernel.providers.eurosms import add_eurosms_account, poll_delivery_reports
     from bulkmail_kernel.providers.sendpulse import (
@@ -102,6 +105,7 @@ logging.getLogger("bulkmail").addHandler(logging.NullHandler())
 
 #: Public name -> (module, name there): where each name of ``__all__`` lives.
 _WHERE: dict[str, tuple[str, str]] = {
+    "BackgroundSend": ("bulkmail_kernel.campaigns.background", "BackgroundSend"),
     "BulkmailError": ("bulkmail_kernel.exceptions", "BulkmailError"),
     "CampaignInfo": ("bulkmail_kernel.records", "CampaignInfo"),
     "CampaignProgress": ("bulkmail_kernel.campaigns.monitor", "CampaignProgress"),
@@ -149,6 +153,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "history": ("bulkmail_kernel.campaigns.reports", "history"),
     "import_contacts": ("bulkmail_kernel.contacts.importer", "import_contacts"),
     "list_campaigns": ("bulkmail_kernel.campaigns.reports", "list_campaigns"),
+    "live_workers": ("bulkmail_kernel.outbox.workers", "live_workers"),
     "list_segments": ("bulkmail_kernel.segments.saved", "list_segments"),
     "list_suppressions": ("bulkmail_kernel.campaigns.reports", "list_suppressions"),
     "list_templates": ("bulkmail_kernel.compose.templates", "list_templates"),
@@ -173,9 +178,11 @@ _WHERE: dict[str, tuple[str, str]] = {
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
     "run_worker": ("bulkmail_kernel.engine.worker", "run_worker"),
     "save_segment": ("bulkmail_kernel.segments.saved", "save_segment"),
+    "schedule": ("bulkmail_kernel.campaigns.campaigns", "schedule"),
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
     "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
     "send": ("bulkmail_kernel.engine.loop", "send"),
+    "send_in_background": ("bulkmail_kernel.campaigns.background", "send_in_background"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",
         "send_campaign_via_sendpulse",
@@ -195,6 +202,7 @@ _WHERE: dict[str, tuple[str, str]] = {
 }
 
 __all__ = [
+    "BackgroundSend",
     "BulkmailError",
     "CampaignInfo",
     "CampaignProgress",
@@ -245,6 +253,7 @@ __all__ = [
     "list_segments",
     "list_suppressions",
     "list_templates",
+    "live_workers",
     "load_segment",
     "load_template",
     "open_database",
@@ -266,10 +275,12 @@ __all__ = [
     "resume",
     "run_worker",
     "save_segment",
+    "schedule",
     "segment_builder",
     "segment_recipients",
     "send",
     "send_campaign_via_sendpulse",
+    "send_in_background",
     "sendpulse_report",
     "sign_message",
     "skipped",

@@ -7,7 +7,9 @@ then a default that needs nothing running (a SQLite file under ``data/``).
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bulkmail_kernel.exceptions import ConfigError
 
@@ -68,6 +70,76 @@ def database_url(url: str | None = None) -> str:
 def default_region() -> str:
     """Return the phone-number region used for numbers without a country code."""
     return os.environ.get("BULKMAIL_REGION", DEFAULT_REGION).upper()
+
+
+def local_zone() -> ZoneInfo:
+    """Return the analyst's time zone as a ``ZoneInfo`` (ConfigError if BULKMAIL_TZ is unknown)."""
+    name = local_timezone()
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"BULKMAIL_TZ={name!r} is no IANA time zone: write e.g. Europe/Bratislava or UTC",
+            setting="BULKMAIL_TZ",
+        ) from None
+
+
+def to_utc(value: datetime | str, *, what: str = "time") -> datetime:
+    """Return ``value`` as an aware UTC datetime; text or a naive datetime is local time.
+
+    ``"2026-12-03 09:00"`` (ISO 8601 text, ``T`` or a space) and ``datetime(2026, 12, 3, 9)``
+    mean 09:00 on the wall clocks of :func:`local_timezone`; text with an offset
+    (``+01:00``, ``Z``) and aware datetimes are taken as they are.
+
+    Around a daylight-saving change a wall-clock time may not exist (02:30 on the last
+    Sunday of March in Central Europe): that is a ConfigError saying what to write
+    instead. Or it may exist twice (02:30 on the last Sunday of October): the first of
+    the two is taken (summer time, the earlier moment), as ``fold=0`` says in Python;
+    give an offset (``+01:00``) to mean the second.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise ConfigError(
+                f"{what} {value!r} is not a date and time: write e.g. 2026-12-03 09:00 "
+                f"(local time in {local_timezone()}) or 2026-12-03T09:00+01:00",
+                value=value,
+            ) from None
+    elif isinstance(value, datetime):
+        when = value
+    else:
+        raise ConfigError(
+            f"{what} {value!r} is not a date and time: give a datetime or text such as "
+            "2026-12-03 09:00",
+            value=repr(value),
+        )
+    if when.tzinfo is not None and when.utcoffset() is not None:
+        return when.astimezone(UTC)
+    return _local_wall_clock(when.replace(tzinfo=None), what).astimezone(UTC)
+
+
+def _local_wall_clock(naive: datetime, what: str) -> datetime:
+    """Return the wall-clock time ``naive`` in the local zone, refusing one that never happens."""
+    zone = local_zone()
+    first = naive.replace(tzinfo=zone, fold=0)
+    # A time in the spring-forward gap does not survive the round trip through UTC.
+    back = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+    if back != naive:
+        before = naive.replace(tzinfo=zone, fold=1).astimezone(UTC).astimezone(zone)
+        raise ConfigError(
+            f"{what} {naive:%Y-%m-%d %H:%M} does not exist in {zone.key}: the clocks jump "
+            f"forward then; write {back:%H:%M} or {before:%H:%M}",
+            value=naive.isoformat(),
+            zone=zone.key,
+        )
+    return first
+
+
+def as_local(value: datetime | None) -> datetime | None:
+    """Return an aware ``value`` in the local zone (None stays None)."""
+    return None if value is None else value.astimezone(local_zone())
 
 
 def local_timezone() -> str:

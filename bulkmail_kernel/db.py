@@ -449,11 +449,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _server_options(url: str) -> dict[str, Any]:
+    """Return PostgreSQL's engine options: survive a restart, notice a dead server.
+
+    ``pool_pre_ping`` replaces a pooled connection a restart killed before it is used
+    (what fails mid-transaction, ``outbox.reconnect`` retries); libpq gives up connecting
+    after 10 s and TCP keepalives find a silently dead peer in about a minute, not never.
+    """
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    libpq = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30}
+    libpq |= {"keepalives_interval": 10, "keepalives_count": 3}
+    args = {k: v for k, v in libpq.items() if k not in parsed.query}  # the URL's own win
+    return {"pool_pre_ping": True, "connect_args": args}
+
+
 def create_db_engine(url: str | None = None) -> Engine:
     """Create an engine for ``url`` (see ``config.database_url``) with the pragmas we need."""
     resolved = config.database_url(url)
     try:
-        engine = sa.create_engine(resolved, future=True)
+        engine = sa.create_engine(resolved, future=True, **_server_options(resolved))
     except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:
         raise ConfigError(f"database URL {resolved!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":

@@ -88,6 +88,7 @@ NO_COMMAND = {
     "segment_builder": "a notebook widget",
     "preview": "a notebook widget",
     "outbox_monitor": "a notebook widget; campaign-progress prints what it shows",
+    "send_in_background": "a thread of the notebook's kernel; run-worker is the shell's",
     "plot_timeline": "a matplotlib chart; campaign-timeline prints its numbers",
     # Objects and bytes in, objects and bytes out.
     "build_mime": "RenderedMessage in, bytes out",

@@ -164,12 +164,19 @@ def test_03_compose_preview(demo_db: str, tmp_path: Path, sink: Sink) -> None:
 
 
 def test_04_send(demo_db: str, tmp_path: Path, sink: Sink) -> None:
-    nb = run_notebook("04_send.ipynb", tmp_path, RECIPIENTS=12, RATE_PER_HOUR=360_000)
+    nb = run_notebook(
+        "04_send.ipynb", tmp_path, RECIPIENTS=12, RATE_PER_HOUR=360_000, WAIT_FOR_SENDING=True
+    )
     from bulkmail_kernel import campaign_report, list_campaigns, queue
 
+    text = outputs_text(nb)
+    # No worker runs here: the background send was a thread of the notebook's kernel.
+    assert "by this kernel's thread" in text
+    assert "finished, 11/12 sent" in text
     report = campaign_report("Pozvánka na školenie Excel", url=demo_db)["messages"]
     assert report["sent"] == 11
     assert report["removed"] == 1
+    assert report["unknown"] == 0
     removed = queue("Pozvánka na školenie Excel", status="removed", url=demo_db)["recipient"]
     sent_to = sorted(r for m in sink.messages for r in m.rcpt_tos)
     assert len(sent_to) == 11
@@ -177,9 +184,19 @@ def test_04_send(demo_db: str, tmp_path: Path, sink: Sink) -> None:
     assert removed.iloc[0] not in sent_to
     campaigns = list_campaigns(url=demo_db).set_index("name")
     later = campaigns.loc["Pozvánka na školenie Excel (pripomienka)"]
+    # Scheduled a minute ahead, in local time, for the worker (none runs under this test).
     assert later["status"] == "scheduled"
     assert later["queued"] == 12
-    assert "messages wait for the worker" in outputs_text(nb)
+    assert str(campaigns["scheduled_at"].dt.tz) == "Europe/Bratislava"
+    assert "messages wait for the worker" in text
+    assert "Europe/Bratislava (your local time)" in text
+    monitors = [
+        out
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
+    ]
+    assert len(monitors) == 2, "the two outbox monitors were not displayed"
     dbmod.close_all()
 
 

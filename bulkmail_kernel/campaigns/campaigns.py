@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel import config
 from bulkmail_kernel.compose.templates import Template, load_template, template_from_html
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import (
@@ -49,7 +50,7 @@ def create_campaign(
     values: dict[str, Any] | None = None,
     rate_per_hour: int = 1000,
     burst: int = 10,
-    scheduled_at: datetime | None = None,
+    scheduled_at: datetime | str | None = None,
     channel: str | None = None,
     exist_ok: bool = False,
     db: Database | None = None,
@@ -57,16 +58,18 @@ def create_campaign(
 ) -> CampaignInfo:
     """Create the campaign ``name``: a template, a segment (or a frame at registration), a sender.
 
-    ``template`` is a templates ``Template`` (or its name); ``scheduled_at`` (aware)
-    leaves the sending to ``bulkmail worker``; ``rate_per_hour`` is the throttle.
+    ``template`` is a templates ``Template`` (or its name); ``scheduled_at`` leaves the
+    sending to the worker (``bulkmail run-worker``, started by ``bulkmail lab``): text
+    such as ``"2026-12-03 09:00"`` or a naive datetime is local time in ``BULKMAIL_TZ``
+    (see :func:`~bulkmail_kernel.config.to_utc` for daylight-saving changes), an aware
+    datetime is taken as it is. ``rate_per_hour`` is the throttle.
     ``exist_ok=True`` returns an existing campaign of that name unchanged, so a
     notebook can be run again from the top. ``channel`` is "email" or "sms"
     (default: the template's channel, or "sms" for a eurosms sender account).
     """
     if rate_per_hour <= 0:
         raise ConfigError(f"campaign {name!r}: rate_per_hour={rate_per_hour}: give a positive rate")
-    if scheduled_at is not None and scheduled_at.tzinfo is None:
-        raise ConfigError(f"campaign {name!r}: scheduled_at must be time-zone aware")
+    when = None if scheduled_at is None else _when(name, scheduled_at)
     database = resolve_database(db, url)
     with database.session() as s:
         existing = s.scalars(sa.select(Campaign).where(Campaign.name == name)).first()
@@ -109,11 +112,65 @@ def create_campaign(
             sender_account_id=account.id,
             rate_per_hour=int(rate_per_hour),
             burst=int(burst),
-            scheduled_at=scheduled_at,
+            scheduled_at=when,
         )
         s.add(row)
         s.flush()
         return campaign_info(row)
+
+
+def _when(name: str, value: datetime | str) -> datetime:
+    """Return a send time as aware UTC, the campaign named in the error."""
+    try:
+        return config.to_utc(value, what="scheduled_at")
+    except ConfigError as exc:
+        raise ConfigError(
+            f"campaign {name!r}: {exc.message}", campaign=name, **exc.fields
+        ) from None
+
+
+#: Statuses ``schedule`` moves to ``scheduled``; a draft stays one until it is registered, a
+#: paused or stopped campaign keeps its status until ``resume`` (which then schedules it).
+_SCHEDULABLE = ("registered", "scheduled", "late")
+_KEEPS_STATUS = (
+    CampaignStatus.DRAFT.value,
+    CampaignStatus.PAUSED.value,
+    CampaignStatus.STOPPED.value,
+)
+
+
+def schedule(
+    campaign: CampaignRef,
+    at: datetime | str,
+    *,
+    db: Database | None = None,
+    url: str | None = None,
+) -> CampaignInfo:
+    """Set when the worker sends the campaign: ``at`` is local time unless it is aware.
+
+    ``"2026-12-03 09:00"`` or a naive datetime is wall-clock time in ``BULKMAIL_TZ``
+    (default Europe/Bratislava); an aware datetime or text with an offset is taken as it
+    is; a time that does not exist (the spring daylight-saving jump) is a ConfigError,
+    one that exists twice (the autumn one) is the first. A registered (or late)
+    campaign becomes ``scheduled``; a draft is scheduled once registered; a paused or
+    stopped one keeps its status until ``resume``. The worker (``bulkmail run-worker``,
+    which ``bulkmail lab`` starts) sends it when the time comes.
+    """
+    with resolve_database(db, url).session() as s:
+        c = campaign_row(s, campaign)
+        if c.status not in _SCHEDULABLE and c.status not in _KEEPS_STATUS:
+            raise SendError(
+                f"campaign {c.name!r} is {c.status}: "
+                + ("pause() it first" if c.status == "sending" else "it cannot be scheduled"),
+                campaign=c.name,
+                status=c.status,
+            )
+        c.scheduled_at = _when(c.name, at)
+        if c.status in _SCHEDULABLE:
+            c.status = CampaignStatus.SCHEDULED.value
+            c.last_error = ""
+        s.flush()
+        return campaign_info(c)
 
 
 def _choose_channel(name: str, channel: str | None, template: Any, kind: str) -> str:

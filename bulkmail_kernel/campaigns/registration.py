@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel import config
 from bulkmail_kernel.campaigns.campaigns import recipients_of, template_of
 from bulkmail_kernel.compose.headers import (
     has_unsubscribe_pattern,
@@ -284,7 +285,9 @@ def skipped(
     )
     for col in ("contact_id", "contact_point_id"):
         frame[col] = frame[col].astype("Int64")
-    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True).astype(
-        "datetime64[us, UTC]"
+    frame["occurred_at"] = (
+        pd.to_datetime(frame["occurred_at"], utc=True)
+        .astype("datetime64[us, UTC]")
+        .dt.tz_convert(config.local_timezone())  # what a person reads: the local zone
     )
     return frame

@@ -12,6 +12,7 @@ from typing import Any, cast
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel import config
 from bulkmail_kernel.db import (
     Campaign,
     Database,
@@ -33,7 +34,10 @@ _STATUSES = ("queued", "sending", "sent", "deferred", "failed", "unknown", "remo
 
 
 def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
-    """Return every campaign with its status, schedule and message count per status."""
+    """Return every campaign with its status, schedule and message count per status.
+
+    Times are in the analyst's zone (``BULKMAIL_TZ``), as tz-aware columns.
+    """
     database = resolve_database(db, url)
     counts = (
         sa.select(Message.campaign_id, Message.status, sa.func.count().label("n"))
@@ -70,7 +74,7 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
         ],
     )
     for col in ("scheduled_at", "registered_at", "finished_at"):
-        frame[col] = pd.to_datetime(frame[col], utc=True)
+        frame[col] = pd.to_datetime(frame[col], utc=True).dt.tz_convert(config.local_timezone())
     pivot = pd.DataFrame(per_status, columns=["campaign_id", "status", "n"]).pivot_table(
         index="campaign_id", columns="status", values="n", aggfunc="sum", fill_value=0
     )
@@ -100,12 +104,14 @@ def list_suppressions(
     with database.engine.connect() as conn:
         rows = conn.execute(query).all()
     frame = pd.DataFrame(rows, columns=["created_at", "channel", "address", "reason", "detail"])
-    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True).dt.tz_convert(
+        config.local_timezone()
+    )
     return frame
 
 
 def history(contact_id: int, *, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
-    """Return everything that happened to contact ``contact_id``, oldest first."""
+    """Return everything that happened to contact ``contact_id``, oldest first (local times)."""
     database = resolve_database(db, url)
     ev = Event.__table__
     query = (
@@ -128,8 +134,10 @@ def history(contact_id: int, *, db: Database | None = None, url: str | None = No
     frame = pd.DataFrame(
         rows, columns=["occurred_at", "kind", "campaign", "message_id", "recipient", "detail"]
     )
-    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True).astype(
-        "datetime64[us, UTC]"
+    frame["occurred_at"] = (
+        pd.to_datetime(frame["occurred_at"], utc=True)
+        .astype("datetime64[us, UTC]")
+        .dt.tz_convert(config.local_timezone())
     )
     frame["message_id"] = frame["message_id"].astype("Int64")
     return frame
@@ -192,7 +200,7 @@ def campaign_timeline(
     db: Database | None = None,
     url: str | None = None,
 ) -> pd.DataFrame:
-    """Return attempts per ``freq`` interval and outcome (sent, deferred, failed, ...)."""
+    """Return attempts per ``freq`` interval (local time) and outcome (sent, deferred, ...)."""
     database = resolve_database(db, url)
     ev = Event.__table__
     kinds = ["sent", "deferred", "failed", "unknown"]
@@ -204,9 +212,11 @@ def campaign_timeline(
             )
         ).all()
     frame = pd.DataFrame(rows, columns=["occurred_at", "kind"])
-    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True)
+    zone = config.local_timezone()
+    # Local intervals: a day (freq="1D") is the analyst's day, not UTC's.
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True).dt.tz_convert(zone)
     if frame.empty:
-        return pd.DataFrame(columns=kinds, index=pd.DatetimeIndex([], tz="UTC", name="time"))
+        return pd.DataFrame(columns=kinds, index=pd.DatetimeIndex([], tz=zone, name="time"))
     table = (
         frame.groupby([pd.Grouper(key="occurred_at", freq=freq), "kind"])
         .size()
@@ -239,7 +249,7 @@ def plot_timeline(
         first = table.index[0]
         table = table.reindex([first - step, first, first + step], fill_value=0)
     table.plot(ax=ax, kind="area", stacked=True, linewidth=0, alpha=0.8)
-    ax.set_xlabel("time (UTC)")
+    ax.set_xlabel(f"time ({config.local_timezone()})")
     ax.set_ylabel(f"messages per {freq}")
     ax.set_title(f"campaign {campaign!s}: attempts over time")
     fig.tight_layout()

@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
+    # -v is for bulkmail's own lines: Alembic's plugin list at every start is noise in a log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except BulkmailError as exc:

@@ -17,7 +17,6 @@ from bulkmail_kernel.cli.common import (
     add_csv,
     add_db,
     add_values,
-    aware_datetime,
     given,
     json_object,
     print_frame,
@@ -190,6 +189,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """Set when the worker sends a campaign: local time (BULKMAIL_TZ) unless it has an offset."""
+    from bulkmail_kernel import schedule
+
+    print(schedule(args.campaign, args.at, url=args.db))
+    return 0
+
+
 def cmd_campaign_progress(args: argparse.Namespace) -> int:
     """Print how a campaign is going: counts, actual against set rate, ETA, the last errors.
 
@@ -298,9 +305,9 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--burst", type=int, help="messages allowed at once (default 10)")
     p.add_argument(
         "--scheduled-at",
-        type=aware_datetime,
-        metavar="ISO8601",
-        help="send time with offset, e.g. 2026-12-01T09:00+01:00 (bulkmail run-worker sends)",
+        metavar="TIME",
+        help="send time, local (BULKMAIL_TZ) unless it has an offset, e.g. '2026-12-01 09:00' "
+        "(bulkmail run-worker sends)",
     )
     p.add_argument("--channel", choices=["email", "sms"], help="default: the template's")
     p.add_argument("--exist-ok", action="store_true", help="return an existing one unchanged")
@@ -364,6 +371,14 @@ def add_commands(commands: Commands) -> None:
         p = commands.add(verb, func, f"{verb} a campaign")
         add_campaign(p)
         add_db(p)
+
+    p = commands.add("schedule", cmd_schedule, "set when the worker sends a campaign")
+    add_campaign(p)
+    p.add_argument(
+        "at",
+        help="e.g. '2026-12-03 09:00' (local time, BULKMAIL_TZ) or 2026-12-03T09:00+01:00",
+    )
+    add_db(p)
 
     p = commands.add(
         "campaign-progress", cmd_campaign_progress, "counts, rate against the set rate, ETA"

@@ -1,4 +1,9 @@
-"""Commands that run servers: start-sink, unsubscribe-server and lab (all until Ctrl-C)."""
+"""Commands that run servers: start-sink, unsubscribe-server and lab (all until Ctrl-C).
+
+``lab`` assembles the workbench: the demo database, the local sink, the unsubscribe
+endpoint, a worker for scheduled campaigns (``bulkmail run-worker`` as a child, its log
+in ``data/worker.log``) and JupyterLab; it stops them all when it exits.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bulkmail_kernel import config
-from bulkmail_kernel.cli.common import Commands, add_db
+from bulkmail_kernel.cli.common import Commands, add_csv, add_db, print_frame
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 def cmd_start_sink(args: argparse.Namespace) -> int:
@@ -50,7 +59,11 @@ def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    """Create the demo database if missing and open JupyterLab on notebooks/."""
+    """Open JupyterLab on notebooks/ with the demo database, a local sink and a worker.
+
+    The demo database is created if missing; the sink, the unsubscribe endpoint and a
+    worker for scheduled campaigns run until JupyterLab exits (Ctrl-C, SIGTERM).
+    """
     # lab is no function of the API: it assembles the workbench, so it may look inside.
     import signal
     import subprocess
@@ -62,7 +75,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from bulkmail_kernel.servers.web import start_in_background
 
     if args.db:
+        # The worker and JupyterLab's kernels are children: they find the database here.
         os.environ["BULKMAIL_DB_URL"] = args.db
+    # ... and the demo sender account, created for the sink on this port.
+    os.environ["BULKMAIL_SINK_PORT"] = str(args.sink_port)
     db = open_database(args.db)
     with db.session() as s:
         empty = s.scalar(sa.select(Contact.id).limit(1)) is None
@@ -98,8 +114,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
         cmd.append("--no-browser")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and fresh VMs often run as root
-    print("starting JupyterLab:", " ".join(cmd[2:]))
     lab = None
+    worker: subprocess.Popen[bytes] | None = None
 
     def stop_on_sigterm(signum: int, frame: object) -> None:
         # systemctl stop and docker stop send SIGTERM (docker to this process alone, its PID 1):
@@ -108,25 +124,88 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     previous_term = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
+        if not args.no_worker:
+            worker = _start_worker(args)
+        # Flushed first: JupyterLab writes to the same stdout (a log file under a service).
+        print("starting JupyterLab:", " ".join(cmd[2:]), flush=True)
         lab = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter, fixed arguments
         return lab.wait()
     finally:
         # A second signal must not cut this short and leave JupyterLab unreaped.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if lab is not None and lab.poll() is None:
-            lab.terminate()  # JupyterLab shuts its kernels down on SIGTERM
-            try:
-                lab.wait(10)
-            except subprocess.TimeoutExpired:
-                lab.kill()
-                lab.wait()
+        if lab is not None:
+            _stop_child(lab, 10)  # JupyterLab shuts its kernels down on SIGTERM
+        if worker is not None:
+            # Before the sink: the worker drains (finishes the message on the wire) into it.
+            code = _stop_child(worker, WORKER_STOP_S)
+            print(f"worker stopped (exit {code}); its log: {_worker_log()}")
         if sink is not None:
             sink.stop()
         if unsub is not None:
             unsub.stop()
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+#: How long the lab waits for its worker to drain after SIGTERM before it kills it.
+WORKER_STOP_S = 20.0
+
+
+def _worker_log() -> Path:
+    return config.data_dir() / "worker.log"
+
+
+def _start_worker(args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    """Start ``bulkmail run-worker`` on the lab's database, unless a live one already runs."""
+    import subprocess
+
+    from bulkmail_kernel import live_workers
+
+    running = live_workers(url=args.db)
+    running = running[running["runs_worker"]]
+    if len(running) and not args.another_worker:
+        w = running.iloc[0]
+        print(
+            f"a worker already runs on this database ({w['worker_id']}, last beat "
+            f"{w['age_s']:.0f} s ago): not starting another (--another-worker to do so)"
+        )
+        return None
+    log_path = _worker_log()
+    # Same interpreter, same environment (BULKMAIL_DB_URL, BULKMAIL_DATA_DIR, BULKMAIL_TZ):
+    # the same database. -v: a log line per state change, into data/worker.log.
+    cmd = [sys.executable, "-m", "bulkmail_kernel.cli", "-v", "run-worker"]
+    with log_path.open("ab") as log:
+        worker = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    print(
+        f"worker running (pid {worker.pid}) for scheduled campaigns: its log is {log_path}",
+        flush=True,
+    )
+    return worker
+
+
+def _stop_child(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Stop a child with SIGTERM, wait ``timeout`` s, then kill it; always reap it."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def cmd_live_workers(args: argparse.Namespace) -> int:
+    """List the workers alive on the database (heartbeat within BULKMAIL_DEAD_WORKER_S)."""
+    from bulkmail_kernel import live_workers
+
+    print_frame(live_workers(stale_after_s=args.stale_after_s, url=args.db), args)
+    return 0
 
 
 def add_commands(commands: Commands) -> None:
@@ -150,7 +229,9 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--port", type=int, default=8025, help="port (default 8025)")
     add_db(p)
 
-    p = commands.add("lab", cmd_lab, "create the demo database if needed and open JupyterLab")
+    p = commands.add(
+        "lab", cmd_lab, "open JupyterLab with the demo database, a local sink and a worker"
+    )
     p.add_argument("--port", type=int, default=8888, help="JupyterLab port (default 8888)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--no-sink", action="store_true", help="do not start the local SMTP sink")
@@ -163,4 +244,23 @@ def add_commands(commands: Commands) -> None:
     p.add_argument(
         "--unsubscribe-port", type=int, default=8025, help="unsubscribe endpoint port (8025)"
     )
+    p.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not start a worker (scheduled campaigns then wait for `bulkmail run-worker`)",
+    )
+    p.add_argument(
+        "--another-worker",
+        action="store_true",
+        help="start a worker even if a live one already runs on this database",
+    )
+    add_db(p)
+
+    p = commands.add("live-workers", cmd_live_workers, "the workers alive on the database")
+    p.add_argument(
+        "--stale-after-s",
+        type=float,
+        help="a worker silent this long is dead (default BULKMAIL_DEAD_WORKER_S, 120)",
+    )
+    add_csv(p)
     add_db(p)

@@ -9,6 +9,10 @@ the same token.
 A caller that finds the bucket empty *reserves* its token (the level goes
 negative) and sleeps until the token would have arrived: one round trip per
 message, no polling, and the rate holds however many workers share it.
+
+A lost database connection is waited out (:mod:`bulkmail_kernel.outbox.reconnect`).
+A take retried after a commit that went through unheard spends a second token: one
+message waits one token longer, the rate is never exceeded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sqlalchemy as sa
 from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import Database, RateBucket
 from bulkmail_kernel.exceptions import ConfigError
+from bulkmail_kernel.outbox.reconnect import retrying
 
 
 def _check(rate_per_hour: float, burst: int) -> None:
@@ -93,9 +98,9 @@ class SharedTokenBucket:
         self.rate_per_s = rate_per_hour / 3600.0
         self.burst = burst
         self.clock = clock
-        self._ensure_row()
+        retrying(self.db, "throttle", self._ensure_row)
 
-    def _ensure_row(self) -> None:
+    def _ensure_row(self, _attempt: int = 0) -> None:
         table = _bucket_table()
         with self.db.engine.begin() as conn:
             exists = conn.execute(sa.select(table.c.name).where(table.c.name == self.name)).first()
@@ -114,6 +119,13 @@ class SharedTokenBucket:
 
     def acquire(self) -> float:
         """Take one token, sleeping as long as needed; return the seconds waited."""
+        tokens = retrying(self.db, "throttle", self._take)
+        wait = -tokens / self.rate_per_s if tokens < 0 else 0.0
+        self.clock.sleep(wait)
+        return wait
+
+    def _take(self, _attempt: int) -> float:
+        """Take one token from the stored bucket; return the level left (negative: wait)."""
         table = _bucket_table()
         with self.db.engine.begin() as conn:
             if self.db.dialect == "sqlite":
@@ -134,6 +146,4 @@ class SharedTokenBucket:
                 .where(table.c.name == self.name)
                 .values(tokens=tokens, updated_at=now)
             )
-        wait = -tokens / self.rate_per_s if tokens < 0 else 0.0
-        self.clock.sleep(wait)
-        return wait
+        return tokens

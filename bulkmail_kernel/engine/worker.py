@@ -37,6 +37,7 @@ from bulkmail_kernel.engine.loop import (
 from bulkmail_kernel.engine.throttle import SharedTokenBucket
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
+from bulkmail_kernel.outbox.reconnect import retrying
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.schedule import mark_late
 from bulkmail_kernel.outbox.store import OutboxStore
@@ -225,12 +226,17 @@ def _lateness(max_lateness_s: float) -> float:
 
 def _mark_late(store: OutboxStore, max_lateness_s: float) -> None:
     """Set ``late`` the scheduled campaigns overdue by more than the lateness, and say so."""
-    for name, scheduled_at in mark_late(store.db, store.clock.now(), max_lateness_s):
+    # Through the reconnecting path as every other call of the loop: an outage here must
+    # not end the worker.
+    late = retrying(
+        store.db, "mark_late", lambda _: mark_late(store.db, store.clock.now(), max_lateness_s)
+    )
+    for name, scheduled_at in late:
         log.warning(
             "campaign %r is late: it was due at %s, more than %s ago; not sent. "
             "resume() it (bulkmail resume) to send it now, or cancel() it",
             name,
-            f"{scheduled_at:%Y-%m-%d %H:%M} UTC",
+            f"{config.as_local(scheduled_at):%Y-%m-%d %H:%M %Z}",
             _hours(max_lateness_s),
         )
 

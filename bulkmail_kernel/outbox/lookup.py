@@ -5,13 +5,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bulkmail_kernel.config import as_local
 from bulkmail_kernel.db import Campaign, SenderAccount
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.records import CampaignInfo, CampaignRef, SenderInfo
 
 
 def campaign_info(c: Campaign) -> CampaignInfo:
-    """Return the stored campaign ``c`` as a record."""
+    """Return the stored campaign ``c`` as a record, its times in the analyst's zone."""
     return CampaignInfo(
         id=c.id,
         name=c.name,
@@ -22,9 +23,9 @@ def campaign_info(c: Campaign) -> CampaignInfo:
         sender_account_id=c.sender_account_id,
         rate_per_hour=c.rate_per_hour,
         burst=c.burst,
-        scheduled_at=c.scheduled_at,
-        registered_at=c.registered_at,
-        finished_at=c.finished_at,
+        scheduled_at=as_local(c.scheduled_at),
+        registered_at=as_local(c.registered_at),
+        finished_at=as_local(c.finished_at),
         last_error=c.last_error,
     )
 

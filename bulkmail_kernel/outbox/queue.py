@@ -16,6 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult
 
+from bulkmail_kernel import config
 from bulkmail_kernel.db import (
     CampaignStatus,
     Database,
@@ -62,7 +63,10 @@ def queue(
     db: Database | None = None,
     url: str | None = None,
 ) -> pd.DataFrame:
-    """Return the campaign's messages (optionally only those in ``status``) as a DataFrame."""
+    """Return the campaign's messages (optionally only those in ``status``) as a DataFrame.
+
+    ``next_attempt_at`` and ``sent_at`` are in the analyst's zone (``BULKMAIL_TZ``).
+    """
     database = resolve_database(db, url)
     with database.session() as s:
         c = campaign_row(s, campaign)
@@ -94,7 +98,11 @@ def queue(
     for col in ("contact_id", "contact_point_id", "attempts"):
         frame[col] = frame[col].astype("Int64")
     for col in ("next_attempt_at", "sent_at"):
-        frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[us, UTC]")
+        frame[col] = (
+            pd.to_datetime(frame[col], utc=True)
+            .astype("datetime64[us, UTC]")
+            .dt.tz_convert(config.local_timezone())
+        )
     frame["status"] = frame["status"].astype(pd.CategoricalDtype([m.value for m in MessageStatus]))
     return frame
 

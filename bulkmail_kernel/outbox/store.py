@@ -26,24 +26,24 @@ from typing import Any, Protocol, cast
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel import config
 from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
-    ContactPoint,
     Database,
     Event,
     Message,
     MessageBody,
     MessageStatus,
-    Suppression,
 )
 from bulkmail_kernel.exceptions import SendError
-from bulkmail_kernel.outbox import recovery
+from bulkmail_kernel.outbox import reconnect, recovery
 from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
+from bulkmail_kernel.outbox.reconnect import reconnecting, retrying
 from bulkmail_kernel.outbox.recovery import back_to_queue, event_row
-from bulkmail_kernel.outbox.suppressions import add_suppression
+from bulkmail_kernel.outbox.suppressions import add_suppression, remove_not_allowed
 from bulkmail_kernel.records import CampaignInfo, CampaignRef, SenderInfo, point_channel
 from bulkmail_kernel.transports import SendResult
 
@@ -98,22 +98,27 @@ class OutboxStore:
         self.db = database
         self.worker_id = worker_id
         self.clock = clock
+        self._stamp = reconnect.ClaimStamp()
 
     # -- workers (see .recovery) ---------------------------------------------------
 
+    @reconnecting
     def register_worker(self) -> None:
         """Announce this worker (so its claims are not taken for a dead one's)."""
         recovery.register_worker(self.db, self.worker_id, self.clock.now())
 
+    @reconnecting
     def heartbeat(self) -> bool:
         """Say this worker is alive; False if its row is gone (it was taken for dead)."""
         with self.db.engine.begin() as conn:
             return recovery.beat(conn, self.worker_id, self.clock.now())
 
+    @reconnecting
     def unregister_worker(self) -> None:
         """Remove this worker's row on a clean exit."""
         recovery.unregister_worker(self.db, self.worker_id)
 
+    @reconnecting
     def recover(self, *, stale_after_s: float | None = None) -> pd.DataFrame:
         """Flag ``unknown`` what a worker that is gone may have sent; requeue what it never did.
 
@@ -122,13 +127,16 @@ class OutboxStore:
         this machine, its process no longer exists. Of its messages left in
         ``sending``, those marked handed over (``handed_at``) may or may not have gone
         out and become ``unknown``; the others never reached the transport and go back
-        to the queue. Returns the messages flagged unknown.
+        to the queue. Returns the messages flagged unknown. Just after the database was
+        lost for a while, the limit is that much longer (:func:`.reconnect.grace_s`).
         """
+        limit = config.dead_worker_s() if stale_after_s is None else stale_after_s
+        limit += reconnect.grace_s(self.db, limit)
         return recovery.recover(
             self.db,
             self.worker_id,
             self.clock.now(),
-            stale_after_s=stale_after_s,
+            stale_after_s=limit,
             journals=journal_dir(self.db),
         )
 
@@ -140,9 +148,18 @@ class OutboxStore:
         Permission is checked again here: a contact point that was unsubscribed,
         suppressed or had mailing disallowed since registration is removed, not sent.
         The first ``hand`` are marked handed over in the same commit (``Claimed.handed``),
-        and the worker's heartbeat goes with it too: one write fewer each.
+        and the worker's heartbeat goes with it too: one write fewer each. After a lost
+        connection the claim is run again, adopting what a lost commit took (see
+        :mod:`.reconnect`): never a second batch while the first sits unsent.
         """
-        now = self.clock.now()
+        stamp = self._stamp.next(self.clock.now())
+        return retrying(
+            self.db, "claim", lambda n: self._claim(campaign_id, limit, hand, stamp, n > 0)
+        )
+
+    def _claim(
+        self, campaign_id: int, limit: int, hand: int, now: datetime, retry: bool
+    ) -> list[Claimed]:
         due = sa.or_(
             _M.c.status == MessageStatus.QUEUED.value,
             sa.and_(_M.c.status == MessageStatus.DEFERRED.value, _M.c.next_attempt_at <= now),
@@ -156,52 +173,36 @@ class OutboxStore:
         )
         with self.db.engine.begin() as conn:
             recovery.beat(conn, self.worker_id, now)
-            rows = conn.execute(
-                sa.update(_M)
-                .where(_M.c.id.in_(candidates.scalar_subquery()), _M.c.status.in_(CLAIMABLE))
-                .values(
-                    status=MessageStatus.SENDING.value,
-                    claimed_by=self.worker_id,
-                    claimed_at=now,
-                    handed_at=None,
-                    attempts=_M.c.attempts + 1,
-                    updated_at=now,
-                )
-                .returning(
-                    _M.c.id,
-                    _M.c.contact_id,
-                    _M.c.contact_point_id,
-                    _M.c.recipient,
-                    _M.c.attempts,
-                    _M.c.channel,
-                    _M.c.message_id_header,
-                )
-            ).all()
-            if not rows:
-                return []
-            ids = [r.id for r in rows]
-            cp = ContactPoint.__table__
-            sup = cast(sa.Table, Suppression.__table__)
-            allowed_rows = conn.execute(
-                sa.select(_M.c.id, cp.c.mailing_allowed, sup.c.reason)
-                .select_from(_M)
-                .join(cp, cp.c.id == _M.c.contact_point_id, isouter=True)
-                .join(
-                    sup,
-                    sa.and_(sup.c.channel == _M.c.channel, sup.c.normalized == _M.c.recipient),
-                    isouter=True,
-                )
-                .where(_M.c.id.in_(ids))
-            ).all()
-            refused: dict[int, str] = {}
-            for mid, mailing_allowed, suppressed in allowed_rows:
-                if suppressed is not None:
-                    refused[mid] = f"suppressed since registration ({suppressed})"
-                elif not mailing_allowed:
-                    refused[mid] = "mailing no longer allowed for this contact point"
-            if refused:
-                self._remove(conn, [r for r in rows if r.id in refused], refused, now)
-            keep = [r for r in rows if r.id not in refused]
+            keep = reconnect.adopt_claim(conn, self.worker_id, campaign_id, now) if retry else []
+            # Adopted rows were checked and marked by the claim that committed unheard.
+            handed = {r.id for r in keep if r.handed_at is not None}
+            if not keep:
+                rows = conn.execute(
+                    sa.update(_M)
+                    .where(_M.c.id.in_(candidates.scalar_subquery()), _M.c.status.in_(CLAIMABLE))
+                    .values(
+                        status=MessageStatus.SENDING.value,
+                        claimed_by=self.worker_id,
+                        claimed_at=now,
+                        handed_at=None,
+                        attempts=_M.c.attempts + 1,
+                        updated_at=now,
+                    )
+                    .returning(
+                        _M.c.id,
+                        _M.c.contact_id,
+                        _M.c.contact_point_id,
+                        _M.c.recipient,
+                        _M.c.attempts,
+                        _M.c.channel,
+                        _M.c.message_id_header,
+                    )
+                ).all()
+                if not rows:
+                    return []
+                keep = remove_not_allowed(conn, list(rows), now)
+                keep.sort(key=lambda r: r.id)
+                handed = self._mark(conn, [r.id for r in keep[:hand]])
             bodies = (
                 dict(
                     conn.execute(
@@ -213,8 +214,6 @@ class OutboxStore:
                 if keep
                 else {}
             )
-            keep.sort(key=lambda r: r.id)
-            handed = self._mark(conn, [r.id for r in keep[:hand]])
             # Built before the commit: a message the store cannot read is not left claimed.
             return [
                 Claimed(
@@ -232,24 +231,7 @@ class OutboxStore:
                 for r in keep
             ]
 
-    def _remove(self, conn: sa.Connection, rows: list[Any], why: dict[int, str], now: Any) -> None:
-        conn.execute(
-            sa.update(_M)
-            .where(_M.c.id == sa.bindparam("mid"))
-            .values(
-                status=MessageStatus.REMOVED.value,
-                last_error=sa.bindparam("b_why"),
-                attempts=_M.c.attempts - 1,
-                claimed_by=None,
-                updated_at=now,
-            ),
-            [{"mid": r.id, "b_why": why[r.id]} for r in rows],
-        )
-        conn.execute(
-            sa.insert(Event),
-            [event_row("skipped", r, None, why[r.id], {"at": "send time"}, now) for r in rows],
-        )
-
+    @reconnecting
     def release(self, messages: list[Claimed]) -> None:
         """Put claimed but unsent messages back in the queue (interrupt, stop, pause)."""
         if not messages:
@@ -266,6 +248,7 @@ class OutboxStore:
                 [{"mid": m.id} for m in messages],
             )
 
+    @reconnecting
     def mark_handed(self, ids: list[int]) -> set[int]:
         """Mark claimed messages as about to go to the transport; return those still ours.
 
@@ -313,6 +296,8 @@ class OutboxStore:
 
         Returns the counts per outcome and the messages of ``hand`` still ours (see
         :meth:`mark_handed`): one commit where the send loop would otherwise make two.
+        After a lost connection it is run again, unless the lost commit went through
+        (see :mod:`.reconnect`): the outcomes wait in memory, their events are not doubled.
         """
         counts = {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0, "fatal": 0}
         if not outcomes:
@@ -364,45 +349,50 @@ class OutboxStore:
                     suppress.append((m, r))
             events[-1]["kind"] = kind
             updates.append(u)
-        with self.db.engine.begin() as conn:
-            for code, ids in sent_by_code.items():
-                # The claim already counted this attempt: attempts stays as it is.
-                conn.execute(
-                    sa.update(_M)
-                    .where(_M.c.id.in_(ids), _M.c.claimed_by == self.worker_id)
-                    .values(
-                        status=MessageStatus.SENT.value,
-                        last_code=code,
-                        last_error="",
-                        next_attempt_at=None,
-                        sent_at=now,
-                        provider_message_id=None,
-                        claimed_by=None,
-                        updated_at=now,
+
+        def write(attempt: int) -> set[int]:
+            with self.db.engine.begin() as conn:
+                if attempt and reconnect.already_recorded(conn, events[0]):
+                    return reconnect.still_held(conn, self.worker_id, hand)
+                for code, ids in sent_by_code.items():
+                    # The claim already counted this attempt: attempts stays as it is.
+                    conn.execute(
+                        sa.update(_M)
+                        .where(_M.c.id.in_(ids), _M.c.claimed_by == self.worker_id)
+                        .values(
+                            status=MessageStatus.SENT.value,
+                            last_code=code,
+                            last_error="",
+                            next_attempt_at=None,
+                            sent_at=now,
+                            provider_message_id=None,
+                            claimed_by=None,
+                            updated_at=now,
+                        )
                     )
-                )
-            if updates:
-                conn.execute(
-                    sa.update(_M)
-                    .where(_M.c.id == sa.bindparam("mid"), _M.c.claimed_by == self.worker_id)
-                    .values(
-                        status=sa.bindparam("b_status"),
-                        last_code=sa.bindparam("b_code"),
-                        last_error=sa.bindparam("b_error"),
-                        next_attempt_at=sa.bindparam("b_next", type_=_M.c.next_attempt_at.type),
-                        sent_at=sa.bindparam("b_sent", type_=_M.c.sent_at.type),
-                        attempts=sa.bindparam("b_attempts"),
-                        provider_message_id=sa.bindparam("b_pmid"),
-                        claimed_by=None,
-                        updated_at=now,
-                    ),
-                    updates,
-                )
-            conn.execute(sa.insert(Event), events)
-            for m, r in suppress:
-                self._suppress(conn, m, r, campaign_id, now)
-            mine = self._mark(conn, hand)
-        return counts, mine
+                if updates:
+                    conn.execute(
+                        sa.update(_M)
+                        .where(_M.c.id == sa.bindparam("mid"), _M.c.claimed_by == self.worker_id)
+                        .values(
+                            status=sa.bindparam("b_status"),
+                            last_code=sa.bindparam("b_code"),
+                            last_error=sa.bindparam("b_error"),
+                            next_attempt_at=sa.bindparam("b_next", type_=_M.c.next_attempt_at.type),
+                            sent_at=sa.bindparam("b_sent", type_=_M.c.sent_at.type),
+                            attempts=sa.bindparam("b_attempts"),
+                            provider_message_id=sa.bindparam("b_pmid"),
+                            claimed_by=None,
+                            updated_at=now,
+                        ),
+                        updates,
+                    )
+                conn.execute(sa.insert(Event), events)
+                for m, r in suppress:
+                    self._suppress(conn, m, r, campaign_id, now)
+                return self._mark(conn, hand)
+
+        return counts, retrying(self.db, "record", write)
 
     def _suppress(
         self, conn: sa.Connection, m: Claimed, r: SendResult, campaign_id: int, now: datetime
@@ -424,6 +414,7 @@ class OutboxStore:
 
     # -- message counts --------------------------------------------------------
 
+    @reconnecting
     def counts(self, campaign_id: int) -> dict[str, int]:
         """Return the number of messages per status."""
         with self.db.engine.connect() as conn:
@@ -434,6 +425,7 @@ class OutboxStore:
             ).all()
         return {status: int(n) for status, n in rows}
 
+    @reconnecting
     def next_due(self, campaign_id: int) -> Any:
         """Return when the next deferred message becomes due, or None."""
         with self.db.engine.connect() as conn:
@@ -444,6 +436,7 @@ class OutboxStore:
                 )
             ).scalar()
 
+    @reconnecting
     def has_open_work(self) -> bool:
         """Return whether any sending or scheduled campaign still has messages to claim."""
         with self.db.engine.connect() as conn:
@@ -462,6 +455,7 @@ class OutboxStore:
 
     # -- campaign state --------------------------------------------------------
 
+    @reconnecting
     def campaign_to_send(self, campaign: CampaignRef) -> tuple[CampaignInfo, SenderInfo]:
         """Return the campaign and its sender account, or raise SendError if it cannot be sent."""
         with self.db.session() as s:
@@ -478,6 +472,7 @@ class OutboxStore:
                 )
             return campaign_info(c), sender_of(s, c)
 
+    @reconnecting
     def due_campaigns(self) -> list[int]:
         """Return the ids of the campaigns sending now or scheduled for now or earlier."""
         now = self.clock.now()
@@ -500,6 +495,7 @@ class OutboxStore:
                 ).scalars()
             )
 
+    @reconnecting
     def take_due(self, campaign_id: int) -> tuple[CampaignInfo, SenderInfo] | None:
         """Start a due campaign (scheduled becomes sending); return it and its sender account.
 
@@ -513,6 +509,7 @@ class OutboxStore:
                 c.status = CampaignStatus.SENDING.value
             return campaign_info(c), sender_of(s, c)
 
+    @reconnecting
     def start_sending(self, campaign_id: int) -> None:
         """Set the campaign ``sending`` and clear its last error."""
         with self.db.session() as s:
@@ -521,6 +518,7 @@ class OutboxStore:
             running.status = CampaignStatus.SENDING.value
             running.last_error = ""
 
+    @reconnecting
     def campaign_status(self, campaign_id: int) -> str:
         """Return the campaign's status as stored now (it may be paused from elsewhere)."""
         with self.db.engine.connect() as conn:
@@ -530,15 +528,19 @@ class OutboxStore:
                 ).scalar_one()
             )
 
+    @reconnecting
     def stop_campaign(self, campaign_id: int, error: str) -> None:
         """Set the campaign ``stopped`` with ``error`` as the reason (and its event)."""
         with self.db.session() as s:
             c = s.get(Campaign, campaign_id)
             assert c is not None
+            if c.status == CampaignStatus.STOPPED.value and c.last_error == error:
+                return  # a retry after a lost commit: stopped already, its event written
             c.status = CampaignStatus.STOPPED.value
             c.last_error = error
             s.add(Event(kind="stopped", campaign_id=campaign_id, detail=error))
 
+    @reconnecting
     def finish_if_done(self, campaign_id: int) -> str:
         """Set a sending campaign ``finished`` once no message is open; return its status."""
         counts = self.counts(campaign_id)

@@ -1,7 +1,8 @@
 """Suppressions and unsubscribes: who must never be mailed again on a channel, and why.
 
 One function adds a suppression (``add_suppression``), whoever asks: an unsubscribe
-link, the analyst, a hard bounce, a provider's refusal.
+link, the analyst, a hard bounce, a provider's refusal. Each claim asks again at send
+time (``remove_not_allowed``): what was suppressed since registration is not sent.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import datetime
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -17,15 +19,21 @@ from bulkmail_kernel.db import (
     ContactPoint,
     Database,
     Event,
+    Message,
+    MessageStatus,
     Suppression,
     UnsubscribeToken,
     resolve_database,
     utcnow,
 )
 from bulkmail_kernel.exceptions import ConfigError
+from bulkmail_kernel.outbox.recovery import event_row
 from bulkmail_kernel.records import point_channel
 
 log = logging.getLogger("bulkmail")
+
+# Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
+_M = cast(sa.Table, Message.__table__)
 
 
 def hash_token(token: str) -> str:
@@ -147,3 +155,49 @@ def honour_unsubscribe(
             detail=point.normalized,
         )
     )
+
+
+def remove_not_allowed(conn: sa.Connection, rows: list[Any], now: datetime) -> list[Any]:
+    """Remove the just-claimed ``rows`` no longer allowed to be sent; return the others.
+
+    A contact point unsubscribed, suppressed or with mailing disallowed since
+    registration is ``removed`` (the claim's attempt uncounted) with a ``skipped`` event.
+    """
+    cp = ContactPoint.__table__
+    sup = cast(sa.Table, Suppression.__table__)
+    allowed_rows = conn.execute(
+        sa.select(_M.c.id, cp.c.mailing_allowed, sup.c.reason)
+        .select_from(_M)
+        .join(cp, cp.c.id == _M.c.contact_point_id, isouter=True)
+        .join(
+            sup,
+            sa.and_(sup.c.channel == _M.c.channel, sup.c.normalized == _M.c.recipient),
+            isouter=True,
+        )
+        .where(_M.c.id.in_([r.id for r in rows]))
+    ).all()
+    why: dict[int, str] = {}
+    for mid, mailing_allowed, suppressed in allowed_rows:
+        if suppressed is not None:
+            why[mid] = f"suppressed since registration ({suppressed})"
+        elif not mailing_allowed:
+            why[mid] = "mailing no longer allowed for this contact point"
+    refused = [r for r in rows if r.id in why]
+    if refused:
+        conn.execute(
+            sa.update(_M)
+            .where(_M.c.id == sa.bindparam("mid"))
+            .values(
+                status=MessageStatus.REMOVED.value,
+                last_error=sa.bindparam("b_why"),
+                attempts=_M.c.attempts - 1,
+                claimed_by=None,
+                updated_at=now,
+            ),
+            [{"mid": r.id, "b_why": why[r.id]} for r in refused],
+        )
+        conn.execute(
+            sa.insert(Event),
+            [event_row("skipped", r, None, why[r.id], {"at": "send time"}, now) for r in refused],
+        )
+    return [r for r in rows if r.id not in why]

@@ -3,9 +3,11 @@
 Thin over tested functions: what it shows is ``campaign_progress`` and ``open_messages``
 (campaigns/monitor.py), its buttons call ``pause``, ``resume``, ``cancel`` and
 ``remove_from_queue``. It reads the database, so it shows what any worker on any machine
-is doing. A background thread re-reads every ``refresh_s`` seconds and updates the
-widgets in place (ipywidgets may be updated from a thread), so the kernel stays free;
-closing the widget, or ``.stop()``, ends that thread.
+is doing. The date-time picker and its Schedule button call ``schedule`` with the
+wall-clock time picked, which is local time (``BULKMAIL_TZ``). A background thread
+re-reads every ``refresh_s`` seconds and updates the widgets in place (ipywidgets may be
+updated from a thread), so the kernel stays free; closing the widget, or ``.stop()``,
+ends that thread.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import html as htmlmod
 import itertools
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
 
 from bulkmail_kernel import config
-from bulkmail_kernel.campaigns.campaigns import cancel, pause, resume
+from bulkmail_kernel.campaigns.campaigns import cancel, pause, resume, schedule
 from bulkmail_kernel.campaigns.monitor import (
     CampaignProgress,
     campaign_progress,
@@ -32,11 +34,18 @@ from bulkmail_kernel.campaigns.monitor import (
 from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.exceptions import BulkmailError
 from bulkmail_kernel.outbox.queue import remove_from_queue
+from bulkmail_kernel.outbox.workers import live_workers
 from bulkmail_kernel.records import CampaignRef
 
 #: How many removable messages the queue list offers (the first ones; `queue()` has them all).
 QUEUE_ROWS = 200
 _COUNTER = itertools.count(1)
+
+
+def _next_minute() -> datetime:
+    """Return the start of the next local minute, naive (what the picker offers first)."""
+    now = datetime.now(config.local_zone()).replace(second=0, microsecond=0, tzinfo=None)
+    return now + timedelta(minutes=1)
 
 
 def _when(value: datetime | None) -> str:
@@ -56,7 +65,29 @@ def counts_html(p: CampaignProgress) -> str:
     )
 
 
-def rate_html(p: CampaignProgress) -> str:
+def schedule_note(p: CampaignProgress, workers: int | None = None) -> str:
+    """Return when a scheduled campaign goes out, and whether a worker is there to send it.
+
+    ``workers`` is how many run-workers are alive (None: not looked up). "" for a
+    campaign that is not waiting for its time.
+    """
+    if p.status != "scheduled" or p.scheduled_at is None:
+        return ""
+    wait_s = (p.scheduled_at - p.as_of).total_seconds()
+    if wait_s > 0:
+        note = f"due in {duration_text(wait_s)}"
+        if workers == 0:
+            note += " · no worker is running to send it"
+        return note
+    if workers == 0:
+        return (
+            f"due {duration_text(-wait_s)} ago, but no worker is running: bulkmail lab starts "
+            "one, or run .venv/bin/python -m bulkmail_kernel.cli run-worker"
+        )
+    return f"due {duration_text(-wait_s)} ago: a worker takes it at its next look"
+
+
+def rate_html(p: CampaignProgress, workers: int | None = None) -> str:
     """Return status, rate against the set rate, ETA and the campaign's times as HTML."""
     rate = "no rate yet" if p.actual_rate_per_hour is None else f"{p.actual_rate_per_hour:,.0f}/h"
     eta = "—" if p.eta is None else f"{duration_text(p.eta_s)} (at {_when(p.eta)})"
@@ -68,6 +99,10 @@ def rate_html(p: CampaignProgress) -> str:
         f"<span style='color: #888'>({htmlmod.escape(config.local_timezone())}, "
         f"as of {p.as_of:%H:%M:%S})</span>",
     ]
+    note = schedule_note(p, workers)
+    if note:
+        color = "#b00" if "no worker" in note else "#555"
+        lines.append(f"<span style='color: {color}'>{htmlmod.escape(note)}</span>")
     if p.last_error:
         lines.append(f"<span style='color: #b00'>{htmlmod.escape(p.last_error)}</span>")
     return "<br>".join(lines)
@@ -130,6 +165,10 @@ class OutboxMonitor(widgets.VBox):
         self.cancel_button = widgets.Button(description="Cancel", icon="ban", button_style="danger")
         self.remove_button = widgets.Button(description="Remove selected", icon="trash")
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
+        # Naive on purpose: what the analyst picks is wall-clock time in BULKMAIL_TZ.
+        self.when = widgets.NaiveDatetimePicker(description="send at", value=_next_minute())
+        self.when_zone = widgets.Label(config.local_timezone())
+        self.schedule_button = widgets.Button(description="Schedule", icon="clock-o")
         self.status = widgets.Label()
         self.last: CampaignProgress | None = None
         self._cancel_armed: int | None = None
@@ -151,6 +190,7 @@ class OutboxMonitor(widgets.VBox):
             (self.cancel_button, self.cancel),
             (self.remove_button, self.remove_selected),
             (self.refresh_button, lambda: self.refresh()),
+            (self.schedule_button, self.schedule),
         ):
             button.on_click(lambda _b, act=action: act())
         super().__init__(
@@ -170,9 +210,19 @@ class OutboxMonitor(widgets.VBox):
                         self.refresh_button,
                     ]
                 ),
+                widgets.HBox([self.when, self.when_zone, self.schedule_button]),
                 self.status,
             ]
         )
+        # Names for the page: the browser test (and a stylesheet) find the parts by them.
+        self.add_class("bm-monitor")
+        for part, name in (
+            (self.progress_label, "progress"),
+            (self.rate, "rate"),
+            (self.counts, "counts"),
+            (self.status, "status"),
+        ):
+            part.add_class(f"bm-monitor-{name}")
         self.refresh()
         self._thread: threading.Thread | None = None
         if self.refresh_s > 0:
@@ -225,13 +275,23 @@ class OutboxMonitor(widgets.VBox):
             self.status.value = f"refresh failed: {type(exc).__name__}: {first}"
 
     def _show(self, p: CampaignProgress, pending: pd.DataFrame) -> None:
+        if p.scheduled_at is not None and (
+            self.last is None or self.last.campaign_id != p.campaign_id
+        ):
+            # Another campaign shown: the picker starts from its send time (local, naive).
+            self.when.value = p.scheduled_at.replace(tzinfo=None, microsecond=0)
         self.last = p
         self.progress_bar.max = max(p.total, 1)
         self.progress_bar.value = p.sent
         self.progress_bar.bar_style = "success" if p.status == "finished" else ""
         self.progress_label.value = f"{p.sent:,} / {p.total:,}"
         self.counts.value = counts_html(p)
-        self.rate.value = rate_html(p)
+        workers = None
+        if p.status == "scheduled":
+            # Only then: whether anyone will send it (the workers table is a few rows).
+            alive = live_workers(db=self.database)
+            workers = int(alive["runs_worker"].sum())
+        self.rate.value = rate_html(p, workers)
         self.errors.value = errors_html(p.errors)
         options = queue_options(pending)
         if tuple(options) != tuple(self.queue.options):
@@ -299,6 +359,20 @@ class OutboxMonitor(widgets.VBox):
         self._cancel_armed = None
         self._act(lambda cid: f"cancelled: now {cancel(cid, db=self.database).status}")
 
+    def schedule(self) -> None:
+        """Have the worker send the campaign shown at the picked local time (Schedule)."""
+        self._cancel_armed = None
+        when = self.when.value
+        if when is None:
+            self.status.value = "pick a date and time first"
+            return
+        self._act(
+            lambda cid: (
+                f"scheduled for {when:%Y-%m-%d %H:%M} ({config.local_timezone()}): now "
+                f"{schedule(cid, when, db=self.database).status}"
+            )
+        )
+
     def remove_selected(self) -> None:
         """Remove the messages selected in the queue list (the Remove selected button)."""
         self._cancel_armed = None
@@ -339,7 +413,8 @@ def outbox_monitor(
 
     It shows the counts per status, the actual against the set rate, the ETA and the last
     errors, re-read every ``refresh_s`` seconds in a background thread (0: only on
-    Refresh), with Pause, Resume, Cancel and Remove selected buttons. Close it (or call
-    ``.stop()``) to end the thread.
+    Refresh), with Pause, Resume, Cancel and Remove selected buttons, and a date-time
+    picker whose Schedule button has the worker send the campaign then (local time,
+    ``BULKMAIL_TZ``). Close it (or call ``.stop()``) to end the thread.
     """
     return OutboxMonitor(campaign, refresh_s=refresh_s, db=db, url=url)
