@@ -165,6 +165,37 @@ def test_recovery_leaves_a_worker_that_started_meanwhile_alone(pg_url: str, sink
         assert s.get(Worker, "newcomer:1:x") is not None
 
 
+@pytest.mark.postgres
+def test_recovery_leaves_a_worker_that_beat_meanwhile_alone(pg_url: str, sink: Sink) -> None:
+    # Read as dead (its heartbeat too old), the worker beats before its claims are read:
+    # it is alive after all, so its claims and its row stay.
+    database = dbmod.open_database(pg_url)
+    sink_account(database, sink.port)
+    cid = make_campaign(database, 4)
+    sleeper = OutboxStore(database, "sleeper:1:x")
+    sleeper.register_worker()
+    sleeper.claim(cid, 2, hand=1)
+    with database.session() as s:
+        s.execute(sa.update(Worker).values(heartbeat_at=dbmod.utcnow() - timedelta(hours=1)))
+    beat: list[bool] = []
+
+    def meanwhile(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if not beat and statement.lstrip().startswith("SELECT") and "handed_at" in statement:
+            beat.append(sleeper.heartbeat())
+
+    sa.event.listen(database.engine, "before_cursor_execute", meanwhile)
+    try:
+        OutboxStore(database, "rescuer:1:x").recover(stale_after_s=60)
+    finally:
+        sa.event.remove(database.engine, "before_cursor_execute", meanwhile)
+    assert beat == [True]
+    assert _statuses(database, cid) == {"sending": 2, "queued": 2}
+    assert _events(database, "requeued") == 0
+    assert _events(database, "unknown") == 0
+    with database.session() as s:
+        assert s.get(Worker, "sleeper:1:x") is not None
+
+
 # --------------------------------------------------------------------------- Ctrl-C in a notebook
 
 

@@ -38,8 +38,8 @@ WORKER_EXIT_CODES = """\
 signals:
   SIGTERM or SIGINT (systemctl stop, docker stop, kill, Ctrl-C) stops it cleanly: the
   message on the wire finishes and is recorded, the rest goes back to the queue, and
-  it exits within seconds with nothing left 'unknown'. A second signal stops at once
-  (exit 130); a message it cuts off on the wire is recorded 'unknown'.
+  it exits within seconds with nothing left 'unknown'. A second signal ends it as
+  soon as each sender has recorded its message in hand (exit 130).
 
 exit codes:
   0    stopped cleanly (a signal, or --exit-when-idle found nothing left to send)
@@ -48,7 +48,7 @@ exit codes:
        error logged (or a crash, with its traceback)
   2    usage or settings error, nothing was sent: a bad option, a bad
        BULKMAIL_DEAD_WORKER_S / BULKMAIL_MAX_LATENESS_S / database URL
-  130  stopped at once by a second signal
+  130  ended by a second signal
 
 settings (environment):
   BULKMAIL_DB_URL           the database (or --db)
@@ -77,14 +77,14 @@ SEND_EXIT_CODES = """\
 signals:
   SIGTERM or SIGINT (kill, docker stop, Ctrl-C) stops it cleanly: the message on the
   wire finishes and is recorded, the rest goes back to the queue, the summary is
-  printed; `bulkmail send` again goes on. A second signal stops as soon as each
+  printed; `bulkmail send` again goes on. A second signal ends it as soon as each
   connection has recorded its message in hand (exit 130).
 
 exit codes:
   0    done, or stopped cleanly by a signal (the summary says what is left)
   2    the campaign cannot be sent (paused, cancelled, stopped by the server's answer),
        a bad option or setting
-  130  stopped at once by a second signal
+  130  ended by a second signal
 """
 
 
@@ -111,12 +111,12 @@ def stop_on_signals(what: str) -> Iterator[threading.Event]:
         yield stop
         return
     received: list[str] = []
-    hard = {"wanted": False, "raised": False, "watching": False}
+    hard = {"raised": False, "watching": False}
     closed = threading.Event()
 
     def drain(name: str) -> None:
         log.warning(
-            "%s: %s received: stopping after the message in hand (send it again to stop at once)",
+            "%s: %s received: stopping after the message in hand (again: stop harder)",
             what,
             name,
         )
@@ -141,13 +141,12 @@ def stop_on_signals(what: str) -> Iterator[threading.Event]:
         received.append(signal.Signals(signum).name)
         if hard["raised"]:
             return  # the hard stop is already recording what it has
-        hard["wanted"] = True
         if _in_critical_code(frame):
             if not hard["watching"]:
                 hard["watching"] = True
                 threading.Thread(target=watch, name="bulkmail-hard-stop", daemon=True).start()
             return
-        # Stop harder: the message on the wire is abandoned (recorded 'unknown').
+        # Stop harder: the wait is cut short (sender threads still record their message).
         hard["raised"] = True
         raise KeyboardInterrupt(f"second signal ({received[-1]})")
 

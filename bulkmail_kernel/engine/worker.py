@@ -94,8 +94,6 @@ def run_worker(
         transport_factory,
         limits,
     )
-    if connections == 1:
-        return _worker_loop(*args)
     sent: list[int] = []
 
     def work() -> None:
@@ -103,6 +101,8 @@ def run_worker(
         sent.append(_worker_loop(*args))
 
     # Ctrl-C or a crash in one worker thread stops them all after the message in hand.
+    # One worker runs in a thread too: Ctrl-C then lands in this waiting thread, never
+    # inside a database call (where it could leave SQLite's write lock held) or half a DATA.
     errors = _in_threads([work] * connections, stop, None)
     if errors:
         raise errors[0]
