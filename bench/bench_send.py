@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import shutil
 import smtplib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -360,7 +361,9 @@ def main() -> None:
                     rates.setdefault(key, []).append(run.rate)
                     conns_seen[key] = run.connections
                     for label, db in databases:
-                        for variant in VARIANTS:
+                        # The pair runs back to back, its order alternating by round, so
+                        # the machine's drift favours neither (see the journal row below).
+                        for variant in VARIANTS if k % 2 == 0 else VARIANTS[::-1]:
                             key = f"send{conns}{label}{variant}"
                             with (
                                 Checked(sink, n, f"send() {label} x{conns}{variant}") as run,
@@ -403,14 +406,18 @@ def main() -> None:
                         )
                     )
                     # The send journal's cost: the same run with journals off, side by side.
+                    # Best against best swings +-30 % on a drifting VM; the median of each
+                    # round's back-to-back pair is what the goal is checked on.
                     off = _best(rates[f"{key}-nojournal"])
-                    ok = best >= 0.9 * off
+                    pairs = zip(rates[key], rates[f"{key}-nojournal"], strict=True)
+                    paired = statistics.median(on / no for on, no in pairs)
+                    ok = paired >= 0.9
                     failed |= not ok
                     rows.append(
                         (
                             f"  same without the send journal on {label}",
                             f"{off:,.0f} msg/s",
-                            f"{best / off:.0%}",
+                            f"{paired:.0%} paired",
                             f"{conns_seen[f'{key}-nojournal']} conn",
                             f"{_spread(rates[f'{key}-nojournal'])}  journal >= 90 % {_verdict(ok)}",
                         )
