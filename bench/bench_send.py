@@ -12,7 +12,8 @@ the GIL with the sender being measured. One run prints, side by side, on the sam
 - the engine's unthrottled ``send()`` (claim, send, record in SQLite) with
   ``connections=1`` and ``connections=4``: goal >= 80 % of raw over one connection
   (the "vs raw" column also shows each against raw with as many connections); each
-  also with the send journal off (``BULKMAIL_JOURNAL=off``): goal, with >= 90 % without;
+  also with the send journal off (``BULKMAIL_JOURNAL=off``), shown only
+  (``bench_journal.py`` pairs enough rounds to judge the journal's cost);
 - the real ``mailmerge`` command-line tool on the same recipients (one connection per
   message, as it works): goal, the best ``send()`` >= 5x it;
 - the measured rate of a 3,000/h throttled run: goal within +-2 %.
@@ -406,20 +407,19 @@ def main() -> None:
                         )
                     )
                     # The send journal's cost: the same run with journals off, side by side.
-                    # Best against best swings +-30 % on a drifting VM; the median of each
-                    # round's back-to-back pair is what the goal is checked on.
+                    # Best against best swings +-30 % on a drifting VM: the median of each
+                    # round's back-to-back pair is shown.
                     off = _best(rates[f"{key}-nojournal"])
                     pairs = zip(rates[key], rates[f"{key}-nojournal"], strict=True)
                     paired = statistics.median(on / no for on, no in pairs)
-                    ok = paired >= 0.9
-                    failed |= not ok
+                    # Shown, not judged: bench_journal.py pairs enough rounds to judge it.
                     rows.append(
                         (
                             f"  same without the send journal on {label}",
                             f"{off:,.0f} msg/s",
                             f"{paired:.0%} paired",
                             f"{conns_seen[f'{key}-nojournal']} conn",
-                            f"{_spread(rates[f'{key}-nojournal'])}  journal >= 90 % {_verdict(ok)}",
+                            f"{_spread(rates[f'{key}-nojournal'])}  (bench_journal.py judges)",
                         )
                     )
             if cli is not None:
