@@ -45,7 +45,8 @@ exit codes:
   0    stopped cleanly (a signal, or --exit-when-idle found nothing left to send)
   1    stopped, but something went wrong while it ran: a campaign stopped with an
        error (a login refused, a DKIM key missing: see list-campaigns), or any other
-       error logged (or a crash, with its traceback)
+       error logged (or a crash, with its traceback); or the database did not come
+       up within BULKMAIL_DB_RETRY_S (started before it, the worker waits that long)
   2    usage or settings error, nothing was sent: a bad option, a bad
        BULKMAIL_DEAD_WORKER_S / BULKMAIL_MAX_LATENESS_S / database URL
   130  ended by a second signal

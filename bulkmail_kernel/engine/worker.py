@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 from bulkmail_kernel import config
 from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
-from bulkmail_kernel.db import CampaignStatus, Database, resolve_database
+from bulkmail_kernel.db import CampaignStatus, Database, open_database
 from bulkmail_kernel.deliverability.dkim import DkimSigner
 from bulkmail_kernel.engine.heartbeat import Heartbeat, dead_worker_limit_s
 from bulkmail_kernel.engine.loop import (
@@ -37,7 +38,7 @@ from bulkmail_kernel.engine.loop import (
 from bulkmail_kernel.engine.throttle import SharedTokenBucket
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
-from bulkmail_kernel.outbox.reconnect import retrying
+from bulkmail_kernel.outbox.reconnect import is_connection_lost, retry_limit_s, retrying
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.schedule import mark_late
 from bulkmail_kernel.outbox.store import OutboxStore
@@ -71,7 +72,9 @@ def run_worker(
     is taken for dead; ``max_lateness_s`` (default ``BULKMAIL_MAX_LATENESS_S``, 6 h) is
     how late a scheduled campaign may still start: later, it is set ``late`` and waits
     for ``resume``. Setting ``stop`` ends it after the message in hand, everything
-    recorded and the rest of its claims back in the queue.
+    recorded and the rest of its claims back in the queue. Started before its database
+    is reachable, it waits for it up to ``BULKMAIL_DB_RETRY_S`` (then logs an error and
+    returns 0).
     """
     if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
         raise ConfigError(
@@ -81,9 +84,12 @@ def run_worker(
         dead_worker_limit_s(dead_worker_s),
         config.max_lateness_s() if max_lateness_s is None else _lateness(max_lateness_s),
     )
-    database = resolve_database(db, url)
-    retry = retry or RetryPolicy()
     stop = stop or threading.Event()
+    waited = db if db is not None else _wait_for_database(url, stop)
+    if waited is None:
+        return 0  # stopped while waiting, or the database never came (logged)
+    database = waited
+    retry = retry or RetryPolicy()
     args = (
         database,
         poll_interval_s,
@@ -256,3 +262,43 @@ def _log_state(name: str, status: str, campaign_id: int, active: set[int]) -> No
         log.info("campaign %r stopped (see its last error)", name)
     else:  # paused or cancelled from elsewhere: the rest stays queued
         log.info("campaign %r is %s: left alone", name, status)
+
+
+def _wait_for_database(url: str | None, stop: threading.Event) -> Database | None:
+    """Open the database, waiting for a server that is not up yet; None if it never came.
+
+    A worker started at boot may come up before PostgreSQL (or its network): it waits
+    with backoff for up to ``BULKMAIL_DB_RETRY_S``, as for a connection lost mid-run,
+    then logs an error (``bulkmail run-worker`` exits 1, so a service manager restarts
+    it, not 2, which says the settings are wrong). A wrong password or database name
+    fails at once.
+    """
+    limit_s = retry_limit_s()
+    deadline = time.monotonic() + limit_s
+    delay_s, said = 0.5, False
+    while True:
+        try:
+            database = open_database(url)
+        except ConfigError as exc:
+            cause = exc.__cause__
+            if cause is None or not is_connection_lost(cause):
+                raise
+            if time.monotonic() >= deadline:
+                log.error(
+                    "run-worker: %s; gave up after %g s (BULKMAIL_DB_RETRY_S)", exc.message, limit_s
+                )
+                return None
+            if not said:
+                log.warning(
+                    "run-worker: %s; waiting for it (up to %g s, BULKMAIL_DB_RETRY_S)",
+                    exc.message,
+                    limit_s,
+                )
+                said = True
+            if stop.wait(delay_s):
+                return None
+            delay_s = min(10.0, delay_s * 2)
+            continue
+        if said:
+            log.info("run-worker: the database is up: starting")
+        return database
