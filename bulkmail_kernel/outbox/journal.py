@@ -190,7 +190,7 @@ def read_journal(directory: Path, worker_id: str) -> dict[int, Answer] | None:
     parts = worker_id.split(":")
     if len(parts) < 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return None
-    if _pid_alive(int(parts[1])):
+    if pid_alive(int(parts[1])):
         return None  # a hung worker may still send: its journal is not final
     files = sorted(directory.glob(f"{_stem(worker_id)}.*.journal"))
     if not files:
@@ -247,12 +247,13 @@ def stale_journals(directory: Path) -> list[str]:
         worker_id = unquote(path.name.rsplit(".", 2)[0])
         parts = worker_id.split(":")
         mine = len(parts) >= 3 and parts[0] == host and parts[1].isdigit()
-        if mine and not _pid_alive(int(parts[1])):
+        if mine and not pid_alive(int(parts[1])):
             ids.add(worker_id)
     return sorted(ids)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Return whether process ``pid`` exists on this machine (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

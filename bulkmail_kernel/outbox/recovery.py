@@ -23,7 +23,13 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import config
 from bulkmail_kernel.db import Database, Event, Message, MessageStatus, Worker, chunks
-from bulkmail_kernel.outbox.journal import Answer, read_journal, remove_journal, stale_journals
+from bulkmail_kernel.outbox.journal import (
+    Answer,
+    pid_alive,
+    read_journal,
+    remove_journal,
+    stale_journals,
+)
 
 log = logging.getLogger("bulkmail")
 
@@ -129,7 +135,7 @@ def recover(
             if w.id == worker_id
             or (
                 (now - w.heartbeat_at).total_seconds() < stale_after_s
-                and (w.hostname != host or _pid_alive(w.pid))
+                and (w.hostname != host or pid_alive(w.pid))
             )
         }
         dead = {w.id: w.heartbeat_at for w in workers if w.id not in alive}
@@ -390,13 +396,3 @@ def _record_journal_sent(
             ],
         )
     return [r for r, _ in done]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
