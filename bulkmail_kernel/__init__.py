@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     )
     from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.contacts.importer import import_contacts
+    from bulkmail_kernel.contacts.merges import identity_merges
     from bulkmail_kernel.contacts.report import ImportResult
     from bulkmail_kernel.db import Database, connect, open_database
     from bulkmail_kernel.deliverability.bounces import parse_bounce
@@ -151,6 +152,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "generate_dkim_key": ("bulkmail_kernel.deliverability.dkim", "generate_dkim_key"),
     "get_campaign": ("bulkmail_kernel.campaigns.campaigns", "get_campaign"),
     "history": ("bulkmail_kernel.campaigns.reports", "history"),
+    "identity_merges": ("bulkmail_kernel.contacts.merges", "identity_merges"),
     "import_contacts": ("bulkmail_kernel.contacts.importer", "import_contacts"),
     "list_campaigns": ("bulkmail_kernel.campaigns.reports", "list_campaigns"),
     "live_workers": ("bulkmail_kernel.outbox.workers", "live_workers"),
@@ -248,6 +250,7 @@ __all__ = [
     "generate_dkim_key",
     "get_campaign",
     "history",
+    "identity_merges",
     "import_contacts",
     "list_campaigns",
     "list_segments",

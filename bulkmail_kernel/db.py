@@ -174,7 +174,8 @@ class ContactPoint(Base):
     channel: Mapped[str] = mapped_column(sa.String(10))
     #: As it stood in the source, for the analyst's eyes.
     value: Mapped[str] = mapped_column(sa.String(320))
-    #: Normalised: the e-mail address as email-validator normalises it, the phone in E.164.
+    #: The identity the address is matched by: ``contacts.values.email_identity`` for an
+    #: e-mail (case-blind, IDN domain as A-labels), the phone in E.164.
     normalized: Mapped[str] = mapped_column(sa.String(320))
     #: The firm's own label: main, billing, newsletter, mobile, landline, ...
     type: Mapped[str] = mapped_column(sa.String(50), default="main")

@@ -198,8 +198,15 @@ def test_customers_content(database: dbmod.Database) -> None:
     assert set(df[df.external_id == "C009"].first_name) == {"Martin Jozef"}
     # An empty opt-in cell is not consent.
     assert not df[df.external_id == "C014"].mailing_allowed.any()
-    # The domain is lower-cased, the local part kept, as email-validator normalises it.
-    assert "JANA.MALA@sk.example.net" in set(df.address)
+    # The address is its identity (case-blind); the spelling typed is kept on the point.
+    assert "jana.mala@sk.example.net" in set(df.address)
+    with database.session() as s:
+        typed = s.scalars(
+            sa.select(ContactPoint.value).where(
+                ContactPoint.normalized == "jana.mala@sk.example.net"
+            )
+        ).one()
+    assert typed == "JANA.MALA@Sk.Example.Net"
     assert list(df[df.external_id == "C002"].customer_type.unique()) == ["wholesale"]
 
 

@@ -9,18 +9,38 @@ from bulkmail_kernel.cli.common import (
     Commands,
     add_csv,
     add_db,
+    aware_datetime,
     json_object,
     print_frame,
 )
 
 
 def cmd_open_database(args: argparse.Namespace) -> int:
-    """Open the database, apply its migrations and print the revision it is at."""
-    from bulkmail_kernel import open_database
+    """Open the database, apply its migrations and print the revision it is at.
+
+    An upgrade that merged contacts, contact points or suppressions because two spellings
+    are one address (DUP.SAME@ and dup.same@) prints what it merged.
+    """
+    from datetime import UTC, datetime
+
+    from bulkmail_kernel import identity_merges, open_database
     from bulkmail_kernel.db import current_revision
 
+    started = datetime.now(UTC)
     db = open_database(args.db, migrate=not args.no_migrate)
     print(f"{db.url}: at revision {current_revision(db.engine)}")
+    merged = identity_merges(since=started, db=db) if not args.no_migrate else None
+    if merged is not None and len(merged):
+        print(f"{len(merged)} merges of one address spelled differently (see identity-merges):")
+        print_frame(merged, args)
+    return 0
+
+
+def cmd_identity_merges(args: argparse.Namespace) -> int:
+    """Print what was merged because two spellings are one address, and what was kept."""
+    from bulkmail_kernel import identity_merges
+
+    print_frame(identity_merges(since=args.since, url=args.db), args)
     return 0
 
 
@@ -93,6 +113,20 @@ def add_commands(commands: Commands) -> None:
     )
     p.add_argument("--no-migrate", action="store_true", help="only open it and print its revision")
     add_db(p)
+    add_csv(p)
+
+    p = commands.add(
+        "identity-merges",
+        cmd_identity_merges,
+        "what was merged because two spellings are one address",
+    )
+    p.add_argument(
+        "--since",
+        type=aware_datetime,
+        help="only merges at or after this ISO 8601 time with its offset (2026-12-01T09:00+01:00)",
+    )
+    add_db(p)
+    add_csv(p)
 
     p = commands.add(
         "generate-demo",

@@ -35,7 +35,7 @@ from bulkmail_kernel.contacts.values import (
     _lookup,
     _needs_cleaning,
     clean_text,
-    normalize_email,
+    email_identity,
     normalize_phone,
     parse_date,
     parse_yes_no,
@@ -78,6 +78,8 @@ class _Point:
     type: str
     allowed: bool | None
     column: str
+    #: The source row the point was read from (a merged group holds points of several).
+    row: int = 0
 
 
 @dataclass
@@ -198,7 +200,7 @@ def _validate_row(
             continue
         try:
             if channel == "email":
-                normalized = normalize_email(text)
+                normalized = email_identity(text)
             elif isinstance(raw, int | float) and not isinstance(raw, bool):
                 normalized = normalize_phone(_cell_text(raw), region)
             else:
@@ -226,7 +228,7 @@ def _validate_row(
                 allowed = own
         if any(p.channel == channel and p.normalized == normalized for p in points):
             continue  # the same address twice in one row (email = work_email)
-        points.append(_Point(channel, normalized, text, kind, point_type, allowed, column))
+        points.append(_Point(channel, normalized, text, kind, point_type, allowed, column, n))
 
     attributes: dict[str, Any] = {}
     for column, name in plan.attributes.items():
@@ -271,8 +273,14 @@ def _merge_within_source(candidates: list[_Candidate], report: _Report) -> list[
                            f"conflict: {why.removeprefix('same ')} is already in row {g.row} "
                            f"with external id {g.external_id}")  # fmt: skip
                 continue
+            spellings = _other_spellings(g.points, cand.points)
             g.absorb(cand)
-            report.add(cand.row, "merged", "", "", f"merged into row {g.row}: {why}")
+            for p, mine in spellings:
+                same = (f"{p.value} is the same address as {mine.value} (row {mine.row}): "
+                        "merged into one contact")  # fmt: skip
+                report.add(cand.row, "merged", p.column, p.value, same)
+            if not spellings:
+                report.add(cand.row, "merged", "", "", f"merged into row {g.row}: {why}")
         else:
             g = cand
             groups.append(g)
@@ -281,6 +289,17 @@ def _merge_within_source(candidates: list[_Candidate], report: _Report) -> list[
         for p in g.points:
             by_point.setdefault((p.channel, p.normalized), g)
     return groups
+
+
+def _other_spellings(have: list[_Point], new: list[_Point]) -> list[tuple[_Point, _Point]]:
+    """Return (new point, point held) pairs of one e-mail identity spelled differently."""
+    held = {(p.channel, p.normalized): p for p in have}
+    pairs = []
+    for p in new:
+        mine = held.get((p.channel, p.normalized))
+        if mine is not None and p.channel == "email" and mine.value != p.value:
+            pairs.append((p, mine))
+    return pairs
 
 
 # --------------------------------------------------------------------------- database
@@ -296,14 +315,17 @@ def _resolve_against_db(
         ext_stmt = sa.select(Contact.external_id, Contact.id).where(Contact.external_id.in_(chunk))
         by_ext.update({e: i for e, i in s.execute(ext_stmt) if e is not None})
     owner: dict[tuple[str, str], int] = {}
+    stored: dict[tuple[str, str], str] = {}  # the spelling kept for each identity
     for channel in ("email", "phone"):
         norms = sorted({p.normalized for g in groups for p in g.points if p.channel == channel})
         for chunk in chunks(norms):
             # channel first, so the (channel, normalized) unique index serves the lookup.
-            point_stmt = sa.select(ContactPoint.normalized, ContactPoint.contact_id).where(
-                ContactPoint.channel == channel, ContactPoint.normalized.in_(chunk)
-            )
-            owner.update({(channel, nm): cid for nm, cid in s.execute(point_stmt)})
+            point_stmt = sa.select(
+                ContactPoint.normalized, ContactPoint.contact_id, ContactPoint.value
+            ).where(ContactPoint.channel == channel, ContactPoint.normalized.in_(chunk))
+            for nm, owner_id, value in s.execute(point_stmt):
+                owner[(channel, nm)] = owner_id
+                stored[(channel, nm)] = value
     matched_ids = sorted(set(by_ext.values()) | set(owner.values()))
     contacts: dict[int, Contact] = {}
     for ids_chunk in chunks(matched_ids):
@@ -343,6 +365,12 @@ def _resolve_against_db(
             continue
         if ids:
             g.contact_id = ids[0]
+            for p in g.points:
+                spelled = stored.get((p.channel, p.normalized))
+                if p.channel == "email" and spelled is not None and spelled != p.value:
+                    why = (f"{p.value} is the same address as {spelled} of contact {ids[0]} in "
+                           "the database: merged into that contact")  # fmt: skip
+                    report.add(p.row, "matched", p.column, p.value, why)
             if (first := claimed.get(ids[0])) is not None:
                 first.absorb(g)
                 first.rows.extend(g.rows)
@@ -436,7 +464,11 @@ def _update(contact: Contact, g: _Candidate, source: str) -> list[str]:
             changed.append(f"{p.channel} {p.normalized} added")
             continue
         # Only what the source states overwrites: no consent column leaves consent alone.
-        updates: dict[str, Any] = {"value": p.value[:320], "type": p.type, "kind": p.kind}
+        # An e-mail keeps the spelling first stored (another spelling of the same identity
+        # would flip it on every import); a phone shows how the source writes it now.
+        updates: dict[str, Any] = {"type": p.type, "kind": p.kind}
+        if p.channel != "email":
+            updates["value"] = p.value[:320]
         if p.allowed is not None:
             updates["mailing_allowed"] = p.allowed
         for attr, value in updates.items():

@@ -2,7 +2,8 @@
 
 ``import_contacts`` returns an ``ImportResult``: the counts (inserted, updated,
 unchanged, merged, rejected), whether anything was committed, and a DataFrame listing
-every rejected, merged or cleaned row with the row number a person sees in the source.
+every rejected, merged, matched (another spelling of an address a contact in the
+database has) or cleaned row with the row number a person sees in the source.
 ``_Report`` collects those lines while the pipeline validates, merges and stores; it
 lives here with the result it becomes, apart from the pipeline itself.
 """
@@ -24,8 +25,8 @@ REPORT_COLUMNS = ("row", "action", "column", "value", "reason")
 class ImportResult:
     """What an import did: counts, whether it was committed, and a row-by-row report.
 
-    ``report`` lists every rejected, merged or cleaned row with the row number a
-    person sees in the source (spreadsheet row with the header as row 1, XML
+    ``report`` lists every rejected, merged, matched or cleaned row with the row number
+    a person sees in the source (spreadsheet row with the header as row 1, XML
     ``<contact>`` element number, SQL result row).
     """
 
@@ -81,7 +82,7 @@ class _Report:
             self.merged.add(row)
 
     def frame(self) -> pd.DataFrame:
-        order = {"rejected": 0, "merged": 1, "cleaned": 2}
+        order = {"rejected": 0, "merged": 1, "matched": 1, "cleaned": 2}
         lines = sorted(self.lines, key=lambda t: (t[0], order.get(t[1], 9)))
         df = pd.DataFrame(lines, columns=list(REPORT_COLUMNS))
         return df.astype({"row": "int64", "action": "str", "column": "str", "value": "str",

@@ -31,7 +31,7 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.exceptions import ConfigError
 from bulkmail_kernel.outbox.lookup import sender_info
-from bulkmail_kernel.outbox.suppressions import add_suppression, hash_token
+from bulkmail_kernel.outbox.suppressions import add_suppression, address_key, hash_token
 from bulkmail_kernel.records import SenderInfo
 
 
@@ -83,7 +83,11 @@ def message_by_verp_tag(s: Session, tag: str) -> BouncedMessage | None:
 
 
 def last_message_to(s: Session, account_id: int, address: str) -> BouncedMessage | None:
-    """Return the account's latest e-mail to ``address`` (the last sent first), if any."""
+    """Return the account's latest e-mail to ``address`` (the last sent first), if any.
+
+    ``address`` may be spelled any way (a server may upper-case it): it matches by identity.
+    """
+    address = address_key("email", address)
     return _bounced(
         s.scalars(
             sa.select(Message)

@@ -1,8 +1,10 @@
 """Suppressions and unsubscribes: who must never be mailed again on a channel, and why.
 
 One function adds a suppression (``add_suppression``), whoever asks: an unsubscribe
-link, the analyst, a hard bounce, a provider's refusal. Each claim asks again at send
-time (``remove_not_allowed``): what was suppressed since registration is not sent.
+link, the analyst, a hard bounce, a provider's refusal. It stores an e-mail address by
+its identity (``contacts.values.email_identity``), so a suppression of one spelling
+suppresses them all. Each claim asks again at send time (``remove_not_allowed``): what
+was suppressed since registration is not sent.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bulkmail_kernel.contacts.values import address_identity, email_identity
 from bulkmail_kernel.db import (
     ContactPoint,
     Database,
@@ -75,16 +78,15 @@ def unsubscribe_address(
 ) -> bool:
     """Unsubscribe an address by hand (a phone call, a reply): clear opt-in and suppress it.
 
-    ``channel`` is "email", or "phone" (also "sms") for a number. The address is
-    normalised as at import, and every contact point holding it is unsubscribed.
+    ``channel`` is "email", or "phone" (also "sms") for a number. The address is keyed
+    as at import (any spelling of it: case, IDN form), and every contact point holding
+    it is unsubscribed.
     Returns False if no contact has it; the suppression is added anyway, so a later
     import of that address is not mailed.
     """
-    from bulkmail_kernel.contacts.importer import normalize_email, normalize_phone
-
     channel = point_channel(channel)
     try:
-        norm = normalize_email(address) if channel == "email" else normalize_phone(address)
+        norm = address_identity(channel, address)
     except ValueError as exc:
         raise ConfigError(
             f"unsubscribe_address: {address!r} is not a valid {channel} ({exc}); give the "
@@ -118,8 +120,10 @@ def add_suppression(
     """Suppress ``normalized`` on ``channel`` (an existing suppression is kept); True if added.
 
     The one insert of a suppression: unsubscribes, hard bounces at sending and from
-    the bounce mailbox all come here, inside their caller's transaction.
+    the bounce mailbox all come here, inside their caller's transaction. An e-mail
+    address may come in any spelling: it is stored as its identity.
     """
+    normalized = address_key(channel, normalized)
     exists = conn.execute(
         sa.select(Suppression.id).where(
             Suppression.channel == channel, Suppression.normalized == normalized
@@ -138,6 +142,18 @@ def add_suppression(
         )
     )
     return True
+
+
+def address_key(channel: str, address: str) -> str:
+    """Return what a suppression of ``address`` on ``channel`` is stored and matched by."""
+    if channel != "email":
+        return address  # phones arrive in E.164 from the points and the provider reports
+    try:
+        return email_identity(address)
+    except ValueError:
+        # Never lose a suppression over spelling: what a server reported is kept as it came.
+        log.warning("suppression of %r: not a valid e-mail address, stored as given", address)
+        return address.strip()
 
 
 def honour_unsubscribe(
