@@ -275,6 +275,10 @@ def test_the_upgrade_merges_one_address_and_keeps_every_history(
         ("dup.same@x.sk", "DUP.SAME@X.SK"),
     ]
     assert bm.identity_merges(since=datetime.now(UTC), db=db).empty
+    assert main(["identity-merges", "--db", db_url, "--csv"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("merged_at,merge,identity,kept_id,merged_id,")
+    assert len(listed) == 6
 
     # After the upgrade the merged person is suppressed whichever spelling a frame shows.
     frame = bm.contacts_frame(db)

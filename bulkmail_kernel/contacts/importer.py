@@ -293,13 +293,9 @@ def _merge_within_source(candidates: list[_Candidate], report: _Report) -> list[
 
 def _other_spellings(have: list[_Point], new: list[_Point]) -> list[tuple[_Point, _Point]]:
     """Return (new point, point held) pairs of one e-mail identity spelled differently."""
-    held = {(p.channel, p.normalized): p for p in have}
-    pairs = []
-    for p in new:
-        mine = held.get((p.channel, p.normalized))
-        if mine is not None and p.channel == "email" and mine.value != p.value:
-            pairs.append((p, mine))
-    return pairs
+    held = {p.normalized: p for p in have if p.channel == "email"}
+    pairs = [(p, held[p.normalized]) for p in new if p.channel == "email" and p.normalized in held]
+    return [(p, mine) for p, mine in pairs if mine.value != p.value]
 
 
 # --------------------------------------------------------------------------- database
@@ -524,7 +520,10 @@ def import_contacts(
     re-import an absent value leaves the stored consent alone. Rows sharing an
     external id, e-mail or phone are one contact; existing contacts are matched the
     same way and updated only where a value differs, so re-importing a file changes
-    nothing. A source that cannot be read at all raises ``ContactImportError``.
+    nothing. An e-mail address is matched by its identity (``email_identity``: any
+    case, an IDN domain in either form); another spelling of a known address is
+    reported and merged, and the spelling first stored is kept. A source that cannot
+    be read at all raises ``ContactImportError``.
 
     """
     if on_error not in ("raise", "skip"):

@@ -179,18 +179,42 @@ class _Merge:
 
     # ----------------------------------------------------------------- contacts and points
 
-    def _point_groups(self) -> dict[str, list[_Point]]:
+    def _affected(self, table: Any) -> dict[str, list[int]]:
+        """Return {identity: row ids} for the e-mail rows of ``table`` this upgrade changes.
+
+        A row whose stored address is not its identity changes; so do the rows already
+        stored as an identity another row turns into. The rest, nearly all of a list
+        imported in lower case, is read once and left alone: memory grows with what
+        changes, not with the list.
+        """
+        column, email = table.c.normalized, table.c.channel == "email"
+        affected: dict[str, list[int]] = defaultdict(list)
         rows = self.conn.execute(
-            sa.select(
-                points.c.id, points.c.contact_id, points.c.value, points.c.normalized,
-                points.c.kind, points.c.mailing_allowed, points.c.is_preferred,
-                points.c.soft_bounces, points.c.created_at,
-            ).where(points.c.channel == "email").order_by(points.c.id)
-        )  # fmt: skip
-        groups: dict[str, list[_Point]] = defaultdict(list)
-        for r in rows:
-            groups[identity_of(r.normalized)].append(_Point(*r))
-        return groups
+            sa.select(table.c.id, column).where(email).execution_options(yield_per=5000)
+        )
+        for row_id, stored in rows:
+            key = identity_of(stored)
+            if key != stored:
+                affected[key].append(row_id)
+        for chunk in _chunks(sorted(affected)):
+            query = sa.select(table.c.id, column).where(email, column.in_(chunk))
+            for row_id, stored in self.conn.execute(query):
+                affected[stored].append(row_id)
+        return affected
+
+    def _point_groups(self) -> dict[str, list[_Point]]:
+        affected = self._affected(points)
+        by_id: dict[int, _Point] = {}
+        for chunk in _chunks(sorted(i for ids in affected.values() for i in ids)):
+            rows = self.conn.execute(
+                sa.select(
+                    points.c.id, points.c.contact_id, points.c.value, points.c.normalized,
+                    points.c.kind, points.c.mailing_allowed, points.c.is_preferred,
+                    points.c.soft_bounces, points.c.created_at,
+                ).where(points.c.id.in_(chunk))
+            )  # fmt: skip
+            by_id.update((r.id, _Point(*r)) for r in rows)
+        return {key: [by_id[i] for i in sorted(ids)] for key, ids in affected.items()}
 
     def _merge_contacts(self, groups: dict[str, list[_Point]]) -> dict[int, int]:
         """Make the contacts sharing an identity one; return {contact id: surviving id}."""
@@ -334,12 +358,12 @@ class _Merge:
 
     def _merge_suppressions(self) -> int:
         """Make the suppressions of one identity the oldest one, stored by the identity."""
-        rows = self.conn.execute(
-            sa.select(suppressions).where(suppressions.c.channel == "email")
-        ).all()
-        groups: dict[str, list[Any]] = defaultdict(list)
-        for r in rows:
-            groups[identity_of(r.normalized)].append(r)
+        affected = self._affected(suppressions)
+        by_id: dict[int, Any] = {}
+        for chunk in _chunks(sorted(i for ids in affected.values() for i in ids)):
+            query = sa.select(suppressions).where(suppressions.c.id.in_(chunk))
+            by_id.update((r.id, r) for r in self.conn.execute(query))
+        groups = {key: [by_id[i] for i in sorted(ids)] for key, ids in affected.items()}
         merged = 0
         for key, group in groups.items():
             group.sort(key=_age)
@@ -369,6 +393,7 @@ class _Merge:
             )
             .where(messages.c.channel == "email")
             .order_by(messages.c.id)
+            .execution_options(yield_per=5000)
         )
         for r in rows:
             key = identity_of(r.recipient)
