@@ -297,3 +297,29 @@ def test_an_upgrade_with_nothing_to_merge_says_nothing(
     assert main(["open-database", "--db", db_url]) == 0
     assert "merges" not in capsys.readouterr().out
     assert bm.identity_merges(db=dbmod.open_database(db_url)).empty
+
+
+def test_two_customer_records_sharing_a_mailbox_stay_two_contacts(db_url: str) -> None:
+    """Different external ids are different records: only the address moves, to the older."""
+    engine = dbmod.create_db_engine(db_url)
+    dbmod.upgrade(engine, "0002")
+    with engine.begin() as conn:
+        jan = _contact(conn, _at(2024), first_name="Ján", external_id="C1")
+        eva = _contact(conn, _at(2025), first_name="Eva", external_id="C2")
+        jan_mail = _point(conn, jan, "rodina.kral@x.sk", _at(2024), mailing_allowed=True)
+        eva_mail = _point(conn, eva, "Rodina.Kral@x.sk", _at(2025), mailing_allowed=True)
+        eva_phone = _insert(
+            conn, ContactPoint, contact_id=eva, channel="phone", value="+421903123456",
+            normalized="+421903123456",
+        )  # fmt: skip
+    engine.dispose()
+    db = dbmod.open_database(db_url)
+    with db.session() as s:
+        people = dict(s.execute(sa.select(Contact.external_id, Contact.first_name)).all())
+        owners = dict(s.execute(sa.select(ContactPoint.id, ContactPoint.contact_id)).all())
+    assert people == {"C1": "Ján", "C2": "Eva"}
+    assert owners == {jan_mail: jan, eva_phone: eva}
+    report = bm.identity_merges(db=db)
+    assert list(report["merge"]) == ["contact_point"]
+    assert report.merged_id.iloc[0] == eva_mail
+    assert report.detail.iloc[0].endswith(f"contact {eva} stays apart (another external id)")

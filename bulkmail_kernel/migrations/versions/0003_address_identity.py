@@ -214,7 +214,7 @@ class _Merge:
                 ).where(points.c.id.in_(chunk))
             )  # fmt: skip
             by_id.update((r.id, _Point(*r)) for r in rows)
-        return {key: [by_id[i] for i in sorted(ids)] for key, ids in affected.items()}
+        return {key: [by_id[i] for i in sorted(ids)] for key, ids in sorted(affected.items())}
 
     def _merge_contacts(self, groups: dict[str, list[_Point]]) -> dict[int, int]:
         """Make the contacts sharing an identity one; return {contact id: surviving id}."""
@@ -228,12 +228,9 @@ class _Merge:
 
         shared: dict[int, list[str]] = defaultdict(list)  # contact -> identities it shares
         for key, group in groups.items():
-            if len(group) < 2:
-                continue
-            for p in group:
+            for p in group if len(group) > 1 else ():
                 shared[p.contact_id].append(key)
-                parent[find(p.contact_id)] = find(group[0].contact_id)
-        ids = sorted(parent)
+        ids = sorted(shared)
         rows = {
             r.id: r
             for chunk in _chunks(ids)
@@ -243,6 +240,25 @@ class _Merge:
                 )
             )
         }
+        # Two external ids are two records of the source system (a family sharing a
+        # mailbox): those contacts stay apart, and the address goes to the contact of
+        # its oldest point.
+        external: dict[int, str | None] = {cid: rows[cid].external_id for cid in ids}
+        for key in sorted(groups):
+            group = groups[key]
+            for p in group[1:] if len(group) > 1 else ():
+                a, b = find(group[0].contact_id), find(p.contact_id)
+                if a == b:
+                    continue
+                if external[a] and external[b] and external[a] != external[b]:
+                    log.warning(
+                        "identity upgrade: contacts %d (external id %s) and %d (external id %s) "
+                        "share %s but stay apart: different external ids",
+                        group[0].contact_id, external[a], p.contact_id, external[b], key,
+                    )  # fmt: skip
+                    continue
+                parent[b] = a
+                external[a] = external[a] or external[b]
         components: dict[int, list[Any]] = defaultdict(list)
         for cid in ids:
             components[find(cid)].append(rows[cid])
@@ -300,6 +316,7 @@ class _Merge:
         )
         contact_id = survivor.get(keep.contact_id, keep.contact_id)
         for p in others:
+            moved = survivor.get(p.contact_id, p.contact_id) != contact_id  # kept apart
             for table in (messages, events, tokens):
                 self.conn.execute(
                     sa.update(table)
@@ -322,6 +339,8 @@ class _Merge:
             self.merged_points += 1
             detail = (f"{p.value} (point {p.id}, contact {p.contact_id}) is the same address as "
                       f"{keep.value} (point {keep.id}): merged into contact {contact_id}")  # fmt: skip
+            if moved:
+                detail += f"; contact {p.contact_id} stays apart (another external id)"
             merged_point = {
                 "value": p.value, "normalized": p.normalized, "kind": p.kind,
                 "mailing_allowed": p.mailing_allowed, "is_preferred": p.is_preferred,
@@ -363,7 +382,7 @@ class _Merge:
         for chunk in _chunks(sorted(i for ids in affected.values() for i in ids)):
             query = sa.select(suppressions).where(suppressions.c.id.in_(chunk))
             by_id.update((r.id, r) for r in self.conn.execute(query))
-        groups = {key: [by_id[i] for i in sorted(ids)] for key, ids in affected.items()}
+        groups = {key: [by_id[i] for i in sorted(ids)] for key, ids in sorted(affected.items())}
         merged = 0
         for key, group in groups.items():
             group.sort(key=_age)
