@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from email_validator import validate_email
 
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.contacts.values import email_identity
 from bulkmail_kernel.db import Contact, ContactPoint, Suppression, open_database
 from bulkmail_kernel.demo.dataset import DEMO_SOURCE
 from bulkmail_kernel.demo.generate import generate_demo
@@ -144,6 +145,7 @@ def test_content_is_realistic(database: dbmod.Database) -> None:
             assert validate_email(p.normalized, check_deliverability=False).normalized == (
                 p.normalized
             )
+            assert email_identity(p.normalized) == p.normalized  # stored as its identity
             local, domain = p.normalized.split("@")
             assert local.isascii(), p.normalized
             assert local.islower(), p.normalized
