@@ -14,12 +14,14 @@ one of our tokens (the unsubscribe itself is :mod:`.suppressions`'s).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bulkmail_kernel.contacts.values import email_identity
 from bulkmail_kernel.db import (
     Campaign,
     ContactPoint,
@@ -31,7 +33,7 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.exceptions import ConfigError
 from bulkmail_kernel.outbox.lookup import sender_info
-from bulkmail_kernel.outbox.suppressions import add_suppression, address_key, hash_token
+from bulkmail_kernel.outbox.suppressions import add_suppression, hash_token
 from bulkmail_kernel.records import SenderInfo
 
 
@@ -87,7 +89,8 @@ def last_message_to(s: Session, account_id: int, address: str) -> BouncedMessage
 
     ``address`` may be spelled any way (a server may upper-case it): it matches by identity.
     """
-    address = address_key("email", address)
+    with suppress(ValueError):  # not an address at all: it matches only as written
+        address = email_identity(address)
     return _bounced(
         s.scalars(
             sa.select(Message)
