@@ -163,7 +163,7 @@ def test_an_outbox_from_before_handed_at_is_upgraded_in_place(db_url: str) -> No
         )
     engine.dispose()
     db = open_database(db_url)  # migrates to head
-    assert dbmod.current_revision(db.engine) == "0002"
+    assert dbmod.current_revision(db.engine) == "0003"
     with db.engine.connect() as conn:
         row = conn.execute(
             sa.text("SELECT recipient, status, attempts, handed_at FROM messages")

@@ -61,7 +61,7 @@ def cmd_create_campaign(args: argparse.Namespace) -> int:
         channel=args.channel,
         exist_ok=args.exist_ok,
         url=args.db,
-        **given(args, "rate_per_hour", "burst"),
+        **given(args, "rate_per_hour", "burst", "breaker_after"),
     )
     print(info)
     return 0
@@ -211,7 +211,7 @@ def cmd_campaign_progress(args: argparse.Namespace) -> int:
         f"last sent {p.last_sent_at or '-'}; finished {p.finished_at or '-'}"
     )
     if p.last_error:
-        print(f"stopped: {p.last_error}")
+        print(f"{p.status}: {p.last_error}")
     if len(p.errors):
         print("last errors:")
         print_frame(p.errors, args)
@@ -303,6 +303,13 @@ def add_commands(commands: Commands) -> None:
         "--rate-per-hour", type=int, help="messages per hour, the throttle (default 1000)"
     )
     p.add_argument("--burst", type=int, help="messages allowed at once (default 10)")
+    p.add_argument(
+        "--breaker-after",
+        type=int,
+        metavar="N",
+        help="pause the campaign after N policy or system refusals in a row, e.g. a "
+        "blocklisting (default BULKMAIL_BREAKER_AFTER or 10)",
+    )
     p.add_argument(
         "--scheduled-at",
         metavar="TIME",
