@@ -36,7 +36,8 @@ _STATUSES = ("queued", "sending", "sent", "deferred", "failed", "unknown", "remo
 def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
     """Return every campaign with its status, schedule and message count per status.
 
-    Times are in the analyst's zone (``BULKMAIL_TZ``), as tz-aware columns.
+    Times are in the analyst's zone (``BULKMAIL_TZ``), as tz-aware columns; ``last_error``
+    says why a campaign stopped or was paused by the circuit breaker ("" otherwise).
     """
     database = resolve_database(db, url)
     counts = (
@@ -56,6 +57,7 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
                 Campaign.scheduled_at,
                 Campaign.registered_at,
                 Campaign.finished_at,
+                Campaign.last_error,
             ).order_by(Campaign.id)
         ).all()
         per_status = conn.execute(sa.select(counts)).all()
@@ -71,6 +73,7 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
             "scheduled_at",
             "registered_at",
             "finished_at",
+            "last_error",
         ],
     )
     for col in ("scheduled_at", "registered_at", "finished_at"):
@@ -81,7 +84,8 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
     pivot = pivot.reindex(columns=list(_STATUSES), fill_value=0)
     frame = frame.join(pivot, on="campaign_id")
     frame[list(_STATUSES)] = frame[list(_STATUSES)].fillna(0).astype("int64")
-    return frame
+    # The reason last: a long line after the counts, not between them.
+    return frame[[c for c in frame.columns if c != "last_error"] + ["last_error"]]
 
 
 def list_suppressions(

@@ -211,7 +211,7 @@ def cmd_campaign_progress(args: argparse.Namespace) -> int:
         f"last sent {p.last_sent_at or '-'}; finished {p.finished_at or '-'}"
     )
     if p.last_error:
-        print(f"{p.status}: {p.last_error}")
+        print(p.last_error)  # why it stopped, paused or is late: a sentence of its own
     if len(p.errors):
         print("last errors:")
         print_frame(p.errors, args)
