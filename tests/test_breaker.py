@@ -8,6 +8,7 @@ pauses the campaign with the reason; the rest stays queued and goes after resume
 from __future__ import annotations
 
 import csv
+import html
 import io
 import logging
 import math
@@ -26,6 +27,7 @@ from bulkmail_kernel import (
     get_campaign,
     list_campaigns,
     queue,
+    requeue,
     resume,
     run_worker,
     send,
@@ -89,7 +91,11 @@ def test_a_blocklisting_at_rcpt_pauses_after_n_and_suppresses_nobody(
         # The reason shows where a paused campaign's reason shows: the list, the monitor.
         listed = list_campaigns(db=database).set_index("name")
         assert listed.loc["spring", "last_error"] == info.last_error
-        assert campaign_progress(cid, db=database).last_error == info.last_error
+        progress = campaign_progress(cid, db=database)
+        assert progress.last_error == info.last_error
+        from bulkmail_kernel.widgets.monitor import rate_html
+
+        assert html.escape(info.last_error) in rate_html(progress)
         # Sending again without resuming is refused; the reputation fixed, resume sends the rest.
         with pytest.raises(SendError, match="paused"):
             send(cid, rate_per_hour=math.inf, progress=False, db=database)
@@ -100,6 +106,14 @@ def test_a_blocklisting_at_rcpt_pauses_after_n_and_suppresses_nobody(
         assert (summary.sent, summary.failed, summary.status) == (10, 0, "finished")
         assert _statuses(database, cid) == {"failed": 10, "sent": 10}
         assert _suppressions(database) == 0
+        # The ten refused before the pause never arrived: queued again, they go too.
+        assert requeue(cid, queue(cid, status="failed", db=database), db=database) == 10
+        again = send(cid, rate_per_hour=math.inf, progress=False, db=database)
+        assert (again.sent, again.status) == (10, "finished")
+        assert _statuses(database, cid) == {"sent": 20}
+        assert sorted(a for m in sink.messages for a in m.rcpt_tos) == sorted(
+            address(i) for i in range(20)
+        )
     finally:
         sink.stop()
 

@@ -157,7 +157,11 @@ def cmd_unknown_messages(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    """Queue unknown messages again, once you have checked they did not arrive."""
+    """Queue unknown messages again (once checked they did not arrive), or failed ones.
+
+    After a circuit breaker's pause, `requeue CAMPAIGN --status failed` once the cause is
+    fixed sends the refused ones again; suppressed addresses are removed, never sent.
+    """
     from bulkmail_kernel import requeue
 
     n = requeue(args.campaign, _chosen(args), url=args.db)
@@ -369,9 +373,9 @@ def add_commands(commands: Commands) -> None:
     add_csv(p)
     add_db(p)
 
-    p = commands.add("requeue", cmd_requeue, "queue unknown messages again")
+    p = commands.add("requeue", cmd_requeue, "queue unknown or failed messages again")
     add_campaign(p)
-    _add_selection(p, ["unknown"])
+    _add_selection(p, ["unknown", "failed"])
     add_db(p)
 
     for verb, func in (("pause", cmd_pause), ("resume", cmd_resume), ("cancel", cmd_cancel)):
