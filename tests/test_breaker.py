@@ -23,6 +23,7 @@ from sending_support import address, make_campaign, sink_account
 
 from bulkmail_kernel import (
     RetryPolicy,
+    campaign_failures,
     campaign_progress,
     get_campaign,
     list_campaigns,
@@ -86,8 +87,9 @@ def test_a_blocklisting_at_rcpt_pauses_after_n_and_suppresses_nobody(
         assert info.status == "paused"
         assert "blocked using zen.spamhaus.org" in info.last_error
         assert _paused_events(database, cid) == [info.last_error]
-        failed = queue(cid, status="failed", db=database)
+        failed = campaign_failures(cid, db=database)
         assert set(failed["last_code"]) == {"554"}
+        assert set(failed["category"]) == {"policy"}  # the report says why
         # The reason shows where a paused campaign's reason shows: the list, the monitor.
         listed = list_campaigns(db=database).set_index("name")
         assert listed.loc["spring", "last_error"] == info.last_error

@@ -14,6 +14,7 @@ from bulkmail_kernel.transports.replies import (
     by_words,
     classify_reply,
     enhanced_code,
+    stored_category,
 )
 
 # (code, reply text as smtplib hands it over, stage, outcome, suppressed, category)
@@ -138,3 +139,23 @@ def test_words_policy_before_mailbox() -> None:
     assert by_words("all fine") is None
     assert classify_reply(550, "no words at all") == "mailbox"
     assert classify_reply(550, "no words at all", after_data=True) == "content"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error", "expected"),
+    [
+        ("failed", "554", "554 5.7.1 Client host [x] blocked using zen.spamhaus.org", "policy"),
+        ("failed", "550", "550 5.1.1 no such user", "mailbox"),
+        ("failed", "552", "552 5.3.4 too big", "size"),
+        ("failed", "450", "gave up after 3 attempts: 450 4.2.0 busy", "gave_up"),
+        ("failed", "5.1.1", "hard bounce: 5.1.1 user unknown", "bounce"),
+        ("failed", None, "not sent: a header was refused", ""),
+        ("failed", "250", "250 ok", ""),
+        ("removed", None, "campaign cancelled", ""),
+        ("unknown", None, "connection lost after the message was sent", ""),
+    ],
+)
+def test_stored_category_reads_a_failed_message(
+    status: str, code: str | None, error: str, expected: str
+) -> None:
+    assert stored_category(status, code, error) == expected

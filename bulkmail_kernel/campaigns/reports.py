@@ -27,6 +27,7 @@ from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.queue import queue
 from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.records import CampaignRef
+from bulkmail_kernel.transports.replies import stored_category
 
 # Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
 _M = cast(sa.Table, Message.__table__)
@@ -168,10 +169,23 @@ def campaign_report(
 def campaign_failures(
     campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
 ) -> pd.DataFrame:
-    """Return the failed, removed and unknown messages with their code and reason."""
+    """Return the failed, removed and unknown messages with their code and reason.
+
+    ``category`` says why a failed one failed: mailbox (suppressed), policy, system,
+    content, size, sender, mailbox_full, gave_up (retries expired), bounce (see
+    ``transports.replies``).
+    """
     bad = [MessageStatus.FAILED.value, MessageStatus.REMOVED.value, MessageStatus.UNKNOWN.value]
     frame = queue(campaign, status=bad, db=db, url=url)
-    return frame[["message_id", "recipient", "status", "attempts", "last_code", "last_error"]]
+    frame["category"] = [
+        stored_category(str(st), code if isinstance(code, str) else None, str(err or ""))
+        for st, code, err in zip(
+            frame["status"], frame["last_code"], frame["last_error"], strict=True
+        )
+    ]
+    return frame[
+        ["message_id", "recipient", "status", "attempts", "last_code", "category", "last_error"]
+    ]
 
 
 _PROVIDER_COLUMNS = ["provider", *REF_FIELDS]

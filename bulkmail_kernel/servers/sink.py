@@ -129,11 +129,11 @@ class _Handler:
         with self.sink.lock:
             scripted = self.sink.rules.rcpt_replies.get(address.lower())
             reply = scripted.pop(0) if scripted else getattr(self.sink.rules, "rcpt_reply", None)
-        if reply:
+        if reply and not reply.startswith("2"):
             self.sink.refusals.append((address, reply))
             return reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+        envelope.rcpt_tos.append(address)  # a scripted 2xx takes it, as "250 OK" does
+        return reply or "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         # getattr: tests script the rules with objects of their own.

@@ -149,3 +149,25 @@ def classify_reply(code: int, text: str, *, after_data: bool = False) -> Categor
     if 400 <= code < 500:
         return "system"
     return "content" if after_data and code == 554 else "system"
+
+
+def stored_category(status: str, last_code: str | None, last_error: str) -> str:
+    """Return why a stored message failed, read from its last reply code and error.
+
+    The category of its last refusal (see the module's table); ``gave_up`` for a
+    message whose retries expired; ``bounce`` for one a bounce report failed later;
+    "" when there is no SMTP reply to read (removed, unknown, not sent).
+    """
+    if status != "failed":
+        return ""
+    if last_error.startswith("gave up after"):
+        return "gave_up"
+    if last_error.startswith(("hard bounce:", "soft bounce:")):
+        return "bounce"
+    if not (last_code or "").isdigit() or not last_error.startswith(f"{last_code} "):
+        return ""
+    code = int(last_code or 0)
+    if not 400 <= code < 600:
+        return ""
+    # The content stage is not stored: a bare 550 reads as a mailbox, as at RCPT.
+    return classify_reply(code, last_error[len(f"{last_code} ") :])
