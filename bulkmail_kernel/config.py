@@ -186,3 +186,25 @@ def max_lateness_s() -> float:
     was off over the weekend) sets it ``late`` instead of sending it; ``resume`` sends it.
     """
     return _seconds("BULKMAIL_MAX_LATENESS_S", DEFAULT_MAX_LATENESS_S, "the longest lateness")
+
+
+#: Policy or system refusals in a row that pause a campaign (``BULKMAIL_BREAKER_AFTER``).
+DEFAULT_BREAKER_AFTER = 10
+
+
+def breaker_after() -> int:
+    """Return after how many policy or system refusals in a row a campaign pauses (default 10).
+
+    ``BULKMAIL_BREAKER_AFTER``, a whole number, 1 or more; a campaign's own
+    ``breaker_after`` (``create_campaign(breaker_after=...)``) wins over it.
+    """
+    raw = os.environ.get("BULKMAIL_BREAKER_AFTER", "").strip()
+    if not raw:
+        return DEFAULT_BREAKER_AFTER
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(
+            f"BULKMAIL_BREAKER_AFTER={raw!r}: give how many refusals in a row pause a campaign "
+            f"as a whole number, 1 or more, e.g. {DEFAULT_BREAKER_AFTER}",
+            variable="BULKMAIL_BREAKER_AFTER",
+        )
+    return int(raw)

@@ -295,6 +295,11 @@ class Campaign(Base):
     #: Provider-side ids and status (SendPulse address book and campaign, ...).
     provider_ref: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_error: Mapped[str] = mapped_column(sa.Text, default="")
+    #: Policy or system refusals in a row that pause it (None: ``BULKMAIL_BREAKER_AFTER``).
+    breaker_after: Mapped[int | None] = mapped_column()
+    #: Policy or system refusals in a row so far (the circuit breaker's count, see
+    #: ``outbox.breaker``); a sent message or a bad mailbox sets it back to 0, so does resume.
+    refusals_in_row: Mapped[int] = mapped_column(server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()

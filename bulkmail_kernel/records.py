@@ -53,6 +53,8 @@ class CampaignInfo:
     registered_at: datetime | None
     finished_at: datetime | None
     last_error: str
+    #: Policy or system refusals in a row that pause it (None: ``BULKMAIL_BREAKER_AFTER``).
+    breaker_after: int | None = None
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,17 @@ def make_campaign(
     burst: int = 10,
     first: int = 0,
     status: str = "registered",
+    breaker_after: int | None = None,
 ) -> int:
     """Create campaign ``name`` with ``n`` queued messages to user<first..>@sk.example.net."""
-    info = create_campaign(name, sender=sender, rate_per_hour=rate_per_hour, burst=burst, db=db)
+    info = create_campaign(
+        name,
+        sender=sender,
+        rate_per_hour=rate_per_hour,
+        burst=burst,
+        breaker_after=breaker_after,
+        db=db,
+    )
     now = datetime.now(UTC)
     with db.engine.begin() as conn:
         existing = set(conn.execute(sa.select(ContactPoint.normalized)).scalars())

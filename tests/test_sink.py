@@ -38,6 +38,32 @@ def test_scripted_replies_then_accepts(tmp_path: Path) -> None:
         assert sink.connections == 1
 
 
+def test_refuses_every_recipient_or_message_when_told(tmp_path: Path) -> None:
+    blocked = "554 5.7.1 Client host [127.0.0.1] blocked using zen.spamhaus.org"
+    with start_sink(
+        tmp_path,
+        rcpt_reply=blocked,
+        rcpt_replies={"ok@x.sk": ["250 OK"]},
+        data_replies={"ok@x.sk": ["554 5.7.1 rejected as spam"]},
+    ) as sink:
+        t = SmtpTransport("127.0.0.1", sink.port, security="none")
+        at_rcpt = t.send(MSG, mail_from="a@shop.sk", rcpt_to="b@x.sk")
+        after_data = t.send(MSG, mail_from="a@shop.sk", rcpt_to="ok@x.sk")
+        sink.rules.rcpt_reply = None  # the IP is delisted: the same connection goes on
+        sink.rules.data_reply = "552 5.3.4 Message too big for system"
+        too_big = t.send(MSG, mail_from="a@shop.sk", rcpt_to="c@x.sk")
+        sink.rules.data_reply = None
+        taken = t.send(MSG, mail_from="a@shop.sk", rcpt_to="c@x.sk")
+        t.close()
+    assert (at_rcpt.status, at_rcpt.code, at_rcpt.category) == ("failed", 554, "policy")
+    assert (after_data.status, after_data.category) == ("failed", "policy")
+    assert (too_big.status, too_big.code, too_big.category) == ("failed", 552, "size")
+    assert taken.status == "sent"
+    assert [r for r, _ in sink.refusals] == ["b@x.sk", "ok@x.sk", "c@x.sk"]
+    assert [m.rcpt_tos for m in sink.messages] == [("c@x.sk",)]
+    assert sink.connections == 1
+
+
 def test_login_required_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with start_sink(tmp_path, users={"shop": "s3cret"}) as sink:
         monkeypatch.setenv("PW", "s3cret")

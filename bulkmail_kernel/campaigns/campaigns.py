@@ -52,6 +52,7 @@ def create_campaign(
     burst: int = 10,
     scheduled_at: datetime | str | None = None,
     channel: str | None = None,
+    breaker_after: int | None = None,
     exist_ok: bool = False,
     db: Database | None = None,
     url: str | None = None,
@@ -66,9 +67,19 @@ def create_campaign(
     ``exist_ok=True`` returns an existing campaign of that name unchanged, so a
     notebook can be run again from the top. ``channel`` is "email" or "sms"
     (default: the template's channel, or "sms" for a eurosms sender account).
+    ``breaker_after`` policy or system refusals in a row (a blocklisting, DMARC) pause
+    the campaign before the whole list is refused (default ``BULKMAIL_BREAKER_AFTER``, 10).
     """
     if rate_per_hour <= 0:
         raise ConfigError(f"campaign {name!r}: rate_per_hour={rate_per_hour}: give a positive rate")
+    if breaker_after is not None and (
+        isinstance(breaker_after, bool) or not isinstance(breaker_after, int) or breaker_after < 1
+    ):
+        raise ConfigError(
+            f"campaign {name!r}: breaker_after={breaker_after!r}: give how many refusals in a "
+            "row pause the campaign, a whole number, 1 or more (default 10)",
+            campaign=name,
+        )
     when = None if scheduled_at is None else _when(name, scheduled_at)
     database = resolve_database(db, url)
     with database.session() as s:
@@ -113,6 +124,7 @@ def create_campaign(
             rate_per_hour=int(rate_per_hour),
             burst=int(burst),
             scheduled_at=when,
+            breaker_after=breaker_after,
         )
         s.add(row)
         s.flush()
@@ -238,6 +250,9 @@ def resume(
 ) -> CampaignInfo:
     """Resume a paused, stopped or late campaign.
 
+    One paused by the circuit breaker (policy or system refusals in a row) starts its
+    count again: resume once the reason in its ``last_error`` is dealt with.
+
     A late one (its send time passed long ago while no worker ran), and any whose send
     time has passed, becomes ``sending``: a worker picks it up now (or ``send`` it). One
     with a send time ahead is scheduled again; one without is registered.
@@ -265,6 +280,7 @@ def resume(
         else:
             c.status = CampaignStatus.REGISTERED.value
         c.last_error = ""
+        c.refusals_in_row = 0  # a circuit breaker's count starts again (outbox.breaker)
         s.flush()
         return campaign_info(c)
 

@@ -27,6 +27,7 @@ from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.queue import queue
 from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.records import CampaignRef
+from bulkmail_kernel.transports.replies import stored_category
 
 # Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
 _M = cast(sa.Table, Message.__table__)
@@ -36,7 +37,8 @@ _STATUSES = ("queued", "sending", "sent", "deferred", "failed", "unknown", "remo
 def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
     """Return every campaign with its status, schedule and message count per status.
 
-    Times are in the analyst's zone (``BULKMAIL_TZ``), as tz-aware columns.
+    Times are in the analyst's zone (``BULKMAIL_TZ``), as tz-aware columns; ``last_error``
+    says why a campaign stopped or was paused by the circuit breaker ("" otherwise).
     """
     database = resolve_database(db, url)
     counts = (
@@ -56,6 +58,7 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
                 Campaign.scheduled_at,
                 Campaign.registered_at,
                 Campaign.finished_at,
+                Campaign.last_error,
             ).order_by(Campaign.id)
         ).all()
         per_status = conn.execute(sa.select(counts)).all()
@@ -71,6 +74,7 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
             "scheduled_at",
             "registered_at",
             "finished_at",
+            "last_error",
         ],
     )
     for col in ("scheduled_at", "registered_at", "finished_at"):
@@ -81,7 +85,8 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
     pivot = pivot.reindex(columns=list(_STATUSES), fill_value=0)
     frame = frame.join(pivot, on="campaign_id")
     frame[list(_STATUSES)] = frame[list(_STATUSES)].fillna(0).astype("int64")
-    return frame
+    # The reason last: a long line after the counts, not between them.
+    return frame[[c for c in frame.columns if c != "last_error"] + ["last_error"]]
 
 
 def list_suppressions(
@@ -164,10 +169,23 @@ def campaign_report(
 def campaign_failures(
     campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
 ) -> pd.DataFrame:
-    """Return the failed, removed and unknown messages with their code and reason."""
+    """Return the failed, removed and unknown messages with their code and reason.
+
+    ``category`` says why a failed one failed: mailbox (suppressed), policy, system,
+    content, size, sender, mailbox_full, gave_up (retries expired), bounce (see
+    ``transports.replies``).
+    """
     bad = [MessageStatus.FAILED.value, MessageStatus.REMOVED.value, MessageStatus.UNKNOWN.value]
     frame = queue(campaign, status=bad, db=db, url=url)
-    return frame[["message_id", "recipient", "status", "attempts", "last_code", "last_error"]]
+    frame["category"] = [
+        stored_category(str(st), code if isinstance(code, str) else None, str(err or ""))
+        for st, code, err in zip(
+            frame["status"], frame["last_code"], frame["last_error"], strict=True
+        )
+    ]
+    return frame[
+        ["message_id", "recipient", "status", "attempts", "last_code", "category", "last_error"]
+    ]
 
 
 _PROVIDER_COLUMNS = ["provider", *REF_FIELDS]

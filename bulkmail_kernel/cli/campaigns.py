@@ -61,7 +61,7 @@ def cmd_create_campaign(args: argparse.Namespace) -> int:
         channel=args.channel,
         exist_ok=args.exist_ok,
         url=args.db,
-        **given(args, "rate_per_hour", "burst"),
+        **given(args, "rate_per_hour", "burst", "breaker_after"),
     )
     print(info)
     return 0
@@ -157,7 +157,11 @@ def cmd_unknown_messages(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    """Queue unknown messages again, once you have checked they did not arrive."""
+    """Queue unknown messages again (once checked they did not arrive), or failed ones.
+
+    After a circuit breaker's pause, `requeue CAMPAIGN --status failed` once the cause is
+    fixed sends the refused ones again; suppressed addresses are removed, never sent.
+    """
     from bulkmail_kernel import requeue
 
     n = requeue(args.campaign, _chosen(args), url=args.db)
@@ -211,7 +215,7 @@ def cmd_campaign_progress(args: argparse.Namespace) -> int:
         f"last sent {p.last_sent_at or '-'}; finished {p.finished_at or '-'}"
     )
     if p.last_error:
-        print(f"stopped: {p.last_error}")
+        print(p.last_error)  # why it stopped, paused or is late: a sentence of its own
     if len(p.errors):
         print("last errors:")
         print_frame(p.errors, args)
@@ -304,6 +308,13 @@ def add_commands(commands: Commands) -> None:
     )
     p.add_argument("--burst", type=int, help="messages allowed at once (default 10)")
     p.add_argument(
+        "--breaker-after",
+        type=int,
+        metavar="N",
+        help="pause the campaign after N policy or system refusals in a row, e.g. a "
+        "blocklisting (default BULKMAIL_BREAKER_AFTER or 10)",
+    )
+    p.add_argument(
         "--scheduled-at",
         metavar="TIME",
         help="send time, local (BULKMAIL_TZ) unless it has an offset, e.g. '2026-12-01 09:00' "
@@ -362,9 +373,9 @@ def add_commands(commands: Commands) -> None:
     add_csv(p)
     add_db(p)
 
-    p = commands.add("requeue", cmd_requeue, "queue unknown messages again")
+    p = commands.add("requeue", cmd_requeue, "queue unknown or failed messages again")
     add_campaign(p)
-    _add_selection(p, ["unknown"])
+    _add_selection(p, ["unknown", "failed"])
     add_db(p)
 
     for verb, func in (("pause", cmd_pause), ("resume", cmd_resume), ("cancel", cmd_cancel)):

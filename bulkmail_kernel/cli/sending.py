@@ -44,11 +44,13 @@ signals:
 exit codes:
   0    stopped cleanly (a signal, or --exit-when-idle found nothing left to send)
   1    stopped, but something went wrong while it ran: a campaign stopped with an
-       error (a login refused, a DKIM key missing: see list-campaigns), or any other
+       error (a login refused, a DKIM key missing: see list-campaigns) or paused by the
+       circuit breaker (the relay refused us N times in a row), or any other
        error logged (or a crash, with its traceback); or the database did not come
        up within BULKMAIL_DB_RETRY_S (started before it, the worker waits that long)
   2    usage or settings error, nothing was sent: a bad option, a bad
-       BULKMAIL_DEAD_WORKER_S / BULKMAIL_MAX_LATENESS_S / database URL
+       BULKMAIL_DEAD_WORKER_S / BULKMAIL_MAX_LATENESS_S / BULKMAIL_BREAKER_AFTER /
+       database URL
   130  ended by a second signal
 
 settings (environment):
@@ -56,6 +58,9 @@ settings (environment):
   BULKMAIL_DEAD_WORKER_S    a worker silent this long is taken for dead (default 120)
   BULKMAIL_MAX_LATENESS_S   a scheduled campaign later than this waits as 'late'
                             until resumed (default 21600, 6 h)
+  BULKMAIL_BREAKER_AFTER    policy or system refusals in a row (a blocklisting, DMARC)
+                            that pause a campaign (default 10; create-campaign
+                            --breaker-after for one campaign)
 """
 
 
@@ -84,7 +89,8 @@ signals:
 exit codes:
   0    done, or stopped cleanly by a signal (the summary says what is left)
   2    the campaign cannot be sent (paused, cancelled, stopped by the server's answer),
-       a bad option or setting
+       or was paused by the circuit breaker (BULKMAIL_BREAKER_AFTER policy or system
+       refusals in a row: the reason says what to check), a bad option or setting
   130  ended by a second signal
 """
 

@@ -26,8 +26,13 @@ def cmd_start_sink(args: argparse.Namespace) -> int:
     from bulkmail_kernel import start_sink
 
     folder = args.folder or config.data_dir() / "sink"
-    sink = start_sink(folder, args.port, host=args.host)
+    sink = start_sink(
+        folder, args.port, host=args.host, rcpt_reply=args.rcpt_reply, data_reply=args.data_reply
+    )
     print(f"bulkmail sink: listening on {args.host}:{sink.port}, storing into {sink.folder}")
+    for what, reply in (("every RCPT", args.rcpt_reply), ("every message", args.data_reply)):
+        if reply:
+            print(f"bulkmail sink: answering {what} with {reply!r}")
     try:
         while True:
             time.sleep(3600)
@@ -219,6 +224,17 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("folder", nargs="?", type=Path, help="where to store (default: data/sink)")
     p.add_argument("--port", type=int, default=2525, help="port to listen on (default 2525)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.add_argument(
+        "--rcpt-reply",
+        metavar="REPLY",
+        help="answer every RCPT with REPLY, e.g. '554 5.7.1 Client host blocked using "
+        "zen.spamhaus.org' (rehearse a blocklisting and the circuit breaker)",
+    )
+    p.add_argument(
+        "--data-reply",
+        metavar="REPLY",
+        help="answer every message's content with REPLY, e.g. '554 5.7.1 rejected as spam'",
+    )
 
     p = commands.add(
         "unsubscribe-server",

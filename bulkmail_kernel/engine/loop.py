@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from bulkmail_kernel import config
 from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.compose.headers import envelope_from
 from bulkmail_kernel.db import CampaignStatus, Database, MessageStatus, resolve_database
@@ -42,9 +43,10 @@ from bulkmail_kernel.engine.heartbeat import Heartbeat, dead_worker_limit_s
 from bulkmail_kernel.engine.threads import _HaltableClock, _in_threads
 from bulkmail_kernel.engine.throttle import SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.breaker import is_refusal
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
 from bulkmail_kernel.outbox.recovery import new_worker_id
-from bulkmail_kernel.outbox.store import CLAIMABLE, OPEN, Claimed, OutboxStore
+from bulkmail_kernel.outbox.store import CLAIMABLE, OPEN, Claimed, OutboxStore, gives_up
 from bulkmail_kernel.records import CampaignRef, SenderInfo, campaign_channel
 from bulkmail_kernel.transports import SendResult, Transport, open_transport
 
@@ -70,7 +72,13 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class SendSummary:
-    """What one ``send`` call did, and what is left."""
+    """What one ``send`` call did, and what is left.
+
+    ``sent``, ``failed`` and ``unknown`` count the messages this call settled that way
+    (one that gave up after its retries is failed, as in the database); ``deferred``
+    the messages it left waiting for a retry (one deferred and later sent in the same
+    call is only sent).
+    """
 
     campaign: str
     status: str
@@ -115,6 +123,13 @@ class _Run:
     totals: dict[str, int] = field(
         default_factory=lambda: {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0}
     )
+    #: Policy or system refusals in a row that pause the campaign (None: no breaker).
+    breaker_after: int | None = None
+    #: The campaign's refusals in a row as last recorded (see ``outbox.breaker``).
+    refusals_in_row: int = 0
+    #: Messages this call left deferred, shared by its connections: one sent or failed
+    #: later in the same call is no longer counted deferred.
+    deferred_ids: set[int] = field(default_factory=set)
 
 
 def _run_batches(run: _Run) -> None:
@@ -134,6 +149,7 @@ def _run_batches(run: _Run) -> None:
         recorded = 0  # outcomes[:recorded] are in the database
         in_flight: Claimed | None = None
         fatal: SendResult | None = None
+        tripped: SendResult | None = None
         handed = {m.id for m in batch if m.handed}
         lost: set[int] = set()  # taken back from us: neither sent, recorded nor released
         try:
@@ -180,6 +196,13 @@ def _run_batches(run: _Run) -> None:
                 if result.status == "fatal":
                     fatal = result
                     break
+                if run.breaker_after is not None and is_refusal(result):
+                    # Recorded at once: the count lives in the database, shared by every
+                    # connection and worker, and must stop us before the list is refused.
+                    recorded, _ = _flush(run, outcomes, recorded, [])
+                    if run.refusals_in_row >= run.breaker_after:
+                        tripped = result
+                        break
         except BaseException:
             # Ctrl-C or a crash inside the transport: what was sent is recorded, what was in
             # flight may have gone out (unknown), the rest goes back to the queue untouched.
@@ -206,15 +229,33 @@ def _run_batches(run: _Run) -> None:
             )
             run.store.stop_campaign(run.campaign_id, error)
             raise SendError(error, campaign=run.name, code=fatal.code)
+        if tripped is not None:
+            status, why = run.store.campaign_state(run.campaign_id)
+            if status != CampaignStatus.PAUSED.value or not why:
+                why = f"is {status} after {run.refusals_in_row} refusals in a row: {tripped.detail}"
+            raise SendError(
+                f"campaign {run.name!r} {why}", campaign=run.name, code=tripped.code, paused=True
+            )
 
 
 def _flush(
     run: _Run, outcomes: list[tuple[Claimed, SendResult]], recorded: int, hand: list[int]
 ) -> tuple[int, set[int]]:
     """Record ``outcomes[recorded:]``, mark ``hand``; return how many are recorded, and ours."""
-    counts, mine = run.store.record_and_mark(run.campaign_id, outcomes[recorded:], run.retry, hand)
+    fresh = outcomes[recorded:]
+    counts, mine = run.store.record_and_mark(
+        run.campaign_id, fresh, run.retry, hand, breaker_after=run.breaker_after
+    )
+    run.refusals_in_row = counts.get("refusals_in_row", run.refusals_in_row)
     for k in run.totals:
         run.totals[k] += counts[k]
+    for m, r in fresh:
+        # A message this call deferred and now settles is no longer "left deferred".
+        if m.id in run.deferred_ids:
+            run.deferred_ids.discard(m.id)
+            run.totals["deferred"] -= 1
+        if r.status == "deferred" and not gives_up(run.retry, m.attempts):
+            run.deferred_ids.add(m.id)
     if run.on_progress is not None:
         run.on_progress(sum(counts[k] for k in ("sent", "failed", "unknown")))
     return len(outcomes), mine
@@ -331,6 +372,8 @@ def send(
     burst_n = int(burst if burst is not None else c.burst)
     # Loaded once, before anything is claimed: a missing key stops us with nothing sent.
     signer = _signer(sender, c.channel)
+    breaker_after = c.breaker_after or config.breaker_after()
+    deferred_ids: set[int] = set()  # shared by the connections (see _Run.deferred_ids)
     store.register_worker()
     heartbeat = Heartbeat(store, dead_s).start()
     start = clock.monotonic()
@@ -394,6 +437,8 @@ def send(
                 signer,
                 _mark_ahead(rate),
                 journal=j,
+                breaker_after=breaker_after,
+                deferred_ids=deferred_ids,
             )
             for t, j in zip(transports, journals, strict=True)
         ]

@@ -84,6 +84,7 @@ def run_worker(
         dead_worker_limit_s(dead_worker_s),
         config.max_lateness_s() if max_lateness_s is None else _lateness(max_lateness_s),
     )
+    config.breaker_after()  # a bad BULKMAIL_BREAKER_AFTER is a settings error before anything
     stop = stop or threading.Event()
     waited = db if db is not None else _wait_for_database(url, stop)
     if waited is None:
@@ -189,6 +190,7 @@ def _worker_loop(
                     signer=signers[key],
                     mark_ahead=_mark_ahead(rate),
                     journal=journal,
+                    breaker_after=c.breaker_after or config.breaker_after(),
                 )
                 try:
                     _run_batches(run)

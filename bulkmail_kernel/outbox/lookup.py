@@ -27,6 +27,7 @@ def campaign_info(c: Campaign) -> CampaignInfo:
         registered_at=as_local(c.registered_at),
         finished_at=as_local(c.finished_at),
         last_error=c.last_error,
+        breaker_after=c.breaker_after,
     )
 
 

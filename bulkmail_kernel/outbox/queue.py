@@ -182,7 +182,13 @@ def requeue(
     db: Database | None = None,
     url: str | None = None,
 ) -> int:
-    """Queue unknown messages again, after checking they did not arrive; return how many."""
+    """Queue unknown or failed messages again; return how many.
+
+    An unknown one only after checking it did not arrive. A failed one never arrived:
+    after a circuit breaker's pause (a blocklisting refused them all), requeue the
+    campaign's failed messages once the cause is fixed. One whose address is suppressed
+    (a hard bounce) is removed when it is claimed, never sent.
+    """
     ids = _message_ids(messages)
     with resolve_database(db, url).session() as s:
         c = campaign_row(s, campaign)
@@ -196,7 +202,9 @@ def requeue(
                     .where(
                         Message.campaign_id == c.id,
                         Message.id.in_(chunk),
-                        Message.status == MessageStatus.UNKNOWN.value,
+                        Message.status.in_(
+                            [MessageStatus.UNKNOWN.value, MessageStatus.FAILED.value]
+                        ),
                     )
                     .values(status=MessageStatus.QUEUED.value, next_attempt_at=None)
                 ),

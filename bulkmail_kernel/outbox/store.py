@@ -31,6 +31,7 @@ from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
+    ContactPoint,
     Database,
     Event,
     Message,
@@ -38,7 +39,7 @@ from bulkmail_kernel.db import (
     MessageStatus,
 )
 from bulkmail_kernel.exceptions import SendError
-from bulkmail_kernel.outbox import reconnect, recovery
+from bulkmail_kernel.outbox import breaker, reconnect, recovery
 from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
 from bulkmail_kernel.outbox.reconnect import reconnecting, retrying
@@ -50,10 +51,20 @@ from bulkmail_kernel.transports import SendResult
 # Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
 _M = cast(sa.Table, Message.__table__)
 
+_P = cast(sa.Table, ContactPoint.__table__)
+_SOFT_BOUNCE = (
+    sa.update(_P).where(_P.c.id == sa.bindparam("pid")).values(soft_bounces=_P.c.soft_bounces + 1)
+)
+
 #: Statuses a message can be claimed from (a deferred one once it is due).
 CLAIMABLE = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 #: Statuses of a message not yet done with: the campaign is not finished while any is left.
 OPEN = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value, MessageStatus.SENDING.value)
+
+
+def gives_up(retry: Backoff, attempts: int) -> bool:
+    """Return whether a message deferred at its ``attempts``-th try is given up (failed)."""
+    return retry.waited_s(attempts) >= retry.expiry_s
 
 
 class Backoff(Protocol):
@@ -291,13 +302,16 @@ class OutboxStore:
         outcomes: list[tuple[Claimed, SendResult]],
         retry: Backoff,
         hand: list[int],
+        *,
+        breaker_after: int | None = None,
     ) -> tuple[dict[str, int], set[int]]:
         """Record ``outcomes`` and mark ``hand`` handed over, in one transaction.
 
-        Returns the counts per outcome and the messages of ``hand`` still ours (see
-        :meth:`mark_handed`): one commit where the send loop would otherwise make two.
-        After a lost connection it is run again, unless the lost commit went through
-        (see :mod:`.reconnect`): the outcomes wait in memory, their events are not doubled.
+        Returns the counts per outcome as stored (a deferral given up is failed) and the
+        messages of ``hand`` still ours (:meth:`mark_handed`). With ``breaker_after``, the
+        refusals about us count towards pausing the campaign (:mod:`.breaker`), the count
+        returned as ``counts["refusals_in_row"]``. After a lost connection it is run again
+        unless the lost commit went through (:mod:`.reconnect`): no event is doubled.
         """
         counts = {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0, "fatal": 0}
         if not outcomes:
@@ -309,13 +323,16 @@ class OutboxStore:
         sent_by_code: dict[str | None, list[int]] = {}
         events: list[dict[str, Any]] = []
         suppress: list[tuple[Claimed, SendResult]] = []
+        soft: list[int] = []  # contact points whose mailbox is full: a soft bounce each
         for m, r in outcomes:
             code = str(r.code) if r.code is not None else None
-            data = {"attempt": m.attempts, "code": r.code, "worker": self.worker_id}
+            data: dict[str, Any] = {"attempt": m.attempts, "code": r.code, "worker": self.worker_id}
+            if r.category:
+                data["category"] = r.category
             kind: str = r.status
-            counts[r.status] += 1
             events.append(event_row(kind, m, campaign_id, r.detail, data, now))
             if r.status == "sent" and r.provider_message_id is None:
+                counts["sent"] += 1
                 sent_by_code.setdefault(code, []).append(m.id)
                 continue
             u: dict[str, Any] = {
@@ -331,7 +348,9 @@ class OutboxStore:
             if r.status == "sent":
                 u["b_sent"] = now
             elif r.status == "deferred":
-                if retry.waited_s(m.attempts) >= retry.expiry_s:
+                if r.category == "mailbox_full" and m.contact_point_id is not None:
+                    soft.append(m.contact_point_id)
+                if gives_up(retry, m.attempts):
                     u["b_status"] = kind = "failed"
                     u["b_error"] = f"gave up after {m.attempts} attempts: {r.detail}"
                 else:
@@ -347,12 +366,18 @@ class OutboxStore:
                 u["b_error"] = r.detail
                 if r.status == "failed" and r.suppress:
                     suppress.append((m, r))
+            # Counted as stored, so a send's summary agrees with the database (issue 14).
+            counts["fatal" if kind == "error" else kind] += 1
             events[-1]["kind"] = kind
             updates.append(u)
+        results = [r for _, r in outcomes]
+        in_row: list[int | None] = [None]
 
         def write(attempt: int) -> set[int]:
             with self.db.engine.begin() as conn:
                 if attempt and reconnect.already_recorded(conn, events[0]):
+                    if breaker_after is not None:
+                        in_row[0] = breaker.refusals_in_row(conn, campaign_id)
                     return reconnect.still_held(conn, self.worker_id, hand)
                 for code, ids in sent_by_code.items():
                     # The claim already counted this attempt: attempts stays as it is.
@@ -390,9 +415,20 @@ class OutboxStore:
                 conn.execute(sa.insert(Event), events)
                 for m, r in suppress:
                     self._suppress(conn, m, r, campaign_id, now)
-                return self._mark(conn, hand)
+                if soft:  # a full mailbox is a soft bounce (the bounce mailbox counts its own)
+                    conn.execute(_SOFT_BOUNCE, [{"pid": pid} for pid in soft])
+                mine = self._mark(conn, hand)
+                if breaker_after is not None:
+                    # Last: the campaign row is locked only for the end of this commit.
+                    in_row[0] = breaker.count_refusals(
+                        conn, campaign_id, results, breaker_after, now
+                    )
+                return mine
 
-        return counts, retrying(self.db, "record", write)
+        mine = retrying(self.db, "record", write)
+        if in_row[0] is not None:
+            counts["refusals_in_row"] = in_row[0]
+        return counts, mine
 
     def _suppress(
         self, conn: sa.Connection, m: Claimed, r: SendResult, campaign_id: int, now: datetime
@@ -518,15 +554,18 @@ class OutboxStore:
             running.status = CampaignStatus.SENDING.value
             running.last_error = ""
 
-    @reconnecting
     def campaign_status(self, campaign_id: int) -> str:
         """Return the campaign's status as stored now (it may be paused from elsewhere)."""
+        return self.campaign_state(campaign_id)[0]
+
+    @reconnecting
+    def campaign_state(self, campaign_id: int) -> tuple[str, str]:
+        """Return the campaign's status and its reason (``last_error``) as stored now."""
         with self.db.engine.connect() as conn:
-            return str(
-                conn.execute(
-                    sa.select(Campaign.status).where(Campaign.id == campaign_id)
-                ).scalar_one()
-            )
+            status, why = conn.execute(
+                sa.select(Campaign.status, Campaign.last_error).where(Campaign.id == campaign_id)
+            ).one()
+        return str(status), str(why or "")
 
     @reconnecting
     def stop_campaign(self, campaign_id: int, error: str) -> None:

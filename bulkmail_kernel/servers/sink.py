@@ -5,9 +5,12 @@ line per message to ``sink.log`` in the same folder and counts the connections
 it sees. Tests use it as the real server at the other end of the wire; users
 point a sender account at it (security ``none``) to rehearse a campaign.
 
-It can also be told to misbehave for chosen addresses (4xx then success, 5xx) or
-to demand a password, which is how the tests show retries, bounces and a
-refused login on a real SMTP conversation.
+It can also be told to misbehave for chosen addresses (4xx then success, 5xx), to
+refuse every recipient or every message as a blocklisted relay would
+(``rcpt_reply="554 5.7.1 ... blocked using zen.spamhaus.org"``), to answer the content
+of chosen messages with a given code (``data_replies``, ``data_reply``), or to demand a
+password, which is how the tests show retries, bounces, the circuit breaker and a
+refused login on a real SMTP conversation. Without ``users`` it offers no AUTH at all.
 
 Like Postfix and most relays it offers PIPELINING (RFC 2920), so a client may send
 MAIL, RCPT and DATA in one write, and answers such a group in one write;
@@ -67,6 +70,12 @@ class SinkRules:
 
     #: Replies given to RCPT TO for an address, one per attempt; once used up it accepts.
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
+    #: A reply to every RCPT TO not scripted above (a blocklisted client: "554 5.7.1 ...").
+    rcpt_reply: str | None = None
+    #: Replies given after the content of a message to an address, one per attempt.
+    data_replies: dict[str, list[str]] = field(default_factory=dict)
+    #: A reply after the content of every message not scripted above; None accepts.
+    data_reply: str | None = None
     #: A reply to every MAIL FROM (e.g. "550 5.7.1 sender rejected"); None accepts.
     mail_reply: str | None = None
     #: user -> password; when set, MAIL FROM is refused until the client logs in.
@@ -119,12 +128,12 @@ class _Handler:
     ) -> str:
         with self.sink.lock:
             scripted = self.sink.rules.rcpt_replies.get(address.lower())
-            reply = scripted.pop(0) if scripted else None
-        if reply:
+            reply = scripted.pop(0) if scripted else getattr(self.sink.rules, "rcpt_reply", None)
+        if reply and not reply.startswith("2"):
             self.sink.refusals.append((address, reply))
             return reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+        envelope.rcpt_tos.append(address)  # a scripted 2xx takes it, as "250 OK" does
+        return reply or "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         # getattr: tests script the rules with objects of their own.
@@ -132,6 +141,9 @@ class _Handler:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         data = envelope.original_content or b""
+        refused = self.sink.data_refusal(envelope.rcpt_tos)
+        if refused:
+            return refused
         self.sink.store(envelope.mail_from or "", tuple(envelope.rcpt_tos), data)
         return "250 2.0.0 OK queued"
 
@@ -289,6 +301,21 @@ class Sink:
                 return AuthResult(success=True, auth_data=user)
         return AuthResult(success=False, handled=False)
 
+    def data_refusal(self, rcpt_tos: list[str]) -> str | None:
+        """Return the reply scripted for the content of a message to ``rcpt_tos``, or None."""
+        rules = self.rules
+        with self.lock:
+            for address in rcpt_tos:
+                scripted = getattr(rules, "data_replies", {}).get(address.lower())
+                if scripted:
+                    reply: str | None = scripted.pop(0)
+                    break
+            else:
+                reply = getattr(rules, "data_reply", None)
+            if reply:
+                self.refusals.append((",".join(rcpt_tos), reply))
+        return reply
+
     def store(self, mail_from: str, rcpt_tos: tuple[str, ...], data: bytes) -> SinkMessage:
         """Keep one accepted message: an .eml file, a log line and an entry in ``messages``."""
         end = data.find(b"\r\n\r\n")
@@ -347,6 +374,9 @@ def start_sink(
     *,
     host: str = "127.0.0.1",
     rcpt_replies: dict[str, Iterable[str]] | None = None,
+    rcpt_reply: str | None = None,
+    data_replies: dict[str, Iterable[str]] | None = None,
+    data_reply: str | None = None,
     mail_reply: str | None = None,
     users: dict[str, str] | None = None,
     pipelining: bool = True,
@@ -355,11 +385,18 @@ def start_sink(
     """Start a local SMTP sink that stores every accepted message in ``folder``.
 
     ``delay_s`` holds each message that long before answering, as a slow relay would.
+    ``rcpt_replies`` / ``data_replies`` script the answers to RCPT / to the content for
+    some addresses (one per attempt, then it accepts); ``rcpt_reply`` / ``data_reply``
+    answer every other recipient / message (None accepts). ``users`` demands a login;
+    without it the sink offers no AUTH.
     """
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     rules = SinkRules(
         rcpt_replies={k.lower(): list(v) for k, v in (rcpt_replies or {}).items()},
+        rcpt_reply=rcpt_reply,
+        data_replies={k.lower(): list(v) for k, v in (data_replies or {}).items()},
+        data_reply=data_reply,
         mail_reply=mail_reply,
         users=users,
         pipelining=pipelining,

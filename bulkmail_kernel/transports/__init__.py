@@ -7,6 +7,8 @@ loop only knows five outcomes:
 - ``sent``: the server took responsibility for the message (2xx after DATA);
 - ``deferred``: try again later (4xx, a dropped connection before DATA);
 - ``failed``: this message or recipient will never go (5xx on RCPT or DATA);
+  whether the address is suppressed, and why, follows from the reply's enhanced
+  status code (:mod:`.replies`: 5.1.x suppresses, 5.7.x policy suppresses nobody);
 - ``fatal``: nothing will go (authentication or the sender refused): stop the campaign;
 - ``unknown``: the connection broke after the content was sent, so the server may
   have accepted it: never retried without the analyst deciding.
@@ -14,16 +16,14 @@ loop only knows five outcomes:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from bulkmail_kernel.exceptions import ConfigError
+from bulkmail_kernel.transports.replies import ACTIONS, classify_reply
 
 Outcome = Literal["sent", "deferred", "failed", "fatal", "unknown"]
 Stage = Literal["connect", "mail", "rcpt", "data", "content"]
-
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class SendResult:
     #: Whether the recipient address should be suppressed (a hard bounce).
     suppress: bool = False
     provider_message_id: str | None = None
+    #: Why a refusal happened (:data:`.replies.Category`: mailbox, mailbox_full, policy,
+    #: system, content, size, sender; "auth" for a refused login); "" for the rest.
+    category: str = ""
 
 
 class Transport(Protocol):
@@ -62,18 +65,17 @@ def classify_smtp(code: int, reply: bytes | str, *, stage: Stage) -> SendResult:
         return SendResult("sent", code, detail)
     if code in (530, 534, 535, 538) or (stage == "connect" and code >= 500):
         # RFC 4954: 535 bad credentials, 530/534/538 auth required or too weak.
-        return SendResult("fatal", code, f"authentication refused: {detail}")
+        return SendResult("fatal", code, f"authentication refused: {detail}", category="auth")
+    category = classify_reply(code, text, after_data=stage in ("data", "content"))
     if 400 <= code < 500:
-        return SendResult("deferred", code, detail)
+        return SendResult("deferred", code, detail, category=category)
     if stage == "mail":
-        return SendResult("fatal", code, f"the server refused the sender: {detail}")
-    enhanced = _ENHANCED.match(text)
-    if stage == "rcpt":
-        return SendResult("failed", code, detail, suppress=True)
-    # A 5xx after DATA is about the content (spam, size) unless its enhanced code says the
-    # mailbox (5.1.x addressing, 5.2.x mailbox): only then is the address itself bad.
-    suppress = bool(enhanced and enhanced.group(2) in ("1", "2"))
-    return SendResult("failed", code, detail, suppress=suppress)
+        return SendResult(
+            "fatal", code, f"the server refused the sender: {detail}", category="sender"
+        )
+    # The same reading at RCPT and after DATA (issue 14): only a bad mailbox suppresses.
+    status, suppress = ACTIONS[category]
+    return SendResult(status, code, detail, suppress=suppress, category=category)
 
 
 def connection_lost(detail: str, *, stage: Stage) -> SendResult:

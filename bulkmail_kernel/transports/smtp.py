@@ -187,6 +187,10 @@ class SmtpTransport:
             ) from exc
         except smtplib.SMTPNotSupportedError as exc:
             self._close_quietly(yag)
+            # smtplib raises the same error for a missing AUTH and a missing STARTTLS: only
+            # its text tells them apart ("SMTP AUTH extension not supported by server.").
+            if "AUTH" in str(exc).replace("STARTTLS", ""):
+                raise SendError(self._no_auth_message(), fatal=True) from exc
             raise SendError(
                 f"SMTP {self.host}:{self.port}: the relay offers no STARTTLS; refusing to send "
                 "the password and the messages in clear (set security to 'ssl' or fix the relay)",
@@ -200,6 +204,19 @@ class SmtpTransport:
             ) from exc
         self._yag = yag
         self.logins += 1
+
+    def _no_auth_message(self) -> str:
+        """Return what to say when the relay offers no AUTH but the account has a user."""
+        hint = (
+            " (many servers offer AUTH only after STARTTLS: set security to 'starttls')"
+            if self.security == "none"
+            else ""
+        )
+        return (
+            f"SMTP {self.host}:{self.port} offers no login (no AUTH in its EHLO reply) but the "
+            f"account has user {self.user!r}: remove the user for a relay that needs none, or "
+            f"use the server's submission port 587/465{hint}"
+        )
 
     @staticmethod
     def _close_quietly(yag: Any) -> None:
