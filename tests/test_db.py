@@ -195,3 +195,17 @@ def test_connect_is_the_database_every_function_uses(db_url: str, tmp_path, monk
     finally:
         dbmod.close_all()  # forgets connect(): later calls use BULKMAIL_DB_URL again
     assert bm.open_database().url == dbmod.open_database(other).url
+
+
+def _head() -> str:
+    """Return the newest migration revision (the scripts', not a number copied here)."""
+    from pathlib import Path
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(dbmod.__file__).parent / "migrations"))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
