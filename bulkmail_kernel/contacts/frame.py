@@ -1,7 +1,8 @@
 """The recipients frame: every contact point with its contact, as one typed pandas DataFrame.
 
 ``contacts_frame`` is the table segments, previews and campaigns start from: one row
-per contact point, the contact's fields beside it, whether the address is suppressed,
+per contact point (an e-mail address as it was typed; matching uses its identity), the
+contact's fields beside it, whether the address is suppressed,
 and one column per custom attribute. It reads the rows with one raw query and gives
 each column its dtype on purpose (categories, nullable integers, UTC datetimes), so
 filtering a million rows stays fast. ``FRAME_COLUMNS`` names the built-in columns;
@@ -42,7 +43,8 @@ FRAME_COLUMNS = (
 )
 _FRAME_SQL = """
 SELECT p.id, p.contact_id, c.external_id, c.first_name, c.last_name, c.patronymic,
-       c.gender, c.language, c.registered_at, p.channel, p.normalized, p.type, p.kind,
+       c.gender, c.language, c.registered_at, p.channel,
+       CASE WHEN p.channel = 'email' THEN p.value ELSE p.normalized END, p.type, p.kind,
        p.mailing_allowed, p.is_preferred,
        CASE WHEN s.id IS NULL THEN 0 ELSE 1 END, c.attributes
 FROM contact_points p
