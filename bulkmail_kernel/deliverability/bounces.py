@@ -291,11 +291,17 @@ def bounce_of(msg: EmailMessage, message: bytes) -> BounceInfo | None:
             "failed" if status.startswith("5") else "delayed",
             diagnostic_line(text, status) or diagnostic_line(text, address),
         )
+    # A Message-ID looks like an address: never report one as a recipient.
+    ids = original_ids(msg, message)
+    quoted = {m.strip("<>").lower() for m in ids} | {
+        m.lower() for m in re.findall(r"(?i)message-id:\s*<([^<>\s]+)>", text)
+    }
+    found = {a: r for a, r in found.items() if a not in quoted}
     if not found:
         return None
     return BounceInfo(
         tuple(found.values()),
-        original_ids(msg, message),
+        ids,
         verp_recipient(msg),
         clean(sender_address(msg)),
         verp_tag(msg),

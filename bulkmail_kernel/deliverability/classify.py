@@ -29,6 +29,7 @@ from bulkmail_kernel.deliverability.bounces import (
 from bulkmail_kernel.deliverability.mailparts import (
     ENHANCED_ANY,
     clean,
+    enhanced_status,
     original_ids,
     sender_address,
     valid_address,
@@ -67,6 +68,8 @@ class Classification:
     #: Who it is about and which message it answers; None for unsubscribe and unknown.
     info: BounceInfo | None = None
     detail: str = ""
+    #: The status stated where no recipient could be read (else the first recipient's).
+    stated_status: str = ""
 
     @property
     def recipient(self) -> str | None:
@@ -78,7 +81,7 @@ class Classification:
         """Return the first recipient's status code, if one was given."""
         if self.info and self.info.recipients:
             return self.info.recipients[0].status or None
-        return None
+        return self.stated_status or None
 
 
 def addressed_to(msg: EmailMessage, mailto: str) -> bool:
@@ -155,6 +158,21 @@ def classify_message(message: bytes, *, unsubscribe_address: str = "") -> Classi
         info = bounce_of(msg, message)
         if info is not None:
             return _bounce(info)
+        failed = [g for g in groups if dsn_action(g) in ("failed", "delayed")]
+        if failed:
+            # A failure whose recipient is no readable address: matched by the returned copy.
+            code = enhanced_status(str(failed[0].get("Status", ""))) or (
+                "5.0.0" if dsn_action(failed[0]) == "failed" else "4.0.0"
+            )
+            info = BounceInfo(
+                (),
+                original_ids(msg, message),
+                verp_recipient(msg),
+                clean(sender_address(msg)),
+                verp_tag(msg),
+            )
+            kind = "hard_bounce" if code.startswith("5") else "soft_bounce"
+            return Classification(kind, info, f"{code} (recipient not readable)", code)
         if any(dsn_action(g) in ("delivered", "relayed", "expanded") for g in groups):
             return _delivery_report(msg, message)
     notice = json_notice(msg)

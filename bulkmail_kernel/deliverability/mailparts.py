@@ -34,6 +34,8 @@ COPY_STARTS = re.compile(
 _VERP = re.compile(r"^[^+@]+\+(?P<local>[^=@]+)=(?P<domain>[^@]+)@", re.IGNORECASE)
 #: ``bounces+<Message-ID's unique part>@firm.sk``: what ``envelope_from`` writes with verp on.
 _VERP_MESSAGE = re.compile(rf"^[^+@]+\+(?P<tag>{VERP_TAG.pattern})@", re.IGNORECASE)
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"(?i)^{_LABEL}(?:\.{_LABEL})+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DAEMON_LOCAL = re.compile(
     r"(?i)^(mailer-daemon|postmaster|mail-daemon|mdaemon|maildaemon|mail\.daemon|"
@@ -242,15 +244,26 @@ def from_a_daemon(msg: EmailMessage) -> bool:
 def valid_address(candidate: str) -> str | None:
     """Return ``candidate`` lower-cased if it is a syntactically valid address, else None."""
     text = candidate.strip().strip("<>\"'").strip().rstrip(".,;:")
-    if not text or "@" not in text or len(text) > 254 or any(c in text for c in " \t\r\n{}[]\\"):
+    # A path (/var/spool/x@host) is never a recipient, whatever RFC 5322 allows.
+    if not text or "@" not in text or text[0] in "/=" or len(text) > 254:
+        return None
+    if any(c in text for c in " \t\r\n{}[]\\"):
         return None
     try:
         result = validate_email(
             text, check_deliverability=False, allow_smtputf8=True, test_environment=True
         )
-    except EmailNotValidError:
-        return None
-    local, _, domain = result.normalized.rpartition("@")
+        local, _, domain = result.normalized.rpartition("@")
+    except EmailNotValidError as exc:
+        # A reserved name (.invalid, .local) is still an address the bounce is about:
+        # check the local part alone, and the domain's syntax.
+        local, _, domain = text.rpartition("@")
+        if "special-use" not in str(exc) or not _DOMAIN.match(domain):
+            return None
+        try:
+            validate_email(f"{local}@example.com", check_deliverability=False)
+        except EmailNotValidError:
+            return None
     if "." not in domain:
         return None  # a host name alone (user@localhost) is never one of our recipients
     return f"{local}@{domain}".lower()
