@@ -586,3 +586,99 @@ def test_unsubscribe_address_accepts_sms_as_the_phone_channel(database: dbmod.Da
         ]
     with pytest.raises(ConfigError, match="not a valid email"):
         cm.unsubscribe_address("not an address", db=database)
+
+
+# --------------------------------------------------------------------------- every kind
+
+
+#: A genuinely malformed notification: it declares the IDNA codec as its charset, which
+#: refuses the error handling every text part is decoded with (UnicodeError).
+POISON = (
+    b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@shop.sk\r\nSubject: failure notice\r\n"
+    b"Message-ID: <poison@mx.example.net>\r\nContent-Type: text/plain; charset=idna\r\n"
+    b"\r\n<eva@a.sk>: 550 5.1.1 no such user\r\n"
+)
+
+
+def _auto_reply(sender: str, subject: str) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: news@shop.sk\r\nSubject: {subject}\r\nReturn-Path: <>\r\n"
+        "Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n"
+        f"Message-ID: <ar{time.time_ns()}@a.sk>\r\n\r\nI am out of the office until Monday.\r\n"
+    ).encode()
+
+
+def _forwarded_complaint(recipient: str) -> bytes:
+    own = (Path(__file__).parent / "data" / "bounces" / "own" / "arf-forwarded.eml").read_bytes()
+    return own.replace(b"zuzana@example.org", recipient.encode())
+
+
+def test_a_poison_message_never_stops_the_run(
+    database: dbmod.Database, dovecot: Imap, sent: str
+) -> None:
+    dovecot.deliver((BOUNCES / "lhost-postfix-04.eml").read_bytes(), "before")
+    dovecot.deliver(POISON, "poison")
+    dovecot.deliver(_auto_reply("Eva <eva@a.sk>", "Automatic reply: Novinky"), "auto")
+    dovecot.deliver(_forwarded_complaint("jan@a.sk"), "complaint")
+    dovecot.deliver((BOUNCES / "lhost-gmail-01.eml").read_bytes(), "after")
+    frame = process_mailbox(sent, db=database)
+
+    assert list(frame["kind"]) == [
+        "hard_bounce",
+        "unreadable",
+        "auto_reply",
+        "complaint",
+        "hard_bounce",
+    ]
+    poison = frame[frame["kind"] == "unreadable"].iloc[0]
+    assert poison["uid"] == "2"
+    assert "UnicodeError" in poison["detail"]
+    assert "idna" in poison["detail"]
+    assert set(frame.loc[frame["kind"] == "hard_bounce", "recipient"]) == {
+        "kijitora@example.co.jp",
+        "userunknown@example.jp",
+    }
+
+    with database.session() as s:
+        suppressed = dict(s.execute(sa.select(Suppression.normalized, Suppression.reason)).all())
+        statuses = dict(s.execute(sa.select(Message.recipient, Message.status)).all())
+        events = s.execute(sa.select(Event.kind, Message.recipient).join(Message)).all()
+    # The auto-reply suppresses nobody and changes no status; it is in Eva's history.
+    assert "eva@a.sk" not in suppressed
+    assert statuses["eva@a.sk"] == "sent"
+    assert ("auto_reply", "eva@a.sk") in events
+    # The forwarded complaint suppresses Jan as a complaint and stops mailing him.
+    assert suppressed["jan@a.sk"] == "complaint"
+    assert ("complained", "jan@a.sk") in events
+    assert statuses["jan@a.sk"] == "sent"
+    assert not contacts_frame(database).set_index("address").loc["jan@a.sk", "mailing_allowed"]
+
+    # The poison is flagged unreadable but left unseen for a person.
+    flags = dovecot.messages()
+    poisoned = next(f for k, f in flags.items() if k.startswith("2:"))
+    assert "$BulkmailUnreadable" in poisoned
+    assert "\\Flagged" in poisoned
+    assert "\\Seen" not in poisoned
+    # A re-run does not read it again (nor anything already handled).
+    assert process_mailbox(sent, db=database).empty
+
+
+def test_a_delivery_report_is_history_not_a_bounce(
+    database: dbmod.Database, dovecot: Imap, sent: str
+) -> None:
+    own = Path(__file__).parent / "data" / "bounces" / "own"
+    for action in ("delivered", "relayed"):
+        raw = (own / f"dsn-{action}.eml").read_bytes().replace(b"dana@example.net", b"eva@a.sk")
+        dovecot.deliver(raw, action)
+    frame = process_mailbox(sent, db=database)
+    assert list(frame["kind"]) == ["delivery_report", "delivery_report"]
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Suppression)) == 0
+        point = s.scalars(
+            sa.select(ContactPoint).where(ContactPoint.normalized == "eva@a.sk")
+        ).one()
+        assert point.soft_bounces == 0
+        assert (
+            s.scalars(sa.select(Message.status).where(Message.recipient == "eva@a.sk")).one()
+            == "sent"
+        )
