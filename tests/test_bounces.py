@@ -33,6 +33,7 @@ from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces
 from bulkmail_kernel.deliverability.mailbox import process_mailbox
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.servers.sink import Sink
+from bulkmail_kernel.widgets.monitor import rate_html
 
 BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "bounces"
 if not BOUNCES.is_dir():  # the checkout may sit elsewhere than /work/main
@@ -653,6 +654,15 @@ def test_a_poison_message_never_stops_the_run(
     assert statuses["jan@a.sk"] == "sent"
     assert not contacts_frame(database).set_index("address").loc["jan@a.sk", "mailing_allowed"]
 
+    # The campaign's complaint rate shows, with its warning, in the report and the monitor.
+    rate = cm.campaign_report("jar", db=database).attrs["complaints"]
+    assert rate.complaints == 1
+    assert rate.sent == statuses_sent(database)
+    assert "Gmail and Yahoo block bulk senders above 0.3 %" in rate.warning
+    html = rate_html(cm.campaign_progress("jar", db=database))
+    assert "complaint rate" in html
+    assert "0.3 %" in html
+
     # The poison is flagged unreadable but left unseen for a person.
     flags = dovecot.messages()
     poisoned = next(f for k, f in flags.items() if k.startswith("2:"))
@@ -661,6 +671,31 @@ def test_a_poison_message_never_stops_the_run(
     assert "\\Seen" not in poisoned
     # A re-run does not read it again (nor anything already handled).
     assert process_mailbox(sent, db=database).empty
+
+
+def statuses_sent(database: dbmod.Database) -> int:
+    with database.session() as s:
+        return int(
+            s.scalar(
+                sa.select(sa.func.count()).select_from(Message).where(Message.status == "sent")
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("complaints", "sent", "warned"),
+    [(0, 1000, False), (1, 1001, False), (1, 1000, True), (3, 1000, True), (1, 0, True)],
+)
+def test_complaint_rate_warns_from_a_tenth_of_a_percent(
+    complaints: int, sent: int, warned: bool
+) -> None:
+    from bulkmail_kernel.campaigns.complaints import ComplaintRate
+
+    rate = ComplaintRate(complaints, sent)
+    assert bool(rate.warning) is (warned and sent > 0)
+    if rate.warning:
+        assert "Gmail and Yahoo block bulk senders above 0.3 %" in rate.warning
+        assert ("is above the limit" in rate.warning) is (complaints / sent >= 0.003)
 
 
 def test_a_delivery_report_is_history_not_a_bounce(
