@@ -41,7 +41,8 @@ if not BOUNCES.is_dir():  # the checkout may sit elsewhere than /work/main
 
 #: file -> [(recipient, status, permanent)] as a human reads each notification.
 EXPECTED: dict[str, list[tuple[str, str, bool]] | None] = {
-    "lhost-amazonses-01.eml": [("shironeko@example.co.jp", "5.0.0", True)],
+    # "Status: 5.0.0" with "Diagnostic-Code: 5.1.0 ...": the stated specific code wins.
+    "lhost-amazonses-01.eml": [("shironeko@example.co.jp", "5.1.0", True)],
     "lhost-exchange2007-01.eml": [("mikeneko@example.co.jp", "5.1.1", True)],
     "lhost-exim-01.eml": [("kijitora@example.ed.jp", "5.7.0", True)],
     "lhost-gmail-01.eml": [("userunknown@example.jp", "5.1.1", True)],

@@ -157,6 +157,10 @@ def _dsn_status(group: EmailMessage, text: str, address: str, permanent: bool) -
     status = enhanced_status(str(group.get("Status", "")))
     diagnostic = str(group.get("Diagnostic-Code", ""))
     said = enhanced_status(diagnostic)
+    # "Status: 5.0.0" (undefined) with "Diagnostic-Code: 550 5.1.1 ...": the remote
+    # server's own code is the exact one; the reporting MTA only knew the class.
+    if status and said and status.endswith(".0.0") and said[0] == status[0]:
+        return said
     return (
         status
         or said
@@ -230,6 +234,16 @@ def _prose_recipients(msg: EmailMessage, text: str) -> list[str]:
             local = address.partition("@")[0]
             if not re.match(r"(?i)(mailer-daemon|postmaster)$", local):
                 mentioned.append(address)
+    # "RCPT TO: <address>" in the transcript names the refused recipient.
+    refused = [
+        a
+        for a in (
+            valid_address(m) for m in re.findall(r"(?i)rcpt to:\s*<?([^\s<>]+@[^\s<>]+)", text)
+        )
+        if a and a not in own
+    ]
+    if refused:
+        return refused[:1]
     originals = original_recipients(msg)
     both = [a for a in mentioned if a in originals]
     if both:

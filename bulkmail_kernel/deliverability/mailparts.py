@@ -38,7 +38,7 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"(?i)^{_LABEL}(?:\.{_LABEL})+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DAEMON_LOCAL = re.compile(
-    r"(?i)^(mailer-daemon|postmaster|mail-daemon|mdaemon|maildaemon|mail\.daemon|"
+    r"(?i)^(mailer-daemon|postmaster|post_master|mail-daemon|mdaemon|maildaemon|mail\.daemon|"
     r"mailerdaemon|bounce|bounces|nobody|noreply-dmarc|dsn)(@|$)"
 )
 _DAEMON_NAME = re.compile(
@@ -105,9 +105,11 @@ def explanation(msg: EmailMessage) -> str:
             kind = part.get_content_type()
             if kind in ("message/rfc822", "text/rfc822-headers", "message/delivery-status"):
                 break
-            if kind in ("text/plain", "text/html") and not text:
+            # A multipart part whose boundary the parser could not read stays text.
+            broken = part.get_content_maintype() == "multipart" and not part.is_multipart()
+            if (kind in ("text/plain", "text/html") or broken) and not text:
                 text = text_of(part)
-                if kind == "text/plain":
+                if kind == "text/plain" or broken:
                     break
     else:
         text = text_of(msg)
