@@ -1,16 +1,18 @@
-"""Bounce parsing: what a delivery status notification says, read from its bytes alone.
+"""Bounce parsing: what a delivery failure notification says, read from its bytes alone.
 
 :func:`parse_bounce` is pure: bytes in, :class:`BounceInfo` (or None for a message that
-is not a delivery failure) out; no database, no IMAP. GNU Mailman's flufl.bounce finds
-the failing recipients (it knows the formats of dozens of mail servers); the RFC 3464
-``message/delivery-status`` part gives each one's Action and Status. Where a server
-sends no such part (Exim, qmail, Gmail, Yahoo, Office 365 write prose) the status is
-the first enhanced code (``5.1.1``) in the explanation above the returned message.
-Also read here: the Message-IDs of the returned original, and the address or
-Message-ID tag a VERP return path carries; :mod:`bulkmail_kernel.deliverability.mailbox`
-matches them to our messages. :func:`parse_bounces` lists saved ``.eml`` files as a frame.
+is not a delivery failure, a delivery report included) out; no database, no IMAP. The
+RFC 3464 ``message/delivery-status`` part comes first: each failed or delayed
+recipient with its Status (an undefined ``x.0.0`` gives way to the remote server's
+specific code in Diagnostic-Code). Where a server sends no such part (Exim, qmail,
+Gmail, Yahoo, Office 365, DragonFly write prose) GNU Mailman's flufl.bounce names the
+recipients, else the notification's own words do (X-Failed-Recipients, ``RCPT TO:``,
+the addresses it mentions, the returned original's To), and the status is the enhanced
+code stated near the address, else one derived from the basic code and its words.
+Every recipient is a valid address (:func:`~.mailparts.valid_address`), never a path or
+a Message-ID. :func:`~.classify.classify_message` decides what a message is before
+asking here; :func:`parse_bounces` lists saved ``.eml`` files as a frame.
 """
-
 from __future__ import annotations
 
 import email

@@ -1,17 +1,19 @@
-"""The bounce mailbox: read the sender account's IMAP box and act on what came back.
+"""The bounce mailbox: read the sender account's IMAP box and act on each message by its kind.
 
 :func:`process_mailbox` logs in (``settings['imap']``, the password from the
-environment or the keyring), fetches every message not yet flagged, and matches each
-bounce :func:`~bulkmail_kernel.deliverability.bounces.parse_bounce` reads to our
-message: by the Message-ID in the returned copy (fixed at registration, so retries
-keep it), else by a VERP return path (``bounces+<tag>@firm.sk`` or
+environment or the keyring), fetches every message not yet flagged, and classifies each
+(:func:`~bulkmail_kernel.deliverability.classify.classify_message`). It matches a
+notice to our message by the Message-ID it returns or answers (fixed at registration,
+so retries keep it), else by a VERP return path (``bounces+<tag>@firm.sk`` or
 ``bounces+jan=example.sk@firm.sk``), else by the address among this account's
 campaigns. The outbox records what that means (:mod:`bulkmail_kernel.outbox.bounces`):
 5.x.x fails the message and suppresses the address, 4.x.x counts a soft bounce and
-suppresses after ``soft_bounce_limit``. Mail to the account's unsubscribe mailto
-address unsubscribes its token or its sender. Processed mail is flagged, never deleted.
+suppresses after ``soft_bounce_limit``; a complaint suppresses (reason ``complaint``)
+and clears mailing-allowed; auto-replies and delivery reports only go into the history.
+Mail to the account's unsubscribe mailto address unsubscribes its token or its sender.
+Handled mail is flagged, never deleted; unknown mail is left for a person; a message
+that raises is flagged ``$BulkmailUnreadable``, reported, and the run goes on.
 """
-
 from __future__ import annotations
 
 import contextlib
