@@ -13,6 +13,7 @@ Every recipient is a valid address (:func:`~.mailparts.valid_address`), never a 
 a Message-ID. :func:`~.classify.classify_message` decides what a message is before
 asking here; :func:`parse_bounces` lists saved ``.eml`` files as a frame.
 """
+
 from __future__ import annotations
 
 import email

@@ -14,6 +14,7 @@ Mail to the account's unsubscribe mailto address unsubscribes its token or its s
 Handled mail is flagged, never deleted; unknown mail is left for a person; a message
 that raises is flagged ``$BulkmailUnreadable``, reported, and the run goes on.
 """
+
 from __future__ import annotations
 
 import contextlib
