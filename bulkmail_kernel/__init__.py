@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.contacts.report import ImportResult
     from bulkmail_kernel.db import Database, connect, open_database
     from bulkmail_kernel.deliverability.bounces import parse_bounce
+    from bulkmail_kernel.deliverability.classify import classify_message
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
     from bulkmail_kernel.deliverability.mailbox import process_mailbox
     from bulkmail_kernel.demo.generate import generate_demo
@@ -140,6 +141,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "campaign_timeline": ("bulkmail_kernel.campaigns.reports", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
     "check_template": ("bulkmail_kernel.compose.checks", "check_template"),
+    "classify_message": ("bulkmail_kernel.deliverability.classify", "classify_message"),
     "connect": ("bulkmail_kernel.db", "connect"),
     "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
     "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
@@ -238,6 +240,7 @@ __all__ = [
     "campaign_timeline",
     "cancel",
     "check_template",
+    "classify_message",
     "connect",
     "contacts_frame",
     "create_campaign",

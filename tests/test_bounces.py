@@ -33,6 +33,7 @@ from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces
 from bulkmail_kernel.deliverability.mailbox import process_mailbox
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.servers.sink import Sink
+from bulkmail_kernel.widgets.monitor import rate_html
 
 BOUNCES = Path(__file__).resolve().parents[2] / "shared" / "data" / "bounces"
 if not BOUNCES.is_dir():  # the checkout may sit elsewhere than /work/main
@@ -40,7 +41,8 @@ if not BOUNCES.is_dir():  # the checkout may sit elsewhere than /work/main
 
 #: file -> [(recipient, status, permanent)] as a human reads each notification.
 EXPECTED: dict[str, list[tuple[str, str, bool]] | None] = {
-    "lhost-amazonses-01.eml": [("shironeko@example.co.jp", "5.0.0", True)],
+    # "Status: 5.0.0" with "Diagnostic-Code: 5.1.0 ...": the stated specific code wins.
+    "lhost-amazonses-01.eml": [("shironeko@example.co.jp", "5.1.0", True)],
     "lhost-exchange2007-01.eml": [("mikeneko@example.co.jp", "5.1.1", True)],
     "lhost-exim-01.eml": [("kijitora@example.ed.jp", "5.7.0", True)],
     "lhost-gmail-01.eml": [("userunknown@example.jp", "5.1.1", True)],
@@ -352,8 +354,10 @@ def test_process_mailbox_against_dovecot(
     dovecot.deliver(_unsubscribe_mail("Ján <jan@a.sk>", "unsubscribe"), "unsub")
     frame = process_mailbox(sent, db=database)
 
-    # Every notification was handled except the non-bounce, which is left alone.
-    assert len(frame) == len(EXPECTED) - 1 + 1
+    # Every message is listed; the non-bounce as unknown, left alone.
+    assert len(frame) == len(EXPECTED) + 1
+    assert list(frame.loc[frame["kind"] == "unknown", "uid"].map(str)) != []
+    assert (frame["kind"] == "unknown").sum() == 1
     by_kind = frame.groupby("kind")["recipient"].apply(set).to_dict()
     assert by_kind["unsubscribe"] == {"jan@a.sk"}
     assert by_kind["soft_bounce"] == {"kijitora@example.com"}
@@ -385,7 +389,7 @@ def test_process_mailbox_against_dovecot(
     assert suppressed["jan@a.sk"] == "unsubscribe"
     assert statuses["eva@a.sk"] == "sent"
     assert "eva@a.sk" not in suppressed
-    assert bounced == len(frame) - 1
+    assert bounced == len(frame) - 2
     assert not contacts_frame(database).set_index("address").loc["jan@a.sk", "mailing_allowed"]
 
     # Flagged, never deleted; the non-bounce stays unread and unflagged for a human.
@@ -396,8 +400,9 @@ def test_process_mailbox_against_dovecot(
     assert untouched[0].endswith("=?UTF-8?B?44Gr44KD44KT44GT?=")
     assert "\\Seen" not in messages[untouched[0]]
 
-    # A second run reads nothing old and changes nothing.
-    assert process_mailbox(sent, db=database).empty
+    # A second run acts on nothing old: only the message left for a person is listed again.
+    again = process_mailbox(sent, db=database)
+    assert list(again["kind"]) == ["unknown"]
     with database.session() as s:
         assert (
             s.scalar(sa.select(sa.func.count()).select_from(Event).where(Event.kind == "bounced"))
@@ -583,3 +588,133 @@ def test_unsubscribe_address_accepts_sms_as_the_phone_channel(database: dbmod.Da
         ]
     with pytest.raises(ConfigError, match="not a valid email"):
         cm.unsubscribe_address("not an address", db=database)
+
+
+# --------------------------------------------------------------------------- every kind
+
+
+#: A genuinely malformed notification: it declares the IDNA codec as its charset, which
+#: refuses the error handling every text part is decoded with (UnicodeError).
+POISON = (
+    b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces@shop.sk\r\nSubject: failure notice\r\n"
+    b"Message-ID: <poison@mx.example.net>\r\nContent-Type: text/plain; charset=idna\r\n"
+    b"\r\n<eva@a.sk>: 550 5.1.1 no such user\r\n"
+)
+
+
+def _auto_reply(sender: str, subject: str) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: news@shop.sk\r\nSubject: {subject}\r\nReturn-Path: <>\r\n"
+        "Auto-Submitted: auto-generated\r\nX-Auto-Response-Suppress: All\r\n"
+        f"Message-ID: <ar{time.time_ns()}@a.sk>\r\n\r\nI am out of the office until Monday.\r\n"
+    ).encode()
+
+
+def _forwarded_complaint(recipient: str) -> bytes:
+    own = (Path(__file__).parent / "data" / "bounces" / "own" / "arf-forwarded.eml").read_bytes()
+    return own.replace(b"zuzana@example.org", recipient.encode())
+
+
+def test_a_poison_message_never_stops_the_run(
+    database: dbmod.Database, dovecot: Imap, sent: str
+) -> None:
+    dovecot.deliver((BOUNCES / "lhost-postfix-04.eml").read_bytes(), "before")
+    dovecot.deliver(POISON, "poison")
+    dovecot.deliver(_auto_reply("Eva <eva@a.sk>", "Automatic reply: Novinky"), "auto")
+    dovecot.deliver(_forwarded_complaint("jan@a.sk"), "complaint")
+    dovecot.deliver((BOUNCES / "lhost-gmail-01.eml").read_bytes(), "after")
+    frame = process_mailbox(sent, db=database)
+
+    assert list(frame["kind"]) == [
+        "hard_bounce",
+        "unreadable",
+        "auto_reply",
+        "complaint",
+        "hard_bounce",
+    ]
+    poison = frame[frame["kind"] == "unreadable"].iloc[0]
+    assert poison["uid"] == "2"
+    assert "UnicodeError" in poison["detail"]
+    assert "idna" in poison["detail"]
+    assert set(frame.loc[frame["kind"] == "hard_bounce", "recipient"]) == {
+        "kijitora@example.co.jp",
+        "userunknown@example.jp",
+    }
+
+    with database.session() as s:
+        suppressed = dict(s.execute(sa.select(Suppression.normalized, Suppression.reason)).all())
+        statuses = dict(s.execute(sa.select(Message.recipient, Message.status)).all())
+        events = s.execute(sa.select(Event.kind, Message.recipient).join(Message)).all()
+    # The auto-reply suppresses nobody and changes no status; it is in Eva's history.
+    assert "eva@a.sk" not in suppressed
+    assert statuses["eva@a.sk"] == "sent"
+    assert ("auto_reply", "eva@a.sk") in events
+    # The forwarded complaint suppresses Jan as a complaint and stops mailing him.
+    assert suppressed["jan@a.sk"] == "complaint"
+    assert ("complained", "jan@a.sk") in events
+    assert statuses["jan@a.sk"] == "sent"
+    assert not contacts_frame(database).set_index("address").loc["jan@a.sk", "mailing_allowed"]
+
+    # The campaign's complaint rate shows, with its warning, in the report and the monitor.
+    rate = cm.campaign_report("jar", db=database).attrs["complaints"]
+    assert rate.complaints == 1
+    assert rate.sent == statuses_sent(database)
+    assert "Gmail and Yahoo block bulk senders above 0.3 %" in rate.warning
+    html = rate_html(cm.campaign_progress("jar", db=database))
+    assert "complaint rate" in html
+    assert "0.3 %" in html
+
+    # The poison is flagged unreadable but left unseen for a person.
+    flags = dovecot.messages()
+    poisoned = next(f for k, f in flags.items() if k.startswith("2:"))
+    assert "$BulkmailUnreadable" in poisoned
+    assert "\\Flagged" in poisoned
+    assert "\\Seen" not in poisoned
+    # A re-run does not read it again (nor anything already handled).
+    assert process_mailbox(sent, db=database).empty
+
+
+def statuses_sent(database: dbmod.Database) -> int:
+    with database.session() as s:
+        return int(
+            s.scalar(
+                sa.select(sa.func.count()).select_from(Message).where(Message.status == "sent")
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("complaints", "sent", "warned"),
+    [(0, 1000, False), (1, 1001, False), (1, 1000, True), (3, 1000, True), (1, 0, True)],
+)
+def test_complaint_rate_warns_from_a_tenth_of_a_percent(
+    complaints: int, sent: int, warned: bool
+) -> None:
+    from bulkmail_kernel.campaigns.complaints import ComplaintRate
+
+    rate = ComplaintRate(complaints, sent)
+    assert bool(rate.warning) is (warned and sent > 0)
+    if rate.warning:
+        assert "Gmail and Yahoo block bulk senders above 0.3 %" in rate.warning
+        assert ("is above the limit" in rate.warning) is (complaints / sent >= 0.003)
+
+
+def test_a_delivery_report_is_history_not_a_bounce(
+    database: dbmod.Database, dovecot: Imap, sent: str
+) -> None:
+    own = Path(__file__).parent / "data" / "bounces" / "own"
+    for action in ("delivered", "relayed"):
+        raw = (own / f"dsn-{action}.eml").read_bytes().replace(b"dana@example.net", b"eva@a.sk")
+        dovecot.deliver(raw, action)
+    frame = process_mailbox(sent, db=database)
+    assert list(frame["kind"]) == ["delivery_report", "delivery_report"]
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Suppression)) == 0
+        point = s.scalars(
+            sa.select(ContactPoint).where(ContactPoint.normalized == "eva@a.sk")
+        ).one()
+        assert point.soft_bounces == 0
+        assert (
+            s.scalars(sa.select(Message.status).where(Message.recipient == "eva@a.sk")).one()
+            == "sent"
+        )

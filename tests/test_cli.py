@@ -96,6 +96,7 @@ NO_COMMAND = {
     "preview_warnings": "RenderedMessage in; check-template is the command-line check",
     "sign_message": "message bytes and key bytes in",
     "parse_bounce": "message bytes in; process-mailbox reads the mailbox",
+    "classify_message": "message bytes in; process-mailbox reads the mailbox",
     "filter_recipients": "a frame and a FilterSpec in; save-segment and segment-recipients filter",
     "template_from_html": "pasted HTML in, a Template object out; on disk a template is a folder",
     "create_unsubscribe_app": "returns an ASGI app; unsubscribe-server serves it",

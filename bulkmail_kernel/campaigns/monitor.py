@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
+from bulkmail_kernel.campaigns.complaints import ComplaintRate, complaints_of
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
@@ -82,6 +83,13 @@ class CampaignProgress:
     as_of: datetime
     #: The latest messages that failed, were deferred or are in doubt, newest first.
     errors: pd.DataFrame = field(repr=False)
+    #: Messages that drew a complaint (an abuse report) so far.
+    complaints: int = 0
+
+    @property
+    def complaint_rate(self) -> ComplaintRate:
+        """Return complaints ÷ sent, with its warning from 0.1 %."""
+        return ComplaintRate(self.complaints, self.sent)
 
     @property
     def total(self) -> int:
@@ -204,6 +212,7 @@ def campaign_progress(
             .order_by(_M.c.updated_at.desc(), _M.c.id.desc())
             .limit(errors)
         ).all()
+        complaints = complaints_of(s, cid)
     name, status, rate, scheduled_at, finished_at, last_error = head
     counts = {m.value: int(by_status.get(m.value, 0)) for m in MessageStatus}
     remaining = sum(counts[m.value] for m in REMAINING)
@@ -232,6 +241,7 @@ def campaign_progress(
         last_error=last_error,
         as_of=now.astimezone(zone),
         errors=frame,
+        complaints=complaints,
     )
 
 

@@ -7,12 +7,14 @@ its history.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
+from bulkmail_kernel.campaigns.complaints import ComplaintRate, complaints_of
 from bulkmail_kernel.db import (
     Campaign,
     Database,
@@ -28,6 +30,8 @@ from bulkmail_kernel.outbox.queue import queue
 from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.records import CampaignRef
 from bulkmail_kernel.transports.replies import stored_category
+
+log = logging.getLogger("bulkmail")
 
 # Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
 _M = cast(sa.Table, Message.__table__)
@@ -151,10 +155,16 @@ def history(contact_id: int, *, db: Database | None = None, url: str | None = No
 def campaign_report(
     campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
 ) -> pd.DataFrame:
-    """Return the campaign's message count per status (every status, zeros included)."""
+    """Return the campaign's message count per status (every status, zeros included).
+
+    ``frame.attrs["complaints"]`` is the campaign's
+    :class:`~bulkmail_kernel.campaigns.complaints.ComplaintRate` (complaints ÷ sent,
+    with a warning from 0.1 %); ``bulkmail report`` prints its line.
+    """
     database = resolve_database(db, url)
     with database.session() as s:
         cid = campaign_row(s, campaign).id
+        complaints = complaints_of(s, cid)
     counts = OutboxStore(database, "report").counts(cid)
     statuses = [m.value for m in MessageStatus]
     frame = pd.DataFrame(
@@ -163,6 +173,10 @@ def campaign_report(
     )
     total = int(frame["messages"].sum())
     frame["share"] = frame["messages"] / total if total else 0.0
+    rate = ComplaintRate(complaints, counts.get(MessageStatus.SENT.value, 0))
+    frame.attrs["complaints"] = rate
+    if rate.warning:
+        log.warning("campaign %s: %s", campaign, rate.warning)
     return frame
 
 

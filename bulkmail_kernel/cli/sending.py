@@ -257,7 +257,10 @@ def cmd_campaign_report(args: argparse.Namespace) -> int:
     """Print the campaign's message count per status, then its failures."""
     from bulkmail_kernel import campaign_failures, campaign_report
 
-    print_frame(campaign_report(args.campaign, url=args.db), args)
+    report = campaign_report(args.campaign, url=args.db)
+    print_frame(report, args)
+    if "complaints" in report.attrs and not args.csv:
+        print(report.attrs["complaints"].line())
     failures = campaign_failures(args.campaign, url=args.db)
     if len(failures) and not args.csv:
         print()

@@ -1,14 +1,17 @@
-"""Bounce parsing: what a delivery status notification says, read from its bytes alone.
+"""Bounce parsing: what a delivery failure notification says, read from its bytes alone.
 
 :func:`parse_bounce` is pure: bytes in, :class:`BounceInfo` (or None for a message that
-is not a delivery failure) out; no database, no IMAP. GNU Mailman's flufl.bounce finds
-the failing recipients (it knows the formats of dozens of mail servers); the RFC 3464
-``message/delivery-status`` part gives each one's Action and Status. Where a server
-sends no such part (Exim, qmail, Gmail, Yahoo, Office 365 write prose) the status is
-the first enhanced code (``5.1.1``) in the explanation above the returned message.
-Also read here: the Message-IDs of the returned original, and the address or
-Message-ID tag a VERP return path carries; :mod:`bulkmail_kernel.deliverability.mailbox`
-matches them to our messages. :func:`parse_bounces` lists saved ``.eml`` files as a frame.
+is not a delivery failure, a delivery report included) out; no database, no IMAP. The
+RFC 3464 ``message/delivery-status`` part comes first: each failed or delayed
+recipient with its Status (an undefined ``x.0.0`` gives way to the remote server's
+specific code in Diagnostic-Code). Where a server sends no such part (Exim, qmail,
+Gmail, Yahoo, Office 365, DragonFly write prose) GNU Mailman's flufl.bounce names the
+recipients, else the notification's own words do (X-Failed-Recipients, ``RCPT TO:``,
+the addresses it mentions, the returned original's To), and the status is the enhanced
+code stated near the address, else one derived from the basic code and its words.
+Every recipient is a valid address (:func:`~.mailparts.valid_address`), never a path or
+a Message-ID. :func:`~.classify.classify_message` decides what a message is before
+asking here; :func:`parse_bounces` lists saved ``.eml`` files as a frame.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import email
 import email.policy
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import Message as EmailMessage
 from email.utils import getaddresses, parseaddr
@@ -25,24 +28,25 @@ from email.utils import getaddresses, parseaddr
 import pandas as pd
 from flufl.bounce import all_failures
 
-from bulkmail_kernel.compose.headers import VERP_TAG
+from bulkmail_kernel.deliverability.mailparts import (
+    ADDRESS,
+    clean,
+    derived_status,
+    diagnostic_line,
+    enhanced_status,
+    explanation,
+    from_a_daemon,
+    header_text,
+    original_ids,
+    original_recipients,
+    sender_address,
+    text_of,
+    valid_address,
+    verp_recipient,
+    verp_tag,
+)
 
 log = logging.getLogger("bulkmail")
-
-_ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_BASIC = re.compile(r"(?<!\d)([45])\d\d(?:[ -])")
-_MSGID = re.compile(r"(?im)^message-id:[ \t]*(<[^<>\s]+@[^<>\s]+>)")
-_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-#: Lines that start the returned copy of the original in prose bounces.
-_COPY_STARTS = re.compile(
-    r"(?im)^(?:-{2,}.*(?:copy|original|below this line|undelivered|returned).*"
-    r"|original message headers:.*|-+ ?original message ?-+)$"
-)
-_VERP = re.compile(r"^[^+@]+\+(?P<local>[^=@]+)=(?P<domain>[^@]+)@", re.IGNORECASE)
-#: ``bounces+<Message-ID's unique part>@firm.sk``: what ``envelope_from`` writes with verp on.
-_VERP_MESSAGE = re.compile(rf"^[^+@]+\+(?P<tag>{VERP_TAG.pattern})@", re.IGNORECASE)
-_DAEMON = re.compile(r"(?i)^(mailer-daemon|postmaster|mail-daemon|mdaemon)@")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -88,35 +92,18 @@ class BounceInfo:
         return self.recipients[0].permanent
 
 
-def _text_of(part: EmailMessage) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, "replace")
-    except LookupError:
-        return payload.decode("utf-8", "replace")
+#: Subjects of delivery-failure notifications, in the languages mail servers write them.
+_FAILURE_SUBJECT = re.compile(
+    r"(?i)undeliver|undelivered|non[- ]?deliver|not (be )?delivered|delivery (status )?"
+    r"(notification|failure|failed|problem|has failed)|failure notice|mail delivery failed|"
+    r"returned mail|returned to sender|delivery report|mail system error|could not send|"
+    r"unzustellbar|non remis|no se puede entregar|non recapitabile|nedoru[cč]|"
+    r"nie dostarczono|kézbesíthetetlen|не доставлено|bounce|rejected|message not sent|"
+    r"delayed mail|warning: could not|delivery delayed|unable to deliver|problem delivering"
+)
 
 
-def _explanation(msg: EmailMessage) -> str:
-    """Return the human-readable explanation of a bounce, without the returned original."""
-    if msg.is_multipart():
-        for part in msg.walk():
-            if part.get_content_type() in ("message/rfc822", "text/rfc822-headers"):
-                break
-            if part.get_content_type() == "text/plain":
-                text = _text_of(part)
-                break
-        else:
-            return ""
-    else:
-        text = _text_of(msg)
-    cut = _COPY_STARTS.search(text)
-    return text[: cut.start()] if cut else text
-
-
-def _dsn_fields(msg: EmailMessage) -> list[EmailMessage]:
+def dsn_groups(msg: EmailMessage) -> list[EmailMessage]:
     """Return the per-recipient field groups of every message/delivery-status part."""
     groups: list[EmailMessage] = []
     for part in msg.walk():
@@ -127,174 +114,215 @@ def _dsn_fields(msg: EmailMessage) -> list[EmailMessage]:
                 groups += [
                     g
                     for g in payload
-                    if isinstance(g, EmailMessage) and (g.get("Final-Recipient") or g.get("Status"))
+                    if isinstance(g, EmailMessage)
+                    and (g.get("Final-Recipient") or g.get("Original-Recipient") or g.get("Status"))
                 ]
+            elif isinstance(payload, str):
+                # A delivery-status part the parser left as text (a transfer encoding on it).
+                groups += _groups_from_text(text_of(part))
     return groups
 
 
-def _address_of(field: str | None) -> str:
-    if not field:
-        return ""
-    # "rfc822; user@example.sk" (the address type is mandatory but often cased oddly).
-    value = field.partition(";")[2] if ";" in field else field
-    return parseaddr(value.strip())[1].strip().lower()
+def _groups_from_text(text: str) -> list[EmailMessage]:
+    blocks = re.split(r"\r?\n[ \t]*\r?\n", text.strip())
+    found = []
+    for block in blocks:
+        group = email.message_from_string(block.strip() + "\n\n", policy=email.policy.compat32)
+        if group.get("Final-Recipient") or group.get("Original-Recipient") or group.get("Status"):
+            found.append(group)
+    return found
 
 
-def _original_ids(msg: EmailMessage, raw: bytes) -> tuple[str, ...]:
-    found: list[str] = []
-    for part in msg.walk():
-        kind = part.get_content_type()
-        if kind == "message/rfc822":
-            inner = part.get_payload()
-            inner = inner[0] if isinstance(inner, list) and inner else inner
-            if isinstance(inner, EmailMessage) and inner.get("Message-ID"):
-                found.append(str(inner["Message-ID"]).strip())
-        elif kind == "text/rfc822-headers":
-            found += _MSGID.findall(_text_of(part))
-    if not msg.is_multipart() or not found:
-        # Prose bounces quote the original below a separator line.
-        bodies = [msg] if not msg.is_multipart() else list(msg.walk())
-        for part in bodies:
-            if part.get_content_maintype() == "text":
-                found += _MSGID.findall(_text_of(part))
-    if not found:
-        # A broken MIME structure (a boundary that does not match) hides the returned
-        # headers inside another part: look through the whole body as text.
-        body = raw[raw.find(b"\n\n") + 2 :] if b"\n\n" in raw else b""
-        found += _MSGID.findall(body.decode("utf-8", "replace"))
-    own = str(msg.get("Message-ID", "")).strip()
-    unique = []
-    for mid in found:
-        if mid != own and mid not in unique:
-            unique.append(mid)
-    return tuple(unique)
+def dsn_action(group: EmailMessage) -> str:
+    """Return a DSN field group's Action, lower-cased, read from its Status where absent."""
+    action = str(group.get("Action", "")).strip().lower().split()[:1]
+    if action:
+        return action[0]
+    status = str(group.get("Status", "")).strip()
+    return {"2": "delivered", "4": "delayed", "5": "failed"}.get(status[:1], "")
 
 
-def _return_paths(msg: EmailMessage) -> Iterator[str]:
-    """Yield the addresses a notification was delivered to: where a VERP tag would be."""
-    for name in ("X-Original-To", "Delivered-To", "Envelope-To", "To"):
-        for _, address in getaddresses([str(v) for v in msg.get_all(name, [])]):
-            yield address
-
-
-def _verp(msg: EmailMessage) -> str | None:
-    for address in _return_paths(msg):
-        match = _VERP.match(address)
-        if match:
-            return f"{match['local']}@{match['domain']}".lower()
+def dsn_recipient(group: EmailMessage) -> str | None:
+    """Return the valid address a DSN field group names (Final-, else Original-Recipient)."""
+    for name in ("Final-Recipient", "Original-Recipient", "X-Actual-Recipient"):
+        field = group.get(name)
+        if not field:
+            continue
+        # "rfc822; user@example.sk" (the address type is mandatory but often cased oddly).
+        value = str(field).partition(";")[2] if ";" in str(field) else str(field)
+        address = valid_address(parseaddr(value.strip())[1] or value)
+        if address:
+            return address
     return None
 
 
-def _verp_tag(msg: EmailMessage) -> str | None:
-    for address in _return_paths(msg):
-        match = _VERP_MESSAGE.match(address)
-        if match:
-            return match["tag"].lower()
-    return None
-
-
-def _looks_like_a_bounce(msg: EmailMessage) -> bool:
-    sender = parseaddr(str(msg.get("From", "")))[1]
-    return bool(
-        msg.get_content_type() == "multipart/report"
-        or msg.get("X-Failed-Recipients")
-        or msg.get("X-MS-Exchange-Message-Is-Ndr") is not None
-        or _DAEMON.match(sender)
-        or str(msg.get("Return-Path", "")).strip() == "<>"
+def _dsn_status(group: EmailMessage, text: str, address: str, permanent: bool) -> str:
+    status = enhanced_status(str(group.get("Status", "")))
+    diagnostic = str(group.get("Diagnostic-Code", ""))
+    said = enhanced_status(diagnostic)
+    # "Status: 5.0.0" (undefined) with "Diagnostic-Code: 550 5.1.1 ...": the remote
+    # server's own code is the exact one; the reporting MTA only knew the class.
+    if status and said and status.endswith(".0.0") and said[0] == status[0]:
+        return said
+    return (
+        status
+        or said
+        or _status_near(text, address)
+        or derived_status(f"{diagnostic}\n{text}", permanent=permanent)
+        or ("5.0.0" if permanent else "4.0.0")
     )
 
 
-def _status_in(text: str) -> str | None:
-    match = _ENHANCED.search(text)
-    if match:
-        return ".".join(match.groups())
-    basic = _BASIC.search(text)
-    return f"{basic.group(1)}.0.0" if basic else None
+def _status_near(text: str, address: str) -> str | None:
+    """Return the enhanced code stated after ``address`` in ``text``, else the first one."""
+    at = text.lower().find(address) if address else -1
+    if at >= 0:
+        near = enhanced_status(text[at : at + 600])
+        if near:
+            return near
+    return enhanced_status(text)
 
 
-def _flufl_failures(message: bytes) -> tuple[frozenset[bytes], frozenset[bytes]]:
-    """Return flufl.bounce's (temporary, permanent) recipients, robust to raw 8-bit headers."""
+def _flufl_failures(message: bytes) -> dict[str, bool]:
+    """Return flufl.bounce's valid recipients, each True if permanent, robust to 8-bit headers."""
     end = message.find(b"\n\n")
     head, body = (message[:end], message[end:]) if end >= 0 else (message, b"")
     # Raw UTF-8 in a header (invalid, but Mail.ru and replies do it) makes compat32 return
     # Header objects, on which several flufl detectors call str methods and crash.
     head = bytes(b if b < 0x80 else 0x3F for b in head)
     try:
-        return all_failures(email.message_from_bytes(head + body, policy=email.policy.compat32))
+        temporary, permanent = all_failures(
+            email.message_from_bytes(head + body, policy=email.policy.compat32)
+        )
     except Exception as exc:  # a detector bug must not stop the mailbox run
         log.warning("flufl.bounce failed on a message (%s); using the DSN part only", exc)
-        return frozenset(), frozenset()
+        return {}
+    found: dict[str, bool] = {}
+    for raw, is_permanent in [(a, False) for a in temporary] + [(a, True) for a in permanent]:
+        # flufl returns what its patterns caught: a JSON fragment, a path, a Message-ID.
+        address = valid_address(raw.decode("utf-8", "replace"))
+        if address:
+            found[address] = is_permanent
+    return found
+
+
+def looks_like_a_bounce(msg: EmailMessage) -> bool:
+    """Return whether the headers say delivery failed (a null Return-Path alone does not)."""
+    return bool(
+        (
+            msg.get_content_type() == "multipart/report"
+            and str(msg.get_param("report-type", "")).lower() == "delivery-status"
+        )
+        or msg.get("X-Failed-Recipients")
+        or msg.get("X-MS-Exchange-Message-Is-Ndr") is not None
+        or from_a_daemon(msg)
+        or _FAILURE_SUBJECT.search(header_text(msg, "Subject"))
+    )
+
+
+def _prose_recipients(msg: EmailMessage, text: str) -> list[str]:
+    """Return the failed addresses a notification without a DSN part names, best first."""
+    named = [
+        a
+        for a in (valid_address(v) for v in str(msg.get("X-Failed-Recipients", "")).split(","))
+        if a
+    ]
+    if named:
+        return named
+    own = {valid_address(a) for _, a in getaddresses([str(msg.get(h, "")) for h in ("To", "From")])}
+    mentioned: list[str] = []
+    for match in ADDRESS.finditer(text):
+        address = valid_address(match.group())
+        if address and address not in own and address not in mentioned:
+            local = address.partition("@")[0]
+            if not re.match(r"(?i)(mailer-daemon|postmaster)$", local):
+                mentioned.append(address)
+    # "RCPT TO: <address>" in the transcript names the refused recipient.
+    refused = [
+        a
+        for a in (
+            valid_address(m) for m in re.findall(r"(?i)rcpt to:\s*<?([^\s<>]+@[^\s<>]+)", text)
+        )
+        if a and a not in own
+    ]
+    if refused:
+        return refused[:1]
+    originals = original_recipients(msg)
+    both = [a for a in mentioned if a in originals]
+    if both:
+        return both
+    if mentioned:
+        return mentioned[:1]
+    return originals[:1]
 
 
 def parse_bounce(message: bytes) -> BounceInfo | None:
     """Return what a delivery status notification reports, or None if ``message`` is not one."""
-    msg = email.message_from_bytes(message, policy=email.policy.compat32)
-    temporary, permanent = _flufl_failures(message)
-    flufl = {a.decode("utf-8", "replace").lower(): False for a in temporary}
-    flufl.update({a.decode("utf-8", "replace").lower(): True for a in permanent})
-    explanation = _explanation(msg)
+    return bounce_of(email.message_from_bytes(message, policy=email.policy.compat32), message)
+
+
+def bounce_of(msg: EmailMessage, message: bytes) -> BounceInfo | None:
+    """Return what the parsed notification ``msg`` (bytes ``message``) reports as failed."""
+    text = explanation(msg)
     found: dict[str, BouncedRecipient] = {}
-    for group in _dsn_fields(msg):
-        action = str(group.get("Action", "")).strip().lower()
-        if action and action not in ("failed", "delayed"):
-            continue  # delivered, relayed, expanded: not a failure
-        address = _address_of(group.get("Final-Recipient")) or _address_of(
-            group.get("Original-Recipient")
-        )
-        status = _status_in(str(group.get("Status", ""))) or _status_in(
-            str(group.get("Diagnostic-Code", ""))
-        )
-        if not address or not status:
+    groups = dsn_groups(msg)
+    for group in groups:
+        action = dsn_action(group)
+        if action not in ("failed", "delayed"):
+            continue  # delivered, relayed, expanded: a delivery report, not a failure
+        address = dsn_recipient(group)
+        if not address:
             continue
+        permanent = action == "failed"
+        status = _dsn_status(group, text, address, permanent)
         found.setdefault(
             address,
             BouncedRecipient(
                 address,
                 status,
                 status.startswith("5"),
-                action or "failed",
-                _clean(str(group.get("Diagnostic-Code", ""))),
+                action,
+                clean(str(group.get("Diagnostic-Code", ""))) or diagnostic_line(text, status),
             ),
         )
-    if not flufl and not found:
-        if not _looks_like_a_bounce(msg):
+    if groups and not found and all(dsn_recipient(g) for g in groups):
+        return None  # every recipient delivered, relayed or expanded
+    flufl = _flufl_failures(message)
+    if not found and not flufl:
+        if not looks_like_a_bounce(msg):
             return None
-        # flufl.bounce knows no pattern for this server (Yahoo, Office 365): take the
-        # addresses the notification names, and fall back to the first one it mentions.
-        named = [a.strip().lower() for a in str(msg.get("X-Failed-Recipients", "")).split(",")]
-        own = {parseaddr(str(msg.get(h, "")))[1].lower() for h in ("To", "From")}
-        mentioned = [a.lower() for a in _ADDRESS.findall(explanation) if a.lower() not in own]
-        candidates = [a for a in named if a] or mentioned[:1]
-        flufl = dict.fromkeys(candidates, True)
+        # flufl.bounce knows no pattern for this server: take what the notification names.
+        flufl = dict.fromkeys(_prose_recipients(msg, text), True)
     for address, is_permanent in flufl.items():
         if address in found:
             continue
-        status = _status_in(explanation) or ("5.0.0" if is_permanent else "4.0.0")
+        status = (
+            _status_near(text, address)
+            or derived_status(text, permanent=is_permanent)
+            or ("5.0.0" if is_permanent else "4.0.0")
+        )
         found[address] = BouncedRecipient(
             address,
             status,
             status.startswith("5"),
-            "failed" if is_permanent else "delayed",
-            _diagnostic(explanation, status),
+            "failed" if status.startswith("5") else "delayed",
+            diagnostic_line(text, status) or diagnostic_line(text, address),
         )
+    # A Message-ID looks like an address: never report one as a recipient.
+    ids = original_ids(msg, message)
+    quoted = {m.strip("<>").lower() for m in ids} | {
+        m.lower() for m in re.findall(r"(?i)message-id:\s*<([^<>\s]+)>", text)
+    }
+    found = {a: r for a, r in found.items() if a not in quoted}
     if not found:
         return None
-    reporter = _clean(parseaddr(str(msg.get("From", "")))[1])
     return BounceInfo(
-        tuple(found.values()), _original_ids(msg, message), _verp(msg), reporter, _verp_tag(msg)
+        tuple(found.values()),
+        ids,
+        verp_recipient(msg),
+        clean(sender_address(msg)),
+        verp_tag(msg),
     )
-
-
-def _clean(text: str) -> str:
-    """Return text on one line without control characters (PostgreSQL refuses NUL)."""
-    return " ".join(_CONTROL.sub(" ", text).split())[:500]
-
-
-def _diagnostic(text: str, status: str) -> str:
-    for line in text.splitlines():
-        if status in line:
-            return _clean(line)
-    return ""
 
 
 def parse_bounces(messages: Iterable[bytes]) -> pd.DataFrame:

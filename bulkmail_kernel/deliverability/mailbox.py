@@ -1,15 +1,18 @@
-"""The bounce mailbox: read the sender account's IMAP box and act on what came back.
+"""The bounce mailbox: read the sender account's IMAP box and act on each message by its kind.
 
 :func:`process_mailbox` logs in (``settings['imap']``, the password from the
-environment or the keyring), fetches every message not yet flagged, and matches each
-bounce :func:`~bulkmail_kernel.deliverability.bounces.parse_bounce` reads to our
-message: by the Message-ID in the returned copy (fixed at registration, so retries
-keep it), else by a VERP return path (``bounces+<tag>@firm.sk`` or
+environment or the keyring), fetches every message not yet flagged, and classifies each
+(:func:`~bulkmail_kernel.deliverability.classify.classify_message`). It matches a
+notice to our message by the Message-ID it returns or answers (fixed at registration,
+so retries keep it), else by a VERP return path (``bounces+<tag>@firm.sk`` or
 ``bounces+jan=example.sk@firm.sk``), else by the address among this account's
 campaigns. The outbox records what that means (:mod:`bulkmail_kernel.outbox.bounces`):
 5.x.x fails the message and suppresses the address, 4.x.x counts a soft bounce and
-suppresses after ``soft_bounce_limit``. Mail to the account's unsubscribe mailto
-address unsubscribes its token or its sender. Processed mail is flagged, never deleted.
+suppresses after ``soft_bounce_limit``; a complaint suppresses (reason ``complaint``)
+and clears mailing-allowed; auto-replies and delivery reports only go into the history.
+Mail to the account's unsubscribe mailto address unsubscribes its token or its sender.
+Handled mail is flagged, never deleted; unknown mail is left for a person; a message
+that raises is flagged ``$BulkmailUnreadable``, reported, and the run goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message as EmailMessage
-from email.utils import getaddresses, parseaddr
+from email.utils import parseaddr
 from typing import Any
 from urllib.parse import unquote
 
@@ -34,7 +37,8 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from bulkmail_kernel.db import Database, resolve_database
-from bulkmail_kernel.deliverability.bounces import BouncedRecipient, BounceInfo, parse_bounce
+from bulkmail_kernel.deliverability.bounces import BouncedRecipient, BounceInfo
+from bulkmail_kernel.deliverability.classify import BOUNCE_KINDS, Classification, classify_message
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.outbox.bounces import (
     BouncedMessage,
@@ -44,6 +48,8 @@ from bulkmail_kernel.outbox.bounces import (
     message_by_header,
     message_by_verp_tag,
     record_bounce,
+    record_complaint,
+    record_notice,
 )
 from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
 from bulkmail_kernel.records import SenderInfo
@@ -53,6 +59,8 @@ log = logging.getLogger("bulkmail")
 DEFAULT_SOFT_BOUNCE_LIMIT = 3
 #: The flag that marks a message as handled; searching UNFLAGGED finds the new ones.
 PROCESSED_FLAG = r"\Flagged"
+#: The keyword that marks a message bulkmail could not read (left unseen for a person).
+UNREADABLE_FLAG = "$BulkmailUnreadable"
 RESULT_COLUMNS = [
     "uid",
     "kind",
@@ -220,91 +228,102 @@ def _quote(folder: str) -> str:
 # --------------------------------------------------------------------------- matching
 
 
-def _reported(info: BounceInfo, msg: BouncedMessage) -> BouncedRecipient:
-    """Return what the bounce says of the message's recipient, else of its first recipient."""
-    return next((r for r in info.recipients if r.recipient == msg.recipient), info.recipients[0])
-
-
 def _match(
     s: Session, account_id: int, info: BounceInfo
-) -> tuple[BouncedMessage | None, BouncedRecipient, str]:
-    """Return our message a bounce is about, the recipient it reports, and how it was found."""
+) -> tuple[BouncedMessage | None, BouncedRecipient | None, str]:
+    """Return our message a notice is about, the recipient it reports, and how it was found."""
     if info.original_message_ids:
         msg = message_by_header(s, info.original_message_ids)
         if msg is not None:
             own = [r for r in info.recipients if r.recipient == msg.recipient]
             ranked = own or sorted(info.recipients, key=lambda r: not r.permanent)
-            return msg, ranked[0], "message-id"
-    if info.verp_tag:
-        msg = message_by_verp_tag(s, info.verp_tag)
-        if msg is not None:
-            return msg, _reported(info, msg), "verp"
-    if info.verp_recipient:
-        msg = last_message_to(s, account_id, info.verp_recipient)
-        if msg is not None:
-            return msg, _reported(info, msg), "verp"
+            return msg, (ranked[0] if ranked else None), "message-id"
+    for how, found in (
+        ("verp", message_by_verp_tag(s, info.verp_tag) if info.verp_tag else None),
+        (
+            "verp",
+            last_message_to(s, account_id, info.verp_recipient) if info.verp_recipient else None,
+        ),
+    ):
+        if found is not None:
+            own = [r for r in info.recipients if r.recipient == found.recipient]
+            ranked = own or list(info.recipients)
+            return found, (ranked[0] if ranked else None), how
     for bounced in info.recipients:
         msg = last_message_to(s, account_id, bounced.recipient)
         if msg is not None:
             return msg, bounced, "recipient"
-    return None, info.recipients[0], ""
+    return None, (info.recipients[0] if info.recipients else None), ""
 
 
-def _apply_bounce(
-    s: Session, account_id: int, info: BounceInfo, imap: ImapSettings
+def _row(
+    kind: str,
+    msg: BouncedMessage | None,
+    reported: BouncedRecipient | None,
+    matched_by: str,
+    detail: str,
 ) -> dict[str, Any]:
-    msg, bounced, matched_by = _match(s, account_id, info)
-    row = {
-        "recipient": msg.recipient if msg is not None else bounced.recipient,
-        "status": bounced.status,
-        "permanent": bounced.permanent,
+    return {
+        "kind": kind,
+        "recipient": msg.recipient if msg is not None else (reported and reported.recipient),
+        "status": reported.status if reported is not None and reported.status else None,
+        "permanent": reported.permanent if reported is not None else None,
         "message_id": msg.id if msg is not None else None,
         "campaign_id": msg.campaign_id if msg is not None else None,
         "matched_by": matched_by or None,
+        "detail": detail,
     }
+
+
+def _apply(
+    s: Session, account_id: int, found: Classification, imap: ImapSettings
+) -> dict[str, Any]:
+    """Act on one classified notice; return its result row."""
+    info = found.info
+    assert info is not None
+    msg, reported, matched_by = _match(s, account_id, info)
     if msg is None:
-        # Not ours (or from before bulkmail): nothing to mark. Still flagged, and listed.
-        return {**row, "kind": "unmatched", "detail": bounced.diagnostic}
-    detail = f"{bounced.status} {bounced.diagnostic}".strip()
+        # Not ours (or from before bulkmail): nothing to act on. Still flagged, and listed.
+        what = "unmatched" if found.kind in BOUNCE_KINDS else found.kind
+        return _row(what, None, reported, "", f"{found.detail} (no message of ours matched)")
+    data = {
+        "reporter": info.reporter,
+        "matched_by": matched_by,
+        "reported_recipient": reported.recipient if reported is not None else None,
+    }
+    if found.kind == "complaint":
+        record_complaint(s, msg.id, detail=found.detail, data=data)
+        return _row("complaint", msg, reported, matched_by, found.detail)
+    if found.kind in ("auto_reply", "delivery_report"):
+        if reported is not None and reported.status:
+            data["status"] = reported.status
+        record_notice(s, msg.id, kind=found.kind, detail=found.detail, data=data)
+        return _row(found.kind, msg, reported, matched_by, found.detail)
+    if reported is None:
+        # A failure that names no readable address but returned our message: its recipient.
+        reported = BouncedRecipient(
+            msg.recipient,
+            found.status or ("5.0.0" if found.kind == "hard_bounce" else "4.0.0"),
+            found.kind == "hard_bounce",
+            "failed",
+            found.detail,
+        )
+    detail = f"{reported.status} {reported.diagnostic}".strip()
     kind, count = record_bounce(
         s,
         msg.id,
-        status=bounced.status,
-        permanent=bounced.permanent,
+        status=reported.status,
+        permanent=reported.permanent,
         detail=detail,
-        data={
-            "status": bounced.status,
-            "action": bounced.action,
-            "permanent": bounced.permanent,
-            "reporter": info.reporter,
-            "matched_by": matched_by,
-            "reported_recipient": bounced.recipient,
-        },
+        data={**data, "status": reported.status, "action": reported.action},
         soft_bounce_limit=imap.soft_bounce_limit,
     )
-    if bounced.permanent:
-        return {**row, "kind": kind, "detail": detail}
-    return {**row, "kind": kind, "detail": f"{detail} (soft bounce {count})"}
+    if not reported.permanent:
+        detail = f"{detail} (soft bounce {count})"
+    return _row(kind, msg, reported, matched_by, detail)
 
 
 # --------------------------------------------------------------------------- acting
-
-
-def _unsubscribe_request(msg: EmailMessage, imap: ImapSettings) -> bool:
-    if not imap.unsubscribe_address:
-        return False
-    to = [
-        a.lower()
-        for _, a in getaddresses(
-            [str(v) for h in ("To", "Delivered-To", "X-Original-To") for v in msg.get_all(h, [])]
-        )
-    ]
-    local, _, domain = imap.unsubscribe_address.partition("@")
-    # unsubscribe@firm.sk, or unsubscribe+<token>@firm.sk when the link carries the token.
-    return any(
-        a == imap.unsubscribe_address or (a.startswith(local + "+") and a.endswith("@" + domain))
-        for a in to
-    )
 
 
 def _unsubscribe_target(s: Session, msg: EmailMessage) -> dict[str, str]:
@@ -329,15 +348,21 @@ def process_mailbox(
     db: Database | None = None,
     url: str | None = None,
 ) -> pd.DataFrame:
-    """Read the account's bounce mailbox, act on bounces and unsubscribes, return what was done.
+    """Read the account's bounce mailbox, act on each message by its kind, return what was done.
 
     Reads every message not yet flagged (``settings['imap']``: host, port, security,
     user, folder, soft_bounce_limit; the password from the environment variable
-    ``credential_ref`` or the keyring). Hard bounces (5.x.x) fail the message and
-    suppress the address; soft ones (4.x.x) count, and suppress after
-    ``soft_bounce_limit`` (default 3). Mail to ``settings['unsubscribe_mailto']``
-    unsubscribes its token or its sender. Handled mail is flagged, never deleted;
-    anything else is left unread and unflagged for a human.
+    ``credential_ref`` or the keyring) and lists each with its kind (see
+    :func:`~bulkmail_kernel.deliverability.classify.classify_message`). Hard bounces
+    (5.x.x) fail the message and suppress the address; soft ones (4.x.x) count, and
+    suppress after ``soft_bounce_limit`` (default 3); complaints suppress (reason
+    ``complaint``) and clear mailing-allowed; auto-replies and delivery reports go
+    into the contact's history and change nothing else. Mail to
+    ``settings['unsubscribe_mailto']`` unsubscribes its token or its sender. Handled
+    mail is flagged, never deleted; ``unknown`` mail is left unread and unflagged for
+    a person. A message that cannot be read is flagged ``$BulkmailUnreadable`` (and
+    the IMAP Flagged flag, so it is not read again) but left unread, listed as ``unreadable`` with
+    the error, and the run goes on.
     """
     database = resolve_database(db, url)
     with database.session() as s:
@@ -348,46 +373,65 @@ def process_mailbox(
     conn = _connect(imap)
     try:
         for uid, raw in _fetch_new(conn, imap.folder):
-            row = _process_one(database, account_id, imap, raw)
-            if row is None:
+            try:
+                row = _process_one(database, account_id, imap, raw)
+            except Exception as exc:  # one bad message must never stop the run
+                log.warning("bounce mailbox uid %s could not be read: %r", uid, exc)
+                _flag(conn, uid, rf"({UNREADABLE_FLAG} {PROCESSED_FLAG})")
+                what = f"could not be read: {type(exc).__name__}: {exc}"
+                rows.append({"uid": uid, "kind": "unreadable", "detail": what[:500]})
                 continue
             rows.append({"uid": uid, **row})
-            # Flag only after the database has committed: a crash re-reads, never loses.
-            conn.uid("STORE", uid, "+FLAGS", rf"({PROCESSED_FLAG} \Seen)")
+            if row["kind"] != "unknown":
+                # Flag only after the database has committed: a crash re-reads, never loses.
+                _flag(conn, uid, rf"({PROCESSED_FLAG} \Seen)")
     finally:
         try:
             conn.logout()
         except (imaplib.IMAP4.error, OSError) as exc:
             log.debug("IMAP logout failed: %s", exc)
-    log.info("bounce mailbox of %s: %d messages handled", account_name, len(rows))
+    log.info("bounce mailbox of %s: %d messages read", account_name, len(rows))
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def _flag(conn: imaplib.IMAP4, uid: str, flags: str) -> None:
+    typ, data = conn.uid("STORE", uid, "+FLAGS", flags)
+    if typ != "OK" and UNREADABLE_FLAG in flags:
+        # A server without keywords: \Flagged alone still keeps it from being re-read.
+        typ, data = conn.uid("STORE", uid, "+FLAGS", f"({PROCESSED_FLAG})")
+    if typ != "OK":
+        raise ProviderError(f"IMAP uid {uid}: cannot set flags {flags}: {data!r}", uid=uid)
 
 
 def _process_one(
     database: Database, account_id: int, imap: ImapSettings, raw: bytes
-) -> dict[str, Any] | None:
-    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    if _unsubscribe_request(msg, imap):
-        with database.session() as s:
-            target = _unsubscribe_target(s, msg)
-        if "token" in target:
-            unsubscribe(target["token"], db=database)
-            return {"kind": "unsubscribe", "matched_by": "token", "detail": "mailto unsubscribe"}
-        address = target["address"]
-        try:
-            unsubscribe_address(address, channel="email", detail="mailto unsubscribe", db=database)
-        except ConfigError as exc:
-            # No token and a From we cannot read as an address: left unflagged for a human.
-            log.warning("unsubscribe mail from %r not handled: %s", address, exc.message)
-            return None
-        return {
-            "kind": "unsubscribe",
-            "recipient": address,
-            "matched_by": "sender",
-            "detail": "mailto unsubscribe",
-        }
-    info = parse_bounce(raw)
-    if info is None:
-        return None
+) -> dict[str, Any]:
+    found = classify_message(raw, unsubscribe_address=imap.unsubscribe_address)
+    if found.kind == "unsubscribe":
+        return _unsubscribe(database, raw)
+    if found.info is None:
+        return _row(found.kind, None, None, "", found.detail)
     with database.session() as s:
-        return _apply_bounce(s, account_id, info, imap)
+        return _apply(s, account_id, found, imap)
+
+
+def _unsubscribe(database: Database, raw: bytes) -> dict[str, Any]:
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    with database.session() as s:
+        target = _unsubscribe_target(s, msg)
+    if "token" in target:
+        unsubscribe(target["token"], db=database)
+        return {"kind": "unsubscribe", "matched_by": "token", "detail": "mailto unsubscribe"}
+    address = target["address"]
+    try:
+        unsubscribe_address(address, channel="email", detail="mailto unsubscribe", db=database)
+    except ConfigError as exc:
+        # No token and a From we cannot read as an address: left for a person.
+        log.warning("unsubscribe mail from %r not handled: %s", address, exc.message)
+        return {"kind": "unknown", "detail": f"unsubscribe request not handled: {exc.message}"}
+    return {
+        "kind": "unsubscribe",
+        "recipient": address,
+        "matched_by": "sender",
+        "detail": "mailto unsubscribe",
+    }

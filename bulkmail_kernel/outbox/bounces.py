@@ -163,3 +163,57 @@ def record_bounce(
     ):
         s.add(Event(kind="suppressed", detail=why, **event))
     return "soft_bounce_limit", count
+
+
+def record_complaint(s: Session, message_id: int, *, detail: str, data: dict[str, Any]) -> bool:
+    """Record a complaint about message ``message_id``: suppress and stop mailing the contact.
+
+    A ``complained`` event on the message; the address is suppressed with reason
+    ``complaint`` and every contact point holding it has mailing-allowed cleared, as an
+    unsubscribe would. The message's status is left alone: it was delivered. Returns
+    True if the suppression is new.
+    """
+    msg = s.get(Message, message_id)
+    assert msg is not None, message_id
+    event = {
+        "contact_id": msg.contact_id,
+        "contact_point_id": msg.contact_point_id,
+        "campaign_id": msg.campaign_id,
+        "message_id": msg.id,
+    }
+    s.add(Event(kind="complained", detail=detail, data=data, **event))
+    points = s.scalars(
+        sa.select(ContactPoint).where(
+            ContactPoint.channel == "email", ContactPoint.normalized == msg.recipient
+        )
+    ).all()
+    for point in points:
+        point.mailing_allowed = False
+    added = add_suppression(
+        s, "email", msg.recipient, reason="complaint", detail=detail, message_id=msg.id
+    )
+    if added:
+        s.add(Event(kind="suppressed", detail=f"complaint: {detail}", **event))
+    return added
+
+
+def record_notice(
+    s: Session, message_id: int, *, kind: str, detail: str, data: dict[str, Any]
+) -> None:
+    """Add an event ``kind`` (auto_reply, delivery_report) to message ``message_id``'s history.
+
+    Nothing else changes: no status, no suppression, no soft-bounce count.
+    """
+    msg = s.get(Message, message_id)
+    assert msg is not None, message_id
+    s.add(
+        Event(
+            kind=kind,
+            detail=detail[:2000],
+            data=data,
+            contact_id=msg.contact_id,
+            contact_point_id=msg.contact_point_id,
+            campaign_id=msg.campaign_id,
+            message_id=msg.id,
+        )
+    )

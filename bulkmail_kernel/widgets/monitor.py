@@ -105,6 +105,10 @@ def rate_html(p: CampaignProgress, workers: int | None = None) -> str:
         lines.append(f"<span style='color: {color}'>{htmlmod.escape(note)}</span>")
     if p.last_error:
         lines.append(f"<span style='color: #b00'>{htmlmod.escape(p.last_error)}</span>")
+    complaints = p.complaint_rate
+    if complaints.complaints:
+        color = "#b00" if complaints.warning else "#555"
+        lines.append(f"<span style='color: {color}'>{htmlmod.escape(complaints.line())}</span>")
     return "<br>".join(lines)
 
 
