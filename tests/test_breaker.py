@@ -302,6 +302,8 @@ def test_the_summary_equals_the_database_when_retries_expire(
         got = {k: getattr(summary, k) for k in ("sent", "deferred", "failed", "unknown")}
         assert got == {k: stored.get(k, 0) for k in got}
         assert summary.status == "finished"
+        # Three messages deferred three times each before giving up, one greylisted once.
+        assert summary.deferrals == 10
     finally:
         sink.stop()
 

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bulkmail_kernel.transports import classify_smtp
 from bulkmail_kernel.transports.replies import (
@@ -159,3 +161,20 @@ def test_stored_category_reads_a_failed_message(
     status: str, code: str | None, error: str, expected: str
 ) -> None:
     assert stored_category(status, code, error) == expected
+
+
+@given(
+    code=st.integers(min_value=400, max_value=599),
+    text=st.text(max_size=200),
+    stage=st.sampled_from(["rcpt", "data"]),
+)
+def test_any_refusal_gets_one_category_and_only_a_mailbox_suppresses(
+    code: int, text: str, stage: str
+) -> None:
+    result = classify_smtp(code, text, stage=stage)  # type: ignore[arg-type]
+    if code in (530, 534, 535, 538):
+        assert result.status == "fatal"
+        return
+    assert result.category in ACTIONS
+    assert result.suppress == (result.category == "mailbox")
+    assert result.status == ("deferred" if code < 500 else ACTIONS[result.category][0])  # type: ignore[index]

@@ -92,6 +92,8 @@ class SendSummary:
     connections: int
     #: Ended by Ctrl-C (Kernel → Interrupt): what was sent is recorded, the rest is queued.
     interrupted: bool = False
+    #: Answers this call deferred (4xx, a dropped connection), each retry of a message once.
+    deferrals: int = 0
 
 
 class _NoThrottle:
@@ -121,7 +123,13 @@ class _Run:
     #: This sender thread's journal (see :mod:`~bulkmail_kernel.outbox.journal`).
     journal: Journal | None = None
     totals: dict[str, int] = field(
-        default_factory=lambda: {"sent": 0, "deferred": 0, "failed": 0, "unknown": 0}
+        default_factory=lambda: {
+            "sent": 0,
+            "deferred": 0,
+            "failed": 0,
+            "unknown": 0,
+            "deferrals": 0,
+        }
     )
     #: Policy or system refusals in a row that pause the campaign (None: no breaker).
     breaker_after: int | None = None
@@ -247,9 +255,10 @@ def _flush(
         run.campaign_id, fresh, run.retry, hand, breaker_after=run.breaker_after
     )
     run.refusals_in_row = counts.get("refusals_in_row", run.refusals_in_row)
-    for k in run.totals:
+    for k in ("sent", "deferred", "failed", "unknown"):
         run.totals[k] += counts[k]
     for m, r in fresh:
+        run.totals["deferrals"] += r.status == "deferred"
         # A message this call deferred and now settles is no longer "left deferred".
         if m.id in run.deferred_ids:
             run.deferred_ids.discard(m.id)
@@ -480,19 +489,20 @@ def send(
         heartbeat.stop()
         store.unregister_worker()
     counts = store.counts(campaign_id)
-    totals = {k: sum(r.totals[k] for r in runs) for k in ("sent", "deferred", "failed", "unknown")}
+    totals = {k: sum(r.totals[k] for r in runs) for k in runs[0].totals} if runs else {}
     summary = SendSummary(
         campaign=name,
         status=status,
-        sent=totals["sent"],
-        deferred=totals["deferred"],
-        failed=totals["failed"],
-        unknown=totals["unknown"],
+        sent=totals.get("sent", 0),
+        deferred=totals.get("deferred", 0),
+        failed=totals.get("failed", 0),
+        unknown=totals.get("unknown", 0),
         removed=counts.get(MessageStatus.REMOVED.value, 0),
         remaining=sum(counts.get(k, 0) for k in OPEN),
         elapsed_s=clock.monotonic() - start,
         connections=sum(getattr(t, "logins", 1) for t in transports),
         interrupted=interrupted,
+        deferrals=totals.get("deferrals", 0),
     )
     if interrupted:
         say_once(
