@@ -10,7 +10,6 @@ and raises :class:`ContactImportError` when a source cannot be read at all.
 from __future__ import annotations
 
 import csv
-import io
 import re
 import unicodedata
 import zipfile
@@ -144,19 +143,12 @@ def read_csv(
     if not text.strip():
         raise ContactImportError(f"{path.name}: the file is empty", source=str(path))
     delim = delimiter or sniff_delimiter(text.split("\n", 1)[0])
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
-    try:
-        records = list(reader)
-    except csv.Error as exc:
-        raise ContactImportError(
-            f"{path.name}: not a readable CSV file: {exc}", source=str(path)
-        ) from exc
-    header = [h.strip() for h in records[0]]
+    records, broken = _csv_records(path, text, delim)
+    header = [h.strip() for h in records[0][1]]
     rows: list[SourceRow] = []
-    broken: list[tuple[int, str]] = []
     # The row number is the record number, as a spreadsheet shows it (header = row 1),
     # so a quoted line break inside a cell does not shift the numbers that follow.
-    for number, fields in enumerate(records[1:], start=2):
+    for number, fields in records[1:]:
         if not any(f.strip() for f in fields):
             continue
         if len(fields) > len(header) and not any(f.strip() for f in fields[len(header) :]):
@@ -167,7 +159,113 @@ def read_csv(
             )
             continue
         rows.append(SourceRow(number, dict(zip(header, fields, strict=True))))
+    broken.sort()
     return SourceTable(path.name, "csv", header, rows, broken, encoding=enc, delimiter=delim)
+
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n|$)")
+
+
+def _csv_records(
+    path: Path, text: str, delim: str
+) -> tuple[list[tuple[int, list[str]]], list[tuple[int, str]]]:
+    """Split CSV text into (row number, fields) records; a runaway quote is a broken row.
+
+    A quote that opens a cell and does not close on its line makes the csv module read
+    the following lines into that cell: good rows vanish with no trace (issue 14: a
+    5-row file imported as 4). When the lines so swallowed look like rows of their own,
+    the row where the quote opened is reported broken, naming its line and column, and
+    reading starts again on the next line. Rejecting that one row rather than stopping
+    the import loses nothing silently: the report names it, the default on_error="raise"
+    then commits nothing, and the swallowed rows are checked like any other, so
+    on_error="skip" imports them and the user fixes one row, not the whole file.
+    """
+    lines = [m.group(0) for m in _LINE.finditer(text) if m.group(0)]
+    records: list[tuple[int, list[str]]] = []
+    broken: list[tuple[int, str]] = []
+    width = 0
+    start = 0  # index of the next line to read
+    while start < len(lines):
+        reader = csv.reader(iter(lines[start:]), delimiter=delim)
+        done = 0  # lines of this reader consumed by the records before
+        restart = None
+        try:
+            for fields in reader:
+                first, last = start + done, start + reader.line_num - 1  # 0-based line indexes
+                done = reader.line_num
+                number = len(records) + len(broken) + 1
+                if not records:
+                    width = len(fields)
+                    if last > first:
+                        raise ContactImportError(
+                            f"{path.name}: a quote in the header (line 1) does not close on its "
+                            f"line, so lines 2–{last + 1} were read into it: close the quote or "
+                            "remove it",
+                            source=str(path),
+                        )
+                    records.append((number, fields))
+                    continue
+                why = None
+                if last > first:
+                    at_end = last == len(lines) - 1
+                    why = _runaway(lines[first : last + 1], fields, width, delim, at_end=at_end)
+                if why is not None:
+                    broken.append(
+                        (number, _runaway_reason(records[0][1], number, why, first, last))
+                    )
+                    restart = first + 1
+                    break
+                records.append((number, fields))
+        except csv.Error as exc:
+            line = start + reader.line_num
+            raise ContactImportError(
+                f"{path.name}: line {line} is not readable CSV: {exc}", source=str(path)
+            ) from exc
+        if restart is None:
+            break
+        start = restart
+    return records, broken
+
+
+def _runaway_reason(
+    header: list[str], row: int, why: tuple[int, str], first: int, last: int
+) -> str:
+    """Say which row, line and column a runaway quote opened in, and what to do."""
+    column, closes = why
+    name = header[column].strip() if column < len(header) else ""
+    where = f"column {name!r}" if name else f"column {column + 1}"
+    n = last - first
+    what = (
+        f"the next line (line {first + 2}) was read into it and is read again as a row"
+        if n == 1
+        else f"the next {n} lines (lines {first + 2}–{last + 1}) were read into it and are "
+        "read again as rows"
+    )
+    return (
+        f"row {row} (line {first + 1}): a quote opens in {where} and {closes}; {what} "
+        "— close the quote or remove it"
+    )
+
+
+def _runaway(
+    lines: list[str], fields: list[str], width: int, delim: str, *, at_end: bool
+) -> tuple[int, str] | None:
+    """Say where a quote of a record spanning ``lines`` ran away: (column, how), or None.
+
+    A quoted cell may hold a line break (an address on two lines): that record spans
+    lines too. It counts as runaway only when the quote never closes, when the record
+    does not have the header's number of fields, or when a line read into the cell
+    splits on its own into the header's number of fields, as a row does.
+    """
+    column = next((i for i, f in enumerate(fields) if "\n" in f or "\r" in f), 0)
+    if at_end and "".join(lines).count('"') % 2:
+        return column, "never closes"
+    looks_like_rows = any(
+        len(next(csv.reader([line], delimiter=delim), [])) == width for line in lines[1:]
+    )
+    if len(fields) != width or (width > 1 and looks_like_rows):
+        return column, "does not close on its line"
+    return None
 
 
 # --------------------------------------------------------------------------- Excel
@@ -210,14 +308,77 @@ def read_xlsx(path: Path, *, sheet: str | int | None = None) -> SourceTable:
         while header and not header[-1]:
             header.pop()
         rows: list[SourceRow] = []
+        unknown = _formulas_without_value(path, getattr(ws, "_worksheet_path", None))
+        broken: list[tuple[int, str]] = []
         for number, values in enumerate(it, start=2):
             cells = list(values[: len(header)]) + [None] * (len(header) - len(values))
+            lost = [(header[col], f) for col, f in unknown.get(number, {}).items()
+                    if col < len(header) and header[col]]  # fmt: skip
+            if lost:
+                # The value is unknown, not empty: importing the row without it (an empty
+                # e-mail, a missing name) would change the contact silently.
+                broken.append((number, _formula_reason(number, lost)))
+                continue
             if all(v is None or (isinstance(v, str) and not v.strip()) for v in cells):
                 continue
             rows.append(SourceRow(number, dict(zip(header, cells, strict=True))))
     finally:
         wb.close()
-    return SourceTable(path.name, "xlsx", header, rows)
+    return SourceTable(path.name, "xlsx", header, rows, broken)
+
+
+_CELL_REF = re.compile(r"([A-Z]+)(\d+)")
+
+
+def _formulas_without_value(path: Path, part: str | None) -> dict[int, dict[int, str]]:
+    """Return {row: {column index: formula}} of the sheet's formulas with no saved value.
+
+    Excel and LibreOffice save each formula's last result next to it, and that is what
+    bulkmail reads (formulas are never run). A file written by openpyxl or another
+    generator has the formula alone, which openpyxl reads as empty, as it reads a
+    formula whose result is an empty text. The sheet's XML tells them apart: a saved
+    empty text is ``<c t="str"><f>..</f><v></v></c>``; no result is no ``<v>`` or an
+    empty one without ``t="str"``.
+    """
+    if part is None:  # openpyxl keeps the part name privately; without it, nothing to check
+        return {}
+    found: dict[int, dict[int, str]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(part) as xml:
+            for _, el in SafeET.iterparse(xml):
+                if _local(el.tag) != "c":
+                    continue
+                children = {_local(child.tag): child for child in el}
+                formula = children.get("f")
+                value = children.get("v")
+                if formula is not None and (
+                    value is None or (not value.text and el.get("t") != "str")
+                ):
+                    ref = _CELL_REF.fullmatch(el.get("r") or "")
+                    if ref is not None:
+                        column = _column_index(ref.group(1))
+                        text = f"={formula.text}" if formula.text else "a shared formula"
+                        found.setdefault(int(ref.group(2)), {})[column] = text
+                el.clear()
+    except (KeyError, OSError, zipfile.BadZipFile, SafeET.ParseError):
+        return {}  # openpyxl read the sheet: what it could not, it reported itself
+    return found
+
+
+def _column_index(letters: str) -> int:
+    index = 0
+    for ch in letters:
+        index = index * 26 + ord(ch) - ord("A") + 1
+    return index - 1
+
+
+def _formula_reason(row: int, lost: list[tuple[str, str]]) -> str:
+    cells = "; ".join(f"column {name!r} holds the formula {f}" for name, f in lost)
+    return (
+        f"row {row}: {cells} with no saved value (the file was written by a program that "
+        "does not calculate formulas): open the file in Excel or LibreOffice and save it, "
+        "or paste the values over the formulas"
+    )
 
 
 # --------------------------------------------------------------------------- XML

@@ -1,0 +1,186 @@
+"""Reading bad source files: a runaway CSV quote, formulas without values, files in disguise."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+import zipfile
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
+from bulkmail_kernel.contacts.report import ImportResult
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(textwrap.dedent(text).lstrip("\n").encode("utf-8"))
+    return path
+
+
+def rejected(result: ImportResult) -> list[tuple[int, str]]:
+    report = result.report
+    lines = report[report["action"] == "rejected"]
+    return list(zip(lines["row"].tolist(), lines["reason"].tolist(), strict=True))
+
+
+# --------------------------------------------------------------------------- CSV quotes
+
+
+def test_unclosed_quote_names_its_row_and_loses_no_row(
+    tmp_path: Path, database: dbmod.Database
+) -> None:
+    # Five data rows; row 2 holds a real two-line address, so row 3 starts on line 4.
+    path = write(tmp_path, "people.csv", """
+        first_name,email,city
+        Ján,jan@sk.example.net,"Hlavná 1
+        Bratislava"
+        "Eva,eva@sk.example.net,Košice
+        Olga,olga@sk.example.net,Žilina
+        Peter,peter@sk.example.net,Nitra
+        Ivan,ivan@sk.example.net,Trnava
+    """)  # fmt: skip
+    result = import_contacts(path, db=database, progress=False)
+    # Before: 4 rows reported, Olga, Peter and Ivan gone into Eva's name, no line said so.
+    assert (result.rows, result.rejected, result.committed) == (5, 1, False)
+    assert rejected(result) == [
+        (3, "row 3 (line 4): a quote opens in column 'first_name' and never closes; the next 3 "
+            "lines (lines 5–7) were read into it and are read again as rows — close the quote "
+            "or remove it"),
+    ]  # fmt: skip
+    result = import_contacts(path, db=database, progress=False, on_error="skip")
+    assert (result.rows, result.inserted, result.rejected) == (5, 4, 1)
+    people = contacts_frame(database)
+    assert sorted(people["first_name"]) == ["Ivan", "Ján", "Olga", "Peter"]
+    assert sorted(people["city"]) == ["Hlavná 1 Bratislava", "Nitra", "Trnava", "Žilina"]
+
+
+def test_a_quote_closed_rows_later_is_reported_where_it_opened(
+    tmp_path: Path, database: dbmod.Database
+) -> None:
+    # The quote opened in row 3 closes at the start of row 4's quoted city.
+    path = write(tmp_path, "people.csv", """
+        first_name,email,city
+        Ján,jan@sk.example.net,Bratislava
+        "Eva,eva@sk.example.net,Košice
+        Olga,olga@sk.example.net,"Žilina"
+        Peter,peter@sk.example.net,Nitra
+        Ivan,ivan@sk.example.net,Trnava
+    """)  # fmt: skip
+    result = import_contacts(path, db=database, progress=False, on_error="skip")
+    assert rejected(result) == [
+        (3, "row 3 (line 3): a quote opens in column 'first_name' and does not close on its line; "
+            "the next line (line 4) was read into it and is read again as a row — close the "
+            "quote or remove it"),
+    ]  # fmt: skip
+    assert (result.rows, result.inserted) == (5, 4)
+    assert "Žilina" in set(contacts_frame(database)["city"])
+
+
+def test_quoted_line_breaks_are_cells_not_runaway_quotes(
+    tmp_path: Path, database: dbmod.Database
+) -> None:
+    path = write(tmp_path, "notes.csv", """
+        first_name,email,note
+        Ján,jan@sk.example.net,"first line
+        second line"
+        Eva,eva@sk.example.net,"a ""quoted"" word
+        on two lines, with a comma"
+    """)  # fmt: skip
+    result = import_contacts(path, db=database, progress=False)
+    assert (result.rows, result.inserted, result.rejected) == (2, 2, 0)
+    notes = sorted(contacts_frame(database)["note"])
+    # One cell each (the importer turns a line break in a value into a space).
+    assert notes == ['a "quoted" word on two lines, with a comma', "first line second line"]
+
+
+# --------------------------------------------------------------------------- Excel formulas
+
+
+def _workbook_with_formulas(path: Path) -> Path:
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["first_name", "email", "phone"])
+    ws.append(["Ján", "jan@sk.example.net", "0903 123 456"])
+    ws.append(["Eva", '=LOWER("EVA@SK.EXAMPLE.NET")', '=IF(1=1,"","x")'])
+    ws.append(['=PROPER("olga")', "olga@sk.example.net", None])
+    wb.save(path)
+    return path
+
+
+def _with_saved_values(path: Path, values: dict[str, tuple[str | None, str]]) -> Path:
+    """Write into each formula cell the result a spreadsheet program would save with it."""
+    out = path.with_name("saved.xlsx")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                text = data.decode()
+                for ref, (kind, value) in values.items():
+                    start = text.index(f'<c r="{ref}"')
+                    end = text.index("</c>", start)
+                    cell = (
+                        text[start:end]
+                        .replace("<v></v>", f"<v>{value}</v>")
+                        .replace("<v />", f"<v>{value}</v>")
+                    )
+                    if kind is not None:
+                        cell = cell.replace(f'<c r="{ref}"', f'<c r="{ref}" t="{kind}"', 1)
+                    text = text[:start] + cell + text[end:]
+                data = text.encode()
+            dst.writestr(item, data)
+    return out
+
+
+def test_formulas_without_a_saved_value_are_reported(
+    tmp_path: Path, database: dbmod.Database
+) -> None:
+    path = _workbook_with_formulas(tmp_path / "generated.xlsx")
+    result = import_contacts(path, db=database, progress=False, on_error="skip")
+    advice = (
+        "with no saved value (the file was written by a program that does not calculate "
+        "formulas): open the file in Excel or LibreOffice and save it, or paste the values "
+        "over the formulas"
+    )
+    # Before: Eva imported with no e-mail problem named, Olga imported without a name.
+    assert rejected(result) == [
+        (3, "row 3: column 'email' holds the formula =LOWER(\"EVA@SK.EXAMPLE.NET\"); column "
+            f"'phone' holds the formula =IF(1=1,\"\",\"x\") {advice}"),
+        (4, f"row 4: column 'first_name' holds the formula =PROPER(\"olga\") {advice}"),
+    ]  # fmt: skip
+    assert (result.rows, result.inserted) == (3, 1)
+
+
+def test_formulas_with_saved_values_are_read_as_their_values(
+    tmp_path: Path, database: dbmod.Database
+) -> None:
+    # What Excel or LibreOffice write: the result beside each formula, an empty text as t="str".
+    path = _with_saved_values(
+        _workbook_with_formulas(tmp_path / "generated.xlsx"),
+        {"B3": ("str", "eva@sk.example.net"), "C3": ("str", ""), "A4": ("str", "Olga")},
+    )
+    result = import_contacts(path, db=database, progress=False)
+    assert (result.rows, result.inserted, result.rejected) == (3, 3, 0)
+    assert sorted(set(contacts_frame(database)["first_name"])) == ["Eva", "Ján", "Olga"]
+
+
+@pytest.mark.skipif(shutil.which("libreoffice") is None, reason="LibreOffice is not installed")
+def test_a_workbook_saved_by_libreoffice_has_its_values(
+    tmp_path: Path, database: dbmod.Database
+) -> None:
+    source = _workbook_with_formulas(tmp_path / "generated.xlsx")
+    out = tmp_path / "lo"
+    subprocess.run(
+        ["libreoffice", "--headless", "--convert-to", "xlsx", "--outdir", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = import_contacts(out / "generated.xlsx", db=database, progress=False)
+    assert (result.rows, result.inserted, result.rejected) == (3, 3, 0)
