@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
+import sys
 import textwrap
 import zipfile
+import zlib
 from pathlib import Path
 
 import openpyxl
@@ -15,6 +18,7 @@ from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.contacts.report import ImportResult
+from bulkmail_kernel.exceptions import ContactImportError
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -184,3 +188,142 @@ def test_a_workbook_saved_by_libreoffice_has_its_values(
     )
     result = import_contacts(out / "generated.xlsx", db=database, progress=False)
     assert (result.rows, result.inserted, result.rejected) == (3, 3, 0)
+
+
+# --------------------------------------------------------------------------- files in disguise
+
+
+def _zip(path: Path, parts: dict[str, bytes]) -> bytes:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    return path.read_bytes()
+
+
+def _disguised(tmp_path: Path, kind: str) -> bytes:
+    """Return the bytes of a real file of ``kind``, as written by the usual tools."""
+    scratch = tmp_path / f"scratch.{kind}"
+    if kind == "gzip":
+        return gzip.compress(b"email\njan@sk.example.net\n")
+    if kind == "zip":
+        return _zip(scratch, {"export/contacts.csv": b"email\n", "readme.txt": b"hi"})
+    if kind == "ods":
+        mimetype = b"application/vnd.oasis.opendocument.spreadsheet"
+        return _zip(scratch, {"mimetype": mimetype, "content.xml": b"<office:document/>"})
+    if kind == "docx":
+        return _zip(scratch, {"[Content_Types].xml": b"<Types/>", "word/document.xml": b"<w/>"})
+    if kind == "png":
+        return b"\x89PNG\r\n\x1a\n" + zlib.compress(bytes(range(256)) * 8)
+    if kind == "pdf":
+        return b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"
+    if kind == "xls":
+        # An OLE2 compound file: what Excel 97-2003 writes (its first sector, zero-filled).
+        return b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504)
+    if kind == "html":
+        return b"<html><body><table><tr><td>email</td></tr></table></body></html>"
+    if kind == "binary":
+        return zlib.compress(bytes(range(256)) * 64)[2:]  # deflate data: bytes of every kind
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("pdf", "contacts.csv is a PDF document, not a CSV file: a PDF holds no table "
+                "bulkmail can read: export the list as CSV or Excel from the program that "
+                "made the PDF"),
+        ("gzip", "contacts.csv is a gzip-compressed file, not a CSV file: decompress it "
+                 "(gunzip) and import the file inside"),
+        ("zip", "contacts.csv is a zip archive (export/contacts.csv, readme.txt), not a CSV "
+                "file: extract it and import the contacts file inside"),
+        ("ods", "contacts.csv is an OpenDocument spreadsheet (ods), not a CSV file: open it in "
+                "Excel or LibreOffice and save it as .xlsx or as CSV UTF-8"),
+        ("xls", "contacts.csv is an old-format Microsoft Office file (an Excel 97-2003 .xls "
+                "workbook, or a Word .doc), not a CSV file: open it in Excel or LibreOffice "
+                "and save it as .xlsx or as CSV UTF-8"),
+        ("docx", "contacts.csv is a Word document (docx), not a CSV file: copy the table into "
+                 "Excel and save it as .xlsx or as CSV UTF-8"),
+        ("png", "contacts.csv is a PNG image, not a CSV file: an image holds no contacts: "
+                "export the list as CSV or Excel"),
+        ("html", "contacts.csv is an HTML page (some programs label such an export 'Excel'), "
+                 "not a CSV file: open it in Excel or LibreOffice and save it as .xlsx or as "
+                 "CSV UTF-8"),
+        ("binary", "contacts.csv is a binary file, not a CSV file: it is not text; export the "
+                   "contacts as CSV UTF-8 or as .xlsx from the program that made it"),
+    ],
+)  # fmt: skip
+def test_a_file_renamed_csv_is_named_for_what_it_is(
+    tmp_path: Path, sqlite_url: str, kind: str, message: str
+) -> None:
+    path = tmp_path / "contacts.csv"
+    path.write_bytes(_disguised(tmp_path, kind))
+    # Before: "the file is neither UTF-8 nor cp1250 nor cp1251" (or a list of garbage rows).
+    with pytest.raises(ContactImportError) as caught:
+        import_contacts(path, url=sqlite_url, progress=False)
+    assert str(caught.value) == message
+
+
+def test_a_workbook_renamed_csv_is_read_as_a_workbook_and_says_so(
+    tmp_path: Path, database: dbmod.Database
+) -> None:
+    path = tmp_path / "contacts.csv"
+    _workbook_with_formulas(tmp_path / "book.xlsx").rename(path)
+    result = import_contacts(path, db=database, progress=False, on_error="skip")
+    note = (
+        "contacts.csv is an Excel workbook (xlsx), not a CSV file: it was read as a workbook "
+        "(sheet 1); rename it to .xlsx to avoid this note"
+    )
+    assert result.notes == (note,)
+    assert f"note: {note}" in repr(result)
+    assert (result.rows, result.inserted, result.rejected) == (3, 1, 2)
+
+
+def test_a_csv_renamed_xlsx_says_so(tmp_path: Path, sqlite_url: str) -> None:
+    path = write(tmp_path, "contacts.xlsx", "email\njan@sk.example.net\n")
+    with pytest.raises(ContactImportError) as caught:
+        import_contacts(path, url=sqlite_url, progress=False)
+    assert str(caught.value) == (
+        "contacts.xlsx is a text file (perhaps CSV), not an .xlsx workbook: rename it to .csv"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_unicode_text_is_read(
+    tmp_path: Path, database: dbmod.Database, encoding: str
+) -> None:
+    # Excel's "Unicode text": UTF-16 LE with a BOM, tab-separated; some tools drop the BOM.
+    path = tmp_path / "unicode.txt"
+    path.write_bytes("first_name\temail\nJán\tjan@sk.example.net\nЁлка\telka@sk.example.net\n"
+                     .encode(encoding))  # fmt: skip
+    result = import_contacts(path, db=database, progress=False)
+    assert (result.inserted, result.delimiter) == (2, "\t")
+    assert result.encoding == encoding
+    assert sorted(contacts_frame(database)["first_name"]) == ["Ján", "Ёлка"]
+
+
+def test_the_command_says_what_the_file_is_in_one_line(tmp_path: Path, sqlite_url: str) -> None:
+    path = tmp_path / "contacts.csv"
+    path.write_bytes(_disguised(tmp_path, "pdf"))
+    done = subprocess.run(
+        [sys.executable, "-m", "bulkmail_kernel.cli", "import", str(path), "--db", sqlite_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "bulkmail import: contacts.csv is a PDF document, not a CSV file: a PDF holds no table "
+        "bulkmail can read: export the list as CSV or Excel from the program that made the PDF"
+    ]
+
+
+def test_text_in_no_known_encoding_names_the_byte(tmp_path: Path, sqlite_url: str) -> None:
+    path = tmp_path / "odd.csv"
+    path.write_bytes(b"email;name\njan@sk.example.net;J\x98n\n")
+    with pytest.raises(ContactImportError) as caught:
+        import_contacts(path, url=sqlite_url, progress=False)
+    assert str(caught.value) == (
+        "odd.csv: the file is not text in UTF-8, UTF-16, cp1250 or cp1251 (bytes such as 0x98 "
+        "fit none of them): save it as CSV UTF-8, or pass encoding=... if you know it"
+    )

@@ -10,10 +10,9 @@ and raises :class:`ContactImportError` when a source cannot be read at all.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 import unicodedata
-import zipfile
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,47 +22,15 @@ import defusedxml.ElementTree as SafeET
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel.contacts.sniff import HEAD_BYTES, sniff, utf16_without_bom
+from bulkmail_kernel.contacts.table import SourceRow, SourceTable, XmlPoint
+from bulkmail_kernel.contacts.workbook import read_xlsx
 from bulkmail_kernel.exceptions import ContactImportError
 
 #: Encodings tried for CSV files, in the order ties are broken.
 CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1250", "cp1251")
 #: Delimiters considered when sniffing a CSV header.
 CSV_DELIMITERS = (",", ";", "\t", "|")
-
-
-@dataclass(frozen=True)
-class XmlPoint:
-    """One ``<email>`` or ``<phone>`` element of an XML contact."""
-
-    channel: str
-    value: str
-    kind: str | None = None
-    type: str | None = None
-    allowed: str | None = None
-
-
-@dataclass(frozen=True)
-class SourceRow:
-    """One data row of a source: its visible number and its cells by column name."""
-
-    row: int
-    cells: dict[str, Any]
-    #: XML only: the contact's ``<email>``/``<phone>`` elements, in document order.
-    points: tuple[XmlPoint, ...] = ()
-
-
-@dataclass(frozen=True)
-class SourceTable:
-    """A source read into memory, before any validation."""
-
-    name: str
-    kind: str
-    columns: list[str]
-    rows: list[SourceRow]
-    #: Rows that could not even be split into cells: (row number, reason).
-    broken: list[tuple[int, str]] = field(default_factory=list)
-    encoding: str | None = None
-    delimiter: str | None = None
 
 
 # --------------------------------------------------------------------------- CSV
@@ -95,9 +62,16 @@ def implausible_words(text: str) -> int:
 
 
 def detect_encoding(data: bytes) -> str:
-    """Return the encoding of CSV bytes among utf-8, utf-8-sig, cp1250 and cp1251."""
+    """Return the encoding of CSV bytes: UTF-8 or UTF-16/32 (by BOM), else cp1250 or cp1251."""
     if data.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
+    # Excel's "Unicode text" (tab-separated) is UTF-16 LE with a BOM; the codecs drop the BOM.
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "utf-32"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if (utf16 := utf16_without_bom(data[:HEAD_BYTES])) is not None:
+        return utf16
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -113,10 +87,23 @@ def detect_encoding(data: bytes) -> str:
         scores.append((implausible_words(text), order, enc))
     if not scores:
         raise ContactImportError(
-            "the file is neither UTF-8 nor cp1250 nor cp1251; save it as UTF-8 "
-            "or pass encoding=...",
+            "the file is not text in UTF-8, UTF-16, cp1250 or cp1251 (bytes such as "
+            f"0x{_undefined_byte(data):02x} fit none of them): save it as CSV UTF-8, or pass "
+            "encoding=... if you know it",
         )
     return min(scores)[2]
+
+
+def _undefined_byte(data: bytes) -> int:
+    """Return the first byte that neither cp1250 nor cp1251 decodes (0x98 for both)."""
+    for byte in data:
+        if byte >= 0x80:
+            try:
+                bytes([byte]).decode("cp1250")
+                bytes([byte]).decode("cp1251")
+            except UnicodeDecodeError:
+                return byte
+    return 0
 
 
 def sniff_delimiter(header_line: str) -> str:
@@ -131,7 +118,10 @@ def read_csv(
 ) -> SourceTable:
     """Read a CSV file, detecting its encoding and delimiter unless given."""
     data = path.read_bytes()
-    enc = encoding or detect_encoding(data)
+    try:
+        enc = encoding or detect_encoding(data)
+    except ContactImportError as exc:
+        raise ContactImportError(f"{path.name}: {exc.message}", source=str(path)) from None
     try:
         text = data.decode(enc)
     except (UnicodeDecodeError, LookupError) as exc:
@@ -269,118 +259,6 @@ def _runaway(
 
 
 # --------------------------------------------------------------------------- Excel
-
-
-def read_xlsx(path: Path, *, sheet: str | int | None = None) -> SourceTable:
-    """Read the first (or the named) sheet of an .xlsx workbook; formulas are never run.
-
-    A formula cell is read as the value Excel cached when it last saved the file
-    (``data_only=True``); openpyxl does not evaluate anything.
-    """
-    import openpyxl
-    from openpyxl.utils.exceptions import InvalidFileException
-
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (InvalidFileException, zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
-        raise ContactImportError(
-            f"{path.name}: not a readable .xlsx workbook: {exc}", source=str(path)
-        ) from exc
-    try:
-        if sheet is None:
-            ws = wb.worksheets[0]
-        elif isinstance(sheet, int):
-            ws = wb.worksheets[sheet]
-        else:
-            ws = wb[sheet]
-    except (IndexError, KeyError) as exc:
-        wb.close()
-        raise ContactImportError(
-            f"{path.name}: no sheet {sheet!r}; the sheets are {wb.sheetnames}",
-            source=str(path),
-        ) from exc
-    try:
-        it = ws.iter_rows(values_only=True)
-        header_cells = next(it, None)
-        if header_cells is None:
-            raise ContactImportError(f"{path.name}: the sheet is empty", source=str(path))
-        header = [("" if h is None else str(h).strip()) for h in header_cells]
-        while header and not header[-1]:
-            header.pop()
-        rows: list[SourceRow] = []
-        unknown = _formulas_without_value(path, getattr(ws, "_worksheet_path", None))
-        broken: list[tuple[int, str]] = []
-        for number, values in enumerate(it, start=2):
-            cells = list(values[: len(header)]) + [None] * (len(header) - len(values))
-            lost = [(header[col], f) for col, f in unknown.get(number, {}).items()
-                    if col < len(header) and header[col]]  # fmt: skip
-            if lost:
-                # The value is unknown, not empty: importing the row without it (an empty
-                # e-mail, a missing name) would change the contact silently.
-                broken.append((number, _formula_reason(number, lost)))
-                continue
-            if all(v is None or (isinstance(v, str) and not v.strip()) for v in cells):
-                continue
-            rows.append(SourceRow(number, dict(zip(header, cells, strict=True))))
-    finally:
-        wb.close()
-    return SourceTable(path.name, "xlsx", header, rows, broken)
-
-
-_CELL_REF = re.compile(r"([A-Z]+)(\d+)")
-
-
-def _formulas_without_value(path: Path, part: str | None) -> dict[int, dict[int, str]]:
-    """Return {row: {column index: formula}} of the sheet's formulas with no saved value.
-
-    Excel and LibreOffice save each formula's last result next to it, and that is what
-    bulkmail reads (formulas are never run). A file written by openpyxl or another
-    generator has the formula alone, which openpyxl reads as empty, as it reads a
-    formula whose result is an empty text. The sheet's XML tells them apart: a saved
-    empty text is ``<c t="str"><f>..</f><v></v></c>``; no result is no ``<v>`` or an
-    empty one without ``t="str"``.
-    """
-    if part is None:  # openpyxl keeps the part name privately; without it, nothing to check
-        return {}
-    found: dict[int, dict[int, str]] = {}
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open(part) as xml:
-            for _, el in SafeET.iterparse(xml):
-                if _local(el.tag) != "c":
-                    continue
-                children = {_local(child.tag): child for child in el}
-                formula = children.get("f")
-                value = children.get("v")
-                if formula is not None and (
-                    value is None or (not value.text and el.get("t") != "str")
-                ):
-                    ref = _CELL_REF.fullmatch(el.get("r") or "")
-                    if ref is not None:
-                        column = _column_index(ref.group(1))
-                        text = f"={formula.text}" if formula.text else "a shared formula"
-                        found.setdefault(int(ref.group(2)), {})[column] = text
-                el.clear()
-    except (KeyError, OSError, zipfile.BadZipFile, SafeET.ParseError):
-        return {}  # openpyxl read the sheet: what it could not, it reported itself
-    return found
-
-
-def _column_index(letters: str) -> int:
-    index = 0
-    for ch in letters:
-        index = index * 26 + ord(ch) - ord("A") + 1
-    return index - 1
-
-
-def _formula_reason(row: int, lost: list[tuple[str, str]]) -> str:
-    cells = "; ".join(f"column {name!r} holds the formula {f}" for name, f in lost)
-    return (
-        f"row {row}: {cells} with no saved value (the file was written by a program that "
-        "does not calculate formulas): open the file in Excel or LibreOffice and save it, "
-        "or paste the values over the formulas"
-    )
-
-
 # --------------------------------------------------------------------------- XML
 
 #: Child elements of <contact> that map to built-in fields (see docs/contacts-xml.md).
@@ -530,12 +408,38 @@ def read_source(
     if path.is_dir():
         raise ContactImportError(f"{path}: is a directory, give a file", source=str(path))
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".txt", ".tsv"):
-        return read_csv(path, encoding=encoding, delimiter=delimiter)
-    if suffix in (".xlsx", ".xlsm"):
-        return read_xlsx(path, sheet=sheet)
     if suffix == ".xml":
         return read_xml(path)
+    what = sniff(path)
+    if suffix in (".xlsx", ".xlsm"):
+        if what is None or what.kind != "xlsx":
+            # Text (often a CSV saved under the wrong name) or another format altogether.
+            description = "a text file (perhaps CSV)" if what is None else what.description
+            advice = "rename it to .csv" if what is None else what.advice
+            raise ContactImportError(
+                f"{path.name} is {description}, not an .xlsx workbook: {advice}",
+                source=str(path),
+            )
+        return read_xlsx(path, sheet=sheet)
+    expected = "a CSV file" if suffix in (".csv", ".txt", ".tsv") else f"a {suffix} file"
+    if what is not None and what.kind == "xlsx":
+        # The bytes leave no doubt (a zip holding xl/workbook.xml) and the user wants the
+        # contacts in it: refusing would only make them rename the file. The result says
+        # so (ImportResult.notes), so it is not done silently.
+        note = (
+            f"{path.name} is an Excel workbook (xlsx), not {expected}: it was read as a "
+            f"workbook (sheet {1 if sheet is None else repr(sheet)}); rename it to .xlsx to "
+            "avoid this note"
+        )
+        book = read_xlsx(path, sheet=sheet)
+        return dataclasses.replace(book, notes=(*book.notes, note))
+    if what is not None:
+        raise ContactImportError(
+            f"{path.name} is {what.description}, not {expected}: {what.advice}",
+            source=str(path),
+        )
+    if suffix in (".csv", ".txt", ".tsv"):
+        return read_csv(path, encoding=encoding, delimiter=delimiter)
     raise ContactImportError(
         f"{path.name}: unsupported file type {suffix or '(none)'}; bulkmail reads .csv, .xlsx "
         "and .xml files, a SQL URL with table= or query=, or a pandas DataFrame "
