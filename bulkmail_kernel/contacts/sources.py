@@ -242,19 +242,26 @@ def _runaway(
 ) -> tuple[int, str] | None:
     """Say where a quote of a record spanning ``lines`` ran away: (column, how), or None.
 
-    A quoted cell may hold a line break (an address on two lines): that record spans
-    lines too. It counts as runaway only when the quote never closes, when the record
-    does not have the header's number of fields, or when a line read into the cell
-    splits on its own into the header's number of fields, as a row does.
+    A quoted cell may hold a line break (an address on two lines), so a record spanning
+    lines is no fault by itself. It is one when the quote never closes; when a quote
+    "closes" before other text, as the opening quote of a later row's cell does
+    (``"Eva,...`` then ``Olga,...,"Žilina"``: invalid CSV, which Python's csv module
+    reads on unless strict); or when a line read into the cell has no quote at all and
+    splits on its own into the header's number of fields, as a row does. A valid cell
+    whose middle line holds exactly that many fields is the one false alarm left: it is
+    reported, never dropped.
     """
     column = next((i for i, f in enumerate(fields) if "\n" in f or "\r" in f), 0)
     if at_end and "".join(lines).count('"') % 2:
         return column, "never closes"
-    looks_like_rows = any(
-        len(next(csv.reader([line], delimiter=delim), [])) == width for line in lines[1:]
-    )
-    if len(fields) != width or (width > 1 and looks_like_rows):
+    try:
+        list(csv.reader(lines, delimiter=delim, strict=True))
+    except csv.Error:
         return column, "does not close on its line"
+    for line in lines[1:]:
+        cells = next(csv.reader([line], delimiter=delim), [])
+        if width > 1 and '"' not in line and len(cells) == width:
+            return column, "does not close on its line"
     return None
 
 
