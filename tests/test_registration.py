@@ -24,6 +24,7 @@ from bulkmail_kernel.outbox.queue import store_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 PEOPLE = 120
+ALLOWED = PEOPLE - PEOPLE // 10
 HTML = (
     "<html><body><p>Dobrý deň {{ first_name }},</p><p>pozývame vás.</p>"
     '<p><a href="{{ unsubscribe_url }}">Odhlásiť</a></p></body></html>'
@@ -31,17 +32,20 @@ HTML = (
 
 
 def _setup(database: dbmod.Database, campaigns: list[str]) -> pd.DataFrame:
-    """Import PEOPLE opted-in contacts, save segment 'all', create each campaign on it."""
+    """Import PEOPLE contacts, save segment 'all' of them, create each campaign on it."""
     frame = pd.DataFrame(
         {
             "first_name": [f"Meno{i}" for i in range(PEOPLE)],
             "email": [f"p{i:04d}@a.sk" for i in range(PEOPLE)],
-            "mailing_allowed": ["yes"] * PEOPLE,
+            # Every tenth person has not opted in: skipped, and listed once by skipped().
+            "mailing_allowed": ["no" if i % 10 == 0 else "yes" for i in range(PEOPLE)],
         }
     )
     import_contacts(frame, db=database, progress=False)
     people = contacts_frame(database)
-    cm.save_segment("all", cm.FilterSpec(channel="email"), people, db=database)
+    cm.save_segment(
+        "all", cm.FilterSpec(channel="email", mailing_allowed=None), people, db=database
+    )
     cm.add_sender_account(
         "shop",
         kind="smtp",
@@ -66,6 +70,12 @@ def _messages_per_recipient(database: dbmod.Database, campaign: str) -> dict[str
             .group_by(Message.recipient)
         ).all()
     return {r: n for r, n in rows}
+
+
+def _assert_skipped_once(database: dbmod.Database, campaign: str) -> None:
+    gone = cm.skipped(campaign, db=database)
+    assert sorted(gone["address"]) == [f"p{i:04d}@a.sk" for i in range(0, PEOPLE, 10)]
+    assert set(gone["reason"]) == {"mailing not allowed"}
 
 
 def _register_cli(url: str, campaign: str) -> subprocess.Popen[str]:
@@ -96,13 +106,14 @@ def test_two_register_commands_at_once_both_end_well(database: dbmod.Database, d
             assert code == 0, err
             assert "Traceback" not in err, err
             assert "Error" not in err, err
-            assert f"{PEOPLE} messages in the queue of '{campaign}'" in out, out
+            assert f"{ALLOWED} messages in the queue of '{campaign}'" in out, out
             # Whatever it says on stderr is one line per registration that lost the race.
             assert all("registered meanwhile by another registration" in line
                        for line in err.splitlines()), err  # fmt: skip
         per_recipient = _messages_per_recipient(database, campaign)
-        assert len(per_recipient) == PEOPLE
+        assert len(per_recipient) == ALLOWED
         assert set(per_recipient.values()) == {1}
+        _assert_skipped_once(database, campaign)
 
 
 def _register_in_threads(
@@ -135,8 +146,9 @@ def test_register_from_two_threads_stores_each_recipient_once(database: dbmod.Da
     for campaign in rounds:
         results, errors = _register_in_threads(database, campaign, people)
         assert errors == []
-        assert [len(q) for q in results] == [PEOPLE, PEOPLE]
+        assert [len(q) for q in results] == [ALLOWED, ALLOWED]
         assert set(_messages_per_recipient(database, campaign).values()) == {1}
+        _assert_skipped_once(database, campaign)
 
 
 @pytest.mark.postgres
@@ -182,11 +194,12 @@ def test_a_registration_that_waited_for_another_stores_nothing_twice(
     for t in threads:
         t.join(120)
     assert errors == []
-    assert [len(q) for q in results] == [PEOPLE, PEOPLE]
+    assert [len(q) for q in results] == [ALLOWED, ALLOWED]
     assert set(_messages_per_recipient(database, "jar").values()) == {1}
+    _assert_skipped_once(database, "jar")
     lines = [r.getMessage() for r in caplog.records if "meanwhile" in r.getMessage()]
     assert lines == [
-        f"campaign jar: {PEOPLE} of {PEOPLE} recipients were registered meanwhile by another "
+        f"campaign jar: {ALLOWED} of {ALLOWED} recipients were registered meanwhile by another "
         "registration of this campaign; each has one message"
     ]
 
@@ -196,7 +209,7 @@ def test_storing_recipients_another_registration_stored_writes_nothing(
 ) -> None:
     """What the registration that lost the race does: its rows are left out, no error."""
     people = _setup(database, ["jar"])
-    cm.register("jar", people.iloc[:5], db=database)
+    cm.register("jar", people.iloc[1:6], db=database)  # p0001-p0005, all opted in
     cid = cm.get_campaign("jar", db=database).id
     with database.engine.connect() as conn:
         points = conn.execute(
@@ -219,3 +232,10 @@ def test_storing_recipients_another_registration_stored_writes_nothing(
         bodies = conn.scalar(sa.select(sa.func.count()).select_from(dbmod.MessageBody))
     assert events_after - events_before == 2
     assert bodies == 7
+
+
+def test_registering_again_lists_each_skipped_recipient_once(database: dbmod.Database) -> None:
+    people = _setup(database, ["jar"])
+    for _ in range(3):
+        assert len(cm.register("jar", people, db=database)) == ALLOWED
+    _assert_skipped_once(database, "jar")

@@ -294,7 +294,19 @@ def store_messages(
                 ],
             )
         if skipped:
-            conn.execute(sa.insert(Event), skipped)
+            # A recipient skipped for the same reason before (registering again, or a
+            # registration running at the same time) is one line in skipped(), not one per run.
+            known = {
+                (r.contact_point_id, r.detail)
+                for r in conn.execute(
+                    sa.select(Event.contact_point_id, Event.detail).where(
+                        Event.campaign_id == cid, Event.kind == "skipped"
+                    )
+                )
+            }
+            fresh = [e for e in skipped if (e["contact_point_id"], e["detail"]) not in known]
+            if fresh:
+                conn.execute(sa.insert(Event), fresh)
     return stored
 
 
