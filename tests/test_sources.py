@@ -367,3 +367,25 @@ def test_text_in_no_known_encoding_names_the_byte(tmp_path: Path, sqlite_url: st
         "odd.csv: the file is not text in UTF-8, UTF-16, cp1250 or cp1251 (bytes such as 0x98 "
         "fit none of them): save it as CSV UTF-8, or pass encoding=... if you know it"
     )
+
+
+def test_other_names_are_judged_by_their_bytes_too(
+    tmp_path: Path, database: dbmod.Database
+) -> None:
+    old = tmp_path / "contacts.xls"
+    old.write_bytes(_disguised(tmp_path, "xls"))
+    with pytest.raises(ContactImportError) as caught:
+        import_contacts(old, db=database, progress=False)
+    assert str(caught.value) == (
+        "contacts.xls is an old-format Microsoft Office file (an Excel 97-2003 .xls workbook, "
+        "or a Word .doc), which bulkmail does not read: open it in Excel or LibreOffice and "
+        "save it as .xlsx or as CSV UTF-8"
+    )
+    bare = tmp_path / "contacts"
+    _workbook_with_formulas(tmp_path / "book.xlsx").rename(bare)
+    result = import_contacts(bare, db=database, progress=False, on_error="skip")
+    assert result.notes == (
+        "contacts is an Excel workbook (xlsx): it was read as a workbook (sheet 1); rename it "
+        "to .xlsx to avoid this note",
+    )
+    assert result.inserted == 1

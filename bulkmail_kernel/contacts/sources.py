@@ -428,24 +428,26 @@ def read_source(
                 source=str(path),
             )
         return read_xlsx(path, sheet=sheet)
-    expected = "a CSV file" if suffix in (".csv", ".txt", ".tsv") else f"a {suffix} file"
+    as_csv = suffix in (".csv", ".txt", ".tsv")
+    named = ", not a CSV file" if as_csv else ""
     if what is not None and what.kind == "xlsx":
         # The bytes leave no doubt (a zip holding xl/workbook.xml) and the user wants the
         # contacts in it: refusing would only make them rename the file. The result says
         # so (ImportResult.notes), so it is not done silently.
         note = (
-            f"{path.name} is an Excel workbook (xlsx), not {expected}: it was read as a "
-            f"workbook (sheet {1 if sheet is None else repr(sheet)}); rename it to .xlsx to "
-            "avoid this note"
+            f"{path.name} is an Excel workbook (xlsx){named}: it was read as a workbook "
+            f"(sheet {1 if sheet is None else repr(sheet)}); rename it to .xlsx to avoid "
+            "this note"
         )
         book = read_xlsx(path, sheet=sheet)
         return dataclasses.replace(book, notes=(*book.notes, note))
     if what is not None:
         raise ContactImportError(
-            f"{path.name} is {what.description}, not {expected}: {what.advice}",
+            f"{path.name} is {what.description}{named or ', which bulkmail does not read'}: "
+            f"{what.advice}",
             source=str(path),
         )
-    if suffix in (".csv", ".txt", ".tsv"):
+    if as_csv:
         return read_csv(path, encoding=encoding, delimiter=delimiter)
     raise ContactImportError(
         f"{path.name}: unsupported file type {suffix or '(none)'}; bulkmail reads .csv, .xlsx "
