@@ -4,7 +4,8 @@ Each reader turns its source into a :class:`SourceTable`: a header and the data
 rows, each with the row number a person sees (spreadsheet row with the header as
 row 1, XML ``<contact>`` element number, SQL result row). Validation and
 de-duplication happen in :mod:`bulkmail_kernel.contacts.importer`; this module only reads,
-and raises :class:`ContactImportError` when a source cannot be read at all.
+and raises :class:`ContactImportError` when a source cannot be read at all. What a file
+is comes from its first bytes (:mod:`bulkmail_kernel.contacts.sniff`), not its name.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bulkmail_kernel.contacts.table import SourceRow, SourceTable, XmlPoint
 from bulkmail_kernel.contacts.workbook import read_xlsx
 from bulkmail_kernel.exceptions import ContactImportError
 
-#: Encodings tried for CSV files, in the order ties are broken.
+#: Encodings tried for CSV files without a BOM, in the order ties are broken.
 CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1250", "cp1251")
 #: Delimiters considered when sniffing a CSV header.
 CSV_DELIMITERS = (",", ";", "\t", "|")
@@ -65,9 +66,9 @@ def detect_encoding(data: bytes) -> str:
     """Return the encoding of CSV bytes: UTF-8 or UTF-16/32 (by BOM), else cp1250 or cp1251."""
     if data.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
-    # Excel's "Unicode text" (tab-separated) is UTF-16 LE with a BOM; the codecs drop the BOM.
-    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):  # before UTF-16's BOM
         return "utf-32"
+    # Excel's "Unicode text" (tab-separated) is UTF-16 LE with a BOM; the codecs drop the BOM.
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf-16"
     if (utf16 := utf16_without_bom(data[:HEAD_BYTES])) is not None:
