@@ -93,25 +93,42 @@ def _formulas_without_value(path: Path, part: str | None) -> dict[int, dict[int,
         return {}
     found: dict[int, dict[int, str]] = {}
     try:
-        with zipfile.ZipFile(path) as archive, archive.open(part) as xml:
-            for _, el in SafeET.iterparse(xml):
-                if _local(el.tag) != "c":
-                    continue
-                children = {_local(child.tag): child for child in el}
-                formula = children.get("f")
-                value = children.get("v")
-                if formula is not None and (
-                    value is None or (not value.text and el.get("t") != "str")
-                ):
-                    ref = _CELL_REF.fullmatch(el.get("r") or "")
-                    if ref is not None:
-                        column = _column_index(ref.group(1))
-                        text = f"={formula.text}" if formula.text else "a shared formula"
-                        found.setdefault(int(ref.group(2)), {})[column] = text
-                el.clear()
+        with zipfile.ZipFile(path) as archive:
+            if not _has_formulas(archive, part):
+                return {}  # the usual list: a byte scan, not a second parse of the sheet
+            with archive.open(part) as xml:
+                for _, el in SafeET.iterparse(xml):
+                    if _local(el.tag) != "c":
+                        continue
+                    children = {_local(child.tag): child for child in el}
+                    formula = children.get("f")
+                    value = children.get("v")
+                    if formula is not None and (
+                        value is None or (not value.text and el.get("t") != "str")
+                    ):
+                        ref = _CELL_REF.fullmatch(el.get("r") or "")
+                        if ref is not None:
+                            column = _column_index(ref.group(1))
+                            text = f"={formula.text}" if formula.text else "a shared formula"
+                            found.setdefault(int(ref.group(2)), {})[column] = text
+                    el.clear()
     except (KeyError, OSError, zipfile.BadZipFile, SafeET.ParseError):
         return {}  # openpyxl read the sheet: what it could not, it reported itself
     return found
+
+
+_FORMULA_TAG = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?f[\s>/]")
+
+
+def _has_formulas(archive: zipfile.ZipFile, part: str) -> bool:
+    """Say whether the sheet's XML holds a formula element, reading it in chunks."""
+    tail = b""
+    with archive.open(part) as xml:
+        while chunk := xml.read(1 << 20):
+            if _FORMULA_TAG.search(tail + chunk):
+                return True
+            tail = chunk[-64:]  # a tag cut between two chunks is found in the next
+    return False
 
 
 def _column_index(letters: str) -> int:
