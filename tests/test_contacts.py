@@ -392,7 +392,7 @@ def test_mapping_errors_name_the_problem(tmp_path: Path, sqlite_url: str) -> Non
         ("empty.csv", b"", "the file is empty"),
         ("bad.xml", b"<contacts><contact>", "not well-formed XML"),
         ("other.xml", b"<people/>", "expected <contacts>"),
-        ("bad.xlsx", b"not a zip", "not a readable .xlsx workbook"),
+        ("bad.xlsx", b"not a zip", "bad.xlsx is a text file \\(perhaps CSV\\), not an .xlsx"),
     ],
 )
 def test_unreadable_sources_raise(

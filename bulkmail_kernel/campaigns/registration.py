@@ -221,7 +221,30 @@ def register(
                     "data": {"address": getattr(point, "normalized", None), "at": "registration"},
                 }
             )
-    store_messages(database, cid, wanted, messages, skipped, now)
+    # Two registrations of one campaign at once both end well: the first to store a
+    # recipient owns its message, the other leaves it out and says so. Both succeeding,
+    # rather than the second refusing, is what a user who pressed register twice wants:
+    # the queue is whole either way and nothing is left half-done or locked after a crash.
+    try:
+        stored = store_messages(database, cid, wanted, messages, skipped, now)
+    except sa.exc.OperationalError as exc:
+        if "database is locked" not in str(exc):
+            raise
+        # SQLite lets one writer in at a time and waits busy_timeout (30 s) for it.
+        raise SendError(
+            f"register {cname!r}: the database {database.url} stayed locked by another "
+            "process for 30 s (perhaps registering or sending this campaign): wait for it "
+            "to finish and run register again",
+            campaign=cname,
+        ) from None
+    if stored < len(messages):
+        log.warning(
+            "campaign %s: %d of %d recipients were registered meanwhile by another "
+            "registration of this campaign; each has one message",
+            cname,
+            len(messages) - stored,
+            len(messages),
+        )
     with database.session() as s:
         c = campaign_row(s, cid)
         if c.status in (CampaignStatus.DRAFT.value, CampaignStatus.FINISHED.value):
@@ -234,7 +257,7 @@ def register(
     log.info(
         "campaign %s: %d messages registered, %d recipients skipped (see skipped())",
         cname,
-        len(messages),
+        stored,
         len(skipped),
     )
     return queue(cid, db=database)

@@ -503,7 +503,8 @@ def import_contacts(
         mapping: ``{"Source column": "field"}`` for columns the built-in synonyms do not
             recognise; a field is one of ``FIELDS``, ``"attributes.<name>"``, or None to skip
             the column. Unmapped, unrecognised columns become custom attributes.
-        encoding: CSV encoding; detected among utf-8, utf-8-sig, cp1250 and cp1251 if None.
+        encoding: CSV encoding; detected if None: UTF-8 or UTF-16/32 (Excel's "Unicode
+            text"), else cp1250 or cp1251.
         delimiter: CSV delimiter; sniffed among , ; TAB and | if None.
         region: region for phone numbers without a country code (default
             ``config.default_region()``, "SK").
@@ -590,7 +591,7 @@ def import_contacts(
         source=name, rows=n_rows, inserted=inserted, updated=updated, unchanged=unchanged,
         merged=len(report.merged - report.rejected), rejected=len(report.rejected),
         committed=committed, report=report.frame(), run_id=run_id, encoding=src.encoding,
-        delimiter=src.delimiter,
+        delimiter=src.delimiter, notes=src.notes,
     )  # fmt: skip
     log.info("import %s", result.summary())
     return result

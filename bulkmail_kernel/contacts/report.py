@@ -42,6 +42,8 @@ class ImportResult:
     run_id: int | None = None
     encoding: str | None = None
     delimiter: str | None = None
+    #: How the source was read, when the user should know (a workbook named .csv).
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """Return a one-line summary of the counts."""
@@ -55,7 +57,7 @@ class ImportResult:
         return text
 
     def __repr__(self) -> str:
-        lines = [f"ImportResult({self.summary()})"]
+        lines = [f"ImportResult({self.summary()})", *(f"note: {n}" for n in self.notes)]
         if len(self.report):
             lines.append(self.report.to_string(index=False, max_rows=20, max_colwidth=60))
         return "\n".join(lines)
@@ -63,6 +65,7 @@ class ImportResult:
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.committed else "#cf222e"
         head = f'<p style="color:{colour}"><b>{html.escape(self.summary())}</b></p>'
+        head += "".join(f"<p>note: {html.escape(n)}</p>" for n in self.notes)
         if not len(self.report):
             return head
         return head + self.report.to_html(index=False, max_rows=200, escape=True)

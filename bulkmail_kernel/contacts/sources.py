@@ -4,17 +4,16 @@ Each reader turns its source into a :class:`SourceTable`: a header and the data
 rows, each with the row number a person sees (spreadsheet row with the header as
 row 1, XML ``<contact>`` element number, SQL result row). Validation and
 de-duplication happen in :mod:`bulkmail_kernel.contacts.importer`; this module only reads,
-and raises :class:`ContactImportError` when a source cannot be read at all.
+and raises :class:`ContactImportError` when a source cannot be read at all. What a file
+is comes from its first bytes (:mod:`bulkmail_kernel.contacts.sniff`), not its name.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import dataclasses
 import re
 import unicodedata
-import zipfile
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,47 +23,15 @@ import defusedxml.ElementTree as SafeET
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel.contacts.sniff import HEAD_BYTES, sniff, utf16_without_bom
+from bulkmail_kernel.contacts.table import SourceRow, SourceTable, XmlPoint
+from bulkmail_kernel.contacts.workbook import read_xlsx
 from bulkmail_kernel.exceptions import ContactImportError
 
-#: Encodings tried for CSV files, in the order ties are broken.
+#: Encodings tried for CSV files without a BOM, in the order ties are broken.
 CSV_ENCODINGS = ("utf-8", "utf-8-sig", "cp1250", "cp1251")
 #: Delimiters considered when sniffing a CSV header.
 CSV_DELIMITERS = (",", ";", "\t", "|")
-
-
-@dataclass(frozen=True)
-class XmlPoint:
-    """One ``<email>`` or ``<phone>`` element of an XML contact."""
-
-    channel: str
-    value: str
-    kind: str | None = None
-    type: str | None = None
-    allowed: str | None = None
-
-
-@dataclass(frozen=True)
-class SourceRow:
-    """One data row of a source: its visible number and its cells by column name."""
-
-    row: int
-    cells: dict[str, Any]
-    #: XML only: the contact's ``<email>``/``<phone>`` elements, in document order.
-    points: tuple[XmlPoint, ...] = ()
-
-
-@dataclass(frozen=True)
-class SourceTable:
-    """A source read into memory, before any validation."""
-
-    name: str
-    kind: str
-    columns: list[str]
-    rows: list[SourceRow]
-    #: Rows that could not even be split into cells: (row number, reason).
-    broken: list[tuple[int, str]] = field(default_factory=list)
-    encoding: str | None = None
-    delimiter: str | None = None
 
 
 # --------------------------------------------------------------------------- CSV
@@ -96,9 +63,16 @@ def implausible_words(text: str) -> int:
 
 
 def detect_encoding(data: bytes) -> str:
-    """Return the encoding of CSV bytes among utf-8, utf-8-sig, cp1250 and cp1251."""
+    """Return the encoding of CSV bytes: UTF-8 or UTF-16/32 (by BOM), else cp1250 or cp1251."""
     if data.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):  # before UTF-16's BOM
+        return "utf-32"
+    # Excel's "Unicode text" (tab-separated) is UTF-16 LE with a BOM; the codecs drop the BOM.
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if (utf16 := utf16_without_bom(data[:HEAD_BYTES])) is not None:
+        return utf16
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -114,10 +88,23 @@ def detect_encoding(data: bytes) -> str:
         scores.append((implausible_words(text), order, enc))
     if not scores:
         raise ContactImportError(
-            "the file is neither UTF-8 nor cp1250 nor cp1251; save it as UTF-8 "
-            "or pass encoding=...",
+            "the file is not text in UTF-8, UTF-16, cp1250 or cp1251 (bytes such as "
+            f"0x{_undefined_byte(data):02x} fit none of them): save it as CSV UTF-8, or pass "
+            "encoding=... if you know it",
         )
     return min(scores)[2]
+
+
+def _undefined_byte(data: bytes) -> int:
+    """Return the first byte that neither cp1250 nor cp1251 decodes (0x98 for both)."""
+    for byte in data:
+        if byte >= 0x80:
+            try:
+                bytes([byte]).decode("cp1250")
+                bytes([byte]).decode("cp1251")
+            except UnicodeDecodeError:
+                return byte
+    return 0
 
 
 def sniff_delimiter(header_line: str) -> str:
@@ -132,7 +119,10 @@ def read_csv(
 ) -> SourceTable:
     """Read a CSV file, detecting its encoding and delimiter unless given."""
     data = path.read_bytes()
-    enc = encoding or detect_encoding(data)
+    try:
+        enc = encoding or detect_encoding(data)
+    except ContactImportError as exc:
+        raise ContactImportError(f"{path.name}: {exc.message}", source=str(path)) from None
     try:
         text = data.decode(enc)
     except (UnicodeDecodeError, LookupError) as exc:
@@ -144,19 +134,12 @@ def read_csv(
     if not text.strip():
         raise ContactImportError(f"{path.name}: the file is empty", source=str(path))
     delim = delimiter or sniff_delimiter(text.split("\n", 1)[0])
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
-    try:
-        records = list(reader)
-    except csv.Error as exc:
-        raise ContactImportError(
-            f"{path.name}: not a readable CSV file: {exc}", source=str(path)
-        ) from exc
-    header = [h.strip() for h in records[0]]
+    records, broken = _csv_records(path, text, delim)
+    header = [h.strip() for h in records[0][1]]
     rows: list[SourceRow] = []
-    broken: list[tuple[int, str]] = []
     # The row number is the record number, as a spreadsheet shows it (header = row 1),
     # so a quoted line break inside a cell does not shift the numbers that follow.
-    for number, fields in enumerate(records[1:], start=2):
+    for number, fields in records[1:]:
         if not any(f.strip() for f in fields):
             continue
         if len(fields) > len(header) and not any(f.strip() for f in fields[len(header) :]):
@@ -167,59 +150,123 @@ def read_csv(
             )
             continue
         rows.append(SourceRow(number, dict(zip(header, fields, strict=True))))
+    broken.sort()
     return SourceTable(path.name, "csv", header, rows, broken, encoding=enc, delimiter=delim)
 
 
-# --------------------------------------------------------------------------- Excel
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n|$)")
 
 
-def read_xlsx(path: Path, *, sheet: str | int | None = None) -> SourceTable:
-    """Read the first (or the named) sheet of an .xlsx workbook; formulas are never run.
+def _csv_records(
+    path: Path, text: str, delim: str
+) -> tuple[list[tuple[int, list[str]]], list[tuple[int, str]]]:
+    """Split CSV text into (row number, fields) records; a runaway quote is a broken row.
 
-    A formula cell is read as the value Excel cached when it last saved the file
-    (``data_only=True``); openpyxl does not evaluate anything.
+    A quote that opens a cell and does not close on its line makes the csv module read
+    the following lines into that cell: good rows vanish with no trace (issue 14: a
+    5-row file imported as 4). When the lines so swallowed look like rows of their own,
+    the row where the quote opened is reported broken, naming its line and column, and
+    reading starts again on the next line. Rejecting that one row rather than stopping
+    the import loses nothing silently: the report names it, the default on_error="raise"
+    then commits nothing, and the swallowed rows are checked like any other, so
+    on_error="skip" imports them and the user fixes one row, not the whole file.
     """
-    import openpyxl
-    from openpyxl.utils.exceptions import InvalidFileException
+    lines = [m.group(0) for m in _LINE.finditer(text) if m.group(0)]
+    records: list[tuple[int, list[str]]] = []
+    broken: list[tuple[int, str]] = []
+    width = 0
+    start = 0  # index of the next line to read
+    while start < len(lines):
+        reader = csv.reader(iter(lines[start:]), delimiter=delim)
+        done = 0  # lines of this reader consumed by the records before
+        restart = None
+        try:
+            for fields in reader:
+                first, last = start + done, start + reader.line_num - 1  # 0-based line indexes
+                done = reader.line_num
+                number = len(records) + len(broken) + 1
+                if not records:
+                    width = len(fields)
+                    if last > first:
+                        raise ContactImportError(
+                            f"{path.name}: a quote in the header (line 1) does not close on its "
+                            f"line, so lines 2–{last + 1} were read into it: close the quote or "
+                            "remove it",
+                            source=str(path),
+                        )
+                    records.append((number, fields))
+                    continue
+                why = None
+                if last > first:
+                    at_end = last == len(lines) - 1
+                    why = _runaway(lines[first : last + 1], fields, width, delim, at_end=at_end)
+                if why is not None:
+                    broken.append(
+                        (number, _runaway_reason(records[0][1], number, why, first, last))
+                    )
+                    restart = first + 1
+                    break
+                records.append((number, fields))
+        except csv.Error as exc:
+            line = start + reader.line_num
+            raise ContactImportError(
+                f"{path.name}: line {line} is not readable CSV: {exc}", source=str(path)
+            ) from exc
+        if restart is None:
+            break
+        start = restart
+    return records, broken
 
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (InvalidFileException, zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
-        raise ContactImportError(
-            f"{path.name}: not a readable .xlsx workbook: {exc}", source=str(path)
-        ) from exc
-    try:
-        if sheet is None:
-            ws = wb.worksheets[0]
-        elif isinstance(sheet, int):
-            ws = wb.worksheets[sheet]
-        else:
-            ws = wb[sheet]
-    except (IndexError, KeyError) as exc:
-        wb.close()
-        raise ContactImportError(
-            f"{path.name}: no sheet {sheet!r}; the sheets are {wb.sheetnames}",
-            source=str(path),
-        ) from exc
-    try:
-        it = ws.iter_rows(values_only=True)
-        header_cells = next(it, None)
-        if header_cells is None:
-            raise ContactImportError(f"{path.name}: the sheet is empty", source=str(path))
-        header = [("" if h is None else str(h).strip()) for h in header_cells]
-        while header and not header[-1]:
-            header.pop()
-        rows: list[SourceRow] = []
-        for number, values in enumerate(it, start=2):
-            cells = list(values[: len(header)]) + [None] * (len(header) - len(values))
-            if all(v is None or (isinstance(v, str) and not v.strip()) for v in cells):
-                continue
-            rows.append(SourceRow(number, dict(zip(header, cells, strict=True))))
-    finally:
-        wb.close()
-    return SourceTable(path.name, "xlsx", header, rows)
+
+def _runaway_reason(
+    header: list[str], row: int, why: tuple[int, str], first: int, last: int
+) -> str:
+    """Say which row, line and column a runaway quote opened in, and what to do."""
+    column, closes = why
+    name = header[column].strip() if column < len(header) else ""
+    where = f"column {name!r}" if name else f"column {column + 1}"
+    n = last - first
+    what = (
+        f"the next line (line {first + 2}) was read into it and is read again as a row"
+        if n == 1
+        else f"the next {n} lines (lines {first + 2}–{last + 1}) were read into it and are "
+        "read again as rows"
+    )
+    return (
+        f"row {row} (line {first + 1}): a quote opens in {where} and {closes}; {what} "
+        "— close the quote or remove it"
+    )
 
 
+def _runaway(
+    lines: list[str], fields: list[str], width: int, delim: str, *, at_end: bool
+) -> tuple[int, str] | None:
+    """Say where a quote of a record spanning ``lines`` ran away: (column, how), or None.
+
+    A quoted cell may hold a line break (an address on two lines), so a record spanning
+    lines is no fault by itself. It is one when the quote never closes; when a quote
+    "closes" before other text, as the opening quote of a later row's cell does
+    (``"Eva,...`` then ``Olga,...,"Žilina"``: invalid CSV, which Python's csv module
+    reads on unless strict); or when a line read into the cell has no quote at all and
+    splits on its own into the header's number of fields, as a row does. A valid cell
+    whose middle line holds exactly that many fields is the one false alarm left: it is
+    reported, never dropped.
+    """
+    column = next((i for i, f in enumerate(fields) if "\n" in f or "\r" in f), 0)
+    if at_end and "".join(lines).count('"') % 2:
+        return column, "never closes"
+    try:
+        list(csv.reader(lines, delimiter=delim, strict=True))
+    except csv.Error:
+        return column, "does not close on its line"
+    for line in lines[1:]:
+        cells = next(csv.reader([line], delimiter=delim), [])
+        if width > 1 and '"' not in line and len(cells) == width:
+            return column, "does not close on its line"
+    return None
+
+
+# --------------------------------------------------------------------------- Excel
 # --------------------------------------------------------------------------- XML
 
 #: Child elements of <contact> that map to built-in fields (see docs/contacts-xml.md).
@@ -369,12 +416,40 @@ def read_source(
     if path.is_dir():
         raise ContactImportError(f"{path}: is a directory, give a file", source=str(path))
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".txt", ".tsv"):
-        return read_csv(path, encoding=encoding, delimiter=delimiter)
-    if suffix in (".xlsx", ".xlsm"):
-        return read_xlsx(path, sheet=sheet)
     if suffix == ".xml":
         return read_xml(path)
+    what = sniff(path)
+    if suffix in (".xlsx", ".xlsm"):
+        if what is None or what.kind != "xlsx":
+            # Text (often a CSV saved under the wrong name) or another format altogether.
+            description = "a text file (perhaps CSV)" if what is None else what.description
+            advice = "rename it to .csv" if what is None else what.advice
+            raise ContactImportError(
+                f"{path.name} is {description}, not an .xlsx workbook: {advice}",
+                source=str(path),
+            )
+        return read_xlsx(path, sheet=sheet)
+    as_csv = suffix in (".csv", ".txt", ".tsv")
+    named = ", not a CSV file" if as_csv else ""
+    if what is not None and what.kind == "xlsx":
+        # The bytes leave no doubt (a zip holding xl/workbook.xml) and the user wants the
+        # contacts in it: refusing would only make them rename the file. The result says
+        # so (ImportResult.notes), so it is not done silently.
+        note = (
+            f"{path.name} is an Excel workbook (xlsx){named}: it was read as a workbook "
+            f"(sheet {1 if sheet is None else repr(sheet)}); rename it to .xlsx to avoid "
+            "this note"
+        )
+        book = read_xlsx(path, sheet=sheet)
+        return dataclasses.replace(book, notes=(*book.notes, note))
+    if what is not None:
+        raise ContactImportError(
+            f"{path.name} is {what.description}{named or ', which bulkmail does not read'}: "
+            f"{what.advice}",
+            source=str(path),
+        )
+    if as_csv:
+        return read_csv(path, encoding=encoding, delimiter=delimiter)
     raise ContactImportError(
         f"{path.name}: unsupported file type {suffix or '(none)'}; bulkmail reads .csv, .xlsx "
         "and .xml files, a SQL URL with table= or query=, or a pandas DataFrame "

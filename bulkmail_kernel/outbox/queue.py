@@ -18,6 +18,7 @@ from sqlalchemy.engine import CursorResult
 
 from bulkmail_kernel import config
 from bulkmail_kernel.db import (
+    Campaign,
     CampaignStatus,
     Database,
     Event,
@@ -222,12 +223,23 @@ def store_messages(
     messages: list[dict[str, Any]],
     skipped: list[dict[str, Any]],
     now: datetime,
-) -> None:
-    """Store registered messages (state, body, token hash, event) and skip events, in one go."""
+) -> int:
+    """Store registered messages (state, body, token hash, event) and skip events, in one go.
+
+    Return how many messages were stored: a recipient another registration of the
+    campaign stored meanwhile is left to it, with the bytes it rendered.
+    """
+    stored = 0
     with database.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two registrations of one campaign at once (two `bulkmail register`): the second
+            # waits here until the first commits, then finds its recipients taken. Locking the
+            # campaign row first, rather than waiting on each conflicting message row, keeps two
+            # frames in different orders from deadlocking. SQLite lets one writer in at a time.
+            conn.execute(sa.select(Campaign.id).where(Campaign.id == cid).with_for_update())
         for chunk in chunks(messages, 500):
             rows = conn.execute(
-                sa.insert(Message).returning(Message.id, Message.recipient),
+                _insert_new(conn).returning(Message.id, Message.recipient),
                 [
                     {
                         "campaign_id": cid,
@@ -246,6 +258,10 @@ def store_messages(
                 ],
             ).all()
             ids = {r.recipient: r.id for r in rows}
+            chunk = [m for m in chunk if m["point"].normalized in ids]
+            stored += len(chunk)
+            if not chunk:
+                continue
             conn.execute(
                 sa.insert(MessageBody),
                 [
@@ -286,4 +302,34 @@ def store_messages(
                 ],
             )
         if skipped:
-            conn.execute(sa.insert(Event), skipped)
+            # A recipient skipped for the same reason before (registering again, or a
+            # registration running at the same time) is one line in skipped(), not one per run.
+            known = {
+                (r.contact_point_id, r.detail)
+                for r in conn.execute(
+                    sa.select(Event.contact_point_id, Event.detail).where(
+                        Event.campaign_id == cid, Event.kind == "skipped"
+                    )
+                )
+            }
+            fresh = [e for e in skipped if (e["contact_point_id"], e["detail"]) not in known]
+            if fresh:
+                conn.execute(sa.insert(Event), fresh)
+    return stored
+
+
+def _insert_new(conn: sa.Connection) -> sa.Insert:
+    """Return an INSERT into messages that leaves out a recipient the campaign already has."""
+    # ON CONFLICT DO NOTHING on (campaign_id, channel, recipient): the constraint decides who
+    # registered a recipient first, and RETURNING names only the rows this INSERT stored.
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(Message).on_conflict_do_nothing(
+            index_elements=["campaign_id", "channel", "recipient"]
+        )
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(Message).on_conflict_do_nothing(
+        index_elements=["campaign_id", "channel", "recipient"]
+    )
