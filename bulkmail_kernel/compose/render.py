@@ -20,9 +20,11 @@ from typing import Any
 
 import pandas as pd
 
+from bulkmail_kernel.compose import limits
+from bulkmail_kernel.compose.limits import RenderBudget, RenderLimitExceeded
 from bulkmail_kernel.compose.sandbox import _error_line, _plain, _template_error, row_to_context
 from bulkmail_kernel.compose.templates import Attachment, InlineImage, Template, _html_to_text
-from bulkmail_kernel.config import DEFAULT_LANGUAGE
+from bulkmail_kernel.config import DEFAULT_LANGUAGE, render_max_bytes, render_timeout_s
 from bulkmail_kernel.exceptions import TemplateError
 
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
@@ -131,13 +133,32 @@ def build_context(
 
 
 def _render_part(
-    template: Template, part: str, ctx: Mapping[str, Any], recipient: str
+    template: Template, part: str, ctx: Mapping[str, Any], recipient: str, budget: RenderBudget
 ) -> str | None:
     compiled = template._compiled.parts.get(part)
     if compiled is None:
         return None
+    chunks: list[str] = []
+    # A character is at least one byte: more characters than bytes left is over the limit.
+    room = budget.max_bytes - budget.output
+    size = 0
     try:
-        return compiled.compiled.render(ctx)
+        # Streamed, so output is measured as it grows rather than after it is all built.
+        stream = compiled.compiled.generate(ctx)
+        for chunk in stream:
+            size += len(chunk)
+            if size > room:
+                raise RenderLimitExceeded(
+                    "size", f"the message grows past {budget.max_bytes:,} bytes"
+                )
+            chunks.append(chunk)
+        result = "".join(chunks)
+        budget.stream(result)
+        return result
+    except RenderLimitExceeded as exc:
+        chunks.clear()
+        line = _error_line(exc, f"<{template.name}:{part}>")
+        raise _limit_error(exc, template.name, part, recipient, budget, line) from None
     except Exception as exc:
         line = _error_line(exc, f"<{template.name}:{part}>")
         if compiled.original is not None:
@@ -147,6 +168,42 @@ def _render_part(
             except Exception as again:
                 line = _error_line(again, f"<{template.name}:{part}>")
         raise _template_error(exc, template.name, part, recipient=recipient, line=line) from exc
+
+
+def _limit_error(
+    exc: RenderLimitExceeded,
+    template: str,
+    part: str,
+    recipient: str,
+    budget: RenderBudget,
+    line: int | None,
+) -> TemplateError:
+    if exc.limit == "time":
+        what = (
+            f"stopped after {budget.timeout_s:g} s (limit BULKMAIL_RENDER_TIMEOUT_S): {exc.detail}"
+        )
+        todo = "shorten the loops, or raise BULKMAIL_RENDER_TIMEOUT_S if the message is right"
+    elif exc.limit == "depth":
+        what = f"stopped: {exc.detail}"
+        todo = "give the recursion an end"
+    else:
+        what = (
+            f"stopped at the size limit of {budget.max_bytes:,} bytes "
+            f"(limit BULKMAIL_RENDER_MAX_BYTES): {exc.detail}"
+        )
+        todo = "make the template print less, or raise BULKMAIL_RENDER_MAX_BYTES"
+    where = f"template {template!r}, {part}" + (f", line {line}" if line else "")
+    return TemplateError(
+        f"rendering for {recipient} {what} ({where}): {todo}",
+        template=template,
+        part=part,
+        line=line,
+        recipient=recipient,
+        limit={"time": "BULKMAIL_RENDER_TIMEOUT_S", "size": "BULKMAIL_RENDER_MAX_BYTES"}.get(
+            exc.limit, "macro depth"
+        ),
+        reason=what,
+    )
 
 
 def render(
@@ -172,15 +229,20 @@ def render(
     """
     ctx = build_context(template, row, values, unsubscribe_url)
     who = _recipient_label(ctx)
-    subject = _render_part(template, "subject", ctx, who) or ""
-    html = _render_part(template, "html", ctx, who)
-    text = _render_part(template, "text", ctx, who)
+    budget = RenderBudget(render_timeout_s(), render_max_bytes())
+    token = limits.activate(budget)
+    try:
+        subject = _render_part(template, "subject", ctx, who, budget) or ""
+        html = _render_part(template, "html", ctx, who, budget)
+        text = _render_part(template, "text", ctx, who, budget)
+        sms = _render_part(template, "sms", ctx, who, budget)
+    finally:
+        limits.deactivate(token)
     if text is None and html is not None and template._compiled.text_from_html_each_time:
         text = _html_to_text(html)
     elif text is not None and not template.text:
         # Loops in generated text leave runs of blank lines behind.
         text = _BLANK_RUNS.sub("\n\n", text)
-    sms = _render_part(template, "sms", ctx, who)
     subject = clean_header_value(
         subject, field_name="subject", recipient=who, template=template.name
     )
