@@ -28,7 +28,12 @@ from bulkmail_kernel.config import DEFAULT_LANGUAGE, render_max_bytes, render_ti
 from bulkmail_kernel.exceptions import TemplateError
 
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
-_HEADER_BREAKERS = re.compile(r"[\r\n\x00]+")
+#: Every C0 and C1 control character, DEL, and the Unicode line and paragraph separators:
+#: besides CR and LF, Python's email package takes VT, FF, \x1c-\x1e, \x85, \u2028 and
+#: \u2029 for line breaks (str.splitlines) when it re-folds a header, so a first name
+#: holding "\vBcc: x@evil.sk" from a DataFrame would come out as a real Bcc header.
+HEADER_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_LINE_BREAKS = re.compile(r"[\r\n\x00]+")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 
 
@@ -69,8 +74,12 @@ class RenderedMessage:
 def clean_header_value(
     value: str, *, field_name: str, recipient: str = "", template: str = ""
 ) -> str:
-    """Return a header value with CR/LF/NUL removed; refuse RFC 2047 encoded-word syntax."""
-    cleaned = _HEADER_BREAKERS.sub(" ", value).strip()
+    r"""Return a header value with every control character made a space; refuse encoded words.
+
+    Runs of control characters (CR, LF, NUL, tab, vertical tab, form feed, ESC, DEL,
+    \x1c-\x1f, \x80-\x9f, \u2028, \u2029) become one space and the ends are trimmed.
+    """
+    cleaned = HEADER_CONTROLS.sub(" ", value).strip()
     if _ENCODED_WORD.search(cleaned):
         # Python 3.11's header folder decodes such words and can emit a real line break.
         who = f" for recipient {recipient}" if recipient else ""
@@ -252,20 +261,22 @@ def render(
         clean_header_value(
             display, field_name="recipient name", recipient=who, template=template.name
         ),
-        _HEADER_BREAKERS.sub("", str(rec.get("address") or "")).strip(),
+        # Only the ends are trimmed: a control character inside an address makes the MIME
+        # builder refuse it, rather than this quietly mailing a different address.
+        str(rec.get("address") or "").strip(),
     )
     headers: list[tuple[str, str]] = []
     targets = []
     if unsubscribe_url:
-        url = _HEADER_BREAKERS.sub("", unsubscribe_url).strip()
-        if not re.match(r"^https?://[^\s<>]+$", url):
+        url = _LINE_BREAKS.sub("", unsubscribe_url).strip()
+        if not re.match(r"^https?://[^\s<>\x00-\x1f\x7f-\x9f]+$", url):
             raise TemplateError(
                 f"unsubscribe URL {url!r} for recipient {who} is not an http(s) URL without spaces",
                 recipient=who,
             )
         targets.append(f"<{url}>")
     if unsubscribe_mailto:
-        mailto = _HEADER_BREAKERS.sub("", unsubscribe_mailto).strip().removeprefix("mailto:")
+        mailto = HEADER_CONTROLS.sub("", unsubscribe_mailto).strip().removeprefix("mailto:")
         targets.append(f"<mailto:{mailto}>")
     if targets:
         headers.append(("List-Unsubscribe", ", ".join(targets)))
