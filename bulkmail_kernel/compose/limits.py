@@ -3,8 +3,9 @@
 Templates and pasted HTML come from anywhere, and Jinja is a small programming
 language: nested ``range`` loops can run for minutes and ``'x' * 10**9`` allocates a
 gigabyte in one step. The sandbox of :mod:`~bulkmail_kernel.compose.sandbox` calls the
-hooks here on every loop step, call, filter, ``*``/``**``/``%``/``+`` and printed
-value, with a :class:`RenderBudget` for the message being rendered (set by
+hooks here on every loop step, call, ``~``, ``*``/``**``/``%``/``+``, printed value and
+filter that can grow its input (``default``, ``date``, ``upper``... are left alone),
+with a :class:`RenderBudget` for the message being rendered (set by
 :func:`~bulkmail_kernel.compose.render.render` for each recipient):
 
 - time: every hook compares the clock with the deadline, so a render stops within one
@@ -12,8 +13,9 @@ value, with a :class:`RenderBudget` for the message being rendered (set by
 - size: an operation that would build a value larger than the message may be is
   refused *before* it runs (a repeat count, a width, a power, a format width), every
   result is measured after, and all printed output, in macros and ``{% set %}`` blocks
-  too, counts against a work allowance of a few times ``BULKMAIL_RENDER_MAX_BYTES``;
-  the streamed output itself is held to ``BULKMAIL_RENDER_MAX_BYTES``.
+  too, counts as it is made against a work allowance of ``WORK_FACTOR`` times
+  ``BULKMAIL_RENDER_MAX_BYTES``; each finished part is then held to the limit exactly,
+  all parts of the message together.
 
 A breach raises :class:`RenderLimitExceeded`, which ``render`` turns into a
 ``TemplateError`` naming the recipient, the template and the limit.
@@ -37,7 +39,7 @@ from markupsafe import Markup, soft_str
 
 #: Printed output, counted wherever it is produced (macros, set blocks, loops), may reach
 #: this many times the message limit: values are built and then printed, macros nest.
-WORK_FACTOR = 16
+WORK_FACTOR = 8
 #: Macro calls nested deeper than this are a runaway recursion, not a layout.
 MAX_CALL_DEPTH = 64
 #: Integers wider than this many bits are refused (they cannot be printed anyway).
@@ -378,6 +380,17 @@ _SERIALISING = frozenset(
         "wordwrap",
     }
 )
+#: Filters whose result is never much larger than their input and that take no count
+#: or width: left unwrapped, so the ones every template uses (default, date,
+#: salutation) cost nothing extra. Jinja may run them while compiling, on literals only.
+UNLIMITED_FILTERS = frozenset(
+    {
+        *("abs", "attr", "capitalize", "count", "d", "date", "default", "filesizeformat"),
+        *("first", "float", "int", "items", "last", "length", "lower", "max", "min"),
+        *("random", "reverse", "round", "salutation", "striptags", "title", "trim"),
+        *("upper", "wordcount"),
+    }
+)
 
 
 def limited_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
@@ -420,11 +433,16 @@ def loop_filter(context: Context, iterable: Any, static_bytes: int = 0) -> Any:
 
 
 def _budgeted(budget: RenderBudget, iterable: Iterable[Any], static_bytes: int) -> Iterator[Any]:
+    # tick() and spend() inlined: this runs for every step of every loop.
+    clock = budget.clock
+    deadline = budget.deadline
     for item in iterable:
-        budget.tick("a loop in the template runs too long")
-        if static_bytes:
-            # The text between a loop's tags is printed on every step, with no hook of its own.
-            budget.spend(static_bytes)
+        if clock() > deadline:
+            budget.tick("a loop in the template runs too long")
+        # The text between a loop's tags is printed on every step, with no hook of its own.
+        budget.work += static_bytes
+        if budget.work > budget.max_work:
+            budget.spend(0)
         yield item
 
 

@@ -11,6 +11,7 @@ text.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,25 +148,13 @@ def _render_part(
     compiled = template._compiled.parts.get(part)
     if compiled is None:
         return None
-    chunks: list[str] = []
-    # A character is at least one byte: more characters than bytes left is over the limit.
-    room = budget.max_bytes - budget.output
-    size = 0
     try:
-        # Streamed, so output is measured as it grows rather than after it is all built.
-        stream = compiled.compiled.generate(ctx)
-        for chunk in stream:
-            size += len(chunk)
-            if size > room:
-                raise RenderLimitExceeded(
-                    "size", f"the message grows past {budget.max_bytes:,} bytes"
-                )
-            chunks.append(chunk)
-        result = "".join(chunks)
+        # Jinja joins the output in C; it cannot grow unseen meanwhile, because every
+        # printed value and every loop step's text is counted as it is made (limits.py).
+        result = compiled.compiled.render(ctx)
         budget.stream(result)
         return result
     except RenderLimitExceeded as exc:
-        chunks.clear()
         line = _error_line(exc, f"<{template.name}:{part}>")
         raise _limit_error(exc, template.name, part, recipient, budget, line) from None
     except Exception as exc:
@@ -177,6 +166,16 @@ def _render_part(
             except Exception as again:
                 line = _error_line(again, f"<{template.name}:{part}>")
         raise _template_error(exc, template.name, part, recipient=recipient, line=line) from exc
+
+
+_LIMIT_SETTINGS = ("BULKMAIL_RENDER_TIMEOUT_S", "BULKMAIL_RENDER_MAX_BYTES")
+
+
+@lru_cache(maxsize=8)
+def _limits(timeout: str | None, max_bytes: str | None) -> tuple[float, int]:
+    # Parsed once per distinct setting, not once per recipient; the arguments are the
+    # raw values only so that a changed environment is read again.
+    return render_timeout_s(), render_max_bytes()
 
 
 def _limit_error(
@@ -238,7 +237,7 @@ def render(
     """
     ctx = build_context(template, row, values, unsubscribe_url)
     who = _recipient_label(ctx)
-    budget = RenderBudget(render_timeout_s(), render_max_bytes())
+    budget = RenderBudget(*_limits(*map(os.environ.get, _LIMIT_SETTINGS)))
     token = limits.activate(budget)
     try:
         subject = _render_part(template, "subject", ctx, who, budget) or ""

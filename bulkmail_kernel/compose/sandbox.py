@@ -238,7 +238,8 @@ def _make_env(autoescape: bool) -> SandboxedEnvironment:
     env.filters["salutation"] = _salutation_filter
     env.filters["date"] = _date_filter
     for name, func in list(env.filters.items()):
-        env.filters[name] = limits.limited_filter(name, func)
+        if name not in limits.UNLIMITED_FILTERS:
+            env.filters[name] = limits.limited_filter(name, func)
     env.filters["_bm_loop"] = limits.loop_filter
     env.filters["_bm_concat"] = limits.concat_filter
     env.globals["range"] = _range
