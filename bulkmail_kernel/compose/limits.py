@@ -40,6 +40,10 @@ from markupsafe import Markup, soft_str
 #: Printed output, counted wherever it is produced (macros, set blocks, loops), may reach
 #: this many times the message limit: values are built and then printed, macros nest.
 WORK_FACTOR = 8
+#: Printed values check the deadline each time this many more bytes (and values) are out.
+CHECK_EVERY = 1 << 16
+#: A loop over a list or tuple this short is checked once, not on every step.
+SHORT_LOOP = 1000
 #: Macro calls nested deeper than this are a runaway recursion, not a layout.
 MAX_CALL_DEPTH = 64
 #: Integers wider than this many bits are refused (they cannot be printed anyway).
@@ -65,12 +69,14 @@ class RenderBudget:
     """What one message may still spend: a deadline and a number of bytes."""
 
     __slots__ = (
+        "checkpoint",
         "clock",
         "deadline",
         "depth",
         "max_bytes",
         "max_work",
         "output",
+        "parts",
         "timeout_s",
         "work",
     )
@@ -83,10 +89,13 @@ class RenderBudget:
         self.max_work = max_bytes * WORK_FACTOR
         self.clock = clock
         self.deadline = clock() + timeout_s
-        #: Bytes printed anywhere so far (the streamed output is checked on its own).
+        #: Bytes printed anywhere so far, plus one per printed value.
         self.work = 0
-        #: Bytes of the message streamed so far, all parts together.
+        #: When work passes this, the hot paths call checkpoint_reached().
+        self.checkpoint = min(CHECK_EVERY, self.max_work)
+        #: Bytes of the message rendered so far, all parts together (at most: see stream).
         self.output = 0
+        self.parts: list[str] = []
         #: How deep calls from the template are nested now.
         self.depth = 0
 
@@ -108,12 +117,24 @@ class RenderBudget:
                 "size", f"the template prints more than {self.max_work:,} bytes"
             )
 
-    def stream(self, chunk: str) -> None:
-        """Count one streamed output chunk against the message size."""
-        size = len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "surrogatepass"))
-        self.output += size
+    def checkpoint_reached(self) -> None:
+        """Check the work allowance and the deadline; set the next checkpoint."""
+        self.spend(0)
+        self.tick("the template prints for too long")
+        self.checkpoint = min(self.work + CHECK_EVERY, self.max_work)
+
+    def stream(self, part: str) -> None:
+        """Count one rendered part (subject, HTML, text, SMS) against the message size."""
+        self.parts.append(part)
+        # UTF-8 takes at most 4 bytes a character: encode to count exactly only when
+        # that bound says the message may be over the limit.
+        self.output += len(part) if part.isascii() else 4 * len(part)
         if self.output > self.max_bytes:
-            raise RenderLimitExceeded("size", f"the message grows past {self.max_bytes:,} bytes")
+            self.output = sum(len(p.encode("utf-8", "surrogatepass")) for p in self.parts)
+            if self.output > self.max_bytes:
+                raise RenderLimitExceeded(
+                    "size", f"the message grows past {self.max_bytes:,} bytes"
+                )
 
 
 def current() -> RenderBudget | None:
@@ -429,11 +450,19 @@ def loop_filter(context: Context, iterable: Any, static_bytes: int = 0) -> Any:
     budget = _CURRENT.get()
     if budget is None:
         return iterable
+    budget.tick("a loop in the template runs too long")
+    if type(iterable) in (list, tuple) and len(iterable) <= SHORT_LOOP:
+        # The common loop (a recipient's items) is paid for once, up front: a step costs
+        # nothing then, and the steps' own calls, filters and printed values still check.
+        budget.work += (static_bytes + 1) * len(iterable)
+        if budget.work > budget.checkpoint:
+            budget.checkpoint_reached()
+        return iterable
     return _budgeted(budget, iterable, static_bytes)
 
 
 def _budgeted(budget: RenderBudget, iterable: Iterable[Any], static_bytes: int) -> Iterator[Any]:
-    # tick() and spend() inlined: this runs for every step of every loop.
+    # tick() and spend() inlined: this runs for every step of a long loop.
     clock = budget.clock
     deadline = budget.deadline
     for item in iterable:
@@ -466,11 +495,12 @@ def finalize(value: Any) -> Any:
         return ""
     budget = _CURRENT.get()
     if budget is not None:
-        if type(value) is str or isinstance(value, str):
-            # Inline rather than spend(): this runs for every printed value.
-            budget.work += len(value)
-            if budget.work > budget.max_work:
-                budget.spend(0)
+        if isinstance(value, str):
+            # Inlined: this runs for every printed value. The one per value makes even
+            # empty output reach the next checkpoint, where the deadline is checked.
+            budget.work += len(value) + 1
+            if budget.work > budget.checkpoint:
+                budget.checkpoint_reached()
         elif isinstance(value, _CONTAINERS):
             size = measure(value, budget.max_bytes)
             budget.need(size, "printing a list")
