@@ -208,3 +208,40 @@ def breaker_after() -> int:
             variable="BULKMAIL_BREAKER_AFTER",
         )
     return int(raw)
+
+
+#: Longest time one message may take to render (``BULKMAIL_RENDER_TIMEOUT_S``).
+DEFAULT_RENDER_TIMEOUT_S = 2.0
+#: Largest rendered message, all parts together (``BULKMAIL_RENDER_MAX_BYTES``).
+DEFAULT_RENDER_MAX_BYTES = 2_000_000
+
+
+def render_timeout_s() -> float:
+    """Return how many seconds one recipient's message may take to render (default 2).
+
+    ``BULKMAIL_RENDER_TIMEOUT_S``: templates and pasted HTML can hold loops; a message
+    that takes longer is not sent and the recipient is reported.
+    """
+    return _seconds("BULKMAIL_RENDER_TIMEOUT_S", DEFAULT_RENDER_TIMEOUT_S, "the render time limit")
+
+
+def render_max_bytes() -> int:
+    """Return how many bytes one rendered message may have, all parts together (default 2 MB).
+
+    ``BULKMAIL_RENDER_MAX_BYTES``, a whole positive number such as 2000000.
+    """
+    variable = "BULKMAIL_RENDER_MAX_BYTES"
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return DEFAULT_RENDER_MAX_BYTES
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(
+            f"{variable}={raw!r}: give the largest rendered message as a positive whole "
+            f"number of bytes, e.g. {DEFAULT_RENDER_MAX_BYTES}",
+            variable=variable,
+        )
+    return value

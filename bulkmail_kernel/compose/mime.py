@@ -1,4 +1,4 @@
-"""Turn a :class:`RenderedMessage` into MIME: fast bytes for sending, or a stdlib EmailMessage.
+r"""Turn a :class:`RenderedMessage` into MIME: fast bytes for sending, or a stdlib EmailMessage.
 
 :func:`build_mime` assembles the bytes directly (fixed boundaries, C encoders from
 ``binascii``/``base64``, our own RFC 2047 encoder) because the stdlib's modern
@@ -7,10 +7,13 @@ stdlib builds, ``mixed[alternative[text, related[html, images]], attachments]``,
 the parts a message does not need, and the tests parse our bytes with the stdlib and
 compare them with :func:`build_email_message`.
 
-Header integrity: CR/LF/NUL are stripped from every value, RFC 2047 encoded-word
-syntax in a value is refused (Python 3.11 turns ``=?UTF-8?Q?=0A?=`` into a real line
-break when it re-folds a header), and the serialised header block is parsed back and
-must contain exactly the headers we meant to write.
+Header integrity: every control character (CR, LF, NUL, VT, FF, ESC, DEL, \x1c-\x1f,
+C1, \u2028, \u2029) in every value becomes a space here, whatever built the
+:class:`RenderedMessage` (a DataFrame, a hand-made message); an address holding one is
+refused; RFC 2047 encoded-word syntax in a value is refused (Python 3.11 turns
+``=?UTF-8?Q?=0A?=`` into a real line break when it re-folds a header), and the
+serialised header block is parsed back and must contain exactly the headers we meant
+to write.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ from email.message import EmailMessage, MIMEPart
 from email.utils import encode_rfc2231, format_datetime, make_msgid
 from functools import lru_cache
 
-from bulkmail_kernel.compose.render import Mailbox, RenderedMessage, clean_header_value
+from bulkmail_kernel.compose.render import (
+    HEADER_CONTROLS,
+    Mailbox,
+    RenderedMessage,
+    clean_header_value,
+)
 from bulkmail_kernel.compose.templates import Attachment, InlineImage
 from bulkmail_kernel.exceptions import SendError, TemplateError
 
@@ -37,7 +45,11 @@ _BOUNDARY = "==bm_" + secrets.token_hex(10)
 #: Bytes of one encoded word's payload: 39 bytes -> 52 base64 chars -> a 64-char word.
 _WORD_BYTES = 39
 _MAX_LINE = 78
-_ADDRESS = re.compile(r"^[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+$")
+_ADDRESS = re.compile(
+    r"^[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f-\x9f]+@[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f-\x9f]+$"
+)
+#: Bytes no header line may hold: controls other than the CRLF line ends and folding tab.
+_BAD_HEADER_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _NEEDS_QUOTES = re.compile(r"[()<>\[\]:;@\\,.\"]")
 
 
@@ -98,6 +110,12 @@ def encode_header(name: str, value: str) -> str:
 
 def _ascii_address(rendered: RenderedMessage, address: str, field_name: str) -> str:
     address = address.strip()
+    if HEADER_CONTROLS.search(address):
+        raise _fail(
+            rendered,
+            f"{field_name} address {address!r} contains a control character: "
+            "correct the address in the contact data",
+        )
     if not _ADDRESS.match(address):
         raise _fail(rendered, f"{field_name} address {address!r} is not a valid e-mail address")
     local, _, domain = address.rpartition("@")
@@ -162,7 +180,7 @@ def _leaf_text(subtype: str, text: str) -> tuple[bytes, bytes]:
 
 
 def _filename_param(disposition: str, filename: str) -> str:
-    filename = re.sub(r"[\r\n\x00\"\\]", "_", filename)
+    filename = re.sub(r"[\"\\]", "_", HEADER_CONTROLS.sub("_", filename))
     if filename.isascii():
         return f'Content-Disposition: {disposition}; filename="{filename}"'
     return f"Content-Disposition: {disposition}; filename*={encode_rfc2231(filename, 'utf-8')}"
@@ -251,12 +269,8 @@ def _verify_header_block(rendered: RenderedMessage, data: bytes, expected: list[
     """Parse the header block back and require exactly the expected field names."""
     end = data.find(b"\r\n\r\n")
     block = data[:end]
-    if (
-        b"\x00" in block
-        or b"\r" in block.replace(b"\r\n", b"")
-        or b"\n" in block.replace(b"\r\n", b"")
-    ):
-        raise _fail(rendered, "a bare CR, LF or NUL reached the headers; message refused")
+    if _BAD_HEADER_BYTES.search(block):
+        raise _fail(rendered, "a control character reached the headers; message refused")
     names = []
     for line in block.split(b"\r\n"):
         if len(line) > 998:

@@ -11,6 +11,7 @@ text.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,13 +21,20 @@ from typing import Any
 
 import pandas as pd
 
+from bulkmail_kernel.compose import limits
+from bulkmail_kernel.compose.limits import RenderBudget, RenderLimitExceeded
 from bulkmail_kernel.compose.sandbox import _error_line, _plain, _template_error, row_to_context
 from bulkmail_kernel.compose.templates import Attachment, InlineImage, Template, _html_to_text
-from bulkmail_kernel.config import DEFAULT_LANGUAGE
+from bulkmail_kernel.config import DEFAULT_LANGUAGE, render_max_bytes, render_timeout_s
 from bulkmail_kernel.exceptions import TemplateError
 
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
-_HEADER_BREAKERS = re.compile(r"[\r\n\x00]+")
+#: Every C0 and C1 control character, DEL, and the Unicode line and paragraph separators:
+#: besides CR and LF, Python's email package takes VT, FF, \x1c-\x1e, \x85, \u2028 and
+#: \u2029 for line breaks (str.splitlines) when it re-folds a header, so a first name
+#: holding "\vBcc: x@evil.sk" from a DataFrame would come out as a real Bcc header.
+HEADER_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_LINE_BREAKS = re.compile(r"[\r\n\x00]+")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 
 
@@ -67,8 +75,12 @@ class RenderedMessage:
 def clean_header_value(
     value: str, *, field_name: str, recipient: str = "", template: str = ""
 ) -> str:
-    """Return a header value with CR/LF/NUL removed; refuse RFC 2047 encoded-word syntax."""
-    cleaned = _HEADER_BREAKERS.sub(" ", value).strip()
+    r"""Return a header value with every control character made a space; refuse encoded words.
+
+    Runs of control characters (CR, LF, NUL, tab, vertical tab, form feed, ESC, DEL,
+    \x1c-\x1f, \x80-\x9f, \u2028, \u2029) become one space and the ends are trimmed.
+    """
+    cleaned = HEADER_CONTROLS.sub(" ", value).strip()
     if _ENCODED_WORD.search(cleaned):
         # Python 3.11's header folder decodes such words and can emit a real line break.
         who = f" for recipient {recipient}" if recipient else ""
@@ -131,13 +143,20 @@ def build_context(
 
 
 def _render_part(
-    template: Template, part: str, ctx: Mapping[str, Any], recipient: str
+    template: Template, part: str, ctx: Mapping[str, Any], recipient: str, budget: RenderBudget
 ) -> str | None:
     compiled = template._compiled.parts.get(part)
     if compiled is None:
         return None
     try:
-        return compiled.compiled.render(ctx)
+        # Jinja joins the output in C; it cannot grow unseen meanwhile, because every
+        # printed value and every loop step's text is counted as it is made (limits.py).
+        result = compiled.compiled.render(ctx)
+        budget.stream(result)
+        return result
+    except RenderLimitExceeded as exc:
+        line = _error_line(exc, f"<{template.name}:{part}>")
+        raise _limit_error(exc, template.name, part, recipient, budget, line) from None
     except Exception as exc:
         line = _error_line(exc, f"<{template.name}:{part}>")
         if compiled.original is not None:
@@ -147,6 +166,52 @@ def _render_part(
             except Exception as again:
                 line = _error_line(again, f"<{template.name}:{part}>")
         raise _template_error(exc, template.name, part, recipient=recipient, line=line) from exc
+
+
+_LIMIT_SETTINGS = ("BULKMAIL_RENDER_TIMEOUT_S", "BULKMAIL_RENDER_MAX_BYTES")
+
+
+@lru_cache(maxsize=8)
+def _limits(timeout: str | None, max_bytes: str | None) -> tuple[float, int]:
+    # Parsed once per distinct setting, not once per recipient; the arguments are the
+    # raw values only so that a changed environment is read again.
+    return render_timeout_s(), render_max_bytes()
+
+
+def _limit_error(
+    exc: RenderLimitExceeded,
+    template: str,
+    part: str,
+    recipient: str,
+    budget: RenderBudget,
+    line: int | None,
+) -> TemplateError:
+    if exc.limit == "time":
+        what = (
+            f"stopped after {budget.timeout_s:g} s (limit BULKMAIL_RENDER_TIMEOUT_S): {exc.detail}"
+        )
+        todo = "shorten the loops, or raise BULKMAIL_RENDER_TIMEOUT_S if the message is right"
+    elif exc.limit == "depth":
+        what = f"stopped: {exc.detail}"
+        todo = "give the recursion an end"
+    else:
+        what = (
+            f"stopped at the size limit of {budget.max_bytes:,} bytes "
+            f"(limit BULKMAIL_RENDER_MAX_BYTES): {exc.detail}"
+        )
+        todo = "make the template print less, or raise BULKMAIL_RENDER_MAX_BYTES"
+    where = f"template {template!r}, {part}" + (f", line {line}" if line else "")
+    return TemplateError(
+        f"rendering for {recipient} {what} ({where}): {todo}",
+        template=template,
+        part=part,
+        line=line,
+        recipient=recipient,
+        limit={"time": "BULKMAIL_RENDER_TIMEOUT_S", "size": "BULKMAIL_RENDER_MAX_BYTES"}.get(
+            exc.limit, "macro depth"
+        ),
+        reason=what,
+    )
 
 
 def render(
@@ -172,15 +237,20 @@ def render(
     """
     ctx = build_context(template, row, values, unsubscribe_url)
     who = _recipient_label(ctx)
-    subject = _render_part(template, "subject", ctx, who) or ""
-    html = _render_part(template, "html", ctx, who)
-    text = _render_part(template, "text", ctx, who)
+    budget = RenderBudget(*_limits(*map(os.environ.get, _LIMIT_SETTINGS)))
+    token = limits.activate(budget)
+    try:
+        subject = _render_part(template, "subject", ctx, who, budget) or ""
+        html = _render_part(template, "html", ctx, who, budget)
+        text = _render_part(template, "text", ctx, who, budget)
+        sms = _render_part(template, "sms", ctx, who, budget)
+    finally:
+        limits.deactivate(token)
     if text is None and html is not None and template._compiled.text_from_html_each_time:
         text = _html_to_text(html)
     elif text is not None and not template.text:
         # Loops in generated text leave runs of blank lines behind.
         text = _BLANK_RUNS.sub("\n\n", text)
-    sms = _render_part(template, "sms", ctx, who)
     subject = clean_header_value(
         subject, field_name="subject", recipient=who, template=template.name
     )
@@ -190,20 +260,22 @@ def render(
         clean_header_value(
             display, field_name="recipient name", recipient=who, template=template.name
         ),
-        _HEADER_BREAKERS.sub("", str(rec.get("address") or "")).strip(),
+        # Only the ends are trimmed: a control character inside an address makes the MIME
+        # builder refuse it, rather than this quietly mailing a different address.
+        str(rec.get("address") or "").strip(),
     )
     headers: list[tuple[str, str]] = []
     targets = []
     if unsubscribe_url:
-        url = _HEADER_BREAKERS.sub("", unsubscribe_url).strip()
-        if not re.match(r"^https?://[^\s<>]+$", url):
+        url = _LINE_BREAKS.sub("", unsubscribe_url).strip()
+        if not re.match(r"^https?://[^\s<>\x00-\x1f\x7f-\x9f]+$", url):
             raise TemplateError(
                 f"unsubscribe URL {url!r} for recipient {who} is not an http(s) URL without spaces",
                 recipient=who,
             )
         targets.append(f"<{url}>")
     if unsubscribe_mailto:
-        mailto = _HEADER_BREAKERS.sub("", unsubscribe_mailto).strip().removeprefix("mailto:")
+        mailto = HEADER_CONTROLS.sub("", unsubscribe_mailto).strip().removeprefix("mailto:")
         targets.append(f"<mailto:{mailto}>")
     if targets:
         headers.append(("List-Unsubscribe", ", ".join(targets)))

@@ -23,10 +23,11 @@ from zoneinfo import ZoneInfo
 import jinja2
 import numpy as np
 import pandas as pd
-from jinja2 import pass_context
+from jinja2 import nodes, pass_context
 from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError, safe_range
 
+from bulkmail_kernel.compose import limits
 from bulkmail_kernel.config import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, local_timezone
 from bulkmail_kernel.exceptions import TemplateError
 
@@ -169,13 +170,50 @@ def _date_filter(
     return format_date(value, _language(ctx, language), fmt)
 
 
-def _finalize(value: Any) -> Any:
-    # None (from NaN cells) must print as nothing, not as the word "None".
-    return "" if value is None else value
-
-
 class _Sandbox(SandboxedEnvironment):
-    """The sandbox, with dict keys looked up first (``article.title`` on a row dict)."""
+    """The sandbox, with dict keys looked up first and the render limits of :mod:`.limits`.
+
+    Every call, filter, loop step, ``~`` and ``*``/``**``/``%``/``+`` goes through a hook
+    that checks the current recipient's time and size budget.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        tree = super()._parse(source, name, filename)
+        tree = limits.LimitTransformer().visit(tree)
+        tree.set_environment(self)
+        return tree
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """Apply ``left <operator> right``, refusing results past the render limits."""
+        budget = limits.current()
+        if budget is not None:
+            limits.check_binop(budget, operator, left, right)
+        result = super().call_binop(context, operator, left, right)
+        if budget is not None:
+            limits.check_result(budget, result, f"the {operator} operator")
+        return result
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``obj`` from a template within the time, size and nesting limits."""
+        budget = limits.current()
+        if budget is None:
+            return super().call(context, obj, *args, **kwargs)
+        limits.check_call(budget, obj, args, kwargs)
+        budget.depth += 1
+        try:
+            if budget.depth > limits.MAX_CALL_DEPTH:
+                raise limits.RenderLimitExceeded(
+                    "depth",
+                    f"macros call each other more than {limits.MAX_CALL_DEPTH} deep "
+                    "(a macro that calls itself without end?)",
+                )
+            result = super().call(context, obj, *args, **kwargs)
+        finally:
+            budget.depth -= 1
+        limits.check_result(budget, result, "a call")
+        return result
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # The stock lookup tries getattr first and pays for an AttributeError on every
@@ -189,7 +227,8 @@ def _make_env(autoescape: bool) -> SandboxedEnvironment:
     env = _Sandbox(
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined,
-        finalize=_finalize,
+        # None (from NaN cells) prints as nothing; every printed value counts on the budget.
+        finalize=limits.finalize,
         trim_blocks=True,
         lstrip_blocks=True,
         auto_reload=False,
@@ -198,7 +237,22 @@ def _make_env(autoescape: bool) -> SandboxedEnvironment:
     env.filters["d"] = default_filter
     env.filters["salutation"] = _salutation_filter
     env.filters["date"] = _date_filter
+    for name, func in list(env.filters.items()):
+        if name not in limits.UNLIMITED_FILTERS:
+            env.filters[name] = limits.limited_filter(name, func)
+    env.filters["_bm_loop"] = limits.loop_filter
+    env.filters["_bm_concat"] = limits.concat_filter
+    env.globals["range"] = _range
+    env.globals["lipsum"] = limits.lipsum
     return env
+
+
+def _range(*args: int) -> range:
+    # The sandbox's range refuses more than 100,000 items; loops over it step the budget.
+    budget = limits.current()
+    if budget is not None:
+        budget.tick("the template runs too long")
+    return safe_range(*args)
 
 
 _HTML_ENV = _make_env(autoescape=True)
