@@ -37,6 +37,14 @@ RUNS_TOO_LONG = {
         "{% for a in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 10000 %}"
         "{% for b in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 10000 %}{% endfor %}{% endfor %}"
     ),
+    "nested loops over short lists": (
+        "{% set l = [0] * 1000 %}{% for a in l %}{% for b in l %}{% for c in l %}"
+        "{% endfor %}{% endfor %}{% endfor %}"
+    ),
+    "printing nothing, many times": (
+        "{% set l = [''] * 1000 %}{% for a in l %}{% for b in l %}{% for c in l %}{{ c }}"
+        "{% endfor %}{% endfor %}{% endfor %}"
+    ),
     "range with big steps": (
         "{% for i in range(0, 10**18, 10**13) %}"
         "{% for j in range(-10**18, 10**18, 2 * 10**13) %}{{ '' }}{% endfor %}{% endfor %}"
@@ -223,9 +231,7 @@ def people(database: dbmod.Database) -> pd.DataFrame:
     return contacts_frame(database)
 
 
-def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
-    database: dbmod.Database, people: pd.DataFrame, sink: Sink
-) -> None:
+def _sink_account(database: dbmod.Database, sink: Sink) -> None:
     cm.add_sender_account(
         "sink",
         kind="smtp",
@@ -238,6 +244,12 @@ def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
         },
         db=database,
     )
+
+
+def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
+    database: dbmod.Database, people: pd.DataFrame, sink: Sink
+) -> None:
+    _sink_account(database, sink)
     template = template_from_html(SLOW_FOR_EVA, "Pozvánka", name="pomala")
     cm.create_campaign("jar", sender="sink", template=template, db=database)
     queue = cm.register("jar", people, db=database)
@@ -248,6 +260,59 @@ def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
     assert reason.startswith("cannot render: rendering for contact point ")
     assert "<eva@a.sk> stopped after 0.5 s (limit BULKMAIL_RENDER_TIMEOUT_S)" in reason
     assert "template 'pomala'" in reason
+
+
+SLOW_FOR_ALL = (
+    "<p>{{ first_name }}</p>{% for i in range(100000) %}{% for j in range(100000) %}"
+    '{% endfor %}{% endfor %}<a href="{{ unsubscribe_url }}">x</a>'
+)
+
+
+def test_registration_stops_when_the_template_runs_too_long_for_everyone(
+    database: dbmod.Database, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BULKMAIL_RENDER_TIMEOUT_S", "0.1")
+    names = [f"Osoba{i}" for i in range(8)]
+    import_contacts(
+        pd.DataFrame(
+            {
+                "first_name": names,
+                "email": [f"o{i}@a.sk" for i in range(8)],
+                "mailing_allowed": ["yes"] * 8,
+            }
+        ),
+        db=database,
+        progress=False,
+    )
+    _sink_account(database, sink)
+    template = template_from_html(SLOW_FOR_ALL, "Pozvánka", name="pomala")
+    cm.create_campaign("jar", sender="sink", template=template, db=database)
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match="for 5 recipients in a row") as caught:
+        cm.register("jar", contacts_frame(database), db=database)
+    # Five renders of 0.1 s, not eight: it stopped at the fifth.
+    assert time.monotonic() - started < 7 * 0.1 + 0.5
+    assert "registration stopped, nothing was registered; fix the template" in (
+        caught.value.message
+    )
+    assert caught.value.fields["recipient"].endswith("<o4@a.sk>")
+    assert cm.queue("jar", db=database).empty
+    assert cm.skipped("jar", db=database).empty
+
+
+def test_check_template_stops_when_the_template_runs_too_long_for_everyone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BULKMAIL_RENDER_TIMEOUT_S", "0.1")
+    frame = pd.DataFrame(
+        {"first_name": list("ABCDEFGH"), "address": [f"{c}@a.sk" for c in "abcdefgh"]}
+    )
+    template = template_from_html(SLOW_FOR_ALL, subject="s", name="pomala")
+    problems = cm.check_template(template, frame)
+    assert list(problems["address"]) == ["a@a.sk", "b@a.sk", "c@a.sk", "d@a.sk", "e@a.sk", "e@a.sk"]
+    assert problems["error"].iloc[0].startswith("stopped after 0.1 s")
+    assert "for 5 recipients in a row" in problems["error"].iloc[-1]
+    assert "checking stopped at this recipient" in problems["error"].iloc[-1]
 
 
 def test_preview_shows_the_limit_error_for_that_recipient() -> None:
