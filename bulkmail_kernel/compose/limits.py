@@ -495,7 +495,10 @@ def finalize(value: Any) -> Any:
         return ""
     budget = _CURRENT.get()
     if budget is not None:
-        if isinstance(value, str):
+        cls = type(value)
+        if cls is int or cls is float:
+            return value
+        if cls is str or isinstance(value, str):
             # Inlined: this runs for every printed value. The one per value makes even
             # empty output reach the next checkpoint, where the deadline is checked.
             budget.work += len(value) + 1
