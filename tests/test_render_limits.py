@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -325,3 +326,20 @@ def test_preview_shows_the_limit_error_for_that_recipient() -> None:
     panel.show(1)
     assert panel.body.value == ""
     assert "rendering for contact 2 &lt;eva@a.sk&gt; stopped after 0.5 s" in panel.warnings.value
+
+
+def test_a_text_alternative_made_per_message_counts_on_the_budget() -> None:
+    # A template whose text alternative could not be derived when it was compiled gets
+    # it from each rendered HTML (html2text, about a second a megabyte).
+    template = template_from_html(
+        "<p>{% for i in range(80000) %}word <b>bold</b> {% endfor %}</p>", subject="Hi"
+    )
+    parts = {k: v for k, v in template._compiled.parts.items() if k != "text"}
+    compiled = replace(template._compiled, parts=parts, text_from_html_each_time=True)
+    object.__setattr__(template, "_compiled", compiled)
+    started = time.process_time()
+    with pytest.raises(TemplateError) as caught:
+        render(template, ROW)
+    assert time.process_time() - started < 4 * LIMIT_S + 2
+    assert caught.value.message.startswith("rendering for contact 7 <jana@x.sk> stopped ")
+    assert caught.value.fields["part"] == "text"

@@ -248,6 +248,13 @@ def render(
         limits.deactivate(token)
     if text is None and html is not None and template._compiled.text_from_html_each_time:
         text = _html_to_text(html)
+        # html2text takes about a second a megabyte and cannot be stopped midway: the
+        # message is at most the size limit, and its time counts like the rendering's.
+        try:
+            budget.tick("making the text alternative from the HTML takes too long")
+            budget.stream(text)
+        except RenderLimitExceeded as exc:
+            raise _limit_error(exc, template.name, "text", who, budget, None) from None
     elif text is not None and not template.text:
         # Loops in generated text leave runs of blank lines behind.
         text = _BLANK_RUNS.sub("\n\n", text)
