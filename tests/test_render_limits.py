@@ -63,10 +63,12 @@ RUNS_TOO_LONG = {
 GROWS_TOO_LARGE = {
     "string repetition": "{{ 'x' * 10**9 }}",
     "list repetition": "{{ ([1] * 10**9) | length }}",
+    "bytes repetition": "{{ ('x'.encode() * 10**9) | length }}",
     "big power": "{{ 7 ** 1000000000 }}",
     "center filter": "{{ 'x' | center(10**9) }}",
     "center filter, literal width": "{{ 'x' | center(1000000000) }}",
     "center method": "{{ 'x'.center(1000000000) }}",
+    "center method of bytes": "{{ 'x'.encode().center(1000000000) | length }}",
     "indent filter": "{{ 'a\nb\nc' | indent(1000000000) }}",
     "wordwrap filter": "{{ ('x ' * 500000) | wordwrap(1, wrapstring='yyyyyyyyyy') }}",
     "batch filter": "{{ [1] | batch(1000000000, 0) | list }}",

@@ -182,7 +182,9 @@ def measure(value: Any, limit: int) -> int:
 
 
 def _sized(value: Any) -> int:
-    return len(value) if isinstance(value, str | list | tuple | dict | set | frozenset) else 0
+    return (
+        len(value) if isinstance(value, str | bytes | list | tuple | dict | set | frozenset) else 0
+    )
 
 
 def _int(value: Any) -> int:
@@ -200,7 +202,7 @@ def check_binop(budget: RenderBudget, operator: str, left: Any, right: Any) -> N
                 raise RenderLimitExceeded("size", "multiplying such large numbers")
             return
         for seq, count in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and isinstance(count, int):
+            if isinstance(seq, str | bytes | list | tuple) and isinstance(count, int):
                 budget.need(len(seq) * max(count, 0), f"repeating a value {count:,} times")
     elif operator == "**" and isinstance(left, int) and isinstance(right, int):
         if right > 0 and abs(left) > 1 and left.bit_length() * right > MAX_INT_BITS:
@@ -320,13 +322,15 @@ def check_call(
     name = getattr(inner, "__name__", "")
     if isinstance(owner, str):
         check_str_method(budget, owner, name, args, kwargs)
+    elif isinstance(owner, bytes) and name in ("center", "ljust", "rjust", "zfill"):
+        budget.need(_int(args[0] if args else kwargs.get("width")), f"bytes.{name}()")
     elif isinstance(owner, list | dict | set):
         check_container_method(budget, owner, name, args)
 
 
 def check_result(budget: RenderBudget, result: Any, what: str) -> None:
     """Refuse a result larger than the message may be."""
-    if isinstance(result, str | list | tuple):
+    if isinstance(result, str | bytes | list | tuple):
         budget.need(len(result), what)
 
 
