@@ -92,6 +92,12 @@ GROWS_TOO_LARGE = {
         "{% for k in range(100) %}{% set _ = m() %}{% endfor %}"
     ),
     "lipsum": "{{ lipsum(1000000) }}",
+    "urlize on long text": "{{ ('x ' * 999999) | urlize }}",
+    "title on long text": "{{ ('ab ' * 666666) | title }}",
+    "splitting long text": (
+        "{% for i in range(100) %}{% set l = ('xy ' * 666666).split() %}{% endfor %}"
+    ),
+    "a long list, sorted": "{{ ((range(100000) | list) * 19) | sort | length }}",
     "tojson indent": "{{ (['x'] * 100000) | tojson(indent=1000) }}",
 }
 
