@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -37,6 +38,14 @@ RUNS_TOO_LONG = {
         "{% for a in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 10000 %}"
         "{% for b in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 10000 %}{% endfor %}{% endfor %}"
     ),
+    "nested loops over short lists": (
+        "{% set l = [0] * 1000 %}{% for a in l %}{% for b in l %}{% for c in l %}"
+        "{% endfor %}{% endfor %}{% endfor %}"
+    ),
+    "printing nothing, many times": (
+        "{% set l = [''] * 1000 %}{% for a in l %}{% for b in l %}{% for c in l %}{{ c }}"
+        "{% endfor %}{% endfor %}{% endfor %}"
+    ),
     "range with big steps": (
         "{% for i in range(0, 10**18, 10**13) %}"
         "{% for j in range(-10**18, 10**18, 2 * 10**13) %}{{ '' }}{% endfor %}{% endfor %}"
@@ -54,10 +63,12 @@ RUNS_TOO_LONG = {
 GROWS_TOO_LARGE = {
     "string repetition": "{{ 'x' * 10**9 }}",
     "list repetition": "{{ ([1] * 10**9) | length }}",
+    "bytes repetition": "{{ ('x'.encode() * 10**9) | length }}",
     "big power": "{{ 7 ** 1000000000 }}",
     "center filter": "{{ 'x' | center(10**9) }}",
     "center filter, literal width": "{{ 'x' | center(1000000000) }}",
     "center method": "{{ 'x'.center(1000000000) }}",
+    "center method of bytes": "{{ 'x'.encode().center(1000000000) | length }}",
     "indent filter": "{{ 'a\nb\nc' | indent(1000000000) }}",
     "wordwrap filter": "{{ ('x ' * 500000) | wordwrap(1, wrapstring='yyyyyyyyyy') }}",
     "batch filter": "{{ [1] | batch(1000000000, 0) | list }}",
@@ -81,6 +92,12 @@ GROWS_TOO_LARGE = {
         "{% for k in range(100) %}{% set _ = m() %}{% endfor %}"
     ),
     "lipsum": "{{ lipsum(1000000) }}",
+    "urlize on long text": "{{ ('x ' * 999999) | urlize }}",
+    "title on long text": "{{ ('ab ' * 666666) | title }}",
+    "splitting long text": (
+        "{% for i in range(100) %}{% set l = ('xy ' * 666666).split() %}{% endfor %}"
+    ),
+    "a long list, sorted": "{{ ((range(100000) | list) * 19) | sort | length }}",
     "tojson indent": "{{ (['x'] * 100000) | tojson(indent=1000) }}",
 }
 
@@ -223,9 +240,7 @@ def people(database: dbmod.Database) -> pd.DataFrame:
     return contacts_frame(database)
 
 
-def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
-    database: dbmod.Database, people: pd.DataFrame, sink: Sink
-) -> None:
+def _sink_account(database: dbmod.Database, sink: Sink) -> None:
     cm.add_sender_account(
         "sink",
         kind="smtp",
@@ -238,6 +253,12 @@ def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
         },
         db=database,
     )
+
+
+def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
+    database: dbmod.Database, people: pd.DataFrame, sink: Sink
+) -> None:
+    _sink_account(database, sink)
     template = template_from_html(SLOW_FOR_EVA, "Pozvánka", name="pomala")
     cm.create_campaign("jar", sender="sink", template=template, db=database)
     queue = cm.register("jar", people, db=database)
@@ -250,6 +271,59 @@ def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
     assert "template 'pomala'" in reason
 
 
+SLOW_FOR_ALL = (
+    "<p>{{ first_name }}</p>{% for i in range(100000) %}{% for j in range(100000) %}"
+    '{% endfor %}{% endfor %}<a href="{{ unsubscribe_url }}">x</a>'
+)
+
+
+def test_registration_stops_when_the_template_runs_too_long_for_everyone(
+    database: dbmod.Database, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BULKMAIL_RENDER_TIMEOUT_S", "0.1")
+    names = [f"Osoba{i}" for i in range(8)]
+    import_contacts(
+        pd.DataFrame(
+            {
+                "first_name": names,
+                "email": [f"o{i}@a.sk" for i in range(8)],
+                "mailing_allowed": ["yes"] * 8,
+            }
+        ),
+        db=database,
+        progress=False,
+    )
+    _sink_account(database, sink)
+    template = template_from_html(SLOW_FOR_ALL, "Pozvánka", name="pomala")
+    cm.create_campaign("jar", sender="sink", template=template, db=database)
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match="for 5 recipients in a row") as caught:
+        cm.register("jar", contacts_frame(database), db=database)
+    # Five renders of 0.1 s, not eight: it stopped at the fifth.
+    assert time.monotonic() - started < 7 * 0.1 + 0.5
+    assert "registration stopped, nothing was registered; fix the template" in (
+        caught.value.message
+    )
+    assert caught.value.fields["recipient"].endswith("<o4@a.sk>")
+    assert cm.queue("jar", db=database).empty
+    assert cm.skipped("jar", db=database).empty
+
+
+def test_check_template_stops_when_the_template_runs_too_long_for_everyone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BULKMAIL_RENDER_TIMEOUT_S", "0.1")
+    frame = pd.DataFrame(
+        {"first_name": list("ABCDEFGH"), "address": [f"{c}@a.sk" for c in "abcdefgh"]}
+    )
+    template = template_from_html(SLOW_FOR_ALL, subject="s", name="pomala")
+    problems = cm.check_template(template, frame)
+    assert list(problems["address"]) == ["a@a.sk", "b@a.sk", "c@a.sk", "d@a.sk", "e@a.sk", "e@a.sk"]
+    assert problems["error"].iloc[0].startswith("stopped after 0.1 s")
+    assert "for 5 recipients in a row" in problems["error"].iloc[-1]
+    assert "checking stopped at this recipient" in problems["error"].iloc[-1]
+
+
 def test_preview_shows_the_limit_error_for_that_recipient() -> None:
     frame = pd.DataFrame(
         {"first_name": ["Ján", "Eva"], "address": ["jan@a.sk", "eva@a.sk"], "contact_id": [1, 2]}
@@ -260,3 +334,20 @@ def test_preview_shows_the_limit_error_for_that_recipient() -> None:
     panel.show(1)
     assert panel.body.value == ""
     assert "rendering for contact 2 &lt;eva@a.sk&gt; stopped after 0.5 s" in panel.warnings.value
+
+
+def test_a_text_alternative_made_per_message_counts_on_the_budget() -> None:
+    # A template whose text alternative could not be derived when it was compiled gets
+    # it from each rendered HTML (html2text, about a second a megabyte).
+    template = template_from_html(
+        "<p>{% for i in range(80000) %}word <b>bold</b> {% endfor %}</p>", subject="Hi"
+    )
+    parts = {k: v for k, v in template._compiled.parts.items() if k != "text"}
+    compiled = replace(template._compiled, parts=parts, text_from_html_each_time=True)
+    object.__setattr__(template, "_compiled", compiled)
+    started = time.process_time()
+    with pytest.raises(TemplateError) as caught:
+        render(template, ROW)
+    assert time.process_time() - started < 4 * LIMIT_S + 2
+    assert caught.value.message.startswith("rendering for contact 7 <jana@x.sk> stopped ")
+    assert caught.value.fields["part"] == "text"

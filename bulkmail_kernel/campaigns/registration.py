@@ -27,7 +27,7 @@ from bulkmail_kernel.compose.headers import (
     unsubscribe_url,
 )
 from bulkmail_kernel.compose.mime import build_mime
-from bulkmail_kernel.compose.render import Mailbox, render
+from bulkmail_kernel.compose.render import Mailbox, RunawayGuard, render
 from bulkmail_kernel.compose.sms import fit_to_gsm7 as fit_text
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.db import (
@@ -146,6 +146,7 @@ def register(
     messages: list[dict[str, Any]] = []
     seen: set[str] = set()
     now = utcnow()
+    runaway = RunawayGuard("registration stopped, nothing was registered")
     for (_, row), pid in zip(frame.iterrows(), point_ids, strict=True):
         point = points.get(pid)
         reason = None
@@ -193,8 +194,10 @@ def register(
             except BulkmailError as exc:
                 if isinstance(exc, ConfigError):
                     raise
+                runaway.failed(exc)
                 reason = f"cannot render: {exc.message}"
             else:
+                runaway.rendered()
                 if is_sms:
                     reason = _sms_problem(cname, point.normalized, rendered.recipient, text, limit)
             if reason is None:

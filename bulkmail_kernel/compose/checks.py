@@ -17,7 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from bulkmail_kernel.compose.render import RenderedMessage, build_context, render
+from bulkmail_kernel.compose.render import (
+    RenderedMessage,
+    RunawayGuard,
+    build_context,
+    render,
+)
 from bulkmail_kernel.compose.sandbox import _is_empty
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template, _undeclared
@@ -59,6 +64,7 @@ def check_template(
                         f"{variable!r} would be sent literally",
                     }
                 )
+    runaway = RunawayGuard("checking stopped at this recipient")
     for index, record in zip(frame.index, frame.to_dict("records"), strict=True):
         who = {
             "row": index,
@@ -78,6 +84,7 @@ def check_template(
                 )
         try:
             render(template, record, values=values, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL)
+            runaway.rendered()
         except TemplateError as exc:
             problems.append(
                 {
@@ -88,6 +95,11 @@ def check_template(
                     "error": exc.fields.get("reason") or exc.message,
                 }
             )
+            try:
+                runaway.failed(exc)
+            except TemplateError as stop:
+                problems.append({**who, "part": "render time", "error": stop.message})
+                break
     return pd.DataFrame(problems, columns=_CHECK_COLUMNS)
 
 

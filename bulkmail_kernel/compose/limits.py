@@ -46,6 +46,12 @@ CHECK_EVERY = 1 << 16
 SHORT_LOOP = 1000
 #: Macro calls nested deeper than this are a runaway recursion, not a layout.
 MAX_CALL_DEPTH = 64
+#: What one item of a list is counted as: its pointer, and more than one character when
+#: printed ("1, "). A list may therefore hold an eighth of the limit in items.
+ITEM_BYTES = 8
+#: Filters that work word by word in Python (slow on long text, whatever they return)
+#: and how many bytes of budget each input character costs.
+SLOW_FILTERS = {"urlize": 40, "title": 4, "striptags": 4, "wordcount": 4}
 #: Integers wider than this many bits are refused (they cannot be printed anyway).
 MAX_INT_BITS = 1 << 16
 
@@ -182,7 +188,9 @@ def measure(value: Any, limit: int) -> int:
 
 
 def _sized(value: Any) -> int:
-    return len(value) if isinstance(value, str | list | tuple | dict | set | frozenset) else 0
+    return (
+        len(value) if isinstance(value, str | bytes | list | tuple | dict | set | frozenset) else 0
+    )
 
 
 def _int(value: Any) -> int:
@@ -200,8 +208,9 @@ def check_binop(budget: RenderBudget, operator: str, left: Any, right: Any) -> N
                 raise RenderLimitExceeded("size", "multiplying such large numbers")
             return
         for seq, count in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and isinstance(count, int):
-                budget.need(len(seq) * max(count, 0), f"repeating a value {count:,} times")
+            if isinstance(seq, str | bytes | list | tuple) and isinstance(count, int):
+                weight = 1 if isinstance(seq, str | bytes) else ITEM_BYTES
+                budget.need(len(seq) * max(count, 0) * weight, f"repeating a value {count:,} times")
     elif operator == "**" and isinstance(left, int) and isinstance(right, int):
         if right > 0 and abs(left) > 1 and left.bit_length() * right > MAX_INT_BITS:
             raise RenderLimitExceeded(
@@ -291,6 +300,12 @@ def check_str_method(
         budget.need(size, "join()")
     elif name in ("format", "format_map"):
         check_format(budget, text, args, kwargs)
+    elif name in ("split", "rsplit", "splitlines"):
+        # The list is made in one step: count its items from the separators first.
+        sep = first if isinstance(first, str) and first else None
+        breaks = "\n\r" if name == "splitlines" else " \t\n\r\x0b\x0c"
+        items = text.count(sep) if sep else sum(map(text.count, breaks))
+        budget.need((items + 1) * ITEM_BYTES, f"{name}() (a list of {items + 1:,} items)")
     elif name == "translate" and isinstance(first, dict):
         widest = max((_sized(v) for v in first.values()), default=1)
         budget.need(len(text) * max(widest, 1), "translate()")
@@ -304,7 +319,7 @@ def check_container_method(
         return
     added = args[-1] if args else None
     count = _sized(added) if name in ("extend", "update") else 1
-    budget.need(len(owner) + count, f"{type(owner).__name__}.{name}()")
+    budget.need((len(owner) + count) * ITEM_BYTES, f"{type(owner).__name__}.{name}()")
     # Walking a long list on every extend would itself be the slow loop: count its pointers.
     budget.spend(measure(added, budget.max_bytes) if count < 10_000 else count * 8)
 
@@ -320,14 +335,18 @@ def check_call(
     name = getattr(inner, "__name__", "")
     if isinstance(owner, str):
         check_str_method(budget, owner, name, args, kwargs)
+    elif isinstance(owner, bytes) and name in ("center", "ljust", "rjust", "zfill"):
+        budget.need(_int(args[0] if args else kwargs.get("width")), f"bytes.{name}()")
     elif isinstance(owner, list | dict | set):
         check_container_method(budget, owner, name, args)
 
 
 def check_result(budget: RenderBudget, result: Any, what: str) -> None:
     """Refuse a result larger than the message may be."""
-    if isinstance(result, str | list | tuple):
+    if isinstance(result, str | bytes):
         budget.need(len(result), what)
+    elif isinstance(result, list | tuple):
+        budget.need(len(result) * ITEM_BYTES, f"{what} (a list of {len(result):,} items)")
 
 
 # --------------------------------------------------------------------------- filters
@@ -376,6 +395,8 @@ def _filter_growth(budget: RenderBudget, name: str, args: tuple[Any, ...], kwarg
         )
     elif name == "truncate":
         budget.need(len(text) + _sized(arg(2, "end", "...")), "the truncate filter")
+    elif name in SLOW_FILTERS:
+        budget.need(len(text) * SLOW_FILTERS[name], f"the {name} filter on long text")
 
 
 #: Filters that print their whole input: a container is measured before they run.
@@ -408,8 +429,7 @@ UNLIMITED_FILTERS = frozenset(
     {
         *("abs", "attr", "capitalize", "count", "d", "date", "default", "filesizeformat"),
         *("first", "float", "int", "items", "last", "length", "lower", "max", "min"),
-        *("random", "reverse", "round", "salutation", "striptags", "title", "trim"),
-        *("upper", "wordcount"),
+        *("random", "reverse", "round", "salutation", "trim", "upper"),
     }
 )
 
@@ -495,7 +515,10 @@ def finalize(value: Any) -> Any:
         return ""
     budget = _CURRENT.get()
     if budget is not None:
-        if isinstance(value, str):
+        cls = type(value)
+        if cls is int or cls is float:
+            return value
+        if cls is str or isinstance(value, str):
             # Inlined: this runs for every printed value. The one per value makes even
             # empty output reach the next checkpoint, where the deadline is checked.
             budget.work += len(value) + 1

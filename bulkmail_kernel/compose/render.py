@@ -26,7 +26,7 @@ from bulkmail_kernel.compose.limits import RenderBudget, RenderLimitExceeded
 from bulkmail_kernel.compose.sandbox import _error_line, _plain, _template_error, row_to_context
 from bulkmail_kernel.compose.templates import Attachment, InlineImage, Template, _html_to_text
 from bulkmail_kernel.config import DEFAULT_LANGUAGE, render_max_bytes, render_timeout_s
-from bulkmail_kernel.exceptions import TemplateError
+from bulkmail_kernel.exceptions import BulkmailError, TemplateError
 
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?.*?\?=", re.DOTALL)
 #: Every C0 and C1 control character, DEL, and the Unicode line and paragraph separators:
@@ -248,6 +248,13 @@ def render(
         limits.deactivate(token)
     if text is None and html is not None and template._compiled.text_from_html_each_time:
         text = _html_to_text(html)
+        # html2text takes about a second a megabyte and cannot be stopped midway: the
+        # message is at most the size limit, and its time counts like the rendering's.
+        try:
+            budget.tick("making the text alternative from the HTML takes too long")
+            budget.stream(text)
+        except RenderLimitExceeded as exc:
+            raise _limit_error(exc, template.name, "text", who, budget, None) from None
     elif text is not None and not template.text:
         # Loops in generated text leave runs of blank lines behind.
         text = _BLANK_RUNS.sub("\n\n", text)
@@ -295,3 +302,44 @@ def render(
         recipient=who,
         unsubscribe_url=unsubscribe_url,
     )
+
+
+#: A batch stops once this many recipients in a row ran past the render time limit.
+RUNAWAY_IN_A_ROW = 5
+
+
+class RunawayGuard:
+    """Stop a batch (registration, a check) when a template runs too long for everyone.
+
+    A template that breaks the time limit for one recipient may be fine for the next
+    (a long list of items); one that breaks it for ``RUNAWAY_IN_A_ROW`` recipients in a
+    row would otherwise hold a 10,000-recipient registration for hours, two seconds each.
+    """
+
+    def __init__(self, stopping: str, in_a_row: int = RUNAWAY_IN_A_ROW) -> None:
+        #: What stopping means for the batch, for the message ("nothing was registered").
+        self.stopping = stopping
+        self.in_a_row = in_a_row
+        self.count = 0
+
+    def rendered(self) -> None:
+        """Note a recipient whose message rendered."""
+        self.count = 0
+
+    def failed(self, exc: BulkmailError) -> None:
+        """Note a render failure; raise TemplateError when the time limit broke too often."""
+        if exc.fields.get("limit") != "BULKMAIL_RENDER_TIMEOUT_S":
+            self.count = 0
+            return
+        self.count += 1
+        if self.count >= self.in_a_row:
+            raise TemplateError(
+                f"template {exc.fields.get('template')!r} ran past the render time limit for "
+                f"{self.count} recipients in a row, the last {exc.fields.get('recipient')}: "
+                f"{self.stopping}; fix the template "
+                f"(the last error: {exc.message})",
+                template=exc.fields.get("template"),
+                recipient=exc.fields.get("recipient"),
+                limit="BULKMAIL_RENDER_TIMEOUT_S",
+                in_a_row=self.count,
+            ) from exc
