@@ -30,7 +30,7 @@ from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
 from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces
-from bulkmail_kernel.deliverability.mailbox import process_mailbox
+from bulkmail_kernel.deliverability.mailbox import process_mailbox, same_address
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.servers.sink import Sink
 from bulkmail_kernel.widgets.monitor import rate_html
@@ -559,6 +559,35 @@ def test_mailto_unsubscribe_as_emitted_reaches_the_token(
         assert s.execute(sa.select(Suppression.normalized, Suppression.reason)).all() == [
             ("eva@a.sk", "unsubscribe")
         ]
+
+
+def test_a_reported_address_matches_ours_by_identity() -> None:
+    # Bounce addresses are only lower-cased; our recipients are identities (IDNA, casefold).
+    assert same_address("EVA@BÜCHER.DE", "eva@xn--bcher-kva.de")
+    assert same_address("Strasse@A.SK", "STRASSE@a.sk")
+    assert not same_address("eva@a.sk", "eva@b.sk")
+    assert not same_address("not an address", "eva@a.sk")
+
+
+def test_a_recipient_the_server_upper_cased_is_still_ours(
+    database: dbmod.Database, dovecot: Imap, sink: Sink, sent: str
+) -> None:
+    (original,) = sink.received_by("eva@a.sk")
+    headers = original.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    # Two failed recipients; ours is the second, spelled in capitals by the remote server.
+    report = _dsn("news@shop.sk", "EVA@A.SK", "5.1.1", headers).replace(
+        b"Final-Recipient: rfc822; EVA@A.SK",
+        b"Final-Recipient: rfc822; someone@b.sk\r\nAction: failed\r\nStatus: 5.2.2\r\n"
+        b"\r\nFinal-Recipient: rfc822; EVA@A.SK",
+    )
+    dovecot.deliver(report, "upper")
+    frame = process_mailbox(sent, db=database)
+    assert list(zip(frame["kind"], frame["matched_by"], frame["status"], strict=True)) == [
+        ("hard_bounce", "message-id", "5.1.1")
+    ]
+    with database.session() as s:
+        event = s.scalars(sa.select(Event).where(Event.kind == "bounced")).one()
+        assert event.data["reported_recipient"] == "eva@a.sk"
 
 
 def test_verp_bounce_without_a_returned_copy_finds_the_message(

@@ -103,6 +103,14 @@ _FAILURE_SUBJECT = re.compile(
 )
 
 
+#: A notification's own words for a failed delivery (for senders that give no other sign).
+_FAILURE_TEXT = re.compile(
+    r"(?i)\b(?:could not|cannot|can't|couldn't|was not|wasn't|unable to|failed to)\s+"
+    r"(?:be\s+)?deliver|\bdeliver(?:y|ing)\b.{0,40}\bfailed\b|\bundeliverable\b|"
+    r"\bpermanent (?:fatal )?error|\bnot (?:be )?delivered\b"
+)
+
+
 def dsn_groups(msg: EmailMessage) -> list[EmailMessage]:
     """Return the per-recipient field groups of every message/delivery-status part."""
     groups: list[EmailMessage] = []
@@ -220,6 +228,40 @@ def looks_like_a_bounce(msg: EmailMessage) -> bool:
     )
 
 
+def _says_it_failed(msg: EmailMessage, text: str) -> bool:
+    """Return whether a null-sender message says in its own words that delivery failed."""
+    # Some servers send a bounce with no daemon From, no failure subject and no DSN
+    # (KDDI: "Could not be delivered to: <...>"). The null Return-Path says a system sent
+    # it (RFC 5321 4.5.5); the words say what happened. Auto-replies were decided before.
+    null = str(msg.get("Return-Path", "")).strip() in ("<>", "")
+    return null and bool(_FAILURE_TEXT.search(text)) and bool(ADDRESS.search(text))
+
+
+def _own_addresses(msg: EmailMessage) -> set[str]:
+    """Return the addresses the notification itself was sent to (our return path)."""
+    values = [str(v) for h in ("To", "Delivered-To", "X-Original-To") for v in msg.get_all(h, [])]
+    return {a for a in (valid_address(v) for _, v in getaddresses(values)) if a}
+
+
+def _in_context(addresses: Iterable[str], msg: EmailMessage, text: str) -> list[str]:
+    """Order failed addresses as the notification names them, earliest in its words first.
+
+    An address the explanation names comes before one found only in the returned copy
+    or a header, and the notification's own addressee (our return path) comes last:
+    flufl.bounce returns a set, so without this the "first" recipient changed from run to
+    run, and an address the failure text names was lost behind the copy's To.
+    """
+    own = _own_addresses(msg)
+    lowered = text.lower()
+
+    def rank(item: tuple[int, str]) -> tuple[bool, bool, int, int]:
+        index, address = item
+        at = lowered.find(address.lower())
+        return (address in own, at < 0, at, index)
+
+    return [a for _, a in sorted(enumerate(addresses), key=rank)]
+
+
 def _prose_recipients(msg: EmailMessage, text: str) -> list[str]:
     """Return the failed addresses a notification without a DSN part names, best first."""
     named = [
@@ -289,11 +331,12 @@ def bounce_of(msg: EmailMessage, message: bytes) -> BounceInfo | None:
         return None  # every recipient delivered, relayed or expanded
     flufl = _flufl_failures(message)
     if not found and not flufl:
-        if not looks_like_a_bounce(msg):
+        if not looks_like_a_bounce(msg) and not _says_it_failed(msg, text):
             return None
         # flufl.bounce knows no pattern for this server: take what the notification names.
         flufl = dict.fromkeys(_prose_recipients(msg, text), True)
-    for address, is_permanent in flufl.items():
+    for address in _in_context(flufl, msg, text):
+        is_permanent = flufl[address]
         if address in found:
             continue
         status = (

@@ -81,6 +81,13 @@ def text_of(part: EmailMessage) -> str:
         return payload.decode("utf-8", "replace")
 
 
+def content_type(part: EmailMessage) -> str:
+    """Return a part's ``type/subtype``, also when its parameters were folded without ``;``."""
+    # "Content-Type: text/plain\n   charset=..." (OpenMail) reads as one odd type.
+    found = re.match(r"[\w.+-]+/[\w.+-]+", part.get_content_type())
+    return found.group().lower() if found else "text/plain"
+
+
 def header_text(msg: EmailMessage, name: str) -> str:
     """Return a header decoded from RFC 2047 words; an unknown charset is read as UTF-8."""
     raw = msg.get(name)
@@ -102,7 +109,7 @@ def explanation(msg: EmailMessage) -> str:
     text = ""
     if msg.is_multipart():
         for part in msg.walk():
-            kind = part.get_content_type()
+            kind = content_type(part)
             if kind in ("message/rfc822", "text/rfc822-headers", "message/delivery-status"):
                 break
             # A multipart part whose boundary the parser could not read stays text.

@@ -104,8 +104,10 @@ def complaint(msg: EmailMessage, raw: bytes) -> Notice | None:
         return None
     fields = _report_fields(reports[0])
     feedback_type = str(fields.get("Feedback-Type", "abuse")).strip().lower() if fields else ""
-    if feedback_type == "not-spam":
-        return None  # a report that a message is wanted is no complaint
+    if feedback_type in ("not-spam", "auth-failure"):
+        # "not-spam" says a message is wanted; "auth-failure" (RFC 6591, a DMARC/SPF/DKIM
+        # failure report) is a machine's finding about the sending domain: nobody complained.
+        return None
     recipients: list[str] = []
     if fields is not None:
         for name in ("Original-Rcpt-To", "Removal-Recipient"):
