@@ -11,6 +11,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -111,6 +112,28 @@ def test_verp_return_path_names_the_recipient() -> None:
     info = parse_bounce(raw)
     assert info is not None
     assert info.verp_recipient == "jan@a.sk"
+
+
+def test_several_failed_recipients_come_in_the_order_the_text_names_them() -> None:
+    # flufl.bounce answers with a set; the first recipient must not depend on hashing.
+    sample = Path(__file__).parent / "data" / "bounces" / "sisimai-unseen" / "email-exim-02.eml"
+    code = (
+        "import sys; from pathlib import Path;"
+        "from bulkmail_kernel.deliverability.bounces import parse_bounce;"
+        "info = parse_bounce(Path(sys.argv[1]).read_bytes());"
+        "print(' '.join(f'{r.recipient}={r.status}' for r in info.recipients))"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(sample)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "3", "4")
+    }
+    assert seen == {"kijitora@example.jp=5.1.1 sabatora@example.jp=5.2.1"}
 
 
 def test_an_ordinary_reply_is_not_a_bounce() -> None:
