@@ -175,6 +175,10 @@ def auto_reply(msg: EmailMessage, why: str) -> Notice:
 # --------------------------------------------------------------------------- JSON
 
 
+#: The break a relay puts into an over-long line: "!", a line end, one space.
+_LONG_LINE_BREAK = re.compile(r"!\r?\n ")
+
+
 def _json_bodies(msg: EmailMessage) -> Iterator[Any]:
     for part in msg.walk():
         if part.is_multipart() or part.get_content_maintype() not in ("text", "application"):
@@ -183,10 +187,15 @@ def _json_bodies(msg: EmailMessage) -> Iterator[Any]:
         start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
         if start < 0:
             continue
-        try:
-            yield json.loads(text[start:])
-        except ValueError:
-            continue
+        # SNS appends an unsubscribe footer after the JSON, and a relay may have broken
+        # its one long line (RFC 5322 2.1.1: 998 characters) with Sendmail's "!" + newline
+        # + space: read the first JSON value as it was sent, ignore what follows it.
+        for candidate in (text, _LONG_LINE_BREAK.sub("", text)):
+            try:
+                yield json.JSONDecoder().raw_decode(candidate, start)[0]
+                break
+            except ValueError:
+                continue
 
 
 def _ses_event(data: dict[str, Any]) -> Notice | None:
