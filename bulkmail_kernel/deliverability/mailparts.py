@@ -251,7 +251,7 @@ def from_a_daemon(msg: EmailMessage) -> bool:
 
 
 def valid_address(candidate: str) -> str | None:
-    """Return ``candidate`` lower-cased if it is a syntactically valid address, else None."""
+    """Return ``candidate`` lower-cased, its domain in ASCII form, if it is a valid address."""
     text = candidate.strip().strip("<>\"'").strip().rstrip(".,;:")
     # A path (/var/spool/x@host) is never a recipient, whatever RFC 5322 allows.
     if not text or "@" not in text or text[0] in "/=" or len(text) > 254:
@@ -263,6 +263,8 @@ def valid_address(candidate: str) -> str | None:
             text, check_deliverability=False, allow_smtputf8=True, test_environment=True
         )
         local, _, domain = result.normalized.rpartition("@")
+        # One form for a domain: the ASCII one (xn--...), as email_identity writes it.
+        domain = result.ascii_domain or domain
     except EmailNotValidError as exc:
         # A reserved name (.invalid, .local) is still an address the bounce is about:
         # check the local part alone, and the domain's syntax.
