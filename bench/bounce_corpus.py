@@ -109,13 +109,13 @@ def main() -> int:
     """Print the figures per source; return 1 if a goal is missed."""
     scores = measure()
     print(
-        f"{'source':14} {'msgs':>5} {'recognised':>11} {'recipient':>10} "
+        f"{'source':24} {'msgs':>5} {'recognised':>11} {'recipient':>10} "
         f"{'status':>8} {'false bnc':>9} {'crashes':>7}"
     )
     for name, s in scores.items():
         r = s.rates()
         print(
-            f"{name:14} {s.messages:5d} {r['recognised']:11.1%} {r['recipient']:10.1%} "
+            f"{name:24} {s.messages:5d} {r['recognised']:11.1%} {r['recipient']:10.1%} "
             f"{r['status']:8.1%} {s.false_bounces:9d} {s.crashes:7d}"
         )
     if "--verbose" in sys.argv:

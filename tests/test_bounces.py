@@ -11,6 +11,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -30,7 +31,7 @@ from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
 from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces
-from bulkmail_kernel.deliverability.mailbox import process_mailbox
+from bulkmail_kernel.deliverability.mailbox import process_mailbox, same_address
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.servers.sink import Sink
 from bulkmail_kernel.widgets.monitor import rate_html
@@ -111,6 +112,28 @@ def test_verp_return_path_names_the_recipient() -> None:
     info = parse_bounce(raw)
     assert info is not None
     assert info.verp_recipient == "jan@a.sk"
+
+
+def test_several_failed_recipients_come_in_the_order_the_text_names_them() -> None:
+    # flufl.bounce answers with a set; the first recipient must not depend on hashing.
+    sample = Path(__file__).parent / "data" / "bounces" / "sisimai-unseen" / "email-exim-02.eml"
+    code = (
+        "import sys; from pathlib import Path;"
+        "from bulkmail_kernel.deliverability.bounces import parse_bounce;"
+        "info = parse_bounce(Path(sys.argv[1]).read_bytes());"
+        "print(' '.join(f'{r.recipient}={r.status}' for r in info.recipients))"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(sample)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "3", "4")
+    }
+    assert seen == {"kijitora@example.jp=5.1.1 sabatora@example.jp=5.2.1"}
 
 
 def test_an_ordinary_reply_is_not_a_bounce() -> None:
@@ -559,6 +582,35 @@ def test_mailto_unsubscribe_as_emitted_reaches_the_token(
         assert s.execute(sa.select(Suppression.normalized, Suppression.reason)).all() == [
             ("eva@a.sk", "unsubscribe")
         ]
+
+
+def test_a_reported_address_matches_ours_by_identity() -> None:
+    # Bounce addresses are only lower-cased; our recipients are identities (IDNA, casefold).
+    assert same_address("EVA@BÜCHER.DE", "eva@xn--bcher-kva.de")
+    assert same_address("Strasse@A.SK", "STRASSE@a.sk")
+    assert not same_address("eva@a.sk", "eva@b.sk")
+    assert not same_address("not an address", "eva@a.sk")
+
+
+def test_a_recipient_the_server_upper_cased_is_still_ours(
+    database: dbmod.Database, dovecot: Imap, sink: Sink, sent: str
+) -> None:
+    (original,) = sink.received_by("eva@a.sk")
+    headers = original.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    # Two failed recipients; ours is the second, spelled in capitals by the remote server.
+    report = _dsn("news@shop.sk", "EVA@A.SK", "5.1.1", headers).replace(
+        b"Final-Recipient: rfc822; EVA@A.SK",
+        b"Final-Recipient: rfc822; someone@b.sk\r\nAction: failed\r\nStatus: 5.2.2\r\n"
+        b"\r\nFinal-Recipient: rfc822; EVA@A.SK",
+    )
+    dovecot.deliver(report, "upper")
+    frame = process_mailbox(sent, db=database)
+    assert list(zip(frame["kind"], frame["matched_by"], frame["status"], strict=True)) == [
+        ("hard_bounce", "message-id", "5.1.1")
+    ]
+    with database.session() as s:
+        event = s.scalars(sa.select(Event).where(Event.kind == "bounced")).one()
+        assert event.data["reported_recipient"] == "eva@a.sk"
 
 
 def test_verp_bounce_without_a_returned_copy_finds_the_message(

@@ -36,6 +36,7 @@ from urllib.parse import unquote
 import pandas as pd
 from sqlalchemy.orm import Session
 
+from bulkmail_kernel.contacts.values import email_identity
 from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.deliverability.bounces import BouncedRecipient, BounceInfo
 from bulkmail_kernel.deliverability.classify import BOUNCE_KINDS, Classification, classify_message
@@ -228,6 +229,14 @@ def _quote(folder: str) -> str:
 # --------------------------------------------------------------------------- matching
 
 
+def same_address(reported: str, ours: str) -> bool:
+    """Return whether a bounce's address is our recipient's (by identity: servers re-case)."""
+    try:
+        return email_identity(reported) == email_identity(ours)
+    except ValueError:  # not an address at all: equal only as written
+        return reported == ours
+
+
 def _match(
     s: Session, account_id: int, info: BounceInfo
 ) -> tuple[BouncedMessage | None, BouncedRecipient | None, str]:
@@ -235,7 +244,7 @@ def _match(
     if info.original_message_ids:
         msg = message_by_header(s, info.original_message_ids)
         if msg is not None:
-            own = [r for r in info.recipients if r.recipient == msg.recipient]
+            own = [r for r in info.recipients if same_address(r.recipient, msg.recipient)]
             ranked = own or sorted(info.recipients, key=lambda r: not r.permanent)
             return msg, (ranked[0] if ranked else None), "message-id"
     for how, found in (
@@ -246,7 +255,7 @@ def _match(
         ),
     ):
         if found is not None:
-            own = [r for r in info.recipients if r.recipient == found.recipient]
+            own = [r for r in info.recipients if same_address(r.recipient, found.recipient)]
             ranked = own or list(info.recipients)
             return found, (ranked[0] if ranked else None), how
     for bounced in info.recipients:

@@ -81,6 +81,13 @@ def text_of(part: EmailMessage) -> str:
         return payload.decode("utf-8", "replace")
 
 
+def content_type(part: EmailMessage) -> str:
+    """Return a part's ``type/subtype``, also when its parameters were folded without ``;``."""
+    # "Content-Type: text/plain\n   charset=..." (OpenMail) reads as one odd type.
+    found = re.match(r"[\w.+-]+/[\w.+-]+", part.get_content_type())
+    return found.group().lower() if found else "text/plain"
+
+
 def header_text(msg: EmailMessage, name: str) -> str:
     """Return a header decoded from RFC 2047 words; an unknown charset is read as UTF-8."""
     raw = msg.get(name)
@@ -102,7 +109,7 @@ def explanation(msg: EmailMessage) -> str:
     text = ""
     if msg.is_multipart():
         for part in msg.walk():
-            kind = part.get_content_type()
+            kind = content_type(part)
             if kind in ("message/rfc822", "text/rfc822-headers", "message/delivery-status"):
                 break
             # A multipart part whose boundary the parser could not read stays text.
@@ -244,7 +251,7 @@ def from_a_daemon(msg: EmailMessage) -> bool:
 
 
 def valid_address(candidate: str) -> str | None:
-    """Return ``candidate`` lower-cased if it is a syntactically valid address, else None."""
+    """Return ``candidate`` lower-cased, its domain in ASCII form, if it is a valid address."""
     text = candidate.strip().strip("<>\"'").strip().rstrip(".,;:")
     # A path (/var/spool/x@host) is never a recipient, whatever RFC 5322 allows.
     if not text or "@" not in text or text[0] in "/=" or len(text) > 254:
@@ -256,6 +263,8 @@ def valid_address(candidate: str) -> str | None:
             text, check_deliverability=False, allow_smtputf8=True, test_environment=True
         )
         local, _, domain = result.normalized.rpartition("@")
+        # One form for a domain: the ASCII one (xn--...), as email_identity writes it.
+        domain = result.ascii_domain or domain
     except EmailNotValidError as exc:
         # A reserved name (.invalid, .local) is still an address the bounce is about:
         # check the local part alone, and the domain's syntax.

@@ -104,8 +104,10 @@ def complaint(msg: EmailMessage, raw: bytes) -> Notice | None:
         return None
     fields = _report_fields(reports[0])
     feedback_type = str(fields.get("Feedback-Type", "abuse")).strip().lower() if fields else ""
-    if feedback_type == "not-spam":
-        return None  # a report that a message is wanted is no complaint
+    if feedback_type in ("not-spam", "auth-failure"):
+        # "not-spam" says a message is wanted; "auth-failure" (RFC 6591, a DMARC/SPF/DKIM
+        # failure report) is a machine's finding about the sending domain: nobody complained.
+        return None
     recipients: list[str] = []
     if fields is not None:
         for name in ("Original-Rcpt-To", "Removal-Recipient"):
@@ -173,6 +175,10 @@ def auto_reply(msg: EmailMessage, why: str) -> Notice:
 # --------------------------------------------------------------------------- JSON
 
 
+#: The break a relay puts into an over-long line: "!", a line end, one space.
+_LONG_LINE_BREAK = re.compile(r"!\r?\n ")
+
+
 def _json_bodies(msg: EmailMessage) -> Iterator[Any]:
     for part in msg.walk():
         if part.is_multipart() or part.get_content_maintype() not in ("text", "application"):
@@ -181,10 +187,15 @@ def _json_bodies(msg: EmailMessage) -> Iterator[Any]:
         start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
         if start < 0:
             continue
-        try:
-            yield json.loads(text[start:])
-        except ValueError:
-            continue
+        # SNS appends an unsubscribe footer after the JSON, and a relay may have broken
+        # its one long line (RFC 5322 2.1.1: 998 characters) with Sendmail's "!" + newline
+        # + space: read the first JSON value as it was sent, ignore what follows it.
+        for candidate in (text, _LONG_LINE_BREAK.sub("", text)):
+            try:
+                yield json.JSONDecoder().raw_decode(candidate, start)[0]
+                break
+            except ValueError:
+                continue
 
 
 def _ses_event(data: dict[str, Any]) -> Notice | None:
