@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -104,6 +105,17 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 logging.getLogger("bulkmail").addHandler(logging.NullHandler())
+
+
+def _in_a_notebook() -> None:
+    """Show bulkmail's own errors as one short box when imported in IPython (cheap elsewhere)."""
+    if "IPython" in sys.modules:
+        from bulkmail_kernel.widgets.errors import install_error_display
+
+        install_error_display()
+
+
+_in_a_notebook()
 
 #: Public name -> (module, name there): where each name of ``__all__`` lives.
 _WHERE: dict[str, tuple[str, str]] = {

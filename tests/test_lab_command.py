@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -64,6 +65,14 @@ def test_bulkmail_lab_starts_everything_on_a_fresh_data_dir(tmp_path: Path) -> N
                 assert proc.poll() is None, (tmp_path / "lab.log").read_text()
                 assert time.monotonic() < deadline, (tmp_path / "lab.log").read_text()
                 time.sleep(0.5)
+        # No pop-up asking about Jupyter news on start: the page tells the front end so.
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{lab_port}/lab?token=lab-test", timeout=10
+        ) as resp:
+            page = resp.read().decode()
+        config_json = page.split('id="jupyter-config-data"', 1)[1].split(">", 1)[1]
+        page_config = json.loads(config_json.split("</script>", 1)[0])
+        assert page_config["news"] == {"disabled": True}
         # The demo database exists and is filled; its sender account points at the sink.
         engine = sa.create_engine(f"sqlite:///{data / 'bulkmail.db'}")
         with engine.connect() as conn:

@@ -114,6 +114,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
         f"--notebook-dir={notebooks}",
         f"--ServerApp.port={args.port}",
         "--ServerApp.ip=127.0.0.1",
+        # An analyst's workbench, not a JupyterLab showcase: no pop-up asking to fetch
+        # Jupyter news on every start, no check of pypi.org for a newer JupyterLab.
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     if args.no_browser:
         cmd.append("--no-browser")
