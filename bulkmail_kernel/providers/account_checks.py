@@ -126,7 +126,7 @@ def _check_imap(account: SenderInfo) -> LoginCheck:
     try:
         imap = imap_settings(account)
         host, port, security, user = imap.host, imap.port, imap.security, imap.user
-        conn = _connect(imap)
+        conn = _connect(imap, timeout_s=CHECK_TIMEOUT_S)
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
             conn.logout()  # logged in is what was asked; a rude goodbye changes nothing
     except BulkmailError as exc:
