@@ -18,16 +18,14 @@ Every network look-up has a short timeout and is never fatal: what failed goes i
 
 from __future__ import annotations
 
-import logging
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
-
-log = logging.getLogger("bulkmail")
 
 #: (host, port, security) of a server.
 Server = tuple[str, int, str]
@@ -142,7 +140,7 @@ def suggest_account_settings(
         take("imap", imap, "table")
     if network and None in found.values():
         for template in autoconfig_urls:
-            url = template.format(domain=domain, address=address.strip())
+            url = template.format(domain=domain, address=quote(address.strip(), safe="@"))
             try:
                 servers = parse_autoconfig(_fetch(url, timeout_s))
             except (OSError, ValueError) as exc:
