@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from dovecot_support import Imap
 
-from bulkmail_kernel import add_sender_account, check_account
+from bulkmail_kernel import add_sender_account, check_account, suggest_account_settings
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.cli import main
 from bulkmail_kernel.db import SenderAccount
@@ -192,3 +194,61 @@ def test_cli_no_check_and_check_account(
     capsys.readouterr()
     assert main(["check-account", "shop", "--db", sqlite_url]) == 0
     assert "EHLO answered" in capsys.readouterr().out
+
+
+def test_suggested_settings_log_in_and_are_saved(
+    database: dbmod.Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    firm = start_sink(tmp_path / "firm", users={"news@firm.example": "right"})
+    try:
+        _suggest_then_save(database, firm, monkeypatch)
+    finally:
+        firm.stop()
+
+
+def _suggest_then_save(
+    database: dbmod.Database, auth_sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The firm's autoconfig file (served locally) points at the sink; its login is the address.
+    xml = (
+        '<clientConfig version="1.1"><emailProvider id="firm.example">'
+        '<outgoingServer type="smtp"><hostname>127.0.0.1</hostname>'
+        f"<port>{auth_sink.port}</port><socketType>plain</socketType></outgoingServer>"
+        "</emailProvider></clientConfig>"
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(xml)))
+            self.end_headers()
+            self.wfile.write(xml)
+
+        def log_message(self, *args: Any) -> None:  # keep the test output quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        found = suggest_account_settings(
+            "news@firm.example",
+            autoconfig_urls=[f"http://127.0.0.1:{server.server_address[1]}/mail.xml"],
+            srv_lookup=lambda name: [],
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert found["settings"] == {
+        "host": "127.0.0.1",
+        "port": auth_sink.port,
+        "security": "none",
+        "user": "news@firm.example",
+    }
+    monkeypatch.setenv("FIRM_SMTP_PASSWORD", "wrong")
+    with pytest.raises(ConfigError, match=r"login as 'news@firm\.example' refused"):
+        _save(database, found["settings"], credential_ref="FIRM_SMTP_PASSWORD")
+    monkeypatch.setenv("FIRM_SMTP_PASSWORD", "right")
+    _save(database, found["settings"], credential_ref="FIRM_SMTP_PASSWORD")
+    assert bool(check_account("shop", db=database)["ok"].all())
