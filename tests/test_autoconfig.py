@@ -12,6 +12,8 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bulkmail_kernel import suggest_account_settings
 from bulkmail_kernel.exceptions import ConfigError
@@ -207,3 +209,15 @@ def test_failing_lookups_are_notes_never_errors() -> None:
 def test_not_an_address_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"'firm\.sk' is not an e-mail address"):
         suggest_account_settings("firm.sk", network=False)
+
+
+@given(st.text(max_size=40))
+def test_any_text_gets_settings_or_a_clear_refusal(text: str) -> None:
+    local, _, domain = text.strip().rpartition("@")
+    if local and "." in domain:
+        found = suggest_account_settings(text, network=False)
+        assert set(found) == {"address", "settings", "source", "notes"}
+        assert found["address"] == text.strip()
+    else:
+        with pytest.raises(ConfigError, match="is not an e-mail address"):
+            suggest_account_settings(text, network=False)
