@@ -74,7 +74,9 @@ if TYPE_CHECKING:
     from bulkmail_kernel.outbox.queue import queue, remove_from_queue, requeue, unknown_messages
     from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
     from bulkmail_kernel.outbox.workers import live_workers
+    from bulkmail_kernel.providers.account_checks import check_account
     from bulkmail_kernel.providers.accounts import add_sender_account
+    from bulkmail_kernel.providers.autoconfig import suggest_account_settings
     from bulkmail_kernel.providers.eurosms import add_eurosms_account, poll_delivery_reports
     from bulkmail_kernel.providers.sendpulse import (
         SendPulseResult,
@@ -152,6 +154,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "campaign_report": ("bulkmail_kernel.campaigns.reports", "campaign_report"),
     "campaign_timeline": ("bulkmail_kernel.campaigns.reports", "campaign_timeline"),
     "cancel": ("bulkmail_kernel.campaigns.campaigns", "cancel"),
+    "check_account": ("bulkmail_kernel.providers.account_checks", "check_account"),
     "check_template": ("bulkmail_kernel.compose.checks", "check_template"),
     "classify_message": ("bulkmail_kernel.deliverability.classify", "classify_message"),
     "connect": ("bulkmail_kernel.db", "connect"),
@@ -210,6 +213,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "sms_fit_preview": ("bulkmail_kernel.compose.sms", "sms_fit_preview"),
     "sms_segments": ("bulkmail_kernel.compose.sms", "sms_segments"),
     "start_sink": ("bulkmail_kernel.servers.sink", "start_sink"),
+    "suggest_account_settings": (
+        "bulkmail_kernel.providers.autoconfig",
+        "suggest_account_settings",
+    ),
     "template_from_html": ("bulkmail_kernel.compose.templates", "template_from_html"),
     "test_send": ("bulkmail_kernel.campaigns.samples", "test_send"),
     "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
@@ -251,6 +258,7 @@ __all__ = [
     "campaign_report",
     "campaign_timeline",
     "cancel",
+    "check_account",
     "check_template",
     "classify_message",
     "connect",
@@ -306,6 +314,7 @@ __all__ = [
     "sms_fit_preview",
     "sms_segments",
     "start_sink",
+    "suggest_account_settings",
     "template_from_html",
     "test_send",
     "unknown_messages",

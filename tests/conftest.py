@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from dovecot_support import Imap, run_dovecot
 
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.servers.sink import Sink, start_sink
@@ -82,3 +83,9 @@ def sink(tmp_path: Path) -> Iterator[Sink]:
     running = start_sink(tmp_path / "sink")
     yield running
     running.stop()
+
+
+@pytest.fixture
+def dovecot(tmp_path: Path) -> Iterator[Imap]:
+    """Start a private Dovecot (IMAP on a free loopback port, maildir in tmp_path)."""
+    yield from run_dovecot(tmp_path)

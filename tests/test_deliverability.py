@@ -418,6 +418,7 @@ def _firm(database: Database, port: int, key: Path | None, **extra: object) -> N
         from_name="Obchod Danubius",
         settings=settings,
         db=database,
+        check=False,
     )
 
 

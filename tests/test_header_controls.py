@@ -185,6 +185,7 @@ def test_vertical_tab_bcc_from_a_dataframe_reaches_the_sink_as_text(
             "unsubscribe_url": "https://shop.sk/u?t={token}",
         },
         db=database,
+        check=False,
     )
     template = template_from_html(
         '<p>{{ first_name }}</p><a href="{{ unsubscribe_url }}">x</a>',

@@ -54,6 +54,7 @@ def _setup(database: dbmod.Database, campaigns: list[str]) -> pd.DataFrame:
         settings={"host": "127.0.0.1", "port": 2525, "security": "none",
                   "unsubscribe_url": "https://shop.sk/u?t={token}"},
         db=database,
+        check=False,
     )  # fmt: skip
     template = template_from_html(HTML, "Pozvánka pre {{ first_name }}", name="pozvanka")
     for name in campaigns:

@@ -252,6 +252,7 @@ def _sink_account(database: dbmod.Database, sink: Sink) -> None:
             "unsubscribe_url": "https://shop.sk/u?t={token}",
         },
         db=database,
+        check=False,
     )
 
 

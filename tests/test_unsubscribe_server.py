@@ -62,6 +62,7 @@ def registered(database: dbmod.Database, sink: Sink) -> dict[str, str]:
             "unsubscribe_url": "https://shop.sk/u/{token}",
         },
         db=database,
+        check=False,
     )
     template = template_from_html(HTML, "Novinky pre {{ first_name }}", name="novinky")
     cm.create_campaign("jar", sender="sink", template=template, db=database)

@@ -31,6 +31,7 @@ def cmd_add_sender_account(args: argparse.Namespace) -> int:
     --settings for smtp: host, port, security (ssl, starttls, none), user, unsubscribe_url
     (with {token}), unsubscribe_mailto, envelope_from, verp, dkim, imap; for file: folder.
     --credential-ref names the environment variable (or keyring:NAME) holding the password.
+    An smtp account is saved only after it logs in; --no-check saves it unchecked.
     """
     from bulkmail_kernel import add_sender_account
 
@@ -42,6 +43,7 @@ def cmd_add_sender_account(args: argparse.Namespace) -> int:
         settings=args.settings,
         credential_ref=args.credential_ref,
         url=args.db,
+        check=not args.no_check,
     )
     print(info)
     return 0
@@ -294,6 +296,12 @@ def add_commands(commands: Commands) -> None:
         "--credential-ref",
         default="",
         help="env variable (or keyring:NAME) holding the password; never the password",
+    )
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="save an smtp account without logging in first (set up offline; "
+        "check later with `bulkmail check-account NAME`)",
     )
     add_db(p)
 

@@ -87,8 +87,49 @@ def cmd_poll_delivery_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_account(args: argparse.Namespace) -> int:
+    """Log in with a stored sender account now (SMTP, and IMAP for bounces); exit 1 if refused."""
+    from bulkmail_kernel import check_account
+
+    checks = check_account(args.name, url=args.db)
+    print_frame(checks, args)
+    return 0 if bool(checks["ok"].all()) else 1
+
+
+def cmd_suggest_account_settings(args: argparse.Namespace) -> int:
+    """Print SMTP/IMAP settings for an address (table, autoconfig, SRV) as JSON, with sources."""
+    import json
+
+    from bulkmail_kernel import suggest_account_settings
+
+    found = suggest_account_settings(args.address, network=not args.no_network)
+    print(json.dumps(found, indent=2, ensure_ascii=False))
+    return 0
+
+
 def add_commands(commands: Commands) -> None:
     """Add the provider commands."""
+    p = commands.add(
+        "check-account",
+        cmd_check_account,
+        "log in with a sender account now and show what the servers answered",
+    )
+    p.add_argument("name", help="sender account name")
+    add_csv(p)
+    add_db(p)
+
+    p = commands.add(
+        "suggest-account-settings",
+        cmd_suggest_account_settings,
+        "suggest SMTP and IMAP settings for an e-mail address",
+    )
+    p.add_argument("address", help="the sender address, e.g. news@firm.sk")
+    p.add_argument(
+        "--no-network",
+        action="store_true",
+        help="ask only the built-in provider table (no autoconfig or DNS look-ups)",
+    )
+
     p = commands.add(
         "add-sendpulse-account",
         cmd_add_sendpulse_account,

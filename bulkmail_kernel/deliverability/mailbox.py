@@ -168,17 +168,17 @@ def _tls_context(imap: ImapSettings) -> ssl.SSLContext:
     return context
 
 
-def _connect(imap: ImapSettings) -> imaplib.IMAP4:
+def _connect(imap: ImapSettings, *, timeout_s: float = 60.0) -> imaplib.IMAP4:
     where = f"IMAP {imap.host}:{imap.port}"
     password = _password(imap)
     conn: imaplib.IMAP4 | None = None
     try:
         if imap.security == "ssl":
             conn = imaplib.IMAP4_SSL(
-                imap.host, imap.port, ssl_context=_tls_context(imap), timeout=60
+                imap.host, imap.port, ssl_context=_tls_context(imap), timeout=timeout_s
             )
         else:
-            conn = imaplib.IMAP4(imap.host, imap.port, timeout=60)
+            conn = imaplib.IMAP4(imap.host, imap.port, timeout=timeout_s)
             if imap.security == "starttls":
                 conn.starttls(ssl_context=_tls_context(imap))
             elif not _is_loopback(imap.host):

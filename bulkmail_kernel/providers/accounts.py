@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from bulkmail_kernel.db import Database, SenderAccount, resolve_database
 from bulkmail_kernel.exceptions import ConfigError
 from bulkmail_kernel.outbox.lookup import sender_info
+from bulkmail_kernel.providers.account_checks import refuse_unless_ok, run_checks
 from bulkmail_kernel.providers.eurosms import add_eurosms_account
 from bulkmail_kernel.providers.sendpulse import add_sendpulse_account
 from bulkmail_kernel.records import SenderInfo
@@ -32,6 +34,7 @@ def add_sender_account(
     credential_ref: str = "",
     db: Database | None = None,
     url: str | None = None,
+    check: bool = True,
 ) -> SenderInfo:
     """Create or update the sender account ``name`` (smtp or file); secrets stay out of it.
 
@@ -42,6 +45,14 @@ def add_sender_account(
     mailbox); for file: folder.
     ``credential_ref`` names the environment variable holding the password; without
     one the password is looked up in the keyring that ``yagmail.register`` fills.
+
+    An smtp account is saved only after it logs in: EHLO, SSL or STARTTLS as set, AUTH
+    with the password from ``credential_ref`` or the keyring (the send path's own code),
+    and the IMAP login when ``settings['imap']`` is set; a failure is refused with the
+    server's answer and what to fix. ``check=False`` saves without logging in: for a
+    set-up made offline, a relay only the worker's machine reaches, or a password set
+    there later; ``check_account(name)`` logs in whenever asked.
+    ``suggest_account_settings(address)`` proposes host, port and security.
 
     Kinds sendpulse and eurosms are handed to ``add_sendpulse_account`` /
     ``add_eurosms_account``, which check the credentials with the provider (and keep
@@ -66,22 +77,35 @@ def add_sender_account(
             )
     if "@" not in from_email:
         raise ConfigError(f"sender account {name!r}: from_email={from_email!r} is not an address")
-    with resolve_database(db, url).session() as s:
-        row = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == name)).one_or_none()
+    database = resolve_database(db, url)
+    with database.session() as s:
+        _refuse_provider_row(s, name)
+    if check and kind == "smtp":
+        # Before the row is written: a refused account must not be left half-saved.
+        candidate = SenderInfo(0, name, kind, from_name, from_email, settings, credential_ref)
+        refuse_unless_ok(run_checks(candidate), name)
+    with database.session() as s:
+        row = _refuse_provider_row(s, name)
         if row is None:
             row = SenderAccount(name=name)
             s.add(row)
-        elif row.kind in _PROVIDER_KINDS:
-            # Re-saving it as smtp/file would bypass the provider's checks and fixed address.
-            raise ConfigError(
-                f"sender account {name!r} is a {row.kind} account: edit it with "
-                f"{_PROVIDER_KINDS[row.kind]}(), or pick another name",
-                account=name,
-            )
         row.kind, row.from_email, row.from_name = kind, from_email, from_name
         row.settings, row.credential_ref = settings, credential_ref
         s.flush()
         return sender_info(row)
+
+
+def _refuse_provider_row(s: Session, name: str) -> SenderAccount | None:
+    """Return the stored account ``name`` (or None); refuse one saved by a provider function."""
+    row = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == name)).one_or_none()
+    if row is not None and row.kind in _PROVIDER_KINDS:
+        # Re-saving it as smtp/file would bypass the provider's checks and fixed address.
+        raise ConfigError(
+            f"sender account {name!r} is a {row.kind} account: edit it with "
+            f"{_PROVIDER_KINDS[row.kind]}(), or pick another name",
+            account=name,
+        )
+    return row
 
 
 _PROVIDER_SETTINGS = {

@@ -205,6 +205,34 @@ class SmtpTransport:
         self._yag = yag
         self.logins += 1
 
+    def check(self) -> str:
+        """Log in as a send would (EHLO, TLS, AUTH), say QUIT, and describe what worked.
+
+        Raises SendError (or ConfigError for a missing password) with the same words a
+        send would meet, so an account is refused when it is saved rather than at its
+        first message.
+        """
+        self.open()
+        try:
+            smtp: smtplib.SMTP = self._yag.smtp
+            # Without a login nothing has said EHLO yet: say it, as MAIL would.
+            smtp.ehlo_or_helo_if_needed()
+            auth = str(smtp.esmtp_features.get("auth", "")).strip()
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            raise SendError(
+                f"SMTP {self.host}:{self.port}: the server broke off after connecting ({exc}): "
+                "check host, port and security in the sender account",
+                fatal=False,
+            ) from exc
+        self.close()
+        how = {"ssl": "over SSL", "starttls": "after STARTTLS", "none": "without TLS"}
+        login = f"logged in as {self.user!r}" if self.user else "no login (the relay needs none)"
+        offered = f"AUTH {auth} offered" if auth else "no AUTH offered"
+        return (
+            f"SMTP {self.host}:{self.port}: EHLO answered {how[self.security]}; {offered}; {login}"
+        )
+
     def _no_auth_message(self) -> str:
         """Return what to say when the relay offers no AUTH but the account has a user."""
         hint = (
