@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+from sending_support import sink_account
 
 import bulkmail_kernel as cm
 from bulkmail_kernel import db as dbmod
@@ -240,26 +241,10 @@ def people(database: dbmod.Database) -> pd.DataFrame:
     return contacts_frame(database)
 
 
-def _sink_account(database: dbmod.Database, sink: Sink) -> None:
-    cm.add_sender_account(
-        "sink",
-        kind="smtp",
-        from_email="news@shop.sk",
-        settings={
-            "host": "127.0.0.1",
-            "port": sink.port,
-            "security": "none",
-            "unsubscribe_url": "https://shop.sk/u?t={token}",
-        },
-        db=database,
-        check=False,
-    )
-
-
 def test_registration_skips_the_recipient_whose_render_breaks_a_limit(
     database: dbmod.Database, people: pd.DataFrame, sink: Sink
 ) -> None:
-    _sink_account(database, sink)
+    sink_account(database, sink.port)
     template = template_from_html(SLOW_FOR_EVA, "Pozvánka", name="pomala")
     cm.create_campaign("jar", sender="sink", template=template, db=database)
     queue = cm.register("jar", people, db=database)
@@ -294,7 +279,7 @@ def test_registration_stops_when_the_template_runs_too_long_for_everyone(
         db=database,
         progress=False,
     )
-    _sink_account(database, sink)
+    sink_account(database, sink.port)
     template = template_from_html(SLOW_FOR_ALL, "Pozvánka", name="pomala")
     cm.create_campaign("jar", sender="sink", template=template, db=database)
     started = time.monotonic()
