@@ -94,17 +94,24 @@ def _recipients(args: argparse.Namespace) -> Any:
 
 def cmd_register(args: argparse.Namespace) -> int:
     """Render one message per recipient of the campaign into the outbox, list who was skipped."""
-    from bulkmail_kernel import register, skipped
+    import warnings
 
-    queue_frame = register(
-        args.campaign,
-        _recipients(args),
-        template=args.template,
-        fit_to_gsm7=args.fit_to_gsm7,
-        max_segments=args.max_segments,
-        url=args.db,
-    )
+    from bulkmail_kernel import RecipientsSkippedWarning, register, skipped
+
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", RecipientsSkippedWarning)
+        queue_frame = register(
+            args.campaign,
+            _recipients(args),
+            template=args.template,
+            fit_to_gsm7=args.fit_to_gsm7,
+            max_segments=args.max_segments,
+            url=args.db,
+        )
     print(f"{len(queue_frame)} messages in the queue of {args.campaign!r}")
+    for note in notes:
+        # The notebook's one line, printed as it is rather than as a Python warning.
+        print(str(note.message))
     gone = skipped(args.campaign, url=args.db)
     if len(gone):
         print(f"{len(gone)} recipients skipped:")

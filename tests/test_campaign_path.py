@@ -1,0 +1,138 @@
+"""One path from campaign to bytes: the preview is what registration stores, images included."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import bulkmail_kernel as bm
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.campaigns.preview import (
+    PREVIEW_MESSAGE_ID,
+    PREVIEW_UNSUBSCRIBE_ID,
+    campaign_preview,
+)
+from bulkmail_kernel.config import templates_dir
+from bulkmail_kernel.contacts.frame import contacts_frame
+from bulkmail_kernel.contacts.importer import import_contacts
+from bulkmail_kernel.exceptions import RecipientsSkippedWarning
+
+EMAIL_TEMPLATES = sorted(
+    row["name"] for _, row in bm.list_templates().iterrows() if row["channel"] == "email"
+)
+TOKEN_PATTERN = "https://shop.sk/u?t={token}"
+
+
+def _people(database: dbmod.Database) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "first_name": ["Ján", "Ольга", "Eva"],
+            "last_name": ["Novák", "Иванова", "Malá"],
+            "email": ["jan@a.sk", "olga@a.sk", "eva@a.sk"],
+            "mailing_allowed": ["yes", "yes", "no"],
+            "language": ["sk", "ru", "sk"],
+            "gender": ["m", "f", "f"],
+        }
+    )
+    import_contacts(frame, db=database, progress=False)
+    return contacts_frame(database)
+
+
+def _sender(database: dbmod.Database, tmp_path: Path) -> None:
+    bm.add_sender_account(
+        "out",
+        kind="file",
+        from_email="news@shop.sk",
+        from_name="Obchod",
+        settings={"folder": str(tmp_path / "out"), "unsubscribe_url": TOKEN_PATTERN},
+        db=database,
+    )
+
+
+def _canonical(data: bytes) -> list[tuple[str, Any]]:
+    """Return a message's headers and decoded parts, its token and Message-ID made neutral."""
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    links = re.findall(r"t=([A-Za-z0-9_-]+)", str(msg.get("List-Unsubscribe") or ""))
+    token = links[0] if links else None
+
+    def neutral(value: str) -> str:
+        return value.replace(token, "TOKEN") if token else value
+
+    out: list[tuple[str, Any]] = [
+        (k, neutral(str(v))) for k, v in msg.items() if k not in ("Message-ID", "Date")
+    ]
+    for part in msg.walk():
+        if part.is_multipart():
+            out.append(("multipart", part.get_content_type()))
+            continue
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        if part.get_content_maintype() == "text":
+            out.append((part.get_content_type(), neutral(payload.decode("utf-8"))))
+        else:
+            out.append((part.get_content_type(), (part.get("Content-ID"), payload)))
+    return out
+
+
+@pytest.mark.parametrize("name", EMAIL_TEMPLATES)
+def test_preview_bytes_are_the_registered_bytes(name: str, sqlite_url: str, tmp_path: Path) -> None:
+    database = dbmod.open_database(sqlite_url)
+    people = _people(database)
+    _sender(database, tmp_path)
+    template = bm.load_template(name)
+    # Notebook 04's path: the template to create_campaign, register without template=.
+    bm.create_campaign(
+        "c", sender="out", template=template, values=dict(template.sample), db=database
+    )
+    allowed = people[people["mailing_allowed"]]
+    previews = [campaign_preview("c", allowed, i, db=database) for i in range(len(allowed))]
+    with pytest.warns(RecipientsSkippedWarning, match=r"1 of 3 recipients skipped \(1 mailing"):
+        bm.register("c", people, db=database)
+    stored = {
+        r.recipient: r.body
+        for r in database.engine.connect().execute(
+            dbmod.sa.text(
+                "SELECT m.recipient, b.body FROM messages m "
+                "JOIN message_bodies b ON b.message_id = m.id"
+            )
+        )
+    }
+    assert len(stored) == len(allowed) == 2
+    for preview, address in zip(previews, allowed["address"], strict=True):
+        registered = bytes(stored[address])
+        assert not preview.registered
+        # The same bytes apart from the per-recipient Message-ID and unsubscribe token.
+        head = registered.split(b"\r\n\r\n", 1)[0]
+        assert not head.startswith(b"Date:")
+        assert b"\r\nDate:" not in head
+        assert _canonical(preview.data) == _canonical(registered)
+        assert f"t={PREVIEW_UNSUBSCRIBE_ID}".encode() in preview.data
+        assert f"Message-ID: {PREVIEW_MESSAGE_ID}".encode() in preview.data
+        images = [p for p in _canonical(registered) if p[0].startswith("image/")]
+        if (template.folder is not None) and list(template.folder.glob("*.png")):
+            # The logo travels as an inline part the HTML points to, in both.
+            assert images, f"{name}: no image part in the registered message"
+            html = next(v for k, v in _canonical(registered) if k == "text/html")
+            assert all(f"cid:{cid.strip('<>')}" in html for _, (cid, _) in images)
+            assert 'src="logo.png"' not in html
+    # A registered recipient's preview is the stored message itself.
+    again = campaign_preview("c", allowed, 0, db=database)
+    assert again.registered
+    assert again.data == bytes(stored[allowed["address"].iloc[0]])
+    assert again.rendered.subject == previews[0].rendered.subject
+    assert [i.data for i in again.rendered.inline_images] == [
+        i.data for i in previews[0].rendered.inline_images
+    ]
+
+
+def test_every_predefined_email_template_is_checked() -> None:
+    assert len(EMAIL_TEMPLATES) == 12
+    assert (templates_dir() / "invitation_sk" / "logo.png").is_file()
