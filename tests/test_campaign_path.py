@@ -22,7 +22,7 @@ from bulkmail_kernel.campaigns.preview import (
 from bulkmail_kernel.config import templates_dir
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.contacts.importer import import_contacts
-from bulkmail_kernel.exceptions import RecipientsSkippedWarning
+from bulkmail_kernel.exceptions import RecipientsSkippedWarning, TemplateError
 
 EMAIL_TEMPLATES = sorted(
     row["name"] for _, row in bm.list_templates().iterrows() if row["channel"] == "email"
@@ -136,3 +136,78 @@ def test_preview_bytes_are_the_registered_bytes(name: str, sqlite_url: str, tmp_
 def test_every_predefined_email_template_is_checked() -> None:
     assert len(EMAIL_TEMPLATES) == 12
     assert (templates_dir() / "invitation_sk" / "logo.png").is_file()
+
+
+def test_a_misspelt_value_is_refused_at_create_campaign_naming_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    database = dbmod.open_database(sqlite_url)
+    _people(database)
+    _sender(database, tmp_path)
+    template = bm.load_template("invitation_sk")
+    values = dict(template.sample)
+    values["event_nmae"] = values.pop("event_name")
+    with pytest.raises(TemplateError, match="event_name") as caught:
+        bm.create_campaign("c", sender="out", template=template, values=values, db=database)
+    assert "'event_nmae': a typo?" in caught.value.message
+    assert "add event_name=... to values" in caught.value.message
+    assert bm.list_campaigns(db=database).empty
+
+
+def test_a_value_missing_for_every_recipient_stops_register_before_queueing(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    database = dbmod.open_database(sqlite_url)
+    people = _people(database)
+    _sender(database, tmp_path)
+    # Not a required value, so create_campaign cannot know; every rendering fails alike.
+    html = '<p>{{ first_name }}: {{ venue }}</p><a href="{{ unsubscribe_url }}">x</a>'
+    template = bm.template_from_html(html, "Pozvánka", name="pasted")
+    bm.create_campaign("c", sender="out", template=template, db=database)
+    with pytest.raises(TemplateError, match=r"'venue' is undefined for every recipient \(2\)"):
+        bm.register("c", people, db=database)
+    assert bm.queue("c", db=database).empty
+
+
+def test_an_image_that_cannot_be_found_is_named(sqlite_url: str, tmp_path: Path) -> None:
+    database = dbmod.open_database(sqlite_url)
+    _sender(database, tmp_path)
+    html = '<img src="logo.png" alt="logo"><a href="{{ unsubscribe_url }}">x</a>'
+    template = bm.template_from_html(html, "Pozvánka", name="pasted")
+    with pytest.raises(TemplateError, match=r"image 'logo\.png' cannot be found"):
+        bm.create_campaign("c", sender="out", template=template, db=database)
+
+
+def test_a_subject_that_renders_empty_for_everyone_stops_register(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    database = dbmod.open_database(sqlite_url)
+    people = _people(database)
+    _sender(database, tmp_path)
+    html = '<p>Hi</p><a href="{{ unsubscribe_url }}">x</a>'
+    template = bm.template_from_html(html, "{{ headline }}", name="pasted")
+    bm.create_campaign("c", sender="out", template=template, values={"headline": ""}, db=database)
+    with pytest.raises(TemplateError, match="the subject renders empty for every recipient"):
+        bm.register("c", people, db=database)
+
+
+def test_the_cli_prints_the_skip_line(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bulkmail_kernel.cli import main
+
+    database = dbmod.open_database(sqlite_url)
+    people = _people(database)
+    _sender(database, tmp_path)
+    bm.save_segment("all", bm.FilterSpec(channel="email"), people, db=database)
+    template = bm.load_template("invitation_sk")
+    bm.create_campaign(
+        "c", sender="out", template=template, segment="all", values=dict(template.sample),
+        db=database,
+    )  # fmt: skip
+    bm.unsubscribe_address("jan@a.sk", db=database)  # still a member of the saved segment
+    assert main(["register", "c", "--db", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "1 messages in the queue of 'c'" in out
+    line = "campaign 'c': 1 of 2 recipients skipped (1 suppressed); 1 registered; "
+    assert line + "bm.skipped('c') lists them" in out.splitlines()

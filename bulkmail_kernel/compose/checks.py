@@ -72,34 +72,42 @@ def check_template(
             "address": record.get("address"),
         }
         ctx = build_context(template, record, values, PREVIEW_UNSUBSCRIBE_URL)
-        for variable in template.required:
-            if _is_empty(ctx.get(variable)):
-                problems.append(
-                    {
-                        **who,
-                        "part": "required",
-                        "variable": variable,
-                        "error": f"required value {variable!r} is empty",
-                    }
-                )
+        # One row per recipient and problem: a required value that is missing also fails
+        # the rendering; the rendering's row (with its part and line) stands for both.
+        mine: list[dict[str, Any]] = [
+            {
+                **who,
+                "part": "required",
+                "variable": variable,
+                "error": f"required value {variable!r} is empty",
+            }
+            for variable in template.required
+            if _is_empty(ctx.get(variable))
+        ]
+        stop_here = False
         try:
             render(template, record, values=values, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL)
             runaway.rendered()
         except TemplateError as exc:
-            problems.append(
+            variable = exc.fields.get("variable")
+            mine = [m for m in mine if variable is None or m["variable"] != variable]
+            mine.append(
                 {
                     **who,
                     "part": exc.fields.get("part") or exc.fields.get("field"),
                     "line": exc.fields.get("line"),
-                    "variable": exc.fields.get("variable"),
+                    "variable": variable,
                     "error": exc.fields.get("reason") or exc.message,
                 }
             )
             try:
                 runaway.failed(exc)
             except TemplateError as stop:
-                problems.append({**who, "part": "render time", "error": stop.message})
-                break
+                mine.append({**who, "part": "render time", "error": stop.message})
+                stop_here = True
+        problems.extend(mine)
+        if stop_here:
+            break
     return pd.DataFrame(problems, columns=_CHECK_COLUMNS)
 
 
