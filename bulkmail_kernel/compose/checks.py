@@ -89,14 +89,14 @@ def check_template(
             render(template, record, values=values, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL)
             runaway.rendered()
         except TemplateError as exc:
-            variable = exc.fields.get("variable")
-            mine = [m for m in mine if variable is None or m["variable"] != variable]
+            failed = exc.fields.get("variable")
+            mine = [m for m in mine if failed is None or m["variable"] != failed]
             mine.append(
                 {
                     **who,
                     "part": exc.fields.get("part") or exc.fields.get("field"),
                     "line": exc.fields.get("line"),
-                    "variable": variable,
+                    "variable": failed,
                     "error": exc.fields.get("reason") or exc.message,
                 }
             )
