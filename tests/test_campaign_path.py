@@ -211,3 +211,43 @@ def test_the_cli_prints_the_skip_line(
     assert "1 messages in the queue of 'c'" in out
     line = "campaign 'c': 1 of 2 recipients skipped (1 suppressed); 1 registered; "
     assert line + "bm.skipped('c') lists them" in out.splitlines()
+
+
+def test_the_preview_widget_shows_the_campaigns_message_and_then_the_stored_one(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from bulkmail_kernel.widgets.preview import preview
+
+    database = dbmod.open_database(sqlite_url)
+    people = _people(database)
+    _sender(database, tmp_path)
+    template = bm.load_template("invitation_sk")
+    bm.create_campaign(
+        "c", sender="out", template=template, values=dict(template.sample), db=database
+    )
+    allowed = people[people["mailing_allowed"]]
+    panel = preview(campaign="c", frame=allowed, db=database)
+    # The logo is the campaign's inline image, shown from its data (cid: cannot load).
+    assert "data:image/png;base64," in panel.body.value
+    assert "Obchod &lt;news@shop.sk&gt;" in panel.summary.value
+    assert "bm-preview-stored" not in panel.summary.value
+    with pytest.warns(RecipientsSkippedWarning):
+        bm.register("c", people, db=database)
+    panel = preview(campaign="c", db=database)  # the registered recipients
+    assert "bm-preview-stored" in panel.summary.value
+    assert "data:image/png;base64," in panel.body.value
+    assert "No warnings" in panel.warnings.value
+
+
+def test_the_preview_shows_a_misspelt_value_instead_of_the_sample() -> None:
+    from bulkmail_kernel.widgets.preview import preview
+
+    template = bm.load_template("invitation_sk")
+    values = dict(template.sample)
+    values["event_nmae"] = values.pop("event_name")
+    frame = pd.DataFrame([{"contact_point_id": 1, "first_name": "Ján", "address": "j@a.sk"}])
+    panel = preview(template, frame, values=values)
+    assert "variable &#x27;event_name&#x27; is undefined" in panel.warnings.value
+    assert "No warnings" not in panel.warnings.value
+    # Browsing a template without values still uses its sample values.
+    assert "No warnings" in preview(template, frame).warnings.value
