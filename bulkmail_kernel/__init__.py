@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         schedule,
     )
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
+    from bulkmail_kernel.campaigns.preview import CampaignPreview, campaign_preview
     from bulkmail_kernel.campaigns.registration import register, skipped
     from bulkmail_kernel.campaigns.reports import (
         campaign_failures,
@@ -202,6 +203,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "start_sink": ("bulkmail_kernel.servers.sink", "start_sink"),
     "template_from_html": ("bulkmail_kernel.compose.templates", "template_from_html"),
     "test_send": ("bulkmail_kernel.campaigns.samples", "test_send"),
+    "campaign_preview": ("bulkmail_kernel.campaigns.preview", "campaign_preview"),
+    "CampaignPreview": ("bulkmail_kernel.campaigns.preview", "CampaignPreview"),
     "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
     "unsubscribe": ("bulkmail_kernel.outbox.suppressions", "unsubscribe"),
     "unsubscribe_address": ("bulkmail_kernel.outbox.suppressions", "unsubscribe_address"),
@@ -211,6 +214,7 @@ __all__ = [
     "BackgroundSend",
     "BulkmailError",
     "CampaignInfo",
+    "CampaignPreview",
     "CampaignProgress",
     "ConfigError",
     "ContactImportError",
@@ -238,6 +242,7 @@ __all__ = [
     "add_sendpulse_account",
     "build_mime",
     "campaign_failures",
+    "campaign_preview",
     "campaign_progress",
     "campaign_report",
     "campaign_timeline",

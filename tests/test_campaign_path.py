@@ -251,3 +251,26 @@ def test_the_preview_shows_a_misspelt_value_instead_of_the_sample() -> None:
     assert "No warnings" not in panel.warnings.value
     # Browsing a template without values still uses its sample values.
     assert "No warnings" in preview(template, frame).warnings.value
+
+
+def test_the_cli_previews_a_campaign_and_writes_its_bytes(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bulkmail_kernel.cli import main
+
+    database = dbmod.open_database(sqlite_url)
+    people = _people(database)
+    _sender(database, tmp_path)
+    bm.save_segment("all", bm.FilterSpec(channel="email"), people, db=database)
+    template = bm.load_template("invitation_sk")
+    values = dict(template.sample)
+    bm.create_campaign(
+        "c", sender="out", template=template, segment="all", values=values, db=database
+    )
+    out_file = tmp_path / "first.eml"
+    args = ["campaign-preview", "c", "--segment", "all", "--out", str(out_file)]
+    assert main([*args, "--db", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "Image: logo.png (image/png, cid:logo." in out
+    assert "rendered now, not stored" in out
+    assert out_file.read_bytes() == campaign_preview("c", people.iloc[:1], db=database).data

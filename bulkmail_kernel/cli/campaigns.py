@@ -119,6 +119,31 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign_preview(args: argparse.Namespace) -> int:
+    """Show one recipient's message as the campaign sends it; write its bytes with --out."""
+    from pathlib import Path
+
+    from bulkmail_kernel import campaign_preview
+
+    shown = campaign_preview(
+        args.campaign, _recipients(args), args.index, template=args.template, url=args.db
+    )
+    rendered = shown.rendered
+    print(f"From: {rendered.sender}")
+    print(f"To: {rendered.to}")
+    print(f"Subject: {shown.subject}")
+    print(f"Size: {len(shown.data) / 1024:.1f} KB")
+    for image in rendered.inline_images:
+        print(f"Image: {image.filename} ({image.content_type}, cid:{image.cid})")
+    for attachment in rendered.attachments:
+        print(f"Attachment: {attachment.filename} ({attachment.content_type})")
+    print("the stored message (registered)" if shown.registered else "rendered now, not stored")
+    if args.out:
+        Path(args.out).write_bytes(shown.data)
+        print(f"written to {args.out}")
+    return 0
+
+
 def cmd_skipped(args: argparse.Namespace) -> int:
     """List who was skipped, when and why (at registration or at send time)."""
     from bulkmail_kernel import skipped
@@ -350,6 +375,18 @@ def add_commands(commands: Commands) -> None:
         help="rewrite SMS texts into GSM-7 (default: the campaign value)",
     )
     p.add_argument("--max-segments", type=int, help="most SMS segments one text may cost")
+    add_db(p)
+
+    p = commands.add(
+        "campaign-preview",
+        cmd_campaign_preview,
+        "one recipient's message as the campaign sends it (the stored one once registered)",
+    )
+    add_campaign(p)
+    p.add_argument("--segment", help="preview this segment's members (default: the registered)")
+    p.add_argument("--index", type=int, default=0, help="which recipient, from 0 (default 0)")
+    p.add_argument("--template", help="template to try instead of the campaign's")
+    p.add_argument("--out", help="write the message's bytes (an .eml file) here")
     add_db(p)
 
     p = commands.add("skipped", cmd_skipped, "who was skipped, when and why")
