@@ -20,7 +20,6 @@ from bulkmail_kernel import config
 from bulkmail_kernel.campaigns.campaigns import recipients_of
 from bulkmail_kernel.campaigns.preflight import (
     check_campaign_template,
-    recipient_columns,
     same_failure,
     skip_summary,
 )
@@ -109,8 +108,9 @@ def register(
     )
     link_wanted = renderer.link_wanted
     frame = recipients if recipients is not None else recipients_of(c, database)
-    # Before anything is queued: a value missing for everyone, an image not found.
-    check_campaign_template(cname, tmpl, values, set(frame.columns) | recipient_columns(database))
+    # Before anything is queued: a value missing for everyone, an image not found. The
+    # frame's columns are what these recipients have (no scan of every contact).
+    check_campaign_template(cname, tmpl, values, [str(c) for c in frame.columns])
     if "contact_point_id" not in frame.columns:
         raise SendError(
             f"register {cname!r}: the recipients frame has no 'contact_point_id' column: "
