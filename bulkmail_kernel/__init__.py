@@ -25,7 +25,11 @@ if TYPE_CHECKING:
         schedule,
     )
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
-    from bulkmail_kernel.campaigns.preview import CampaignPreview, campaign_preview
+    from bulkmail_kernel.campaigns.preview import (
+        CampaignPreview,
+        campaign_preview,
+        check_campaign,
+    )
     from bulkmail_kernel.campaigns.registration import register, skipped
     from bulkmail_kernel.campaigns.reports import (
         campaign_failures,
@@ -204,6 +208,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "template_from_html": ("bulkmail_kernel.compose.templates", "template_from_html"),
     "test_send": ("bulkmail_kernel.campaigns.samples", "test_send"),
     "campaign_preview": ("bulkmail_kernel.campaigns.preview", "campaign_preview"),
+    "check_campaign": ("bulkmail_kernel.campaigns.preview", "check_campaign"),
     "CampaignPreview": ("bulkmail_kernel.campaigns.preview", "CampaignPreview"),
     "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
     "unsubscribe": ("bulkmail_kernel.outbox.suppressions", "unsubscribe"),
@@ -247,6 +252,7 @@ __all__ = [
     "campaign_report",
     "campaign_timeline",
     "cancel",
+    "check_campaign",
     "check_template",
     "classify_message",
     "connect",

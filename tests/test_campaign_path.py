@@ -274,3 +274,30 @@ def test_the_cli_previews_a_campaign_and_writes_its_bytes(
     assert "Image: logo.png (image/png, cid:logo." in out
     assert "rendered now, not stored" in out
     assert out_file.read_bytes() == campaign_preview("c", people.iloc[:1], db=database).data
+
+
+def test_check_campaign_renders_the_bytes_one_row_per_recipient_and_problem(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bulkmail_kernel.cli import main
+
+    database = dbmod.open_database(sqlite_url)
+    people = _people(database)
+    _sender(database, tmp_path)
+    template = bm.load_template("invitation_sk")
+    values = dict(template.sample)
+    bm.create_campaign("c", sender="out", template=template, values=values, db=database)
+    allowed = people[people["mailing_allowed"]].copy()
+    assert bm.check_campaign("c", allowed, db=database).empty
+    # A name the header folder could be fooled by, and an address only the MIME builder
+    # refuses: check_template renders text and would pass the second.
+    allowed.loc[allowed.index[0], "first_name"] = "=?utf-8?q?Bcc:_x@evil.sk?="
+    allowed.loc[allowed.index[1], "address"] = "olga@a .sk"
+    assert bm.check_template(template, allowed.iloc[1:], values=values).empty
+    problems = bm.check_campaign("c", allowed, db=database)
+    assert list(problems["contact_point_id"]) == list(allowed["contact_point_id"])
+    assert "encoded-word" in problems["error"].iloc[0]
+    assert "olga@a .sk" in problems["error"].iloc[1]
+    bm.save_segment("all", bm.FilterSpec(channel="email"), people, db=database)
+    assert main(["check-campaign", "c", "--segment", "all", "--db", sqlite_url]) == 0
+    assert "0 problems" in capsys.readouterr().out

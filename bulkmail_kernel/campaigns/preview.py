@@ -20,7 +20,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel.campaigns.campaigns import recipients_of
+from bulkmail_kernel.campaigns.preflight import check_campaign_template
 from bulkmail_kernel.campaigns.rendering import campaign_renderer
+from bulkmail_kernel.compose.checks import check_template
 from bulkmail_kernel.compose.render import Mailbox, RenderedMessage
 from bulkmail_kernel.compose.templates import Attachment, InlineImage
 from bulkmail_kernel.contacts.frame import contacts_frame
@@ -112,6 +114,34 @@ def campaign_preview(
         return CampaignPreview(read_message(data), subject, data, registered=True)
     made_now = renderer.message(row, token=PREVIEW_UNSUBSCRIBE_ID, message_id=PREVIEW_MESSAGE_ID)
     return CampaignPreview(made_now.rendered, made_now.subject, made_now.data, registered=False)
+
+
+def check_campaign(
+    campaign: CampaignRef,
+    recipients: pd.DataFrame | None = None,
+    *,
+    db: Database | None = None,
+    url: str | None = None,
+) -> pd.DataFrame:
+    """Render every recipient as the campaign sends it; return who fails and why (empty: fine).
+
+    The campaign checks of ``register`` come first (a value nobody has, an image not
+    found, an empty subject: a TemplateError naming it); then each recipient goes
+    through the campaign's own path to bytes, one row per recipient and problem.
+    ``recipients`` defaults to the registered recipients, else the campaign's segment.
+    """
+    database = resolve_database(db, url)
+    frame = campaign_recipients(campaign, recipients, db=database)
+    with database.session() as s:
+        c = campaign_row(s, campaign)
+        renderer = campaign_renderer(c, sender_of(s, c))
+    values = dict(renderer.values)
+    check_campaign_template(c.name, renderer.template, values, [str(k) for k in frame.columns])
+
+    def one(record: Any) -> object:
+        return renderer.message(record, token=PREVIEW_UNSUBSCRIBE_ID, message_id=PREVIEW_MESSAGE_ID)
+
+    return check_template(renderer.template, frame, values=values, render_with=one)
 
 
 def _mailbox(value: str | None) -> Mailbox:

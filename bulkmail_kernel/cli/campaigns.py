@@ -144,6 +144,17 @@ def cmd_campaign_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_campaign(args: argparse.Namespace) -> int:
+    """Render every recipient as the campaign sends it and list the failures (exit 1 if any)."""
+    from bulkmail_kernel import check_campaign
+
+    failures = check_campaign(args.campaign, _recipients(args), url=args.db)
+    print_frame(failures, args)
+    out = sys.stderr if args.csv else sys.stdout
+    print(f"{len(failures)} problems", file=out)
+    return 1 if len(failures) else 0
+
+
 def cmd_skipped(args: argparse.Namespace) -> int:
     """List who was skipped, when and why (at registration or at send time)."""
     from bulkmail_kernel import skipped
@@ -387,6 +398,16 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--index", type=int, default=0, help="which recipient, from 0 (default 0)")
     p.add_argument("--template", help="template to try instead of the campaign's")
     p.add_argument("--out", help="write the message's bytes (an .eml file) here")
+    add_db(p)
+
+    p = commands.add(
+        "check-campaign",
+        cmd_check_campaign,
+        "render every recipient as the campaign sends it; list who fails and why",
+    )
+    add_campaign(p)
+    p.add_argument("--segment", help="check this segment's members (default: the registered)")
+    add_csv(p)
     add_db(p)
 
     p = commands.add("skipped", cmd_skipped, "who was skipped, when and why")

@@ -11,7 +11,7 @@ the CLI, the providers and the preview widget call the same tested code.
 from __future__ import annotations
 
 import html as htmlmod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from html.parser import HTMLParser
 from typing import Any
 
@@ -26,7 +26,7 @@ from bulkmail_kernel.compose.render import (
 from bulkmail_kernel.compose.sandbox import _is_empty
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template, _undeclared
-from bulkmail_kernel.exceptions import TemplateError
+from bulkmail_kernel.exceptions import BulkmailError, TemplateError
 
 #: Variables SendPulse can personalise by itself; anything else must be rendered by us.
 SENDPULSE_VARIABLES = frozenset({"name", "patronymic", "surname"})
@@ -45,8 +45,13 @@ def check_template(
     *,
     values: Mapping[str, Any] | None = None,
     provider: str | None = None,
+    render_with: Callable[[Mapping[str, Any]], object] | None = None,
 ) -> pd.DataFrame:
-    """Render for every recipient and return the ones that fail and why (empty = all fine)."""
+    """Render for every recipient and return the ones that fail and why (empty = all fine).
+
+    ``render_with`` renders one recipient instead of ``render`` (a campaign's own path
+    to bytes, see ``check_campaign``), so what is checked is what would be sent.
+    """
     problems: list[dict[str, Any]] = []
     if provider is not None:
         if provider.lower() != "sendpulse":
@@ -86,9 +91,12 @@ def check_template(
         ]
         stop_here = False
         try:
-            render(template, record, values=values, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL)
+            if render_with is not None:
+                render_with(record)
+            else:
+                render(template, record, values=values, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL)
             runaway.rendered()
-        except TemplateError as exc:
+        except BulkmailError as exc:
             failed = exc.fields.get("variable")
             mine = [m for m in mine if failed is None or m["variable"] != failed]
             mine.append(
