@@ -301,3 +301,27 @@ def test_check_campaign_renders_the_bytes_one_row_per_recipient_and_problem(
     bm.save_segment("all", bm.FilterSpec(channel="email"), people, db=database)
     assert main(["check-campaign", "c", "--segment", "all", "--db", sqlite_url]) == 0
     assert "0 problems" in capsys.readouterr().out
+
+
+def test_an_sms_preview_is_the_registered_text(sqlite_url: str, tmp_path: Path) -> None:
+    database = dbmod.open_database(sqlite_url)
+    frame = pd.DataFrame(
+        {"first_name": ["Ján"], "phone": ["0905 111 111"], "phone_allowed": ["yes"]}
+    )
+    import_contacts(frame, db=database, progress=False, region="SK")
+    people = contacts_frame(database)
+    phones = people[people["channel"] == "phone"]
+    settings = {"folder": str(tmp_path / "sms"), "unsubscribe_url": TOKEN_PATTERN}
+    bm.add_sender_account(
+        "texts", kind="file", from_email="sms@shop.sk", settings=settings, db=database
+    )
+    template = bm.load_template("sms_reminder_sk")
+    values = dict(template.sample)
+    bm.create_campaign("s", sender="texts", template=template, values=values, db=database)
+    before = campaign_preview("s", phones, db=database)
+    bm.register("s", phones, db=database)
+    after = campaign_preview("s", phones, db=database)
+    assert after.registered
+    assert not before.registered
+    assert before.data == after.data
+    assert after.rendered.sms == before.data.decode("utf-8")
