@@ -26,6 +26,11 @@ if TYPE_CHECKING:
         schedule,
     )
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
+    from bulkmail_kernel.campaigns.preview import (
+        CampaignPreview,
+        campaign_preview,
+        check_campaign,
+    )
     from bulkmail_kernel.campaigns.registration import register, skipped
     from bulkmail_kernel.campaigns.reports import (
         campaign_failures,
@@ -67,6 +72,7 @@ if TYPE_CHECKING:
         ExportError,
         FilterError,
         ProviderError,
+        RecipientsSkippedWarning,
         SegmentError,
         SendError,
         TemplateError,
@@ -145,6 +151,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "Sink": ("bulkmail_kernel.servers.sink", "Sink"),
     "Template": ("bulkmail_kernel.compose.templates", "Template"),
     "TemplateError": ("bulkmail_kernel.exceptions", "TemplateError"),
+    "RecipientsSkippedWarning": ("bulkmail_kernel.exceptions", "RecipientsSkippedWarning"),
     "add_eurosms_account": ("bulkmail_kernel.providers.eurosms", "add_eurosms_account"),
     "add_sender_account": ("bulkmail_kernel.providers.accounts", "add_sender_account"),
     "add_sendpulse_account": ("bulkmail_kernel.providers.sendpulse", "add_sendpulse_account"),
@@ -219,6 +226,9 @@ _WHERE: dict[str, tuple[str, str]] = {
     ),
     "template_from_html": ("bulkmail_kernel.compose.templates", "template_from_html"),
     "test_send": ("bulkmail_kernel.campaigns.samples", "test_send"),
+    "campaign_preview": ("bulkmail_kernel.campaigns.preview", "campaign_preview"),
+    "check_campaign": ("bulkmail_kernel.campaigns.preview", "check_campaign"),
+    "CampaignPreview": ("bulkmail_kernel.campaigns.preview", "CampaignPreview"),
     "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
     "unsubscribe": ("bulkmail_kernel.outbox.suppressions", "unsubscribe"),
     "unsubscribe_address": ("bulkmail_kernel.outbox.suppressions", "unsubscribe_address"),
@@ -228,6 +238,7 @@ __all__ = [
     "BackgroundSend",
     "BulkmailError",
     "CampaignInfo",
+    "CampaignPreview",
     "CampaignProgress",
     "ConfigError",
     "ContactImportError",
@@ -238,6 +249,7 @@ __all__ = [
     "FilterSpec",
     "ImportResult",
     "ProviderError",
+    "RecipientsSkippedWarning",
     "RenderedMessage",
     "RetryPolicy",
     "SegmentError",
@@ -254,11 +266,13 @@ __all__ = [
     "add_sendpulse_account",
     "build_mime",
     "campaign_failures",
+    "campaign_preview",
     "campaign_progress",
     "campaign_report",
     "campaign_timeline",
     "cancel",
     "check_account",
+    "check_campaign",
     "check_template",
     "classify_message",
     "connect",

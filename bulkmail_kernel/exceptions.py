@@ -61,3 +61,7 @@ class SendError(BulkmailError):
 
 class ProviderError(BulkmailError):
     """A provider refused a request."""
+
+
+class RecipientsSkippedWarning(UserWarning):
+    """Registration skipped some recipients; the message says how many and why."""

@@ -187,7 +187,8 @@ def test_connect_is_the_database_every_function_uses(db_url: str, tmp_path, monk
         )
         assert bm.open_database() is connected
         assert list(bm.list_campaigns()["name"]) == []
-        bm.create_campaign("via-connect", sender="conn", template="invitation_sk")
+        sample = dict(bm.load_template("invitation_sk").sample)
+        bm.create_campaign("via-connect", sender="conn", template="invitation_sk", values=sample)
         assert bm.get_campaign("via-connect", url=db_url).name == "via-connect"
         # an explicit url= is not overridden by connect()
         with pytest.raises(bm.SendError, match="does not exist"):

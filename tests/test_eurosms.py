@@ -45,7 +45,7 @@ from bulkmail_kernel.db import (
     Suppression,
     UnsubscribeToken,
 )
-from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.transports.eurosms import (
     DEFAULT_BASE_URL,
     EuroSmsClient,
@@ -554,7 +554,11 @@ def test_sms_campaign_refuses_mismatched_template_account_and_points(
         db=database,
         progress=False,
     )
-    create_campaign("x", sender="sms", template=load_template("sms_reminder_sk"), db=database)
+    reminder = load_template("sms_reminder_sk")
+    # Its values are checked now: without company_name and the rest it is refused at once.
+    with pytest.raises(TemplateError, match="needs the value 'company_name'"):
+        create_campaign("x", sender="sms", template=reminder, db=database)
+    create_campaign("x", sender="sms", template=reminder, values=reminder.sample, db=database)
     assert register("x", contacts_frame(database), db=database).empty
     assert list(skipped("x", db=database)["reason"]) == ["not a phone contact point (email)"]
 

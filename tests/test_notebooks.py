@@ -190,13 +190,20 @@ def test_04_send(demo_db: str, tmp_path: Path, sink: Sink) -> None:
     assert str(campaigns["scheduled_at"].dt.tz) == "Europe/Bratislava"
     assert "messages wait for the worker" in text
     assert "Europe/Bratislava (your local time)" in text
-    monitors = [
+    views = [
         out
         for cell in nb.cells
         for out in cell.get("outputs", [])
         if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
     ]
-    assert len(monitors) == 2, "the two outbox monitors were not displayed"
+    assert len(views) == 3, "the campaign preview and the two outbox monitors were not displayed"
+    # What the preview showed (the logo) is what went out: every message carries it.
+    for m in sink.messages:
+        parsed = email.message_from_bytes(m.data, policy=email.policy.default)
+        images = [p for p in parsed.walk() if p.get_content_type() == "image/png"]
+        assert images, f"a message to {m.rcpt_tos} went out without the logo"
+        html = next(p for p in parsed.walk() if p.get_content_type() == "text/html")
+        assert f"cid:{images[0]['Content-ID'].strip('<>')}" in html.get_content()
     dbmod.close_all()
 
 

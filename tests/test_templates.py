@@ -466,3 +466,16 @@ def test_all_predefined_templates_check_clean_with_their_samples():
         problems = check_template(template, frame, values=template.sample)
         assert problems.empty, (name, problems.to_dict("records"))
         assert set(template.required) <= template.variables() | {"company_name"}
+
+
+def test_check_template_lists_one_row_per_recipient_and_problem():
+    # A required value missing from the campaign's values (a typo) fails the rendering
+    # too: that is one problem per recipient, not two.
+    template = load_template("invitation_sk")
+    values = dict(template.sample)
+    values["event_nmae"] = values.pop("event_name")
+    frame = frame_for([person("sk"), person("sk", contact_point_id=8)])
+    problems = check_template(template, frame, values=values)
+    assert len(problems) == 2
+    assert list(problems["variable"]) == ["event_name", "event_name"]
+    assert problems["part"].tolist() == ["subject", "subject"]

@@ -15,7 +15,12 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
-from bulkmail_kernel.compose.templates import Template, load_template, template_from_html
+from bulkmail_kernel.campaigns.preflight import check_campaign_template, recipient_columns
+
+# template_of is re-exported: the providers' hand-over renders the stored template with it.
+from bulkmail_kernel.campaigns.rendering import template_of as template_of
+from bulkmail_kernel.campaigns.rendering import template_source
+from bulkmail_kernel.compose.templates import Template, load_template
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import (
     Campaign,
@@ -106,12 +111,12 @@ def create_campaign(
         template_name = template if isinstance(template, str) else getattr(template, "name", "")
         source: dict[str, Any] = {}
         if template is not None and not isinstance(template, str):
-            source = {
-                k: getattr(template, k, None)
-                for k in ("subject", "html", "text", "sms", "language")
-            }
-            if getattr(template, "folder", None) is not None and template.html is None:
-                source["folder"] = str(template.folder)
+            source = template_source(template)
+        if template is not None:
+            # Checked now, not at the first send: a typo in a value, a missing image.
+            check_campaign_template(
+                name, template_of_name(template), dict(values or {}), recipient_columns(database)
+            )
         row = Campaign(
             name=name,
             channel=chosen,
@@ -299,36 +304,9 @@ def cancel(
     return get_campaign(cid, db=database)
 
 
-def template_of(c: Campaign, template: Any) -> Any:
-    """Return the template to render ``c`` with: ``template`` if given, else the stored one."""
-    if template is not None:
-        return load_template(template) if isinstance(template, str) else template
-    source = c.template_source or {}
-    if source.get("folder"):
-        return load_template(source["folder"])
-    if source.get("html") or source.get("text"):
-        return template_from_html(
-            source.get("html") or "",
-            source.get("subject") or "",
-            source.get("text"),
-            name=c.template_name or "pasted",
-            language=source.get("language"),
-        )
-    if source.get("sms"):
-        return Template(
-            name=c.template_name or "pasted",
-            subject="",
-            sms=source["sms"],
-            language=source.get("language"),
-            channel="sms",
-        )
-    if c.template_name:
-        return load_template(c.template_name)
-    raise SendError(
-        f"campaign {c.name!r} has no template: pass template=... to create_campaign() "
-        "or register()",
-        campaign=c.name,
-    )
+def template_of_name(template: Template | str) -> Template:
+    """Return ``template`` loaded when it is given by name."""
+    return load_template(template) if isinstance(template, str) else template
 
 
 def recipients_of(c: Campaign, database: Database) -> pd.DataFrame:

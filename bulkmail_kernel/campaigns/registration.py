@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import replace as dc_replace
+import warnings
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
-from bulkmail_kernel.campaigns.campaigns import recipients_of, template_of
-from bulkmail_kernel.compose.headers import (
-    has_unsubscribe_pattern,
-    list_id,
-    new_message_id,
-    new_token,
-    unsubscribe_mailto,
-    unsubscribe_url,
+from bulkmail_kernel.campaigns.campaigns import recipients_of
+from bulkmail_kernel.campaigns.preflight import (
+    check_campaign_template,
+    same_failure,
+    skip_summary,
 )
-from bulkmail_kernel.compose.mime import build_mime
-from bulkmail_kernel.compose.render import Mailbox, RunawayGuard, render
-from bulkmail_kernel.compose.sms import fit_to_gsm7 as fit_text
+from bulkmail_kernel.campaigns.rendering import campaign_renderer, template_source
+from bulkmail_kernel.compose.headers import new_message_id, new_token
+from bulkmail_kernel.compose.render import RunawayGuard
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.db import (
     CampaignStatus,
@@ -41,10 +38,16 @@ from bulkmail_kernel.db import (
     resolve_database,
     utcnow,
 )
-from bulkmail_kernel.exceptions import BulkmailError, ConfigError, SendError
+from bulkmail_kernel.exceptions import (
+    BulkmailError,
+    ConfigError,
+    RecipientsSkippedWarning,
+    SendError,
+    TemplateError,
+)
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
 from bulkmail_kernel.outbox.queue import queue, store_messages
-from bulkmail_kernel.records import CampaignRef, campaign_channel, point_channel
+from bulkmail_kernel.records import CampaignRef, point_channel
 
 log = logging.getLogger("bulkmail")
 
@@ -83,16 +86,13 @@ def register(
         if c.status in (CampaignStatus.CANCELLED.value,):
             raise SendError(f"campaign {c.name!r} is cancelled: create a new one", campaign=c.name)
         sender = sender_of(s, c)
-        tmpl = template_of(c, template)
+        renderer = campaign_renderer(c, sender, template)
+        tmpl = renderer.template
         if template is not None:
             c.template_name = getattr(tmpl, "name", "") or c.template_name
-            c.template_source = {
-                k: getattr(tmpl, k, None) for k in ("subject", "html", "text", "sms", "language")
-            }
-            if getattr(tmpl, "folder", None) is not None and tmpl.html is None:
-                c.template_source["folder"] = str(tmpl.folder)
+            c.template_source = template_source(tmpl)
         cid, cname, channel, values = c.id, c.name, c.channel, dict(c.values or {})
-    is_sms = campaign_channel(channel) == "sms"
+    is_sms = renderer.is_sms
     wanted = point_channel(channel)
     if is_sms and not getattr(tmpl, "sms", None):
         raise SendError(
@@ -100,20 +100,17 @@ def register(
             'use an SMS template (channel = "sms", an sms.txt)',
             campaign=cname,
         )
-    fit = bool(values.get("fit_to_gsm7", False)) if fit_to_gsm7 is None else fit_to_gsm7
+    fit = renderer.fit if fit_to_gsm7 is None else fit_to_gsm7
     limit = int(
         values.get("max_sms_segments", DEFAULT_MAX_SMS_SEGMENTS)
         if max_segments is None
         else max_segments
     )
-    # E-mail needs a List-Unsubscribe link (RFC 8058); SendPulse adds its own link and an SMS
-    # carries one only if its text asks for {{ unsubscribe_url }} (an opt-out text otherwise).
-    if is_sms:
-        link_needed = link_wanted = "unsubscribe_url" in tmpl.variables()
-    else:
-        link_needed = sender.kind != "sendpulse"
-        link_wanted = link_needed or has_unsubscribe_pattern(sender)
+    link_wanted = renderer.link_wanted
     frame = recipients if recipients is not None else recipients_of(c, database)
+    # Before anything is queued: a value missing for everyone, an image not found. The
+    # frame's columns are what these recipients have (no scan of every contact).
+    check_campaign_template(cname, tmpl, values, [str(c) for c in frame.columns])
     if "contact_point_id" not in frame.columns:
         raise SendError(
             f"register {cname!r}: the recipients frame has no 'contact_point_id' column: "
@@ -139,17 +136,18 @@ def register(
         already = set(
             conn.execute(sa.select(Message.recipient).where(Message.campaign_id == cid)).scalars()
         )
-    from_box = Mailbox(sender.from_name, sender.from_email)
-    # RFC 2919: one List-Id per campaign, so receivers (and Gmail's filters) group its mail.
-    list_header = None if is_sms else ("List-Id", list_id(cname, cid, sender))
     skipped: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     seen: set[str] = set()
     now = utcnow()
+    failures: list[BulkmailError] = []
+    why: list[str] = []
+    tried = 0
     runaway = RunawayGuard("registration stopped, nothing was registered")
     for (_, row), pid in zip(frame.iterrows(), point_ids, strict=True):
         point = points.get(pid)
         reason = None
+        short = None  # the reason without the recipient, for the one-line summary
         if point is None:
             reason = "contact point no longer exists"
         elif point.channel != wanted:
@@ -167,39 +165,30 @@ def register(
         if reason is None:
             assert point is not None  # every branch without a point set a reason
             token = new_token() if link_wanted else None
-            link = unsubscribe_url(sender, token) if token is not None else None
+            tried += 1
             try:
-                rendered = render(
-                    tmpl,
-                    row,
-                    values=values,
-                    unsubscribe_url=link,
-                    sender=from_box,
-                    unsubscribe_mailto=(
-                        unsubscribe_mailto(sender, token)
-                        if token is not None and not is_sms
-                        else None
-                    ),
-                )
                 message_id = new_message_id(sender)
-                if is_sms:
-                    text = (rendered.sms or "").strip()
-                    text = fit_text(text) if fit else text
-                    subject, data = text, text.encode("utf-8")
-                else:
-                    subject = rendered.subject
-                    assert list_header is not None
-                    rendered = dc_replace(rendered, headers=(*rendered.headers, list_header))
-                    data = build_mime(rendered, message_id=message_id)
+                made = renderer.message(row, token=token, message_id=message_id, fit=fit)
+                subject, data, rendered = made.subject, made.data, made.rendered
+                if not is_sms and not subject:
+                    raise TemplateError(
+                        f"the subject renders empty for {rendered.recipient}",
+                        reason="the subject renders empty",
+                        field="subject",
+                    )
             except BulkmailError as exc:
                 if isinstance(exc, ConfigError):
                     raise
                 runaway.failed(exc)
+                failures.append(exc)
                 reason = f"cannot render: {exc.message}"
+                short = f"cannot render: {exc.fields.get('reason') or exc.message}"
             else:
                 runaway.rendered()
                 if is_sms:
-                    reason = _sms_problem(cname, point.normalized, rendered.recipient, text, limit)
+                    reason = _sms_problem(
+                        cname, point.normalized, rendered.recipient, subject, limit
+                    )
             if reason is None:
                 seen.add(point.normalized)
                 messages.append(
@@ -212,6 +201,7 @@ def register(
                     }
                 )
         if reason is not None:
+            why.append(short or _short(reason))
             skipped.append(
                 {
                     "kind": "skipped",
@@ -224,6 +214,9 @@ def register(
                     "data": {"address": getattr(point, "normalized", None), "at": "registration"},
                 }
             )
+    everyone = same_failure(cname, failures, tried)
+    if everyone is not None and not messages:
+        raise everyone
     # Two registrations of one campaign at once both end well: the first to store a
     # recipient owns its message, the other leaves it out and says so. Both succeeding,
     # rather than the second refusing, is what a user who pressed register twice wants:
@@ -257,13 +250,22 @@ def register(
                 else CampaignStatus.REGISTERED.value
             )
         c.registered_at = now
-    log.info(
-        "campaign %s: %d messages registered, %d recipients skipped (see skipped())",
-        cname,
-        stored,
-        len(skipped),
-    )
+    summary = skip_summary(cname, why, stored)
+    if summary is not None:
+        # A warning, not a log line: a notebook shows it under the cell, and the CLI prints it.
+        warnings.warn(summary, RecipientsSkippedWarning, stacklevel=2)
+    else:
+        log.info("campaign %s: %d messages registered", cname, stored)
     return queue(cid, db=database)
+
+
+def _short(detail: str) -> str:
+    """Return a skip reason without its recipient, so like reasons count together."""
+    if detail.endswith("is not an E.164 phone number"):
+        return "not an E.164 phone number"
+    if detail.startswith("not a phone") or detail.startswith("not an email"):
+        return detail.split(" (")[0]
+    return detail
 
 
 def _sms_problem(campaign: str, number: str, who: str, text: str, max_segments: int) -> str | None:

@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace as dc_replace
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
-from bulkmail_kernel.campaigns.campaigns import recipients_of, template_of
+from bulkmail_kernel.campaigns.campaigns import recipients_of
+from bulkmail_kernel.campaigns.rendering import campaign_renderer
 from bulkmail_kernel.compose.headers import (
     envelope_from,
-    has_unsubscribe_pattern,
-    list_id,
     new_message_id,
-    unsubscribe_mailto,
-    unsubscribe_url,
 )
-from bulkmail_kernel.compose.mime import build_mime
-from bulkmail_kernel.compose.render import Mailbox, render
-from bulkmail_kernel.compose.sms import fit_to_gsm7
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import Database, Message, resolve_database, utcnow
 from bulkmail_kernel.deliverability.dkim import SIGNED_HEADERS, prepare_outgoing, signer_for
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
-from bulkmail_kernel.records import CampaignRef, campaign_channel
+from bulkmail_kernel.records import CampaignRef
 from bulkmail_kernel.transports import open_transport
 from bulkmail_kernel.transports.eurosms import e164
 
@@ -54,16 +47,14 @@ def send_samples(
     with database.session() as s:
         c = campaign_row(s, campaign)
         sender = sender_of(s, c)
-        tmpl = template_of(c, template)
+        renderer = campaign_renderer(c, sender, template)
         registered = s.scalars(
             sa.select(Message.contact_point_id)
             .where(Message.campaign_id == c.id, Message.contact_point_id.is_not(None))
             .order_by(Message.id)
             .limit(len(to))
         ).all()
-        values = dict(c.values or {})
-        is_sms = campaign_channel(c.channel) == "sms"
-        list_header = ("List-Id", list_id(c.name, c.id, sender))
+        is_sms = renderer.is_sms
     # A sample is signed like the real message, so "Show original" in Gmail checks DKIM too.
     signer = None if is_sms else signer_for(sender.settings, sender.from_email)
     if recipients is None:
@@ -84,48 +75,32 @@ def send_samples(
     try:
         for i, address in enumerate(to):
             row = frame.iloc[i % len(frame)]
-            link = None
-            if not is_sms or has_unsubscribe_pattern(sender):
-                link = unsubscribe_url(sender, "test-send-not-a-token")
-            rendered = render(
-                tmpl,
-                row,
-                values=values,
-                unsubscribe_url=link,
-                sender=Mailbox(sender.from_name, sender.from_email),
-                unsubscribe_mailto=(
-                    unsubscribe_mailto(sender, "test-send-not-a-token") if link else None
-                ),
-            )
-            if is_sms:
-                results.append(_sms_sample(transport, rendered.sms, address, values))
-                continue
-            rendered = dc_replace(
-                rendered,
-                subject=f"[TEST] {rendered.subject}",
-                to=Mailbox(rendered.to.name, address),
-                headers=(*rendered.headers, list_header),
-            )
+            # The campaign's own path to bytes, with a placeholder token and a test address.
+            token = "test-send-not-a-token" if renderer.link_wanted else None
             message_id = new_message_id(sender)
-            data = build_mime(rendered, message_id=message_id)
+            if is_sms:
+                made = renderer.message(row, token=token, message_id=message_id)
+                results.append(_sms_sample(transport, made.subject, address))
+                continue
+            made = renderer.message(
+                row, token=token, message_id=message_id, to=address, subject_prefix="[TEST] "
+            )
+            data = made.data
             try:
                 data = prepare_outgoing(data, when=utcnow(), signer=signer, allowed=SIGNED_HEADERS)
             except SendError as exc:
-                results.append((address, rendered.subject, "failed", f"not sent: {exc.message}"))
+                results.append((address, made.subject, "failed", f"not sent: {exc.message}"))
                 continue
             r = transport.send(data, mail_from=envelope_from(sender, message_id), rcpt_to=address)
-            results.append((address, rendered.subject, r.status, r.detail))
+            results.append((address, made.subject, r.status, r.detail))
     finally:
         transport.close()
     return pd.DataFrame(results, columns=["to", "subject", "status", "detail"])
 
 
-def _sms_sample(
-    transport: Any, text: str | None, number: str, values: dict[str, Any]
-) -> tuple[str, str, str, str]:
-
-    body = (text or "").strip()
-    body = "TEST: " + (fit_to_gsm7(body) if values.get("fit_to_gsm7") else body)
+def _sms_sample(transport: Any, text: str, number: str) -> tuple[str, str, str, str]:
+    """Send one SMS sample, marked as a test, and return its outcome."""
+    body = "TEST: " + text
     r = transport.send(body.encode("utf-8"), mail_from="", rcpt_to=e164(number))
     return (number, body, r.status, r.detail)
 

@@ -11,7 +11,7 @@ the CLI, the providers and the preview widget call the same tested code.
 from __future__ import annotations
 
 import html as htmlmod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from html.parser import HTMLParser
 from typing import Any
 
@@ -26,7 +26,7 @@ from bulkmail_kernel.compose.render import (
 from bulkmail_kernel.compose.sandbox import _is_empty
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template, _undeclared
-from bulkmail_kernel.exceptions import TemplateError
+from bulkmail_kernel.exceptions import BulkmailError, TemplateError
 
 #: Variables SendPulse can personalise by itself; anything else must be rendered by us.
 SENDPULSE_VARIABLES = frozenset({"name", "patronymic", "surname"})
@@ -45,8 +45,13 @@ def check_template(
     *,
     values: Mapping[str, Any] | None = None,
     provider: str | None = None,
+    render_with: Callable[[Mapping[str, Any]], object] | None = None,
 ) -> pd.DataFrame:
-    """Render for every recipient and return the ones that fail and why (empty = all fine)."""
+    """Render for every recipient and return the ones that fail and why (empty = all fine).
+
+    ``render_with`` renders one recipient instead of ``render`` (a campaign's own path
+    to bytes, see ``check_campaign``), so what is checked is what would be sent.
+    """
     problems: list[dict[str, Any]] = []
     if provider is not None:
         if provider.lower() != "sendpulse":
@@ -72,34 +77,45 @@ def check_template(
             "address": record.get("address"),
         }
         ctx = build_context(template, record, values, PREVIEW_UNSUBSCRIBE_URL)
-        for variable in template.required:
-            if _is_empty(ctx.get(variable)):
-                problems.append(
-                    {
-                        **who,
-                        "part": "required",
-                        "variable": variable,
-                        "error": f"required value {variable!r} is empty",
-                    }
-                )
+        # One row per recipient and problem: a required value that is missing also fails
+        # the rendering; the rendering's row (with its part and line) stands for both.
+        mine: list[dict[str, Any]] = [
+            {
+                **who,
+                "part": "required",
+                "variable": variable,
+                "error": f"required value {variable!r} is empty",
+            }
+            for variable in template.required
+            if _is_empty(ctx.get(variable))
+        ]
+        stop_here = False
         try:
-            render(template, record, values=values, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL)
+            if render_with is not None:
+                render_with(record)
+            else:
+                render(template, record, values=values, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL)
             runaway.rendered()
-        except TemplateError as exc:
-            problems.append(
+        except BulkmailError as exc:
+            failed = exc.fields.get("variable")
+            mine = [m for m in mine if failed is None or m["variable"] != failed]
+            mine.append(
                 {
                     **who,
                     "part": exc.fields.get("part") or exc.fields.get("field"),
                     "line": exc.fields.get("line"),
-                    "variable": exc.fields.get("variable"),
+                    "variable": failed,
                     "error": exc.fields.get("reason") or exc.message,
                 }
             )
             try:
                 runaway.failed(exc)
             except TemplateError as stop:
-                problems.append({**who, "part": "render time", "error": stop.message})
-                break
+                mine.append({**who, "part": "render time", "error": stop.message})
+                stop_here = True
+        problems.extend(mine)
+        if stop_here:
+            break
     return pd.DataFrame(problems, columns=_CHECK_COLUMNS)
 
 

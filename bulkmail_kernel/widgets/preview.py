@@ -11,12 +11,15 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
+from bulkmail_kernel.campaigns.preview import campaign_preview, campaign_recipients
 from bulkmail_kernel.compose.checks import PREVIEW_UNSUBSCRIBE_URL, preview_warnings
 from bulkmail_kernel.compose.mime import build_mime
 from bulkmail_kernel.compose.render import Mailbox, RenderedMessage, render
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template
-from bulkmail_kernel.exceptions import BulkmailError
+from bulkmail_kernel.db import Database, resolve_database
+from bulkmail_kernel.exceptions import BulkmailError, TemplateError
+from bulkmail_kernel.records import CampaignRef
 
 DESKTOP_WIDTH = 700
 MOBILE_WIDTH = 375
@@ -104,11 +107,19 @@ def render_preview(
     values: Mapping[str, Any] | None = None,
     sender: str | Mailbox | None = None,
 ) -> RenderedMessage:
-    """Render the template for the recipient at position ``index`` (sample values as defaults)."""
-    merged = {**template.sample, **(values or {})}
+    """Render the template for the recipient at position ``index``.
+
+    Without ``values`` the template's sample values fill in; with them, only they do,
+    so a misspelt value shows up here as the error registration would give, instead of
+    the sample quietly standing in for it.
+    """
     row = frame.iloc[index]
     return render(
-        template, row, values=merged, unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL, sender=sender
+        template,
+        row,
+        values=template.sample if values is None else values,
+        unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL,
+        sender=sender,
     )
 
 
@@ -117,16 +128,20 @@ class PreviewPanel(widgets.VBox):
 
     def __init__(
         self,
-        template: Template,
+        template: Template | None,
         frame: pd.DataFrame,
         *,
         values: Mapping[str, Any] | None = None,
         sender: str | Mailbox | None = None,
+        campaign: CampaignRef | None = None,
+        db: Database | None = None,
     ) -> None:
         self.template = template
         self.frame = frame
         self.values = values
         self.sender = sender
+        self.campaign = campaign
+        self.db = db
         self.index = 0
         self.labels = recipient_labels(frame)
         self.picker = widgets.Combobox(
@@ -179,17 +194,32 @@ class PreviewPanel(widgets.VBox):
         self.index = index % len(self.labels)
         if self.picker.value != self.labels[self.index]:
             self.picker.value = self.labels[self.index]
+        note = ""
         try:
-            rendered = render_preview(
-                self.template, self.frame, self.index, values=self.values, sender=self.sender
-            )
+            if self.campaign is not None:
+                # The campaign's own path to bytes: what registration stores (or stored).
+                made = campaign_preview(
+                    self.campaign, self.frame, self.index, template=self.template, db=self.db
+                )
+                rendered = made.rendered
+                note = (
+                    "<p class='bm-preview-stored'>The stored message: this recipient is "
+                    "registered.</p>"
+                    if made.registered
+                    else ""
+                )
+            else:
+                assert self.template is not None
+                rendered = render_preview(
+                    self.template, self.frame, self.index, values=self.values, sender=self.sender
+                )
         except BulkmailError as exc:
             self.summary.value = ""
             self.body.value = ""
             self.text_view.value = ""
             self.warnings.value = f"<b style='color: #b00'>{htmlmod.escape(exc.message)}</b>"
             return
-        self.summary.value = preview_summary(rendered)
+        self.summary.value = note + preview_summary(rendered)
         self.body.value = preview_html(rendered, self.width_toggle.value)
         self.text_view.value = rendered.text or rendered.sms or ""
         found = preview_warnings(rendered)
@@ -203,11 +233,26 @@ class PreviewPanel(widgets.VBox):
 
 
 def preview(
-    template: Template,
-    frame: pd.DataFrame,
+    template: Template | None = None,
+    frame: pd.DataFrame | None = None,
     *,
     values: Mapping[str, Any] | None = None,
     sender: str | Mailbox | None = None,
+    campaign: CampaignRef | None = None,
+    db: Database | None = None,
+    url: str | None = None,
 ) -> PreviewPanel:
-    """Return a panel to browse the template rendered for each recipient of the frame."""
+    """Return a panel to browse the template rendered for each recipient of the frame.
+
+    With ``campaign=`` the panel shows the campaign's messages exactly as registration
+    stores them (its template with its images and attachments, its values, its sender):
+    a registered recipient's stored message, anyone else's rendered the same way.
+    ``frame`` then defaults to the registered recipients, else the campaign's segment.
+    """
+    if campaign is not None:
+        database = resolve_database(db, url)
+        frame = campaign_recipients(campaign, frame, db=database)
+        return PreviewPanel(template, frame, campaign=campaign, db=database)
+    if template is None or frame is None:
+        raise TemplateError("preview: give a template and a recipients frame, or campaign=<name>")
     return PreviewPanel(template, frame, values=values, sender=sender)
