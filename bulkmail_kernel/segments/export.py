@@ -1,9 +1,12 @@
 """Export a recipient frame to .xlsx or .csv that Excel opens safely.
 
-Text that Excel would read as a formula (a cell starting with ``=``, ``+``, ``-``,
-``@``, tab or carriage return: OWASP "CSV injection") gets an apostrophe in front
-and is written as a string, never a formula. Contact data (addresses, e-mails,
-phones) leaves the workbench only when the caller says so.
+In .xlsx every text is written as a string cell, never a formula: a string cell is
+inert in Excel and LibreOffice whatever it starts with, so ``=1+1`` stays the text
+``=1+1`` and a phone number ``+421944676733`` stays exactly that. A .csv has no cell
+types: Excel decides what each field is on opening, so there a text that Excel would
+run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return:
+OWASP "CSV injection") gets an apostrophe in front. Contact data (addresses,
+e-mails, phones) leaves the workbench only when the caller says so.
 """
 
 from __future__ import annotations
@@ -41,19 +44,21 @@ def is_contact_column(name: str) -> bool:
 
 
 def neutralise(text: str) -> str:
-    """Return ``text`` with an apostrophe in front if Excel would run it as a formula."""
+    """Return ``text`` with an apostrophe in front if Excel would run it as a formula in a .csv."""
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def _neutralise_series(col: pd.Series) -> list[Any]:
-    """Return the column as text cells, each neutralised, with None for missing values."""
+def _text_cells(col: pd.Series, *, neutralised: bool) -> list[Any]:
+    """Return the column as text cells (neutralised for .csv if asked), None for missing values."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        # Neutralise each category once, then gather by code (-1, missing, hits the None slot).
-        cats = [neutralise(str(c)) for c in col.dtype.categories] + [None]
+        # Convert each category once, then gather by code (-1, missing, hits the None slot).
+        convert = neutralise if neutralised else str
+        cats = [convert(str(c)) for c in col.dtype.categories] + [None]
         return np.asarray(cats, dtype=object)[col.array.codes].tolist()
     text = col.astype("str")
-    risky = text.str.contains(_FORMULA_RE, regex=True, na=False)
-    text = text.where(~risky, "'" + text)
+    if neutralised:
+        risky = text.str.contains(_FORMULA_RE, regex=True, na=False)
+        text = text.where(~risky, "'" + text)
     return text.astype(object).where(col.notna(), None).tolist()
 
 
@@ -205,12 +210,13 @@ def _write_xlsx(data: pd.DataFrame, target: Path, *, progress: bool) -> None:
                 writers.append(sheet.write_number)
                 cells.append(obj.tolist())
             else:
+                # write_string makes a string cell: inert, shown exactly as typed, no apostrophe.
                 writers.append(sheet.write_string)
-                cells.append(_neutralise_series(col))
+                cells.append(_text_cells(col, neutralised=False))
             sheet.set_column(j, j, width)
         sheet.freeze_panes(1, 0)
         for j, name in enumerate(data.columns):
-            sheet.write_string(0, j, neutralise(str(name)), bold)
+            sheet.write_string(0, j, str(name), bold)
 
         n = len(data)
         columns = list(zip(range(len(writers)), writers, cells, strict=True))
@@ -239,7 +245,9 @@ def _write_csv(data: pd.DataFrame, target: Path, *, progress: bool) -> None:
         elif pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
             out[name] = col
         else:
-            out[name] = pd.Series(_neutralise_series(col), index=data.index, dtype=object)
+            # A .csv has no types: Excel would run "=..." on opening, hence the apostrophe.
+            text = _text_cells(col, neutralised=True)
+            out[name] = pd.Series(text, index=data.index, dtype=object)
     header = [neutralise(str(c)) for c in data.columns]
     # utf-8-sig: the BOM is what makes Excel read the file as UTF-8 (diacritics, Cyrillic).
     with (
