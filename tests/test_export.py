@@ -19,6 +19,7 @@ from bulkmail_kernel.exceptions import BulkmailError
 from bulkmail_kernel.segments.export import (
     ExportError,
     export_recipients,
+    export_target,
     is_contact_column,
     neutralise,
 )
@@ -287,3 +288,46 @@ def _decode_ooxml(text: str) -> str:
     # XML 1.0 cannot hold most control characters: xlsxwriter writes them as _xHHHH_,
     # which Excel decodes on reading and openpyxl leaves as is.
     return re.sub(r"_x([0-9A-Fa-f]{4})_", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def test_exports_go_to_the_data_folder_by_default(
+    frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    monkeypatch.setenv("BULKMAIL_DATA_DIR", str(data))
+    monkeypatch.setenv("BULKMAIL_TZ", "Europe/Bratislava")
+    elsewhere = tmp_path / "notebooks"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # No path: a dated file in data/exports/, the folder created on the way.
+    assert not (data / "exports").exists()
+    path = export_recipients(frame, columns=["first_name"], progress=False)
+    assert path.parent == data / "exports"
+    assert re.fullmatch(r"recipients-\d{8}-\d{6}\.xlsx", path.name)
+    assert openpyxl.load_workbook(path).active["A2"].value == "Ľubica"
+    # A bare file name goes there too; nothing lands in the working folder.
+    path = export_recipients(frame, "segment.csv", ["first_name"], progress=False)
+    assert path == data / "exports" / "segment.csv"
+    assert path.exists()
+    assert list(elsewhere.iterdir()) == []
+    # A path with a folder wins, relative to the working folder or absolute.
+    path = export_recipients(frame, Path("mine") / "r.xlsx", ["first_name"], progress=False)
+    assert path == Path("mine") / "r.xlsx"
+    assert (elsewhere / "mine" / "r.xlsx").exists()
+    path = export_recipients(frame, tmp_path / "abs.csv", ["first_name"], progress=False)
+    assert path == tmp_path / "abs.csv"
+    assert path.exists()
+
+
+def test_default_export_name_is_local_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BULKMAIL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BULKMAIL_TZ", "Europe/Bratislava")
+    # 23:30 UTC on 30 June is already 1 July, 01:30:05 in Bratislava.
+    target = export_target(None, now=datetime(2025, 6, 30, 23, 30, 5, tzinfo=UTC))
+    assert target == tmp_path / "exports" / "recipients-20250701-013005.xlsx"
+
+
+def test_data_folder_exports_are_ignored_by_git() -> None:
+    root = Path(__file__).resolve().parents[1]
+    ignored = (root / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "data/exports/" in ignored

@@ -103,7 +103,9 @@ def test_02_segments(demo_db: str, tmp_path: Path) -> None:
     members = int(segs["members"].iloc[0])
     assert f"has {members:,} members" in text
     # The export exists with exactly the chosen columns, and one row per member.
-    wb = load_workbook(tmp_path / "exports" / "segment.xlsx")
+    # A bare file name lands in the data folder's exports/, not beside the notebook.
+    assert not (tmp_path / "segment.xlsx").exists()
+    wb = load_workbook(tmp_path / "data" / "exports" / "segment.xlsx")
     rows = list(wb.active.iter_rows(values_only=True))
     assert list(rows[0]) == [
         "first_name",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +98,25 @@ def choose_columns(
     return chosen
 
 
+def export_target(path: str | Path | None, *, now: datetime | None = None) -> Path:
+    """Return where an export goes: ``path`` if it names a folder, else ``data/exports/``.
+
+    None means ``recipients-<local date and time>.xlsx`` there; a bare file name
+    (``"segment.xlsx"``) goes there too, so exports never land in the notebook's folder.
+    A path with a folder, relative or absolute, is taken as it is.
+    """
+    if path is None:
+        stamp = config.as_local(now or datetime.now(UTC))
+        return config.exports_dir() / f"recipients-{stamp:%Y%m%d-%H%M%S}.xlsx"
+    target = Path(path).expanduser()
+    if target.is_absolute() or target.parent != Path("."):
+        return target
+    return config.exports_dir() / target
+
+
 def export_recipients(
     frame: pd.DataFrame,
-    path: str | Path,
+    path: str | Path | None = None,
     columns: Sequence[str] | None = None,
     *,
     include_contact_data: bool = False,
@@ -109,7 +126,9 @@ def export_recipients(
 
     Args:
         frame: recipients (e.g. from ``filter_recipients``).
-        path: target file; the suffix picks the format.
+        path: target file; the suffix picks the format. None or a bare file name means
+            the data folder's ``exports/`` (``data/exports/``, ignored by git), see
+            :func:`export_target`; a path with a folder is used as given.
         columns: column names in the order wanted (default: every column, without
             contact columns unless ``include_contact_data``).
         include_contact_data: allow columns with addresses, e-mails or phones.
@@ -119,7 +138,7 @@ def export_recipients(
         ExportError: unknown or identifying columns, or an unsupported suffix.
 
     """
-    target = Path(path).expanduser()
+    target = export_target(path)
     suffix = target.suffix.lower()
     if suffix not in (".xlsx", ".csv"):
         raise ExportError(f"{target}: export to .xlsx or .csv, not {suffix or 'no suffix'!r}")
