@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from bulkmail_kernel.contacts.values import _cell_text
+from bulkmail_kernel.display import readable
 
 REPORT_COLUMNS = ("row", "action", "column", "value", "reason")
 
@@ -59,7 +60,8 @@ class ImportResult:
     def __repr__(self) -> str:
         lines = [f"ImportResult({self.summary()})", *(f"note: {n}" for n in self.notes)]
         if len(self.report):
-            lines.append(self.report.to_string(index=False, max_rows=20, max_colwidth=60))
+            # Reasons in full: a cut one hides what to fix.
+            lines.append(self.report.to_string(index=False, max_rows=20, max_colwidth=None))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -68,7 +70,10 @@ class ImportResult:
         head += "".join(f"<p>note: {html.escape(n)}</p>" for n in self.notes)
         if not len(self.report):
             return head
-        return head + self.report.to_html(index=False, max_rows=200, escape=True)
+        # Reasons in full (pandas cuts at 50 characters), only for this table.
+        with pd.option_context("display.max_colwidth", None):
+            table = self.report.to_html(index=False, max_rows=200, escape=True, na_rep="")
+        return head + table
 
 
 class _Report:
@@ -88,5 +93,5 @@ class _Report:
         order = {"rejected": 0, "merged": 1, "matched": 1, "cleaned": 2}
         lines = sorted(self.lines, key=lambda t: (t[0], order.get(t[1], 9)))
         df = pd.DataFrame(lines, columns=list(REPORT_COLUMNS))
-        return df.astype({"row": "int64", "action": "str", "column": "str", "value": "str",
-                          "reason": "str"})  # fmt: skip
+        return readable(df.astype({"row": "int64", "action": "str", "column": "str", "value": "str",
+                                   "reason": "str"}))  # fmt: skip
