@@ -148,3 +148,26 @@ def test_import_report_shows_full_reasons() -> None:
     assert isinstance(frame, ReadableFrame)
     assert frame["row"].dtype == "int64"
     assert LONG_HTML in frame._repr_html_()
+
+
+def test_monitor_errors_show_full_reasons_in_local_time() -> None:
+    from bulkmail_kernel.widgets.monitor import errors_html
+
+    at = pd.to_datetime([datetime(2026, 12, 3, 14, 5, 9, 987654, tzinfo=UTC)], utc=True)
+    errors = readable(
+        pd.DataFrame(
+            {
+                "message_id": [5],
+                "recipient": ["anna@sk.example.net"],
+                "status": ["deferred"],
+                "code": [None],
+                "error": [LONG_REASON + " " + "x" * 200],
+                "at": at,
+            }
+        )
+    )
+    html = errors_html(errors)
+    assert LONG_HTML + " " + "x" * 200 in html  # no longer cut at 200 characters
+    assert "2026-12-03 15:05:09" in html  # Bratislava in winter, to the second
+    assert "deferred (will retry)" in html
+    assert not any(word in html for word in MISSING)
