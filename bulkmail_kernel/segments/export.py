@@ -23,14 +23,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bulkmail_kernel import config
+from bulkmail_kernel.contacts.values import neutralise
 from bulkmail_kernel.exceptions import ExportError
+
+__all__ = ["export_recipients", "export_target", "is_contact_column", "neutralise"]
 
 log = logging.getLogger("bulkmail")
 
 #: Columns that identify a person directly; exported only with include_contact_data=True.
 CONTACT_COLUMNS = ("address", "email", "phone")
 _CONTACT_WORDS = ("email", "e_mail", "phone", "address")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_RE = r"^[=+\-@\t\r]"
 _EXCEL_EPOCH = np.datetime64("1899-12-30T00:00:00", "us")
 _US_PER_DAY = 86_400 * 1_000_000
@@ -42,11 +44,6 @@ def is_contact_column(name: str) -> bool:
     """Return True if column ``name`` holds e-mail addresses, phone numbers or postal addresses."""
     lowered = str(name).lower()
     return lowered in CONTACT_COLUMNS or any(word in lowered for word in _CONTACT_WORDS)
-
-
-def neutralise(text: str) -> str:
-    """Return ``text`` with an apostrophe in front if Excel would run it as a formula in a .csv."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _text_cells(col: pd.Series, *, neutralised: bool) -> list[Any]:
