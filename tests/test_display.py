@@ -171,3 +171,16 @@ def test_monitor_errors_show_full_reasons_in_local_time() -> None:
     assert "2026-12-03 15:05:09" in html  # Bratislava in winter, to the second
     assert "deferred (will retry)" in html
     assert not any(word in html for word in MISSING)
+
+
+def test_campaign_report_keeps_its_complaint_rate(database: dbmod.Database, sink: Sink) -> None:
+    from bulkmail_kernel import campaign_report, provider_status
+
+    sink_account(database, sink.port)
+    make_campaign(database, 2, name="spring", rate_per_hour=360_000)
+    report = campaign_report("spring", db=database)
+    assert isinstance(report, ReadableFrame)
+    assert "complaints" in report.attrs  # attrs survive the readable wrapper
+    assert report.loc["queued", "messages"] == 2
+    assert "<td>2</td>" in report._repr_html_()
+    assert isinstance(provider_status("spring", db=database), ReadableFrame)

@@ -178,7 +178,7 @@ def campaign_report(
     frame.attrs["complaints"] = rate
     if rate.warning:
         log.warning("campaign %s: %s", campaign, rate.warning)
-    return frame
+    return readable(frame)
 
 
 def campaign_failures(
@@ -225,7 +225,7 @@ def provider_status(
         for provider, info in sorted(ref.items())
         if isinstance(info, dict)
     ]
-    return pd.DataFrame(rows, columns=_PROVIDER_COLUMNS)
+    return readable(pd.DataFrame(rows, columns=_PROVIDER_COLUMNS))
 
 
 def campaign_timeline(
