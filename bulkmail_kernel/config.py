@@ -40,6 +40,13 @@ def data_dir() -> Path:
     return path
 
 
+def exports_dir() -> Path:
+    """Return the default folder for exports (``<data_dir>/exports``, git-ignored), creating it."""
+    path = data_dir() / "exports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def templates_dir() -> Path:
     """Return the predefined templates directory (``BULKMAIL_TEMPLATES_DIR`` or ``templates/``)."""
     env = os.environ.get("BULKMAIL_TEMPLATES_DIR")

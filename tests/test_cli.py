@@ -32,7 +32,10 @@ SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 
 
 def test_demo_import_segment_export_round_trip(
-    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sqlite_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert main(["demo", "--contacts", "200", "--today", "2026-11-23", "--db", sqlite_url]) == 0
     assert "contacts" in capsys.readouterr().out
@@ -50,6 +53,15 @@ def test_demo_import_segment_export_round_trip(
     assert main(["export", "opted-in", str(out), "--columns", cols, "--db", sqlite_url]) == 0
     header = next(load_workbook(out).active.iter_rows(values_only=True))
     assert list(header) == ["first_name", "last_name", "language"]
+    # A bare name in a shell means the current folder; no path means data/exports/.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BULKMAIL_DATA_DIR", str(tmp_path / "data"))
+    assert main(["export", "opted-in", "here.csv", "--columns", cols, "--db", sqlite_url]) == 0
+    assert (tmp_path / "here.csv").exists()
+    assert main(["export", "opted-in", "--columns", cols, "--db", sqlite_url]) == 0
+    written = capsys.readouterr().out.strip().splitlines()[-1].split(" written to ")[-1]
+    assert Path(written).parent == tmp_path / "data" / "exports"
+    assert Path(written).exists()
     # Asking for addresses without the flag is refused with the reason.
     capsys.readouterr()
     args = ["export", "opted-in", str(out), "--columns", "address", "--db", sqlite_url]

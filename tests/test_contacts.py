@@ -478,6 +478,32 @@ def test_result_repr_html(tmp_path: Path, sqlite_url: str) -> None:
     assert "<script>" not in page
 
 
+def test_save_report_goes_to_exports_and_keeps_formulas_inert(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+
+    monkeypatch.setenv("BULKMAIL_DATA_DIR", str(tmp_path / "data"))
+    result = import_contacts(
+        SAMPLES / "customers_utf8.csv", url=sqlite_url, progress=False, on_error="skip"
+    )
+    path = result.save_report()
+    assert path == tmp_path / "data" / "exports" / "import-report-customers_utf8.csv"
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["row", "action", "column", "value", "reason"]
+    assert len(rows) - 1 == len(result.report)
+    values = [r[3] for r in rows[1:]]
+    # The rejected formula is in the report, behind the apostrophe a .csv needs.
+    assert any(v.startswith("'=HYPERLINK(") for v in values)
+    assert not any(v.startswith(("=", "+", "-", "@")) for v in values)
+    # Reasons are written whole.
+    assert list(result.report["reason"]) == [r[4] for r in rows[1:]]
+    mine = result.save_report(tmp_path / "mine" / "r.csv")
+    assert mine == tmp_path / "mine" / "r.csv"
+    assert mine.read_bytes() == path.read_bytes()
+
+
 # --------------------------------------------------------------------------- frame
 
 

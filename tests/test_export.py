@@ -1,4 +1,4 @@
-"""Export: xlsx and csv read back cell by cell; formulas neutralised; contact data guarded."""
+"""Export read back cell by cell: xlsx text as typed, csv neutralised, contact data guarded."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from bulkmail_kernel.exceptions import BulkmailError
 from bulkmail_kernel.segments.export import (
     ExportError,
     export_recipients,
+    export_target,
     is_contact_column,
     neutralise,
 )
@@ -93,15 +94,17 @@ def test_xlsx_cells_read_back(frame: pd.DataFrame, tmp_path: Path) -> None:
     # UTF-8 intact; times shown in Bratislava (UTC+1 in January, UTC+2 in summer).
     assert rows[0][:3] == ["Šťastná", "Ľubica", datetime(2025, 1, 15, 11, 30)]
     assert rows[1][2] == datetime(2025, 6, 30, 0, 15)
-    # Every risky text is a plain string behind an apostrophe, never a formula.
-    assert rows[1][:2] == ["'+1+2", '\'=HYPERLINK("http://x")']
-    assert rows[2][:2] == ["'-3", "'@SUM(A1)"]
-    assert rows[2][6] == "'=cmd|' /C calc'!A0"
+    # Every risky text is a string cell exactly as typed: inert, no apostrophe, no formula.
+    assert rows[1][:2] == ["+1+2", '=HYPERLINK("http://x")']
+    assert rows[2][:2] == ["-3", "@SUM(A1)"]
+    assert rows[2][6] == "=cmd|' /C calc'!A0"
     # XML keeps a CR only escaped as _x000D_, which Excel decodes and openpyxl does not.
-    assert rows[3][:2] == ["'_x000D_CR", "'\tTab"]
+    assert rows[3][:2] == ["_x000D_CR", "\tTab"]
     for row in ws.iter_rows(min_row=2):
         for cell in row:
             assert cell.data_type != "f"
+    for letter in "ABGI":
+        assert all(c.data_type == "s" for c in ws[letter] if c.value is not None)
     # Numbers are numbers, missing is empty, booleans are booleans.
     assert [r[3] for r in rows] == [1, 1, 7, 1]
     assert [r[4] for r in rows] == [10.5, None, 3, 0]
@@ -155,14 +158,15 @@ def test_contact_columns_need_permission(frame: pd.DataFrame, tmp_path: Path) ->
         progress=False,
     )
     ws = openpyxl.load_workbook(path).active
-    # A phone number starts with "+": it is kept as text, behind the apostrophe.
+    # A phone number starts with "+": it is a string cell, shown exactly as stored.
     assert [c.value for c in ws["B"]] == [
         "address",
         "p1@sk.example.net",
         "p2@sk.example.net",
         "p3@sk.example.net",
-        "'+421903123456",
+        "+421903123456",
     ]
+    assert all(c.data_type == "s" for c in ws["B"])
 
 
 def test_default_columns_leave_contact_data_out(frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -229,12 +233,101 @@ def test_any_text_comes_back_as_written(tmp_path: Path, texts: list[str]) -> Non
     path = export_recipients(frame, tmp_path / "h.xlsx", ["first_name"], progress=False)
     ws = openpyxl.load_workbook(path).active
     got = [_decode_ooxml(c.value) for c in ws["A"]][1:]
-    assert got == [neutralise(t) for t in texts]
+    assert got == texts
     for cell in ws["A"]:
-        assert cell.data_type != "f"
+        assert cell.data_type == "s"
+
+
+RISKY = [
+    "=1+1",
+    "+421944676733",
+    "-3",
+    "@SUM(A1)",
+    "\tTab",
+    "\rCR",
+    '=HYPERLINK("http://evil.example/", "click")',
+    "=cmd|' /C calc'!A0",
+    "0903 123 456",
+    "00421944676733",
+    "1e5",
+    "TRUE",
+    "http://example.com",
+    "'quoted",
+    "_x0041_",
+]
+
+
+@pytest.mark.parametrize("dtype", ["str", "object", "category"])
+def test_xlsx_shows_every_text_as_typed(tmp_path: Path, dtype: str) -> None:
+    frame = tiny_frame([{"contact_point_id": i, "contact_id": i} for i in range(len(RISKY))])
+    frame["note"] = pd.Series(RISKY, index=frame.index).astype(dtype)
+    frame["phone"] = pd.Series(RISKY, index=frame.index).astype(dtype)
+    frame = frame.rename(columns={"note": "=header"})
+    path = export_recipients(
+        frame, tmp_path / "t.xlsx", ["=header", "phone"], include_contact_data=True, progress=False
+    )
+    ws = openpyxl.load_workbook(path).active
+    assert [c.value for c in ws[1]] == ["=header", "phone"]
+    for letter in "AB":
+        cells = list(ws[letter])
+        assert [_decode_ooxml(c.value) for c in cells[1:]] == RISKY
+        # A string cell: nothing evaluated, no formula, no number made of "1e5" or a phone.
+        assert [c.data_type for c in cells] == ["s"] * len(cells)
+    # The same cells in .csv keep the apostrophe: CSV has no types, Excel would run them.
+    path = export_recipients(
+        frame, tmp_path / "t.csv", ["=header", "phone"], include_contact_data=True, progress=False
+    )
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["'=header", "phone"]
+    assert [r[1] for r in rows[1:]] == [neutralise(t) for t in RISKY]
+    assert rows[2][1] == "'+421944676733"
 
 
 def _decode_ooxml(text: str) -> str:
     # XML 1.0 cannot hold most control characters: xlsxwriter writes them as _xHHHH_,
     # which Excel decodes on reading and openpyxl leaves as is.
     return re.sub(r"_x([0-9A-Fa-f]{4})_", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def test_exports_go_to_the_data_folder_by_default(
+    frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    monkeypatch.setenv("BULKMAIL_DATA_DIR", str(data))
+    monkeypatch.setenv("BULKMAIL_TZ", "Europe/Bratislava")
+    elsewhere = tmp_path / "notebooks"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # No path: a dated file in data/exports/, the folder created on the way.
+    assert not (data / "exports").exists()
+    path = export_recipients(frame, columns=["first_name"], progress=False)
+    assert path.parent == data / "exports"
+    assert re.fullmatch(r"recipients-\d{8}-\d{6}\.xlsx", path.name)
+    assert openpyxl.load_workbook(path).active["A2"].value == "Ľubica"
+    # A bare file name goes there too; nothing lands in the working folder.
+    path = export_recipients(frame, "segment.csv", ["first_name"], progress=False)
+    assert path == data / "exports" / "segment.csv"
+    assert path.exists()
+    assert list(elsewhere.iterdir()) == []
+    # A path with a folder wins, relative to the working folder or absolute.
+    path = export_recipients(frame, Path("mine") / "r.xlsx", ["first_name"], progress=False)
+    assert path == Path("mine") / "r.xlsx"
+    assert (elsewhere / "mine" / "r.xlsx").exists()
+    path = export_recipients(frame, tmp_path / "abs.csv", ["first_name"], progress=False)
+    assert path == tmp_path / "abs.csv"
+    assert path.exists()
+
+
+def test_default_export_name_is_local_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BULKMAIL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BULKMAIL_TZ", "Europe/Bratislava")
+    # 23:30 UTC on 30 June is already 1 July, 01:30:05 in Bratislava.
+    target = export_target(None, now=datetime(2025, 6, 30, 23, 30, 5, tzinfo=UTC))
+    assert target == tmp_path / "exports" / "recipients-20250701-013005.xlsx"
+
+
+def test_data_folder_exports_are_ignored_by_git() -> None:
+    root = Path(__file__).resolve().parents[1]
+    ignored = (root / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "data/exports/" in ignored

@@ -103,7 +103,9 @@ def test_02_segments(demo_db: str, tmp_path: Path) -> None:
     members = int(segs["members"].iloc[0])
     assert f"has {members:,} members" in text
     # The export exists with exactly the chosen columns, and one row per member.
-    wb = load_workbook(tmp_path / "exports" / "segment.xlsx")
+    # A bare file name lands in the data folder's exports/, not beside the notebook.
+    assert not (tmp_path / "segment.xlsx").exists()
+    wb = load_workbook(tmp_path / "data" / "exports" / "segment.xlsx")
     rows = list(wb.active.iter_rows(values_only=True))
     assert list(rows[0]) == [
         "first_name",
@@ -125,7 +127,10 @@ def test_01_contacts(demo_db: str, tmp_path: Path) -> None:
     nb = run_notebook("01_contacts.ipynb", tmp_path, SOURCE=str(sample))
     text = outputs_text(nb)
     assert "committed: False" in text  # the dirty file is refused whole at first
-    report = (tmp_path / "exports" / "import-report.csv").read_text(encoding="utf-8-sig")
+    # The report lands in the data folder's exports/, not beside the notebook.
+    written = tmp_path / "data" / "exports" / "import-report-customers_utf8.csv"
+    report = written.read_text(encoding="utf-8-sig")
+    assert not (tmp_path / "exports").exists()
     assert "rejected" in report
     after = contacts_frame(url=demo_db)
     # The good rows of the sample (C001 ...) are now contacts, imported exactly once.

@@ -28,6 +28,7 @@ from bulkmail_kernel.db import (
     resolve_database,
     utcnow,
 )
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.queue import REMOVABLE
 from bulkmail_kernel.records import CampaignRef
@@ -240,7 +241,7 @@ def campaign_progress(
         finished_at=_local(finished_at, zone),
         last_error=last_error,
         as_of=now.astimezone(zone),
-        errors=frame,
+        errors=readable(frame),
         complaints=complaints,
     )
 

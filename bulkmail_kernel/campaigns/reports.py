@@ -24,6 +24,7 @@ from bulkmail_kernel.db import (
     Suppression,
     resolve_database,
 )
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.outbox.handover import REF_FIELDS
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.queue import queue
@@ -90,7 +91,7 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
     frame = frame.join(pivot, on="campaign_id")
     frame[list(_STATUSES)] = frame[list(_STATUSES)].fillna(0).astype("int64")
     # The reason last: a long line after the counts, not between them.
-    return frame[[c for c in frame.columns if c != "last_error"] + ["last_error"]]
+    return readable(frame[[c for c in frame.columns if c != "last_error"] + ["last_error"]])
 
 
 def list_suppressions(
@@ -116,7 +117,7 @@ def list_suppressions(
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True).dt.tz_convert(
         config.local_timezone()
     )
-    return frame
+    return readable(frame)
 
 
 def history(contact_id: int, *, db: Database | None = None, url: str | None = None) -> pd.DataFrame:
@@ -149,7 +150,7 @@ def history(contact_id: int, *, db: Database | None = None, url: str | None = No
         .dt.tz_convert(config.local_timezone())
     )
     frame["message_id"] = frame["message_id"].astype("Int64")
-    return frame
+    return readable(frame)
 
 
 def campaign_report(
@@ -177,7 +178,7 @@ def campaign_report(
     frame.attrs["complaints"] = rate
     if rate.warning:
         log.warning("campaign %s: %s", campaign, rate.warning)
-    return frame
+    return readable(frame)
 
 
 def campaign_failures(
@@ -197,9 +198,11 @@ def campaign_failures(
             frame["status"], frame["last_code"], frame["last_error"], strict=True
         )
     ]
-    return frame[
-        ["message_id", "recipient", "status", "attempts", "last_code", "category", "last_error"]
-    ]
+    return readable(
+        frame[
+            ["message_id", "recipient", "status", "attempts", "last_code", "category", "last_error"]
+        ]
+    )
 
 
 _PROVIDER_COLUMNS = ["provider", *REF_FIELDS]
@@ -222,7 +225,7 @@ def provider_status(
         for provider, info in sorted(ref.items())
         if isinstance(info, dict)
     ]
-    return pd.DataFrame(rows, columns=_PROVIDER_COLUMNS)
+    return readable(pd.DataFrame(rows, columns=_PROVIDER_COLUMNS))
 
 
 def campaign_timeline(

@@ -90,8 +90,7 @@ def cmd_import_contacts(args: argparse.Namespace) -> int:
     if len(result.report):
         print_frame(result.report, args)
         if args.report:
-            result.report.to_csv(args.report, index=False, encoding="utf-8-sig")
-            print(f"report written to {args.report}")
+            print(f"report written to {result.save_report(args.report)}")
     return 0 if result.committed else 1
 
 

@@ -109,9 +109,10 @@ def cmd_export_recipients(args: argparse.Namespace) -> int:
         url=args.db,
     )
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    # A shell user means the current folder; with no path the export goes to data/exports/.
     path = export_recipients(
         chosen,
-        args.path,
+        None if args.path is None else Path.cwd() / args.path,
         columns,
         include_contact_data=args.include_contact_data,
         progress=not args.quiet,
@@ -182,7 +183,12 @@ def add_commands(commands: Commands) -> None:
         old=["export"],
     )
     p.add_argument("segment", help="saved segment name")
-    p.add_argument("path", type=Path, help="target file: .xlsx or .csv")
+    p.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        help="target file: .xlsx or .csv (default: data/exports/recipients-<date-time>.xlsx)",
+    )
     p.add_argument("--columns", help="comma-separated columns in order (default: all safe ones)")
     p.add_argument(
         "--include-contact-data",

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bulkmail_kernel.display import readable
+
 GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
@@ -184,4 +186,5 @@ def sms_fit_preview(
         frame[col] = frame[col].astype("int64")
     for col in ("cost", "fitted_cost", "saving"):
         frame[col] = frame[col].astype("float64")
-    return frame
+    # Shown whole: the one character that forces UCS-2 may sit past pandas' 50.
+    return readable(frame)

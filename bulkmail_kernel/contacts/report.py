@@ -10,13 +10,18 @@ lives here with the result it becomes, apart from the pipeline itself.
 
 from __future__ import annotations
 
+import csv
 import html
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bulkmail_kernel.contacts.values import _cell_text
+from bulkmail_kernel import config
+from bulkmail_kernel.contacts.values import _cell_text, neutralise
+from bulkmail_kernel.display import readable
 
 REPORT_COLUMNS = ("row", "action", "column", "value", "reason")
 
@@ -56,10 +61,33 @@ class ImportResult:
             text += " (fix the rejected rows, or import again with on_error='skip')"
         return text
 
+    def save_report(self, path: str | Path | None = None) -> Path:
+        """Write the report to a .csv Excel opens safely and return its path.
+
+        None means ``data/exports/import-report-<source name>.csv`` (ignored by git).
+        Text that Excel would run as a formula (a rejected ``=cmd|...`` cell) gets an
+        apostrophe in front: a .csv has no cell types to keep it text.
+        """
+        if path is None:
+            # A source may be a SQL URL or a query: keep a file-name-safe part of it.
+            stem = re.sub(r"[^\w.-]+", "_", Path(self.source).stem).strip("._") or "source"
+            target = config.exports_dir() / f"import-report-{stem}.csv"
+        else:
+            target = Path(path).expanduser()
+            target.parent.mkdir(parents=True, exist_ok=True)
+        # utf-8-sig: the BOM is what makes Excel read the file as UTF-8 (diacritics, Cyrillic).
+        with target.open("w", encoding="utf-8-sig", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\r\n")
+            writer.writerow(REPORT_COLUMNS)
+            for row in self.report.itertuples(index=False):
+                writer.writerow([row[0], *(neutralise(str(v)) for v in row[1:])])
+        return target
+
     def __repr__(self) -> str:
         lines = [f"ImportResult({self.summary()})", *(f"note: {n}" for n in self.notes)]
         if len(self.report):
-            lines.append(self.report.to_string(index=False, max_rows=20, max_colwidth=60))
+            # Reasons in full: a cut one hides what to fix.
+            lines.append(self.report.to_string(index=False, max_rows=20, max_colwidth=None))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -68,7 +96,10 @@ class ImportResult:
         head += "".join(f"<p>note: {html.escape(n)}</p>" for n in self.notes)
         if not len(self.report):
             return head
-        return head + self.report.to_html(index=False, max_rows=200, escape=True)
+        # Reasons in full (pandas cuts at 50 characters), only for this table.
+        with pd.option_context("display.max_colwidth", None):
+            table = self.report.to_html(index=False, max_rows=200, escape=True, na_rep="")
+        return head + table
 
 
 class _Report:
@@ -88,5 +119,5 @@ class _Report:
         order = {"rejected": 0, "merged": 1, "matched": 1, "cleaned": 2}
         lines = sorted(self.lines, key=lambda t: (t[0], order.get(t[1], 9)))
         df = pd.DataFrame(lines, columns=list(REPORT_COLUMNS))
-        return df.astype({"row": "int64", "action": "str", "column": "str", "value": "str",
-                          "reason": "str"})  # fmt: skip
+        return readable(df.astype({"row": "int64", "action": "str", "column": "str", "value": "str",
+                                   "reason": "str"}))  # fmt: skip

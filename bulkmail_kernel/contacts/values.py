@@ -51,6 +51,15 @@ _DMY = re.compile(r"^(\d{1,2})\.\s*(\d{1,2})\.\s*(\d{4})(?:\s+(\d{1,2}):(\d{2})(
 _PLAIN_NUMBER = re.compile(r"^-?(0|[1-9]\d{0,14})(\.\d+)?$")
 
 
+#: What Excel reads as the start of a formula in a .csv (OWASP "CSV injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """Return ``text`` with an apostrophe in front if Excel would run it as a formula in a .csv."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def clean_text(value: str) -> str:
     """Return ``value`` with line breaks and tabs as single spaces and control characters gone.
 

@@ -30,6 +30,7 @@ from bulkmail_kernel.db import (
     resolve_database,
     utcnow,
 )
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.suppressions import hash_token
@@ -105,7 +106,7 @@ def queue(
             .dt.tz_convert(config.local_timezone())
         )
     frame["status"] = frame["status"].astype(pd.CategoricalDtype([m.value for m in MessageStatus]))
-    return frame
+    return readable(frame)
 
 
 def _message_ids(messages: Iterable[int] | pd.DataFrame | pd.Series) -> list[int]:

@@ -1,9 +1,12 @@
 """Export a recipient frame to .xlsx or .csv that Excel opens safely.
 
-Text that Excel would read as a formula (a cell starting with ``=``, ``+``, ``-``,
-``@``, tab or carriage return: OWASP "CSV injection") gets an apostrophe in front
-and is written as a string, never a formula. Contact data (addresses, e-mails,
-phones) leaves the workbench only when the caller says so.
+In .xlsx every text is written as a string cell, never a formula: a string cell is
+inert in Excel and LibreOffice whatever it starts with, so ``=1+1`` stays the text
+``=1+1`` and a phone number ``+421944676733`` stays exactly that. A .csv has no cell
+types: Excel decides what each field is on opening, so there a text that Excel would
+run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return:
+OWASP "CSV injection") gets an apostrophe in front. Contact data (addresses,
+e-mails, phones) leaves the workbench only when the caller says so.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +23,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bulkmail_kernel import config
+from bulkmail_kernel.contacts.values import neutralise
 from bulkmail_kernel.exceptions import ExportError
+
+__all__ = ["export_recipients", "export_target", "is_contact_column", "neutralise"]
 
 log = logging.getLogger("bulkmail")
 
 #: Columns that identify a person directly; exported only with include_contact_data=True.
 CONTACT_COLUMNS = ("address", "email", "phone")
 _CONTACT_WORDS = ("email", "e_mail", "phone", "address")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_RE = r"^[=+\-@\t\r]"
 _EXCEL_EPOCH = np.datetime64("1899-12-30T00:00:00", "us")
 _US_PER_DAY = 86_400 * 1_000_000
@@ -40,20 +46,17 @@ def is_contact_column(name: str) -> bool:
     return lowered in CONTACT_COLUMNS or any(word in lowered for word in _CONTACT_WORDS)
 
 
-def neutralise(text: str) -> str:
-    """Return ``text`` with an apostrophe in front if Excel would run it as a formula."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def _neutralise_series(col: pd.Series) -> list[Any]:
-    """Return the column as text cells, each neutralised, with None for missing values."""
+def _text_cells(col: pd.Series, *, neutralised: bool) -> list[Any]:
+    """Return the column as text cells (neutralised for .csv if asked), None for missing values."""
     if isinstance(col.dtype, pd.CategoricalDtype):
-        # Neutralise each category once, then gather by code (-1, missing, hits the None slot).
-        cats = [neutralise(str(c)) for c in col.dtype.categories] + [None]
+        # Convert each category once, then gather by code (-1, missing, hits the None slot).
+        convert = neutralise if neutralised else str
+        cats = [convert(str(c)) for c in col.dtype.categories] + [None]
         return np.asarray(cats, dtype=object)[col.array.codes].tolist()
     text = col.astype("str")
-    risky = text.str.contains(_FORMULA_RE, regex=True, na=False)
-    text = text.where(~risky, "'" + text)
+    if neutralised:
+        risky = text.str.contains(_FORMULA_RE, regex=True, na=False)
+        text = text.where(~risky, "'" + text)
     return text.astype(object).where(col.notna(), None).tolist()
 
 
@@ -92,9 +95,25 @@ def choose_columns(
     return chosen
 
 
+def export_target(path: str | Path | None, *, now: datetime | None = None) -> Path:
+    """Return where an export goes: ``path`` if it names a folder, else ``data/exports/``.
+
+    None means ``recipients-<local date and time>.xlsx`` there; a bare file name
+    (``"segment.xlsx"``) goes there too, so exports never land in the notebook's folder.
+    A path with a folder, relative or absolute, is taken as it is.
+    """
+    if path is None:
+        stamp = config.as_local(now or datetime.now(UTC))
+        return config.exports_dir() / f"recipients-{stamp:%Y%m%d-%H%M%S}.xlsx"
+    target = Path(path).expanduser()
+    if target.is_absolute() or target.parent != Path("."):
+        return target
+    return config.exports_dir() / target
+
+
 def export_recipients(
     frame: pd.DataFrame,
-    path: str | Path,
+    path: str | Path | None = None,
     columns: Sequence[str] | None = None,
     *,
     include_contact_data: bool = False,
@@ -104,7 +123,9 @@ def export_recipients(
 
     Args:
         frame: recipients (e.g. from ``filter_recipients``).
-        path: target file; the suffix picks the format.
+        path: target file; the suffix picks the format. None or a bare file name means
+            the data folder's ``exports/`` (``data/exports/``, ignored by git), see
+            :func:`export_target`; a path with a folder is used as given.
         columns: column names in the order wanted (default: every column, without
             contact columns unless ``include_contact_data``).
         include_contact_data: allow columns with addresses, e-mails or phones.
@@ -114,7 +135,7 @@ def export_recipients(
         ExportError: unknown or identifying columns, or an unsupported suffix.
 
     """
-    target = Path(path).expanduser()
+    target = export_target(path)
     suffix = target.suffix.lower()
     if suffix not in (".xlsx", ".csv"):
         raise ExportError(f"{target}: export to .xlsx or .csv, not {suffix or 'no suffix'!r}")
@@ -205,12 +226,13 @@ def _write_xlsx(data: pd.DataFrame, target: Path, *, progress: bool) -> None:
                 writers.append(sheet.write_number)
                 cells.append(obj.tolist())
             else:
+                # write_string makes a string cell: inert, shown exactly as typed, no apostrophe.
                 writers.append(sheet.write_string)
-                cells.append(_neutralise_series(col))
+                cells.append(_text_cells(col, neutralised=False))
             sheet.set_column(j, j, width)
         sheet.freeze_panes(1, 0)
         for j, name in enumerate(data.columns):
-            sheet.write_string(0, j, neutralise(str(name)), bold)
+            sheet.write_string(0, j, str(name), bold)
 
         n = len(data)
         columns = list(zip(range(len(writers)), writers, cells, strict=True))
@@ -239,7 +261,9 @@ def _write_csv(data: pd.DataFrame, target: Path, *, progress: bool) -> None:
         elif pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
             out[name] = col
         else:
-            out[name] = pd.Series(_neutralise_series(col), index=data.index, dtype=object)
+            # A .csv has no types: Excel would run "=..." on opening, hence the apostrophe.
+            text = _text_cells(col, neutralised=True)
+            out[name] = pd.Series(text, index=data.index, dtype=object)
     header = [neutralise(str(c)) for c in data.columns]
     # utf-8-sig: the BOM is what makes Excel read the file as UTF-8 (diacritics, Cyrillic).
     with (

@@ -17,7 +17,6 @@ import itertools
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
@@ -32,6 +31,7 @@ from bulkmail_kernel.campaigns.monitor import (
     watched_campaigns,
 )
 from bulkmail_kernel.db import Database, resolve_database
+from bulkmail_kernel.display import display_cells
 from bulkmail_kernel.exceptions import BulkmailError
 from bulkmail_kernel.outbox.queue import remove_from_queue
 from bulkmail_kernel.outbox.workers import live_workers
@@ -117,21 +117,14 @@ def errors_html(errors: pd.DataFrame) -> str:
     if errors.empty:
         return "<i>no errors</i>"
     head = "".join(f"<th style='text-align: left; padding-right: 8px'>{c}</th>" for c in errors)
+    # Local time to the second, status labels, blanks, and each reason in full.
     body = "".join(
         "<tr>"
-        + "".join(f"<td style='padding-right: 8px'>{htmlmod.escape(_cell(v))}</td>" for v in row)
+        + "".join(f"<td style='padding-right: 8px'>{htmlmod.escape(v)}</td>" for v in row)
         + "</tr>"
-        for row in errors.itertuples(index=False)
+        for row in display_cells(errors).itertuples(index=False)
     )
     return f"<b>last errors</b><table>{head and f'<tr>{head}</tr>'}{body}</table>"
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return ""
-    if isinstance(value, datetime):
-        return _when(value)
-    return str(value)[:200]
 
 
 def queue_options(frame: pd.DataFrame) -> list[tuple[str, int]]:

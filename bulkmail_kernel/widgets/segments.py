@@ -211,7 +211,9 @@ class SegmentBuilder:
         self.save_button = w.Button(description="Save segment", icon="save")
         self.save_button.on_click(lambda _b: self.save())
 
-        self.export_path = w.Text(description="export to", placeholder="recipients.xlsx")
+        self.export_path = w.Text(
+            description="export to", placeholder="recipients.xlsx (in data/exports)"
+        )
         self.export_columns = w.SelectMultiple(
             options=[str(c) for c in frame.columns],
             value=tuple(str(c) for c in frame.columns if not is_contact_column(c)),
@@ -399,7 +401,7 @@ class SegmentBuilder:
                 return
             path = export_recipients(
                 recipients,
-                self.export_path.value.strip() or "recipients.xlsx",
+                self.export_path.value.strip() or None,
                 list(self.export_columns.value),
                 include_contact_data=self.include_contact_data.value,
             )
