@@ -38,6 +38,7 @@ from bulkmail_kernel.db import (
     resolve_database,
     utcnow,
 )
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import (
     BulkmailError,
     ConfigError,
@@ -318,4 +319,4 @@ def skipped(
         .astype("datetime64[us, UTC]")
         .dt.tz_convert(config.local_timezone())  # what a person reads: the local zone
     )
-    return frame
+    return readable(frame)
