@@ -17,10 +17,11 @@ from email_validator import EmailNotValidError, validate_email
 
 from bulkmail_kernel.compose.headers import VERP_TAG
 
-#: An RFC 3463 enhanced status code of a failure (class 4 or 5, subject 0-7).
-ENHANCED = re.compile(r"(?<![\d.])([45])\.([0-7])\.(\d{1,3})(?![\d.])")
+#: An RFC 3463 enhanced status code of a failure (class 4 or 5, subject 0-7), not part
+#: of a version or a longer number: a letter before it ("engine v4.3.20") is no status.
+ENHANCED = re.compile(r"(?<![\w.])([45])\.([0-7])\.(\d{1,3})(?![\d.])")
 #: Any enhanced code, success included (a DSN Status field of a delivery report).
-ENHANCED_ANY = re.compile(r"(?<![\d.])([245])\.([0-7])\.(\d{1,3})(?![\d.])")
+ENHANCED_ANY = re.compile(r"(?<![\w.])([245])\.([0-7])\.(\d{1,3})(?![\d.])")
 _BASIC = re.compile(r"(?<![\d.])([45])[0-5]\d(?=[ -]|$)", re.MULTILINE)
 MSGID = re.compile(r"(?im)^message-id:[ \t]*\r?\n?[ \t]*(<[^<>\s]+@[^<>\s]+>)")
 ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
