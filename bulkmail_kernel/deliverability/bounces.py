@@ -278,12 +278,12 @@ def _percent_hack(address: str, originals: list[str]) -> str:
 #: A line of a prose notification that labels its recipient: "Recipient: <a@b>".
 _LABELLED_RECIPIENT = re.compile(
     r"(?im)^[ \t]*(?:failed |intended |original )?recipient(?:\(s\)| address)?:[ \t]*"
-    r"<?([^\s<>@]+@[^\s<>]+?)>?[ \t]*$"
+    r"<?([^\s<>@]+@[^\s<>]+?)>?[ \t\r]*$"
 )
 #: A line of a prose notification that labels the sender: "Sender: <a@b>".
 _LABELLED_SENDER = re.compile(
     r"(?im)^[ \t]*(?:sender|from|envelope-from|return-path):[ \t]*"
-    r"(?:[^<\n]*<)?([^\s<>@]+@[^\s<>]+?)>?[ \t]*$"
+    r"(?:[^<\n]*<)?([^\s<>@]+@[^\s<>]+?)>?[ \t\r]*$"
 )
 
 
