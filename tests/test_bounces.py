@@ -209,6 +209,56 @@ def test_a_microsoft_jmrp_report_is_a_complaint() -> None:
     assert classify_message(dsn).kind != "complaint"
 
 
+def test_an_expired_delivery_is_soft_unless_the_notice_calls_it_permanent() -> None:
+    # A delivery given up after temporary failures says nothing against the address.
+    expired = textwrap.dedent(
+        """\
+        From: Mailer Daemon <MAILER-DAEMON@mx.a.sk>
+        To: news@shop.sk
+        Subject: Delivery status notification: error
+
+            An error has occurred while attempting to deliver a message for
+            the following list of recipients:
+
+        eva@a.sk: Envelope expired
+        """
+    ).encode()
+    found = classify_message(expired)
+    assert (found.kind, found.recipient, found.status) == ("soft_bounce", "eva@a.sk", "4.4.7")
+    permanent = expired.replace(b"An error has occurred", b"This is a permanent error")
+    assert (classify_message(permanent).kind, classify_message(permanent).status) == (
+        "hard_bounce",
+        "5.4.7",
+    )
+    # SendGrid writes "Action: expired" (no RFC 3464 action) with an empty Status.
+    dsn = textwrap.dedent(
+        """\
+        From: MAILER-DAEMON@mx.shop.sk
+        To: news@shop.sk
+        Subject: Undelivered Mail Returned to Sender
+        MIME-Version: 1.0
+        Content-Type: multipart/report; report-type=delivery-status; boundary="b"
+
+        --b
+        Content-Type: text/plain
+
+        your message was not able to be delivered: Connection timed out in connect
+        --b
+        Content-Type: message/delivery-status
+
+        Arrival-Date: 2013-07-08 18-21-01
+
+        Final-Recipient: rfc822; eva@a.sk
+        Action: expired
+        Status:
+        Diagnostic-Code: Connection timed out
+        --b--
+        """
+    ).encode()
+    found = classify_message(dsn)
+    assert (found.kind, found.recipient, found.status) == ("soft_bounce", "eva@a.sk", "4.4.7")
+
+
 def test_parse_bounces_frame_lists_every_recipient() -> None:
     frame = parse_bounces(p.read_bytes() for p in _files())
     assert len(frame) == sum(len(v) for v in EXPECTED.values() if v)

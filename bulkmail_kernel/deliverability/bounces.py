@@ -145,7 +145,9 @@ def dsn_action(group: EmailMessage) -> str:
     """Return a DSN field group's Action, lower-cased, read from its Status where absent."""
     action = str(group.get("Action", "")).strip().lower().split()[:1]
     if action:
-        return action[0]
+        # "expired" is no RFC 3464 action, but SendGrid writes it for a delivery it gave
+        # up on: a failure, whose Status (often empty) the words then decide.
+        return "failed" if action[0] == "expired" else action[0]
     status = str(group.get("Status", "")).strip()
     return {"2": "delivered", "4": "delayed", "5": "failed"}.get(status[:1], "")
 

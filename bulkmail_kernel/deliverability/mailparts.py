@@ -69,6 +69,10 @@ _TEXT_STATUS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+#: A notice's own words that its failure is permanent.
+_PERMANENT_WORDS = re.compile(r"(?i)\bpermanent(ly)?\b")
+
+
 def text_of(part: EmailMessage) -> str:
     """Return the decoded text of a leaf part (charset errors replaced, never raised)."""
     payload = part.get_payload(decode=True)
@@ -298,7 +302,11 @@ def derived_status(text: str, *, permanent: bool | None = None) -> str | None:
     for pattern, detail in _TEXT_STATUS:
         if pattern.search(text):
             if detail == "4.7":  # a delivery that expired in the queue
-                return f"{klass}.4.7"
+                # Giving up after temporary failures says nothing against the address:
+                # with no reply code, an expiry is class 4 unless the notice itself
+                # calls the failure permanent (Exim: "retry timeout exceeded").
+                temporary = not basic and not _PERMANENT_WORDS.search(text)
+                return f"{'4' if temporary else klass}.4.7"
             if detail == "4.1":
                 return f"{klass}.4.1"
             return f"{klass}.{detail}"
