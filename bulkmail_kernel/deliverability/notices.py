@@ -3,11 +3,11 @@
 A complaint is an RFC 5965 abuse report (``multipart/report;
 report-type=feedback-report``), also when a person or a provider forwards it as an
 attachment, or Microsoft's JMRP report (the complained-of message attached, stamped
-``X-HmXmrOriginalRecipient``). An auto-reply is what RFC 3834 marks (``Auto-Submitted``), what older
-responders mark (``X-Autoreply``, ``Precedence: auto_reply``) or what the subject
-says in the languages Exchange, Gmail, Zimbra and vacation programs write. Amazon SES
-(through SNS) and SendGrid post JSON; mailed to the bounce box, its events are read
-here as bounces, complaints and deliveries.
+``X-HmXmrOriginalRecipient``). An auto-reply is what RFC 3834 marks
+(``Auto-Submitted``), what older responders mark (``X-Autoreply``, ``Precedence:
+auto_reply``) or what the subject says in the languages Exchange, Gmail, Zimbra and
+vacation programs write. Amazon SES (through SNS) and SendGrid post JSON; mailed to
+the bounce box, its events are read here as bounces, complaints and deliveries.
 """
 
 from __future__ import annotations
