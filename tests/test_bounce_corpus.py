@@ -45,3 +45,16 @@ def test_goals_on_the_whole_corpus(scores: dict, group: str) -> None:
 def test_own_samples_are_all_right(scores: dict) -> None:
     # Auto-replies in nine languages, forwarded ARF, delivered/relayed DSNs, SES and SendGrid.
     assert scores["own"].misses == []
+
+
+def test_crlf_line_ends_change_nothing() -> None:
+    # IMAP hands messages over with CRLF line ends; the stored samples mostly have LF.
+    from bulkmail_kernel.deliverability.classify import classify_message
+
+    changed = []
+    for source, path, _ in corpus.labels():
+        lf = path.read_bytes().replace(b"\r\n", b"\n")
+        a, b = classify_message(lf), classify_message(lf.replace(b"\n", b"\r\n"))
+        if (a.kind, a.recipient, a.status) != (b.kind, b.recipient, b.status):
+            changed.append(f"{source}/{path.name}")
+    assert changed == []

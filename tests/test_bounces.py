@@ -24,6 +24,7 @@ from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.db import ContactPoint, Event, Message, MessageBody, Suppression
 from bulkmail_kernel.deliverability.bounces import parse_bounce, parse_bounces
+from bulkmail_kernel.deliverability.classify import classify_message
 from bulkmail_kernel.deliverability.mailbox import process_mailbox, same_address
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.servers.sink import Sink
@@ -141,6 +142,114 @@ def test_an_ordinary_reply_is_not_a_bounce() -> None:
         """
     ).encode()
     assert parse_bounce(reply) is None
+
+
+def test_a_version_number_is_no_status_and_labelled_lines_name_who_failed() -> None:
+    # A virus gateway writes to sender and recipient alike: its "Recipient:" line names
+    # who failed even when it is the notice's addressee, its "Sender:" line is us, and the
+    # scanner's "v4.3.20" is a version, not the status 4.3.20.
+    notice = textwrap.dedent(
+        """\
+        From: Mail Delivery Subsystem <MAILER-DAEMON@gw.a.sk>
+        To: <eva@a.sk>
+        Subject: Message Bounced - Virus Infection
+
+        There were problems delivering your message to the following recipient:
+
+        <eva@a.sk>
+
+        Sender:    <news@shop.sk>
+        Recipient: <eva@a.sk>
+
+        The original message was NOT delivered to the recipient.
+        Scan engine v4.3.20 for Win32.
+        """
+    ).encode()
+    found = classify_message(notice)
+    assert (found.kind, found.recipient) == ("hard_bounce", "eva@a.sk")
+    assert str(found.status).startswith("5")
+
+
+def test_a_microsoft_jmrp_report_is_a_complaint() -> None:
+    # Outlook.com's Junk Mail Reporting Program attaches the reported message, stamped
+    # with the mailbox that complained; it has no feedback-report part.
+    report = textwrap.dedent(
+        """\
+        From: staff@hotmail.com
+        To: arf@shop.sk
+        Subject: complaint about message from 192.0.2.1
+        MIME-Version: 1.0
+        Content-Type: multipart/mixed; boundary="b"
+
+        --b
+        Content-Type: message/rfc822
+        Content-Disposition: inline
+
+        X-HmXmrOriginalRecipient: jana@hotmail.com
+        From: News <news@shop.sk>
+        To: jana@hotmail.com
+        Subject: Novinky
+        Message-ID: <n1@shop.sk>
+
+        Ahoj
+        --b--
+        """
+    ).encode()
+    found = classify_message(report)
+    assert (found.kind, found.recipient) == ("complaint", "jana@hotmail.com")
+    # The same copy returned inside a delivery report stays a bounce.
+    dsn = report.replace(b"multipart/mixed;", b"multipart/report; report-type=delivery-status;")
+    assert classify_message(dsn).kind != "complaint"
+
+
+def test_an_expired_delivery_is_soft_unless_the_notice_calls_it_permanent() -> None:
+    # A delivery given up after temporary failures says nothing against the address.
+    expired = textwrap.dedent(
+        """\
+        From: Mailer Daemon <MAILER-DAEMON@mx.a.sk>
+        To: news@shop.sk
+        Subject: Delivery status notification: error
+
+            An error has occurred while attempting to deliver a message for
+            the following list of recipients:
+
+        eva@a.sk: Envelope expired
+        """
+    ).encode()
+    found = classify_message(expired)
+    assert (found.kind, found.recipient, found.status) == ("soft_bounce", "eva@a.sk", "4.4.7")
+    permanent = expired.replace(b"An error has occurred", b"This is a permanent error")
+    assert (classify_message(permanent).kind, classify_message(permanent).status) == (
+        "hard_bounce",
+        "5.4.7",
+    )
+    # SendGrid writes "Action: expired" (no RFC 3464 action) with an empty Status.
+    dsn = textwrap.dedent(
+        """\
+        From: MAILER-DAEMON@mx.shop.sk
+        To: news@shop.sk
+        Subject: Undelivered Mail Returned to Sender
+        MIME-Version: 1.0
+        Content-Type: multipart/report; report-type=delivery-status; boundary="b"
+
+        --b
+        Content-Type: text/plain
+
+        your message was not able to be delivered: Connection timed out in connect
+        --b
+        Content-Type: message/delivery-status
+
+        Arrival-Date: 2013-07-08 18-21-01
+
+        Final-Recipient: rfc822; eva@a.sk
+        Action: expired
+        Status:
+        Diagnostic-Code: Connection timed out
+        --b--
+        """
+    ).encode()
+    found = classify_message(dsn)
+    assert (found.kind, found.recipient, found.status) == ("soft_bounce", "eva@a.sk", "4.4.7")
 
 
 def test_parse_bounces_frame_lists_every_recipient() -> None:

@@ -145,7 +145,9 @@ def dsn_action(group: EmailMessage) -> str:
     """Return a DSN field group's Action, lower-cased, read from its Status where absent."""
     action = str(group.get("Action", "")).strip().lower().split()[:1]
     if action:
-        return action[0]
+        # "expired" is no RFC 3464 action, but SendGrid writes it for a delivery it gave
+        # up on: a failure, whose Status (often empty) the words then decide.
+        return "failed" if action[0] == "expired" else action[0]
     status = str(group.get("Status", "")).strip()
     return {"2": "delivered", "4": "delayed", "5": "failed"}.get(status[:1], "")
 
@@ -275,6 +277,18 @@ def _percent_hack(address: str, originals: list[str]) -> str:
     return address
 
 
+#: A line of a prose notification that labels its recipient: "Recipient: <a@b>".
+_LABELLED_RECIPIENT = re.compile(
+    r"(?im)^[ \t]*(?:failed |intended |original )?recipient(?:\(s\)| address)?:[ \t]*"
+    r"<?([^\s<>@]+@[^\s<>]+?)>?[ \t\r]*$"
+)
+#: A line of a prose notification that labels the sender: "Sender: <a@b>".
+_LABELLED_SENDER = re.compile(
+    r"(?im)^[ \t]*(?:sender|from|envelope-from|return-path):[ \t]*"
+    r"(?:[^<\n]*<)?([^\s<>@]+@[^\s<>]+?)>?[ \t\r]*$"
+)
+
+
 def _prose_recipients(msg: EmailMessage, text: str) -> list[str]:
     """Return the failed addresses a notification without a DSN part names, best first."""
     named = [
@@ -284,7 +298,14 @@ def _prose_recipients(msg: EmailMessage, text: str) -> list[str]:
     ]
     if named:
         return named
+    # "Recipient: <address>" on a line of its own names the failed recipient outright,
+    # even when the notice went to the recipient too (a virus gateway writes to both).
+    labelled = [a for a in (valid_address(m) for m in _LABELLED_RECIPIENT.findall(text)) if a]
+    if labelled:
+        return labelled[:1]
     own = {valid_address(a) for _, a in getaddresses([str(msg.get(h, "")) for h in ("To", "From")])}
+    # An address on a "Sender:" or "From:" line of the explanation is who sent, not who failed.
+    own |= {valid_address(m) for m in _LABELLED_SENDER.findall(text)}
     mentioned: list[str] = []
     for match in ADDRESS.finditer(text):
         address = valid_address(match.group())

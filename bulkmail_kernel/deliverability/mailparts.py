@@ -17,10 +17,11 @@ from email_validator import EmailNotValidError, validate_email
 
 from bulkmail_kernel.compose.headers import VERP_TAG
 
-#: An RFC 3463 enhanced status code of a failure (class 4 or 5, subject 0-7).
-ENHANCED = re.compile(r"(?<![\d.])([45])\.([0-7])\.(\d{1,3})(?![\d.])")
+#: An RFC 3463 enhanced status code of a failure (class 4 or 5, subject 0-7), not part
+#: of a version or a longer number: a letter before it ("engine v4.3.20") is no status.
+ENHANCED = re.compile(r"(?<![\w.])([45])\.([0-7])\.(\d{1,3})(?![\d.])")
 #: Any enhanced code, success included (a DSN Status field of a delivery report).
-ENHANCED_ANY = re.compile(r"(?<![\d.])([245])\.([0-7])\.(\d{1,3})(?![\d.])")
+ENHANCED_ANY = re.compile(r"(?<![\w.])([245])\.([0-7])\.(\d{1,3})(?![\d.])")
 _BASIC = re.compile(r"(?<![\d.])([45])[0-5]\d(?=[ -]|$)", re.MULTILINE)
 MSGID = re.compile(r"(?im)^message-id:[ \t]*\r?\n?[ \t]*(<[^<>\s]+@[^<>\s]+>)")
 ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
@@ -66,6 +67,10 @@ _TEXT_STATUS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"connection refused|connect to .* failed|host unreachable", "4.1"),
     )
 )
+
+
+#: A notice's own words that its failure is permanent.
+_PERMANENT_WORDS = re.compile(r"(?i)\bpermanent(ly)?\b")
 
 
 def text_of(part: EmailMessage) -> str:
@@ -297,7 +302,11 @@ def derived_status(text: str, *, permanent: bool | None = None) -> str | None:
     for pattern, detail in _TEXT_STATUS:
         if pattern.search(text):
             if detail == "4.7":  # a delivery that expired in the queue
-                return f"{klass}.4.7"
+                # Giving up after temporary failures says nothing against the address:
+                # with no reply code, an expiry is class 4 unless the notice itself
+                # calls the failure permanent (Exim: "retry timeout exceeded").
+                temporary = not basic and not _PERMANENT_WORDS.search(text)
+                return f"{'4' if temporary else klass}.4.7"
             if detail == "4.1":
                 return f"{klass}.4.1"
             return f"{klass}.{detail}"

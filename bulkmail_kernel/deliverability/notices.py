@@ -2,11 +2,12 @@
 
 A complaint is an RFC 5965 abuse report (``multipart/report;
 report-type=feedback-report``), also when a person or a provider forwards it as an
-attachment. An auto-reply is what RFC 3834 marks (``Auto-Submitted``), what older
-responders mark (``X-Autoreply``, ``Precedence: auto_reply``) or what the subject
-says in the languages Exchange, Gmail, Zimbra and vacation programs write. Amazon SES
-(through SNS) and SendGrid post JSON; mailed to the bounce box, its events are read
-here as bounces, complaints and deliveries.
+attachment, or Microsoft's JMRP report (the complained-of message attached, stamped
+``X-HmXmrOriginalRecipient``). An auto-reply is what RFC 3834 marks
+(``Auto-Submitted``), what older responders mark (``X-Autoreply``, ``Precedence:
+auto_reply``) or what the subject says in the languages Exchange, Gmail, Zimbra and
+vacation programs write. Amazon SES (through SNS) and SendGrid post JSON; mailed to
+the bounce box, its events are read here as bounces, complaints and deliveries.
 """
 
 from __future__ import annotations
@@ -97,11 +98,32 @@ def _report_fields(part: EmailMessage) -> EmailMessage | None:
     return None
 
 
+def _jmrp_complaint(msg: EmailMessage, raw: bytes) -> Notice | None:
+    """Return the complaint of a Microsoft JMRP report (Outlook.com/Hotmail), if ``msg`` is one."""
+    # Microsoft's Junk Mail Reporting Program sends no feedback-report part: the reported
+    # message comes back attached, stamped by Outlook.com with the mailbox that
+    # complained (X-HmXmrOriginalRecipient). A delivery report is never one.
+    if msg.get_content_type() == "multipart/report":
+        return None
+    for part in msg.walk():
+        if part.get_content_type() != "message/rfc822":
+            continue
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if not isinstance(inner, EmailMessage):
+            continue
+        address = valid_address(str(inner.get("X-HmXmrOriginalRecipient", "")))
+        if address:
+            ids = original_ids(msg, raw)
+            return Notice("complaint", (address,), ids, "", "complaint (abuse) from Microsoft JMRP")
+    return None
+
+
 def complaint(msg: EmailMessage, raw: bytes) -> Notice | None:
     """Return the complaint an ARF report (also one forwarded as an attachment) makes."""
     reports = list(_feedback_reports(msg))
     if not reports:
-        return None
+        return _jmrp_complaint(msg, raw)
     fields = _report_fields(reports[0])
     feedback_type = str(fields.get("Feedback-Type", "abuse")).strip().lower() if fields else ""
     if feedback_type in ("not-spam", "auth-failure"):
