@@ -367,10 +367,20 @@ def test_process_mailbox_against_dovecot(
         bounced = s.scalar(
             sa.select(sa.func.count()).select_from(Event).where(Event.kind == "bounced")
         )
+    # Exim's "550 5.7.0 Please use the smtp server of your ISP" refuses our sending host,
+    # not the address: the message fails and nobody is suppressed (as at RCPT).
+    policy = {"kijitora@example.ed.jp"}
     for address in hard - {"noraneko@example.jp"}:
         assert statuses[address] == "failed", address
-        assert suppressed[address] == "hard_bounce", address
+        if address in policy:
+            assert address not in suppressed
+        else:
+            assert suppressed[address] == "hard_bounce", address
     assert codes["kijitora@example.ed.jp"] == "5.7.0"
+    assert (
+        "nobody suppressed: a policy refusal"
+        in frame.set_index("recipient").loc["kijitora@example.ed.jp", "detail"]
+    )
     # Office 365 hard-bounced kijitora@example.com, then Postfix reported a 4.4.1 for it too:
     # the soft bounce is counted and recorded but cannot undo the failure.
     assert codes["kijitora@example.com"] == "4.4.1"
@@ -578,6 +588,48 @@ def test_a_recipient_the_server_upper_cased_is_still_ours(
     with database.session() as s:
         event = s.scalars(sa.select(Event).where(Event.kind == "bounced")).one()
         assert event.data["reported_recipient"] == "eva@a.sk"
+
+
+@pytest.mark.parametrize(
+    ("status", "said", "kind", "message_status", "suppressed"),
+    [
+        # Our IP on a blocklist, reported later: the message failed; the person did nothing.
+        ("5.7.1", "Client host [203.0.113.9] blocked using zen.spamhaus.org", "hard_bounce",
+         "failed", False),
+        ("5.4.4", "Unrouteable address: our relay lost its DNS", "hard_bounce", "failed", False),
+        # A full mailbox is temporary whatever the first digit: counted, not suppressed.
+        ("5.2.2", "Mailbox full", "soft_bounce", "sent", False),
+        ("5.1.1", "no such user", "hard_bounce", "failed", True),
+    ],
+)  # fmt: skip
+def test_a_later_bounce_is_read_like_a_refusal_on_the_wire(
+    database: dbmod.Database,
+    dovecot: Imap,
+    sink: Sink,
+    sent: str,
+    status: str,
+    said: str,
+    kind: str,
+    message_status: str,
+    suppressed: bool,
+) -> None:
+    (original,) = sink.received_by("eva@a.sk")
+    headers = original.data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    report = _dsn("news@shop.sk", "eva@a.sk", status, headers).replace(
+        b"no such user", said.encode()
+    )
+    dovecot.deliver(report, "later")
+    frame = process_mailbox(sent, db=database)
+    assert list(zip(frame["kind"], frame["status"], strict=True)) == [(kind, status)]
+    with database.session() as s:
+        msg = s.scalars(sa.select(Message).where(Message.recipient == "eva@a.sk")).one()
+        assert msg.status == message_status
+        reasons = s.scalars(sa.select(Suppression.reason)).all()
+        event = s.scalars(sa.select(Event).where(Event.kind == "bounced")).one()
+        category = event.data["category"]
+    assert reasons == (["hard_bounce"] if suppressed else [])
+    expected = {"5.7.1": "policy", "5.4.4": "system", "5.2.2": "mailbox_full", "5.1.1": "mailbox"}
+    assert category == expected[status]
 
 
 def test_verp_bounce_without_a_returned_copy_finds_the_message(

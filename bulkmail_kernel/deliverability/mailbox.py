@@ -40,6 +40,7 @@ from bulkmail_kernel.contacts.values import email_identity
 from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.deliverability.bounces import BouncedRecipient, BounceInfo
 from bulkmail_kernel.deliverability.classify import BOUNCE_KINDS, Classification, classify_message
+from bulkmail_kernel.deliverability.mailparts import explanation
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.outbox.bounces import (
     BouncedMessage,
@@ -54,6 +55,7 @@ from bulkmail_kernel.outbox.bounces import (
 )
 from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
 from bulkmail_kernel.records import SenderInfo
+from bulkmail_kernel.transports.replies import ACTIONS, by_words, classify_reply
 
 log = logging.getLogger("bulkmail")
 
@@ -285,7 +287,7 @@ def _row(
 
 
 def _apply(
-    s: Session, account_id: int, found: Classification, imap: ImapSettings
+    s: Session, account_id: int, found: Classification, imap: ImapSettings, raw: bytes
 ) -> dict[str, Any]:
     """Act on one classified notice; return its result row."""
     info = found.info
@@ -318,18 +320,50 @@ def _apply(
             found.detail,
         )
     detail = f"{reported.status} {reported.diagnostic}".strip()
+    permanent, suppress, category = _bounce_action(reported, raw)
+    if permanent and not suppress:
+        detail = f"{detail} (nobody suppressed: a {category} refusal is about the sender)"
     kind, count = record_bounce(
         s,
         msg.id,
         status=reported.status,
-        permanent=reported.permanent,
+        permanent=permanent,
         detail=detail,
-        data={**data, "status": reported.status, "action": reported.action},
+        data={
+            **data,
+            "status": reported.status,
+            "action": reported.action,
+            "category": category,
+        },
         soft_bounce_limit=imap.soft_bounce_limit,
+        suppress=suppress,
     )
-    if not reported.permanent:
+    if not permanent:
         detail = f"{detail} (soft bounce {count})"
     return _row(kind, msg, reported, matched_by, detail)
+
+
+def _bounce_action(reported: BouncedRecipient, raw: bytes) -> tuple[bool, bool, str]:
+    """Return whether a bounce fails the message, suppresses the address, and its category.
+
+    A bounce that arrives later is read like a refusal on the wire (one table,
+    ``transports.replies``): only a bad mailbox suppresses; a full mailbox (x.2.2) counts
+    as a soft bounce; a policy or system refusal (our IP on a blocklist, DMARC, 5.3-5.5)
+    fails the message and suppresses nobody, since every recipient would get the same
+    answer and suppressing on it would burn the list.
+    """
+    if not reported.permanent:
+        return False, False, "temporary"
+    code = 550 if reported.status.startswith("5") else 450
+    category = classify_reply(code, f"{reported.status} {reported.diagnostic}")
+    if reported.status.endswith(".0") and category in ("system", "content"):
+        # An unspecific code (qmail's #5.5.0, a bare 5.0.0) says little: the remote
+        # server's own words in the notification decide ("550 Unknown user" → mailbox).
+        text = explanation(email.message_from_bytes(raw, policy=email.policy.compat32))
+        category = by_words(text) or category
+    if category == "mailbox_full":
+        return False, False, category
+    return True, ACTIONS[category][1], category
 
 
 # --------------------------------------------------------------------------- acting
@@ -421,7 +455,7 @@ def _process_one(
     if found.info is None:
         return _row(found.kind, None, None, "", found.detail)
     with database.session() as s:
-        return _apply(s, account_id, found, imap)
+        return _apply(s, account_id, found, imap, raw)
 
 
 def _unsubscribe(database: Database, raw: bytes) -> dict[str, Any]:

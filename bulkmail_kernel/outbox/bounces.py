@@ -114,11 +114,13 @@ def record_bounce(
     detail: str,
     data: dict[str, Any],
     soft_bounce_limit: int,
+    suppress: bool = True,
 ) -> tuple[str, int]:
     """Record a bounce of message ``message_id``; return its kind and the soft-bounce count.
 
     Always: a ``bounced`` event (``detail``, ``data``) and the status code and error
-    on the message. A permanent bounce fails the message and suppresses its address
+    on the message. A permanent bounce fails the message and, unless ``suppress`` is
+    False (a refusal about the sender, not the address), suppresses its address
     ("hard_bounce"); a temporary one adds one to the contact point's soft bounces
     ("soft_bounce") and suppresses the address once they reach ``soft_bounce_limit``
     ("soft_bounce_limit"). The count is 0 for a hard bounce.
@@ -146,7 +148,7 @@ def record_bounce(
     msg.last_error = f"{'hard' if permanent else 'soft'} bounce: {detail}"[:2000]
     if permanent:
         msg.status = MessageStatus.FAILED.value
-        if add_suppression(
+        if suppress and add_suppression(
             s, "email", address, reason="hard_bounce", detail=detail, message_id=msg.id
         ):
             s.add(Event(kind="suppressed", detail=f"hard bounce: {detail}", **event))
