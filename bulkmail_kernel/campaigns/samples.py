@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -26,7 +26,7 @@ from bulkmail_kernel.transports.eurosms import e164
 
 def send_samples(
     campaign: CampaignRef,
-    to: Sequence[str],
+    to: Sequence[str] | None = None,
     *,
     recipients: pd.DataFrame | None = None,
     template: Any = None,
@@ -39,14 +39,21 @@ def send_samples(
     Samples are rendered for the campaign's first recipients (registered ones, else
     ``recipients`` or the segment) and go only to the test addresses: the queue,
     the history and the unsubscribe tokens are not touched. For an SMS campaign
-    ``to`` holds phone numbers and the text starts with "TEST: ".
+    ``to`` holds phone numbers and the text starts with "TEST: ". Without ``to`` the
+    samples go to the sender account's ``settings['test_addresses']``.
     """
-    if not to:
-        raise SendError("test_send: give at least one test address in to=[...]")
     database = resolve_database(db, url)
     with database.session() as s:
         c = campaign_row(s, campaign)
         sender = sender_of(s, c)
+        to = list(to) if to else account_test_addresses(sender.settings)
+        if not to:
+            raise SendError(
+                f"test_send {c.name!r}: no test address: give to=[...] or add "
+                f"settings['test_addresses'] to sender account {sender.name!r}",
+                campaign=c.name,
+                account=sender.name,
+            )
         renderer = campaign_renderer(c, sender, template)
         registered = s.scalars(
             sa.select(Message.contact_point_id)
@@ -96,6 +103,14 @@ def send_samples(
     finally:
         transport.close()
     return pd.DataFrame(results, columns=["to", "subject", "status", "detail"])
+
+
+def account_test_addresses(settings: Mapping[str, Any]) -> list[str]:
+    """Return the account's test addresses: a list, or one comma-separated string."""
+    given = settings.get("test_addresses") or []
+    # A hand-edited account may hold "a@x.sk, b@x.sk"; both shapes mean the same list.
+    items = given.split(",") if isinstance(given, str) else list(given)
+    return [str(item).strip() for item in items if str(item).strip()]
 
 
 def _sms_sample(transport: Any, text: str, number: str) -> tuple[str, str, str, str]:

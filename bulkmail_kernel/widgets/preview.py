@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html as htmlmod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +12,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from bulkmail_kernel.campaigns.preview import campaign_preview, campaign_recipients
+from bulkmail_kernel.campaigns.samples import send_samples
 from bulkmail_kernel.compose.checks import PREVIEW_UNSUBSCRIBE_URL, preview_warnings
 from bulkmail_kernel.compose.mime import build_mime
 from bulkmail_kernel.compose.render import Mailbox, RenderedMessage, render
@@ -23,6 +24,18 @@ from bulkmail_kernel.records import CampaignRef
 
 DESKTOP_WIDTH = 700
 MOBILE_WIDTH = 375
+#: The frame's height before it has measured its content, and its bounds after.
+FRAME_HEIGHT = 640
+FRAME_MIN_HEIGHT = 200
+FRAME_MAX_HEIGHT = 3000
+# Runs in the notebook page (an event handler on the iframe, not a script inside the
+# e-mail): ipywidgets' HTML inserts markup without running <script>, but handlers run.
+# allow-same-origin lets it read the document's height; the e-mail's own scripts stay off.
+_FIT_HEIGHT = (
+    "try{var d=this.contentDocument.documentElement;"
+    f"this.style.height=Math.min(Math.max(d.scrollHeight,{FRAME_MIN_HEIGHT}),"
+    f"{FRAME_MAX_HEIGHT})+'px'}}catch(e){{}}"
+)
 _PREVIEW_SENDER = Mailbox("Preview", "preview@example.invalid")
 _PREVIEW_MESSAGE_ID = "<preview@example.invalid>"
 
@@ -39,7 +52,12 @@ def message_size_kb(rendered: RenderedMessage) -> float | None:
 
 
 def preview_html(rendered: RenderedMessage, width: int = DESKTOP_WIDTH) -> str:
-    """Return the message's HTML inside an ``<iframe srcdoc>`` of the given width."""
+    """Return the message's HTML in an ``<iframe srcdoc>`` of the given width that fits its height.
+
+    The frame grows to its content (up to ``FRAME_MAX_HEIGHT``) once loaded, so the
+    unsubscribe footer shows without scrolling inside it; where the page runs no event
+    handlers (a static HTML export) it stays ``FRAME_HEIGHT`` high and scrolls.
+    """
     if rendered.html is not None:
         doc = rendered.html
     elif rendered.text is not None:
@@ -54,8 +72,9 @@ def preview_html(rendered: RenderedMessage, width: int = DESKTOP_WIDTH) -> str:
         doc = doc.replace(f"cid:{image.cid}", data_url)
     return (
         f'<iframe srcdoc="{htmlmod.escape(doc, quote=True)}" '
-        f'style="width: {int(width)}px; height: 640px; border: 1px solid #ccc; '
-        'background: #fff;" sandbox=""></iframe>'
+        f'style="width: {int(width)}px; height: {FRAME_HEIGHT}px; border: 1px solid #ccc; '
+        'background: #fff;" sandbox="allow-same-origin" '
+        f'onload="{htmlmod.escape(_FIT_HEIGHT, quote=True)}"></iframe>'
     )
 
 
@@ -84,6 +103,56 @@ def preview_summary(rendered: RenderedMessage) -> str:
         for k, v in rows
     )
     return f"<table>{cells}</table>"
+
+
+def outcomes_html(outcomes: pd.DataFrame) -> str:
+    """Return a test send's outcomes as a table: each address, sent or refused, the answer."""
+    subjects = sorted(set(outcomes["subject"]))
+    head = f"<p>Test send of “{htmlmod.escape(subjects[0])}”:</p>" if len(subjects) == 1 else ""
+    rows = []
+    for to, status, detail in zip(
+        outcomes["to"], outcomes["status"], outcomes["detail"], strict=True
+    ):
+        sent = status == "sent"
+        label = "sent" if sent else f"refused ({status})"
+        colour = "#2b8a3e" if sent else "#b00"
+        rows.append(
+            f"<tr><td style='padding-right: 12px'>{htmlmod.escape(str(to))}</td>"
+            f"<td style='padding-right: 12px; color: {colour}'><b>{htmlmod.escape(label)}</b></td>"
+            f"<td>{htmlmod.escape(str(detail or ''))}</td></tr>"
+        )
+    return f"<div class='bm-test-send-result'>{head}<table>{''.join(rows)}</table></div>"
+
+
+def preview_test_send(
+    campaign: CampaignRef,
+    frame: pd.DataFrame,
+    index: int,
+    *,
+    to: Sequence[str] | None = None,
+    template: Template | None = None,
+    db: Database | None = None,
+) -> str:
+    """Send the recipient's message at ``index`` to the test addresses; return what happened.
+
+    The message is made by ``test_send`` (the campaign's one path to bytes, subject
+    marked [TEST]) and goes to ``to`` or else the sender account's
+    ``settings['test_addresses']``. The answer is HTML: one row per address, or one
+    line saying why nothing was sent.
+    """
+    if frame.empty:
+        return _error_line("Not sent: there is no recipient to send a test of.")
+    row = frame.iloc[[index % len(frame)]]
+    try:
+        outcomes = send_samples(campaign, to, recipients=row, template=template, db=db)
+    except BulkmailError as exc:
+        return _error_line(f"Not sent: {exc.message}")
+    return outcomes_html(outcomes)
+
+
+def _error_line(text: str) -> str:
+    """Return ``text`` as the one red line a widget shows instead of a traceback."""
+    return f"<p class='bm-test-send-error' style='color: #b00'>{htmlmod.escape(text)}</p>"
 
 
 def recipient_labels(frame: pd.DataFrame) -> list[str]:
@@ -162,6 +231,14 @@ class PreviewPanel(widgets.VBox):
             disabled=True, layout=widgets.Layout(width="100%", height="160px")
         )
         self.warnings = widgets.HTML()
+        self.test_button = widgets.Button(
+            description="Send a test",
+            icon="paper-plane",
+            tooltip="Send this recipient's message, marked [TEST], to the account's test addresses",
+            layout=widgets.Layout(display=None if campaign is not None else "none"),
+        )
+        self.test_result = widgets.HTML()
+        self.test_button.on_click(lambda _: self.send_test())
         self.prev_button.on_click(lambda _: self.show(self.index - 1))
         self.next_button.on_click(lambda _: self.show(self.index + 1))
         self.picker.observe(self._on_pick, names="value")
@@ -171,6 +248,7 @@ class PreviewPanel(widgets.VBox):
                 widgets.HBox([self.picker, self.prev_button, self.next_button, self.width_toggle]),
                 self.summary,
                 self.warnings,
+                widgets.HBox([self.test_button, self.test_result]),
                 self.body,
                 widgets.Label("Text alternative"),
                 self.text_view,
@@ -180,7 +258,24 @@ class PreviewPanel(widgets.VBox):
         self.add_class("bm-preview")
         self.body.add_class("bm-preview-body")
         self.summary.add_class("bm-preview-summary")
+        self.test_button.add_class("bm-preview-test-send")
         self.show(0)
+
+    def send_test(self) -> None:
+        """Send the shown recipient's message to the test addresses and show the outcome."""
+        if self.campaign is None:
+            self.test_result.value = _error_line(
+                "A test send needs a campaign (its sender account): use preview(campaign=...)."
+            )
+            return
+        self.test_button.disabled = True
+        self.test_result.value = "Sending…"
+        try:
+            self.test_result.value = preview_test_send(
+                self.campaign, self.frame, self.index, template=self.template, db=self.db
+            )
+        finally:
+            self.test_button.disabled = False
 
     def _on_pick(self, change: dict[str, Any]) -> None:
         if change["new"] in self.labels:
@@ -192,6 +287,7 @@ class PreviewPanel(widgets.VBox):
             self.warnings.value = "<b>The recipient frame is empty.</b>"
             return
         self.index = index % len(self.labels)
+        self.test_result.value = ""  # an earlier outcome belongs to another recipient
         if self.picker.value != self.labels[self.index]:
             self.picker.value = self.labels[self.index]
         note = ""
