@@ -15,6 +15,7 @@ import pytest
 from process_support import stop
 
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.compose.checks import PREVIEW_UNSUBSCRIBE_URL
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.demo.generate import generate_demo
 from bulkmail_kernel.segments.filters import filter_recipients
@@ -149,6 +150,16 @@ def test_compose_notebook_previews_in_jupyterlab(lab: tuple[str, Path, str]) -> 
         body = page.frame_locator(".bm-preview-body iframe")
         expect(body.locator("body")).to_contain_text(first["last_name"])
         iframe = page.locator(".bm-preview-body iframe")
+        # The frame grows to its message: the whole e-mail, footer included, without
+        # scrolling inside it (the page's onload handler runs in JupyterLab's output).
+        page.wait_for_function(
+            "() => { const f = document.querySelector('.bm-preview-body iframe');"
+            " const d = f && f.contentDocument && f.contentDocument.documentElement;"
+            " return d && d.querySelector('body *') && f.style.height !== '640px'"
+            " && d.scrollHeight <= f.clientHeight; }"
+        )
+        unsubscribe = body.locator(f"a[href='{PREVIEW_UNSUBSCRIBE_URL}']").last
+        expect(unsubscribe).to_be_in_viewport()
         desktop_width = iframe.bounding_box()["width"]
         page.screenshot(path=str(tmp_path / "preview-desktop.png"), full_page=True)
 

@@ -31,10 +31,11 @@ FRAME_MAX_HEIGHT = 3000
 # Runs in the notebook page (an event handler on the iframe, not a script inside the
 # e-mail): ipywidgets' HTML inserts markup without running <script>, but handlers run.
 # allow-same-origin lets it read the document's height; the e-mail's own scripts stay off.
+# It shrinks the frame first because a document's scrollHeight is never below its frame's.
 _FIT_HEIGHT = (
-    "try{var d=this.contentDocument.documentElement;"
+    f"try{{var d=this.contentDocument.documentElement;this.style.height='{FRAME_MIN_HEIGHT}px';"
     f"this.style.height=Math.min(Math.max(d.scrollHeight,{FRAME_MIN_HEIGHT}),"
-    f"{FRAME_MAX_HEIGHT})+'px'}}catch(e){{}}"
+    f"{FRAME_MAX_HEIGHT})+'px'}}catch(e){{this.style.height='{FRAME_HEIGHT}px'}}"
 )
 _PREVIEW_SENDER = Mailbox("Preview", "preview@example.invalid")
 _PREVIEW_MESSAGE_ID = "<preview@example.invalid>"
