@@ -186,3 +186,26 @@ def test_the_frame_fits_its_content_from_the_page_not_from_the_email() -> None:
     handler = html.unescape(out.split('onload="', 1)[1].split('"', 1)[0])
     assert "scrollHeight" in handler
     assert str(FRAME_MAX_HEIGHT) in handler
+
+
+def test_the_cli_sends_to_the_accounts_test_addresses_without_to(
+    sqlite_url: str, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bulkmail_kernel.cli import main
+
+    database = dbmod.open_database(sqlite_url)
+    people = _campaign(database, sink.port)
+    bm.register("c", people, db=database)  # samples are rendered for registered recipients
+    assert main(["test-send", "c", "--csv", "--db", sqlite_url]) == 0
+    assert sorted(r for m in sink.messages for r in m.rcpt_tos) == sorted(TESTERS)
+    assert "boss@test.sk" in capsys.readouterr().out
+    bm.add_sender_account(
+        "sink",
+        kind="smtp",
+        from_email="news@shop.sk",
+        settings={"host": "127.0.0.1", "port": sink.port, "security": "none"},
+        db=database,
+        check=False,
+    )
+    assert main(["test-send", "c", "--db", sqlite_url]) == 2
+    assert "no test address" in capsys.readouterr().err

@@ -270,6 +270,7 @@ def cmd_campaign_progress(args: argparse.Namespace) -> int:
 def cmd_test_send(args: argparse.Namespace) -> int:
     """Send one sample per --to address, subject marked [TEST] (exit 1 if one was not sent).
 
+    Without --to the samples go to the sender account's settings test_addresses.
     The queue, the history and the unsubscribe tokens are not touched.
     """
     from bulkmail_kernel import test_send
@@ -481,7 +482,10 @@ def add_commands(commands: Commands) -> None:
     p = commands.add("test-send", cmd_test_send, "send [TEST] samples of a campaign")
     add_campaign(p)
     p.add_argument(
-        "--to", action="append", required=True, help="test address or phone (repeat for more)"
+        "--to",
+        action="append",
+        help="test address or phone (repeat for more; default: the sender account's "
+        "settings test_addresses)",
     )
     p.add_argument("--segment", help="render for this segment's members (default: the campaign's)")
     p.add_argument("--template", help="template to try instead of the campaign's")
