@@ -546,13 +546,17 @@ class OutboxStore:
             return campaign_info(c), sender_of(s, c)
 
     @reconnecting
-    def start_sending(self, campaign_id: int) -> None:
-        """Set the campaign ``sending`` and clear its last error."""
+    def start_sending(self, campaign_id: int, rate_per_hour: float | None = None) -> None:
+        """Set the campaign ``sending``, clear its last error, record the run's rate (None: ∞)."""
         with self.db.session() as s:
             running = s.get(Campaign, campaign_id)
             assert running is not None
             running.status = CampaignStatus.SENDING.value
             running.last_error = ""
+            # The rate this run really uses (send(rate_per_hour=) may override the campaign's).
+            run = {"rate_per_hour": rate_per_hour}  # JSON has no infinity: None is "unlimited"
+            at = self.clock.now()
+            s.add(Event(kind="sending started", campaign_id=campaign_id, data=run, occurred_at=at))
 
     def campaign_status(self, campaign_id: int) -> str:
         """Return the campaign's status as stored now (it may be paused from elsewhere)."""
