@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 
 import matplotlib
@@ -17,6 +18,7 @@ from bulkmail_kernel import (
     create_campaign,
     list_campaigns,
     plot_timeline,
+    run_worker,
     send,
 )
 from bulkmail_kernel import db as dbmod
@@ -161,3 +163,19 @@ def test_list_campaigns_shows_the_rate_the_run_used_and_achieved(
     assert math.isnan(listed.loc["zima", "achieved_per_hour"])
     columns = list(listed.columns)
     assert columns.index("achieved_per_hour") == columns.index("rate_per_hour") + 1
+
+
+def test_a_worker_run_after_a_faster_send_lists_the_campaigns_own_rate(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    make_campaign(database, 6, name="jar", rate_per_hour=1000)
+    stop = threading.Event()
+    stop.set()  # the notebook's run ends at once, leaving the campaign sending
+    clock = ManualClock(start=T0)
+    send("jar", rate_per_hour=3000, progress=False, stop=stop, db=database, clock=clock)
+    assert list_campaigns(db=database).set_index("name").loc["jar", "rate_per_hour"] == 3000
+    run_worker(db=database, poll_interval_s=0.01, exit_when_idle=True, clock=clock)
+    listed = list_campaigns(db=database).set_index("name")
+    assert listed.loc["jar", "sent"] == 6
+    assert listed.loc["jar", "rate_per_hour"] == 1000  # the worker ran at the campaign's rate

@@ -31,6 +31,7 @@ from bulkmail_kernel.display import readable
 from bulkmail_kernel.outbox.handover import REF_FIELDS
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.queue import queue
+from bulkmail_kernel.outbox.runs import RUN_STARTED
 from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.records import CampaignRef
 from bulkmail_kernel.transports.replies import stored_category
@@ -334,7 +335,7 @@ def _run_rates(database: Database, campaign_id: int | None = None) -> dict[int, 
     ev = Event.__table__
     started = (
         sa.select(ev.c.campaign_id, ev.c.data)
-        .where(ev.c.kind == "sending started")
+        .where(ev.c.kind == RUN_STARTED)
         .order_by(ev.c.occurred_at, ev.c.id)
     )
     sent = (

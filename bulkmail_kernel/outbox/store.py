@@ -39,7 +39,7 @@ from bulkmail_kernel.db import (
     MessageStatus,
 )
 from bulkmail_kernel.exceptions import SendError
-from bulkmail_kernel.outbox import breaker, reconnect, recovery
+from bulkmail_kernel.outbox import breaker, reconnect, recovery, runs
 from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
 from bulkmail_kernel.outbox.reconnect import reconnecting, retrying
@@ -554,9 +554,7 @@ class OutboxStore:
             running.status = CampaignStatus.SENDING.value
             running.last_error = ""
             # The rate this run really uses (send(rate_per_hour=) may override the campaign's).
-            run = {"rate_per_hour": rate_per_hour}  # JSON has no infinity: None is "unlimited"
-            at = self.clock.now()
-            s.add(Event(kind="sending started", campaign_id=campaign_id, data=run, occurred_at=at))
+            s.add(runs.run_started(campaign_id, rate_per_hour, self.clock.now()))
 
     def campaign_status(self, campaign_id: int) -> str:
         """Return the campaign's status as stored now (it may be paused from elsewhere)."""
