@@ -48,9 +48,10 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
 
     Times are in the analyst's zone (``BULKMAIL_TZ``), as tz-aware columns; ``last_error``
     says why a campaign stopped or was paused by the circuit breaker ("" otherwise).
-    ``rate_per_hour`` is the rate its last ``send()`` really ran at (``inf``: unthrottled;
-    the campaign's own rate before any run); ``achieved_per_hour`` is what went out:
-    messages sent per hour between the first and the last one sent (blank under two).
+    ``rate_per_hour`` is the rate its last run (``send()`` or a worker) really used
+    (``inf``: unthrottled; the campaign's own rate before any run); ``achieved_per_hour``
+    is what went out: messages sent per hour between the first and the last one sent
+    (blank under two).
     """
     database = resolve_database(db, url)
     counts = (
@@ -321,8 +322,8 @@ def _per(freq: str) -> str:
 class _RunRate:
     """The rate a campaign's last send() ran at and what it achieved (per hour).
 
-    ``used`` is None when no run recorded its rate (a worker runs at the campaign's),
-    ``inf`` when the run was unthrottled.
+    ``used`` is None when no run recorded its rate (none yet, or one from before runs were
+    recorded), ``inf`` when the run was unthrottled.
     """
 
     used: float | None
@@ -336,7 +337,7 @@ def _run_rates(database: Database, campaign_id: int | None = None) -> dict[int, 
     started = (
         sa.select(ev.c.campaign_id, ev.c.data)
         .where(ev.c.kind == RUN_STARTED)
-        .order_by(ev.c.occurred_at, ev.c.id)
+        .order_by(ev.c.id)  # recorded order: a test's manual clock may lag the real one
     )
     sent = (
         sa.select(
@@ -349,7 +350,7 @@ def _run_rates(database: Database, campaign_id: int | None = None) -> dict[int, 
         started = started.where(ev.c.campaign_id == campaign_id)
         sent = sent.where(_M.c.campaign_id == campaign_id)
     with database.engine.connect() as conn:
-        # Oldest first, so the last run's rate is the one left in the dict.
+        # In recorded order, so the last run's rate is the one left in the dict.
         used = {cid: _used_rate(data) for cid, data in conn.execute(started)}
         spans = conn.execute(sent).all()
     out: dict[int, _RunRate] = {}
