@@ -8,6 +8,9 @@ its history.
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
 import pandas as pd
@@ -28,6 +31,7 @@ from bulkmail_kernel.display import readable
 from bulkmail_kernel.outbox.handover import REF_FIELDS
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.queue import queue
+from bulkmail_kernel.outbox.runs import RUN_STARTED
 from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.records import CampaignRef
 from bulkmail_kernel.transports.replies import stored_category
@@ -44,6 +48,10 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
 
     Times are in the analyst's zone (``BULKMAIL_TZ``), as tz-aware columns; ``last_error``
     says why a campaign stopped or was paused by the circuit breaker ("" otherwise).
+    ``rate_per_hour`` is the rate its last run (``send()`` or a worker) really used
+    (``inf``: unthrottled; the campaign's own rate before any run); ``achieved_per_hour``
+    is what went out: messages sent per hour between the first and the last one sent
+    (blank under two).
     """
     database = resolve_database(db, url)
     counts = (
@@ -90,6 +98,15 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
     pivot = pivot.reindex(columns=list(_STATUSES), fill_value=0)
     frame = frame.join(pivot, on="campaign_id")
     frame[list(_STATUSES)] = frame[list(_STATUSES)].fillna(0).astype("int64")
+    runs = _run_rates(database)
+    none = _RunRate(None, 0, math.nan)
+    frame["rate_per_hour"] = [
+        float(set_rate) if runs.get(cid, none).used is None else runs[cid].used
+        for cid, set_rate in zip(frame["campaign_id"], frame["rate_per_hour"], strict=True)
+    ]
+    where = int(frame.columns.get_loc("rate_per_hour")) + 1
+    achieved = [runs.get(cid, none).achieved for cid in frame["campaign_id"]]
+    frame.insert(where, "achieved_per_hour", pd.Series(achieved, index=frame.index, dtype=float))
     # The reason last: a long line after the counts, not between them.
     return readable(frame[[c for c in frame.columns if c != "last_error"] + ["last_error"]])
 
@@ -231,14 +248,18 @@ def provider_status(
 def campaign_timeline(
     campaign: CampaignRef,
     *,
-    freq: str = "1min",
+    freq: str | None = "1min",
     db: Database | None = None,
     url: str | None = None,
 ) -> pd.DataFrame:
-    """Return attempts per ``freq`` interval (local time) and outcome (sent, deferred, ...)."""
+    """Return attempts per ``freq`` interval (local time) and outcome (sent, deferred, ...).
+
+    ``freq=None`` picks the interval from how long the campaign took (see
+    :func:`timeline_freq`); ``frame.attrs["freq"]`` says which one was used.
+    """
     database = resolve_database(db, url)
     ev = Event.__table__
-    kinds = ["sent", "deferred", "failed", "unknown"]
+    kinds = list(_KINDS)
     with database.session() as s:
         cid = campaign_row(s, campaign).id
         rows = s.execute(
@@ -251,7 +272,11 @@ def campaign_timeline(
     # Local intervals: a day (freq="1D") is the analyst's day, not UTC's.
     frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True).dt.tz_convert(zone)
     if frame.empty:
-        return pd.DataFrame(columns=kinds, index=pd.DatetimeIndex([], tz=zone, name="time"))
+        empty = pd.DataFrame(columns=kinds, index=pd.DatetimeIndex([], tz=zone, name="time"))
+        empty.attrs["freq"] = freq or "1min"
+        return empty
+    if freq is None:
+        freq = timeline_freq(frame["occurred_at"].min(), frame["occurred_at"].max())
     table = (
         frame.groupby([pd.Grouper(key="occurred_at", freq=freq), "kind"])
         .size()
@@ -260,32 +285,158 @@ def campaign_timeline(
     )
     table.index.name = "time"
     table.columns.name = None
+    table.attrs["freq"] = freq
     return table
+
+
+_KINDS = ("sent", "deferred", "failed", "unknown")
+_COLOURS = {"sent": "#2a9d8f", "deferred": "#e9c46a", "failed": "#e76f51", "unknown": "#8d99ae"}
+#: Bin widths to choose from, in seconds: the narrowest that gives at most _MAX_BARS bars.
+_BIN_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200)
+_MAX_BARS = 60
+
+
+def timeline_freq(first: datetime, last: datetime) -> str:
+    """Return the bin width (a pandas frequency) that shows ``first``..``last`` in ≤ 60 bars."""
+    span = (last - first).total_seconds()
+    for seconds in _BIN_STEPS:
+        if span // seconds + 1 <= _MAX_BARS:
+            return f"{seconds}s"
+    return f"{int(span // (86400 * _MAX_BARS)) + 1}D"
+
+
+def _per(freq: str) -> str:
+    """Return ``freq`` as words for an axis label: "minute", "5 minutes", "2 hours"."""
+    try:
+        seconds = int(pd.Timedelta(pd.tseries.frequencies.to_offset(freq)).total_seconds())
+    except ValueError:  # a calendar frequency (month, week): no fixed length
+        return freq
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds % size == 0:
+            n = seconds // size
+            return unit if n == 1 else f"{n} {unit}s"
+    return freq
+
+
+@dataclass(frozen=True)
+class _RunRate:
+    """The rate a campaign's last send() ran at and what it achieved (per hour).
+
+    ``used`` is None when no run recorded its rate (none yet, or one from before runs were
+    recorded), ``inf`` when the run was unthrottled.
+    """
+
+    used: float | None
+    sent: int
+    achieved: float
+
+
+def _run_rates(database: Database, campaign_id: int | None = None) -> dict[int, _RunRate]:
+    """Return per campaign id the rate its last recorded run used and the rate it achieved."""
+    ev = Event.__table__
+    started = (
+        sa.select(ev.c.campaign_id, ev.c.data)
+        .where(ev.c.kind == RUN_STARTED)
+        .order_by(ev.c.id)  # recorded order: a test's manual clock may lag the real one
+    )
+    sent = (
+        sa.select(
+            _M.c.campaign_id, sa.func.count(), sa.func.min(_M.c.sent_at), sa.func.max(_M.c.sent_at)
+        )
+        .where(_M.c.status == MessageStatus.SENT.value, _M.c.sent_at.is_not(None))
+        .group_by(_M.c.campaign_id)
+    )
+    if campaign_id is not None:
+        started = started.where(ev.c.campaign_id == campaign_id)
+        sent = sent.where(_M.c.campaign_id == campaign_id)
+    with database.engine.connect() as conn:
+        # In recorded order, so the last run's rate is the one left in the dict.
+        used = {cid: _used_rate(data) for cid, data in conn.execute(started)}
+        spans = conn.execute(sent).all()
+    out: dict[int, _RunRate] = {}
+    for cid, n, first, last in spans:
+        span = (pd.Timestamp(last) - pd.Timestamp(first)).total_seconds()
+        # n messages over the span between the first and the last: n - 1 gaps.
+        achieved = (n - 1) / span * 3600.0 if n > 1 and span > 0 else math.nan
+        out[cid] = _RunRate(used.get(cid), int(n), achieved)
+    for cid, rate in used.items():
+        out.setdefault(cid, _RunRate(rate, 0, math.nan))
+    return out
+
+
+def _used_rate(data: dict[str, Any] | None) -> float:
+    """Return the rate a ``sending started`` event recorded (JSON null: unthrottled)."""
+    rate = dict(data or {}).get("rate_per_hour")
+    return math.inf if rate is None else float(rate)
 
 
 def plot_timeline(
     campaign: CampaignRef,
     *,
-    freq: str = "1min",
+    freq: str | None = None,
     db: Database | None = None,
     url: str | None = None,
 ) -> Any:
-    """Plot the campaign's attempts per ``freq`` interval by outcome; return the matplotlib Axes."""
+    """Plot the campaign's attempts per interval as stacked bars; return the matplotlib Axes.
+
+    The time axis is in the analyst's zone (``BULKMAIL_TZ``); ``freq=None`` picks the bin
+    width from the campaign's duration (at most 60 bars); the legend sits right of the
+    plot; the title gives the rate the last run used and the rate it achieved.
+    """
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    table = campaign_timeline(campaign, freq=freq, db=db, url=url)
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    database = resolve_database(db, url)
+    with database.session() as s:
+        row = campaign_row(s, campaign)
+        cid, name, set_rate = row.id, row.name, float(row.rate_per_hour)
+    table = campaign_timeline(cid, freq=freq, db=database)
+    _fig, ax = plt.subplots(figsize=(9, 3.2), layout="constrained")
     if table.empty:
-        ax.set_title("nothing sent yet")
+        ax.set_title(f"{name}: nothing sent yet")
         return ax
-    if len(table) < 2:
-        # A campaign sent within one interval: pad with empty ones so the area has a width.
-        step = pd.tseries.frequencies.to_offset(freq)
-        first = table.index[0]
-        table = table.reindex([first - step, first, first + step], fill_value=0)
-    table.plot(ax=ax, kind="area", stacked=True, linewidth=0, alpha=0.8)
-    ax.set_xlabel(f"time ({config.local_timezone()})")
-    ax.set_ylabel(f"messages per {freq}")
-    ax.set_title(f"campaign {campaign!s}: attempts over time")
-    fig.tight_layout()
+    bin_freq = str(table.attrs["freq"])
+    step = pd.Timedelta(pd.tseries.frequencies.to_offset(bin_freq))
+    zone = config.local_zone()
+    starts = [t.to_pydatetime() for t in table.index]
+    bottom = [0] * len(table)
+    for kind in _KINDS:
+        counts = [int(v) for v in table[kind]]
+        if not any(counts):
+            continue
+        # Bars over [start, start + step): one bin is one bar, never a slope to the next.
+        ax.bar(
+            starts,
+            counts,
+            width=step.to_pytimedelta(),
+            bottom=bottom,
+            align="edge",
+            label=kind,
+            color=_COLOURS[kind],
+            edgecolor="white",
+            linewidth=0.5,
+        )
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    locator = mdates.AutoDateLocator(tz=zone)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone))
+    ax.set_xlim(starts[0] - step.to_pytimedelta() / 2, starts[-1] + step.to_pytimedelta() * 1.5)
+    ax.set_xlabel(f"local time ({zone.key})")
+    ax.set_ylabel(f"messages per {_per(bin_freq)}")
+    # Outside the axes, so it never covers a bar; constrained layout makes room for it.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    sent = int(table["sent"].sum())
+    ax.set_title(_rate_title(name, sent, set_rate, _run_rates(database, cid).get(cid)))
     return ax
+
+
+def _rate_title(name: str, sent: int, set_rate: float, run: _RunRate | None) -> str:
+    """Return the chart title: the campaign, how many it sent, the rate used and achieved."""
+    used = set_rate if run is None or run.used is None else run.used
+    rate = "unthrottled" if math.isinf(used) else f"rate {used:,.0f}/h"
+    if not sent:
+        return f"{name}: nothing sent yet ({rate})"
+    achieved = (
+        "" if run is None or math.isnan(run.achieved) else f", {run.achieved:,.0f}/h achieved"
+    )
+    return f"{name}: {sent:,} sent{achieved} ({rate})"

@@ -406,7 +406,7 @@ def send(
             transports = _open_transports(
                 lambda: factory(sender), connections, store, campaign_id, name
             )
-        store.start_sending(campaign_id)
+        store.start_sending(campaign_id, None if math.isinf(rate) else rate)
         # Threads sleep for their token on the halt event, so a stop (Ctrl-C, SIGTERM in the
         # CLI) never waits out a token.
         throttle_clock = _HaltableClock(clock, halt)

@@ -40,6 +40,7 @@ from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
 from bulkmail_kernel.outbox.reconnect import is_connection_lost, retry_limit_s, retrying
 from bulkmail_kernel.outbox.recovery import new_worker_id
+from bulkmail_kernel.outbox.runs import record_run
 from bulkmail_kernel.outbox.schedule import mark_late
 from bulkmail_kernel.outbox.store import OutboxStore
 from bulkmail_kernel.records import SenderInfo, campaign_channel
@@ -151,6 +152,7 @@ def _worker_loop(
                 if campaign_id not in active:
                     active.add(campaign_id)
                     log.info("campaign %r picked up (%s/h, burst %d)", name, c.rate_per_hour, burst)
+                    record_run(store.db, campaign_id, rate, clock.now())
                 key = (sender.id, campaign_channel(c.channel))
                 if key not in signers:
                     try:

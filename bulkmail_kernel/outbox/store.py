@@ -39,7 +39,7 @@ from bulkmail_kernel.db import (
     MessageStatus,
 )
 from bulkmail_kernel.exceptions import SendError
-from bulkmail_kernel.outbox import breaker, reconnect, recovery
+from bulkmail_kernel.outbox import breaker, reconnect, recovery, runs
 from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
 from bulkmail_kernel.outbox.reconnect import reconnecting, retrying
@@ -546,13 +546,15 @@ class OutboxStore:
             return campaign_info(c), sender_of(s, c)
 
     @reconnecting
-    def start_sending(self, campaign_id: int) -> None:
-        """Set the campaign ``sending`` and clear its last error."""
+    def start_sending(self, campaign_id: int, rate_per_hour: float | None = None) -> None:
+        """Set the campaign ``sending``, clear its last error, record the run's rate (None: ∞)."""
         with self.db.session() as s:
             running = s.get(Campaign, campaign_id)
             assert running is not None
             running.status = CampaignStatus.SENDING.value
             running.last_error = ""
+            # The rate this run really uses (send(rate_per_hour=) may override the campaign's).
+            s.add(runs.run_started(campaign_id, rate_per_hour, self.clock.now()))
 
     def campaign_status(self, campaign_id: int) -> str:
         """Return the campaign's status as stored now (it may be paused from elsewhere)."""
