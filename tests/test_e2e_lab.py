@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lab_support import open_and_run_all
 from process_support import stop
 
 from bulkmail_kernel import db as dbmod
@@ -102,7 +103,6 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
 
 
 def test_compose_notebook_previews_in_jupyterlab(lab: tuple[str, Path, str]) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     base, tmp_path, token = lab
@@ -129,21 +129,7 @@ def test_compose_notebook_previews_in_jupyterlab(lab: tuple[str, Path, str]) -> 
                 "--no-first-run",
             ],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.goto(f"{base}/lab/tree/03_compose_preview.ipynb?token={token}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell")
-        # Lab may still ask which kernel to use; the notebook's own (python3) is preselected.
-        dialog = page.locator(".jp-Dialog")
-        try:
-            dialog.wait_for(state="visible", timeout=5_000)
-            dialog.locator("button:has-text('Select')").click()
-        except PlaywrightTimeout:
-            pass
-        # The kernel must be ready before "Run All", or the cells queue behind its start.
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        page = open_and_run_all(browser, f"{base}/lab/tree/03_compose_preview.ipynb?token={token}")
 
         preview = page.locator(".jp-OutputArea-output .bm-preview")
         expect(preview).to_be_visible()

@@ -7,6 +7,7 @@ import email.policy
 
 import nbformat
 import pytest
+from lab_support import open_and_run_all
 from test_e2e_lab import CHROMIUM
 from test_e2e_lab import lab as lab  # the fixture: JupyterLab on a fresh demo database
 
@@ -27,7 +28,6 @@ bm.preview(campaign="tsend", frame=people.head(3))
 
 
 def test_the_test_send_button_sends_to_the_sink(lab: tuple[str, object, str], sink: Sink) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     base, tmp_path, token = lab
@@ -59,20 +59,7 @@ def test_the_test_send_button_sends_to_the_sink(lab: tuple[str, object, str], si
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.goto(f"{base}/lab/tree/test_send.ipynb?token={token}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell")
-        # Lab may ask which kernel to use; the notebook's own (python3) is preselected.
-        dialog = page.locator(".jp-Dialog")
-        try:
-            dialog.wait_for(state="visible", timeout=5_000)
-            dialog.locator("button:has-text('Select')").click()
-        except PlaywrightTimeout:
-            pass
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        page = open_and_run_all(browser, f"{base}/lab/tree/test_send.ipynb?token={token}")
         panel = page.locator(".jp-OutputArea-output .bm-preview")
         expect(panel).to_be_visible()
         panel.locator(".bm-preview-test-send").click()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from lab_support import open_and_run_all
 from process_support import stop
 from test_e2e_lab import CHROMIUM, _need_browser
 
@@ -108,7 +109,6 @@ def bulkmail_lab(tmp_path: Path) -> Iterator[tuple[str, Path, str, subprocess.Po
 def test_the_lab_worker_sends_the_scheduled_campaign_and_the_monitor_shows_it(
     bulkmail_lab: tuple[str, Path, str, subprocess.Popen[bytes]],
 ) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     base, tmp_path, token, _lab = bulkmail_lab
@@ -133,19 +133,7 @@ def test_the_lab_worker_sends_the_scheduled_campaign_and_the_monitor_shows_it(
                 "--no-first-run",
             ],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.goto(f"{base}/lab/tree/04_send.ipynb?token={token}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell")
-        dialog = page.locator(".jp-Dialog")
-        try:
-            dialog.wait_for(state="visible", timeout=5_000)
-            dialog.locator("button:has-text('Select')").click()
-        except PlaywrightTimeout:
-            pass
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        page = open_and_run_all(browser, f"{base}/lab/tree/04_send.ipynb?token={token}")
 
         # Two monitors: the background send's campaign, then the scheduled reminder.
         monitors = page.locator(".jp-OutputArea-output .bm-monitor")
