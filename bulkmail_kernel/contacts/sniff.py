@@ -29,6 +29,9 @@ class FileKind:
     advice: str
 
 
+#: What to do with any picture named as a contacts file.
+_IMAGE = "an image holds no contacts: export the list as CSV or Excel"
+
 #: (leading bytes, kind, description, advice), first match wins.
 _SIGNATURES: tuple[tuple[bytes, str, str, str], ...] = (
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "xls",
@@ -45,18 +48,12 @@ _SIGNATURES: tuple[tuple[bytes, str, str, str], ...] = (
     (b"Rar!\x1a\x07", "rar", "a RAR archive", "extract it and import the file inside"),
     (b"SQLite format 3\x00", "sqlite", "a SQLite database",
      "import a table of it by its URL: import_contacts('sqlite:///<path>', table='...')"),
-    (b"\x89PNG\r\n\x1a\n", "image", "a PNG image", "an image holds no contacts: export the "
-     "list as CSV or Excel"),
-    (b"\xff\xd8\xff", "image", "a JPEG image", "an image holds no contacts: export the list "
-     "as CSV or Excel"),
-    (b"GIF87a", "image", "a GIF image", "an image holds no contacts: export the list as CSV or "
-     "Excel"),
-    (b"GIF89a", "image", "a GIF image", "an image holds no contacts: export the list as CSV "
-     "or Excel"),
-    (b"II*\x00", "image", "a TIFF image", "an image holds no contacts: export the list as CSV "
-     "or Excel"),
-    (b"MM\x00*", "image", "a TIFF image", "an image holds no contacts: export the list as CSV "
-     "or Excel"),
+    (b"\x89PNG\r\n\x1a\n", "image", "a PNG image", _IMAGE),
+    (b"\xff\xd8\xff", "image", "a JPEG image", _IMAGE),
+    (b"GIF87a", "image", "a GIF image", _IMAGE),
+    (b"GIF89a", "image", "a GIF image", _IMAGE),
+    (b"II*\x00", "image", "a TIFF image", _IMAGE),
+    (b"MM\x00*", "image", "a TIFF image", _IMAGE),
     (b"{\\rtf", "rtf", "an RTF document", "save the table as CSV UTF-8 or .xlsx"),
     (b"\x7fELF", "binary", "a program (ELF executable)", "give the contacts file instead"),
 )  # fmt: skip
