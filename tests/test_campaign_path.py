@@ -56,6 +56,20 @@ def _sender(database: dbmod.Database, tmp_path: Path) -> None:
     )
 
 
+def _invitation(database: dbmod.Database, tmp_path: Path, *, segment: bool = False) -> pd.DataFrame:
+    """Import the people and create campaign 'c' from invitation_sk with its sample values."""
+    people = _people(database)
+    _sender(database, tmp_path)
+    if segment:
+        bm.save_segment("all", bm.FilterSpec(channel="email"), people, db=database)
+    template = bm.load_template("invitation_sk")
+    bm.create_campaign(
+        "c", sender="out", template=template, segment="all" if segment else None,
+        values=dict(template.sample), db=database,
+    )  # fmt: skip
+    return people
+
+
 def _canonical(data: bytes) -> list[tuple[str, Any]]:
     """Return a message's headers and decoded parts, its token and Message-ID made neutral."""
     msg = email.message_from_bytes(data, policy=email.policy.default)
@@ -197,14 +211,7 @@ def test_the_cli_prints_the_skip_line(
     from bulkmail_kernel.cli import main
 
     database = dbmod.open_database(sqlite_url)
-    people = _people(database)
-    _sender(database, tmp_path)
-    bm.save_segment("all", bm.FilterSpec(channel="email"), people, db=database)
-    template = bm.load_template("invitation_sk")
-    bm.create_campaign(
-        "c", sender="out", template=template, segment="all", values=dict(template.sample),
-        db=database,
-    )  # fmt: skip
+    _invitation(database, tmp_path, segment=True)
     bm.unsubscribe_address("jan@a.sk", db=database)  # still a member of the saved segment
     assert main(["register", "c", "--db", sqlite_url]) == 0
     out = capsys.readouterr().out
@@ -219,12 +226,7 @@ def test_the_preview_widget_shows_the_campaigns_message_and_then_the_stored_one(
     from bulkmail_kernel.widgets.preview import preview
 
     database = dbmod.open_database(sqlite_url)
-    people = _people(database)
-    _sender(database, tmp_path)
-    template = bm.load_template("invitation_sk")
-    bm.create_campaign(
-        "c", sender="out", template=template, values=dict(template.sample), db=database
-    )
+    people = _invitation(database, tmp_path)
     allowed = people[people["mailing_allowed"]]
     panel = preview(campaign="c", frame=allowed, db=database)
     # The logo is the campaign's inline image, shown from its data (cid: cannot load).
@@ -259,14 +261,7 @@ def test_the_cli_previews_a_campaign_and_writes_its_bytes(
     from bulkmail_kernel.cli import main
 
     database = dbmod.open_database(sqlite_url)
-    people = _people(database)
-    _sender(database, tmp_path)
-    bm.save_segment("all", bm.FilterSpec(channel="email"), people, db=database)
-    template = bm.load_template("invitation_sk")
-    values = dict(template.sample)
-    bm.create_campaign(
-        "c", sender="out", template=template, segment="all", values=values, db=database
-    )
+    people = _invitation(database, tmp_path, segment=True)
     out_file = tmp_path / "first.eml"
     args = ["campaign-preview", "c", "--segment", "all", "--out", str(out_file)]
     assert main([*args, "--db", sqlite_url]) == 0
@@ -282,11 +277,9 @@ def test_check_campaign_renders_the_bytes_one_row_per_recipient_and_problem(
     from bulkmail_kernel.cli import main
 
     database = dbmod.open_database(sqlite_url)
-    people = _people(database)
-    _sender(database, tmp_path)
+    people = _invitation(database, tmp_path)
     template = bm.load_template("invitation_sk")
     values = dict(template.sample)
-    bm.create_campaign("c", sender="out", template=template, values=values, db=database)
     allowed = people[people["mailing_allowed"]].copy()
     assert bm.check_campaign("c", allowed, db=database).empty
     # A name the header folder could be fooled by, and an address only the MIME builder
