@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from dovecot_support import Imap
+from http_support import serve
 
 from bulkmail_kernel import add_sender_account, check_account, suggest_account_settings
 from bulkmail_kernel import db as dbmod
@@ -217,29 +216,12 @@ def _suggest_then_save(
         "</emailProvider></clientConfig>"
     ).encode()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(xml)))
-            self.end_headers()
-            self.wfile.write(xml)
-
-        def log_message(self, *args: Any) -> None:  # keep the test output quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(lambda path: (200, xml)) as (base, _asked):
         found = suggest_account_settings(
             "news@firm.example",
-            autoconfig_urls=[f"http://127.0.0.1:{server.server_address[1]}/mail.xml"],
+            autoconfig_urls=[f"{base}/mail.xml"],
             srv_lookup=lambda name: [],
         )
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert found["settings"] == {
         "host": "127.0.0.1",
         "port": auth_sink.port,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import textwrap
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import pytest
+from http_support import serve
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -49,35 +48,16 @@ AUTOCONFIG = textwrap.dedent(
 @pytest.fixture
 def autoconfig_server() -> Iterator[tuple[str, list[str]]]:
     """Serve AUTOCONFIG at /mail/config-v1.1.xml, 404 elsewhere; record the paths asked."""
-    asked: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            asked.append(self.path)
-            if self.path.startswith("/mail/config-v1.1.xml"):
-                body, status = AUTOCONFIG, 200
-            elif self.path.startswith("/broken.xml"):
-                body, status = b"<html>not here</html>", 200
-            else:
-                body, status = b"no", 404
-            self.send_response(status)
-            self.send_header("Content-Type", "text/xml")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str) -> tuple[int, bytes]:
+        if path.startswith("/mail/config-v1.1.xml"):
+            return 200, AUTOCONFIG
+        if path.startswith("/broken.xml"):
+            return 200, b"<html>not here</html>"
+        return 404, b"no"
 
-        def log_message(self, *args: Any) -> None:  # keep the test output quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve(answer) as served:
+        yield served
 
 
 def _srv(*texts: str) -> list[Any]:
