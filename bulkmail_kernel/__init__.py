@@ -93,6 +93,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.records import CampaignInfo, SenderInfo
     from bulkmail_kernel.segments.export import export_recipients
     from bulkmail_kernel.segments.filters import filter_recipients
+    from bulkmail_kernel.segments.rules import Rule, RuleGroup
     from bulkmail_kernel.segments.saved import (
         delete_segment,
         list_segments,
@@ -138,6 +139,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ExportError": ("bulkmail_kernel.exceptions", "ExportError"),
     "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
     "FilterSpec": ("bulkmail_kernel.segments.spec", "FilterSpec"),
+    "Rule": ("bulkmail_kernel.segments.rules", "Rule"),
+    "RuleGroup": ("bulkmail_kernel.segments.rules", "RuleGroup"),
     "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
     "RenderedMessage": ("bulkmail_kernel.compose.render", "RenderedMessage"),
@@ -252,6 +255,8 @@ __all__ = [
     "RecipientsSkippedWarning",
     "RenderedMessage",
     "RetryPolicy",
+    "Rule",
+    "RuleGroup",
     "SegmentError",
     "SendError",
     "SendPulseError",

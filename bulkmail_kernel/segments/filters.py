@@ -21,11 +21,13 @@ import pandas as pd
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.frame import FRAME_COLUMNS
 from bulkmail_kernel.exceptions import FilterError
+from bulkmail_kernel.segments.rule_masks import group_mask
 from bulkmail_kernel.segments.spec import (
     AttributeCondition,
     FilterSpec,
     _conditions,
     _did_you_mean,
+    _group,
 )
 
 #: The columns of ``contacts_frame()``; any other column is a custom attribute.
@@ -253,6 +255,9 @@ def _selected_rows(
 
     for cond in _conditions(spec):
         mask &= _attribute_mask(frame, cond, zone)
+
+    if spec.rules is not None:
+        mask &= group_mask(frame, _group(spec), zone=zone, today=resolve_today(today, tz))
 
     rows = np.flatnonzero(mask)
     return _one_per_contact(frame, rows) if spec.one_per_contact else rows

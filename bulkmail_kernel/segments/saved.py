@@ -155,6 +155,7 @@ def save_segment(
                     f"segment {name!r} already exists: choose another name, pass replace=True "
                     "to overwrite it, or rename_segment()/delete_segment() it first",
                     segment=name,
+                    exists=True,
                 )
             now = utcnow()
             if seg is None:

@@ -2,7 +2,9 @@
 
 A ``FilterSpec`` lists conditions on the recipient frame (registration days, opt-in,
 channel, kind, language, gender, custom attributes as ``AttributeCondition``); every
-set field must hold (AND) and a list in one field means any of (OR). It is validated
+set field must hold (AND) and a list in one field means any of (OR); ``rules`` adds a
+tree of field · operator · value rules with AND/OR groups and NOT
+(:mod:`bulkmail_kernel.segments.rules`), which is what the segment builder writes. It is validated
 once, where it is built, with the field named in the ``FilterError``, and round-trips
 through ``to_json``/``from_json`` unchanged, which is how saved segments store it. This
 module only describes a filter; applying it to a frame is
@@ -21,6 +23,7 @@ from typing import Any
 
 from bulkmail_kernel import config
 from bulkmail_kernel.exceptions import FilterError
+from bulkmail_kernel.segments.rules import Rule, RuleGroup
 
 CHANNELS = ("email", "phone")
 #: Words analysts use for a channel, mapped to the stored value.
@@ -181,6 +184,9 @@ class FilterSpec:
         exclude_suppressed: drop addresses on the suppression list (default True).
         one_per_contact: keep one point per contact and channel (default True): the
             preferred one if it passes the filter, else the lowest contact_point_id.
+        rules: a ``RuleGroup`` (or its JSON form, ``{"all": [...]}``) of field · operator ·
+            value rules with AND/OR groups and NOT, as the segment builder makes them;
+            it must hold too (AND with the fields above).
 
     An empty list is the same as None (no condition).
 
@@ -200,6 +206,8 @@ class FilterSpec:
     has_valid_address: bool | None = None
     exclude_suppressed: bool = True
     one_per_contact: bool = True
+    #: Given as a RuleGroup or its JSON mapping; stored as a RuleGroup, or None when empty.
+    rules: RuleGroup | Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -239,6 +247,9 @@ class FilterSpec:
         put("language", _str_list("language", self.language, config.SUPPORTED_LANGUAGES))
         put("gender", _str_list("gender", self.gender, GENDERS))
         put("attributes", _attributes(self.attributes))
+        if self.rules is not None:
+            group = RuleGroup.from_dict(self.rules)
+            put("rules", None if group.empty else group)
 
     # ------------------------------------------------------------- serialisation
 
@@ -249,6 +260,8 @@ class FilterSpec:
             value = getattr(self, f.name)
             if f.name == "attributes":
                 value = {c.name: c.to_json_value() for c in value}
+            elif f.name == "rules":
+                value = None if value is None else _group(self).to_dict()
             elif f.name == "registered_between" and value is not None:
                 value = [_json_scalar(v) for v in value]
             elif isinstance(value, tuple):
@@ -278,6 +291,48 @@ class FilterSpec:
             raise FilterError(f"FilterSpec JSON: {exc}; pass the output of to_json()") from exc
         return cls.from_dict(data)
 
+    def as_rules(self) -> FilterSpec:
+        """Return the same filter with every condition on a column written as rules.
+
+        The registration days, channel, point type, kind, language, gender and custom
+        attributes become rules of one ``all`` group (with ``rules``, if any, inside it);
+        opt-in, address validity, suppression and one-per-contact stay settings. This is
+        how the segment builder opens a segment saved before rules existed.
+        """
+        items: list[Rule | RuleGroup] = []
+        if self.registered_within_days is not None:
+            items.append(Rule("registered_at", "in_last_days", self.registered_within_days))
+        if self.registered_more_than_days_ago is not None:
+            days = self.registered_more_than_days_ago
+            items.append(Rule("registered_at", "more_than_days_ago", days))
+        if self.registered_between is not None:
+            items.append(Rule("registered_at", "between", self.registered_between))
+        if self.channel is not None:
+            items.append(Rule("channel", "is", self.channel))
+        for name in ("point_type", "kind", "language", "gender"):
+            values = getattr(self, name)
+            if values is not None:
+                items.append(Rule(name, "one_of", values))
+        for cond in _conditions(self):
+            if cond.values is not None:
+                items.append(Rule(cond.name, "one_of", cond.values))
+            else:
+                items.append(Rule(cond.name, "between", (cond.low, cond.high)))
+        if self.rules is not None:
+            group = _group(self)
+            if not items:
+                items = [group]
+            else:
+                items.extend(group.rules if group.match == "all" and not group.negate else [group])
+        top = items[0] if len(items) == 1 and isinstance(items[0], RuleGroup) else None
+        return FilterSpec(
+            mailing_allowed=self.mailing_allowed,
+            has_valid_address=self.has_valid_address,
+            exclude_suppressed=self.exclude_suppressed,
+            one_per_contact=self.one_per_contact,
+            rules=top or RuleGroup("all", tuple(items)),
+        )
+
     def attribute(self, name: str) -> AttributeCondition | None:
         """Return the condition on attribute ``name``, if any."""
         for cond in _conditions(self):
@@ -292,6 +347,13 @@ def _conditions(spec: FilterSpec) -> tuple[AttributeCondition, ...]:
     # The field also accepts a mapping on input; after __post_init__ it is always a tuple.
     assert isinstance(attrs, tuple)
     return attrs
+
+
+def _group(spec: FilterSpec) -> RuleGroup:
+    """Return ``spec.rules`` as the RuleGroup ``__post_init__`` stored (only call when set)."""
+    rules = spec.rules
+    assert isinstance(rules, RuleGroup)
+    return rules
 
 
 def _between(value: Any) -> tuple[date | None, date | None] | None:

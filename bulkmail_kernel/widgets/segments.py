@@ -1,10 +1,13 @@
-"""The segment builder: ipywidgets controls over ``FilterSpec``, live count, save and export.
+"""The segment builder: rules in AND/OR/NOT groups, a live count, saved groups, export.
 
-Thin by design: the controls only map to a ``FilterSpec`` (``builder.spec``) and back
-(``builder.set_spec``); counting is ``filter_recipients``, saving is ``save_segment``,
-exporting is ``export_recipients``. Refreshes are debounced with a ``threading.Timer``
-so typing does not refilter a million rows per keystroke; ``apply_now()`` flushes
-synchronously (tests, benchmarks, and anyone who wants the result immediately).
+Thin by design: the rule rows (:mod:`.rule_rows`) and four settings map to a
+``FilterSpec`` (``builder.spec``) and back (``builder.set_spec``, also how a saved group
+is opened); counting is ``filter_recipients``, saving ``save_segment``, exporting
+``export_recipients``. Refreshes are debounced with a ``threading.Timer`` so typing does
+not refilter a million rows per keystroke; ``apply_now()`` flushes synchronously (tests,
+benchmarks, and anyone who wants the result immediately). Everything the panel says —
+an empty segment, a taken name, a rule that does not fit its field — is said in the
+panel, in the analyst's words.
 """
 
 from __future__ import annotations
@@ -18,129 +21,29 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
-from bulkmail_kernel import config
 from bulkmail_kernel.db import Database
+from bulkmail_kernel.display import display_cells
 from bulkmail_kernel.exceptions import BulkmailError, FilterError
 from bulkmail_kernel.segments.export import export_recipients, is_contact_column
-from bulkmail_kernel.segments.filters import BUILTIN_COLUMNS, filter_recipients
-from bulkmail_kernel.segments.saved import save_segment
-from bulkmail_kernel.segments.spec import GENDERS, KINDS, AttributeCondition, FilterSpec
+from bulkmail_kernel.segments.filters import filter_recipients
+from bulkmail_kernel.segments.rules import RuleGroup
+from bulkmail_kernel.segments.saved import list_segments, load_segment, save_segment
+from bulkmail_kernel.segments.spec import FilterSpec
+from bulkmail_kernel.widgets.rule_rows import Fields, GroupBox, readable_name
 
 log = logging.getLogger("bulkmail")
 
 _TRI = {"any": None, "yes": True, "no": False}
 _TRI_BACK = {v: k for k, v in _TRI.items()}
 _WIDE = {"description_width": "initial"}
-
-
-def _choices(frame: pd.DataFrame, column: str, extra: tuple[str, ...] = ()) -> list[str]:
-    out: list[str] = list(extra)
-    if column in frame.columns:
-        col = frame[column]
-        values = (
-            col.dtype.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.unique()
-        )
-        out += [str(v) for v in values if pd.notna(v) and str(v) not in out]
-    return out
-
-
-def _number(text: str, where: str) -> int | float | None:
-    text = text.strip().replace(",", ".")
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise FilterError(f"{where}: {text!r} is not a number", field="attributes") from None
-
-
-class _AttributeControl:
-    """The control of one custom attribute: a multi-select of values, or a min/max range."""
-
-    def __init__(self, frame: pd.DataFrame, name: str) -> None:
-        self.name = name
-        dtype = frame[name].dtype
-        self.is_date = pd.api.types.is_datetime64_any_dtype(dtype)
-        self.is_bool = pd.api.types.is_bool_dtype(dtype)
-        self.is_number = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(
-            dtype
-        )
-        self.values: w.SelectMultiple | None = None
-        self.low: w.Text | w.DatePicker | None = None
-        self.high: w.Text | w.DatePicker | None = None
-        if self.is_date:
-            self.low = w.DatePicker(description=f"{name} from", style=_WIDE)
-            self.high = w.DatePicker(description="to", style=_WIDE)
-            self.box: w.Widget = w.HBox([self.low, self.high])
-        elif self.is_number:
-            self.low = w.Text(description=f"{name} min", placeholder="any", style=_WIDE)
-            self.high = w.Text(description="max", placeholder="any", style=_WIDE)
-            self.box = w.HBox([self.low, self.high])
-        else:
-            options = ["True", "False"] if self.is_bool else _choices(frame, name)
-            self.values = w.SelectMultiple(options=options, description=name, rows=4, style=_WIDE)
-            self.box = self.values
-
-    @property
-    def widgets(self) -> list[w.Widget]:
-        """Return the value-holding widgets (to observe)."""
-        return [x for x in (self.values, self.low, self.high) if x is not None]
-
-    def condition(self) -> Any:
-        """Return the condition in FilterSpec's mapping form, or None for no condition."""
-        if self.values is not None:
-            if self.is_bool:  # the options are the texts "True"/"False"
-                return [v == "True" for v in self.values.value] or None
-            return list(self.values.value) or None
-        assert self.low is not None
-        assert self.high is not None
-        if self.is_date:
-            low, high = self.low.value, self.high.value
-        else:
-            low = _number(self.low.value, f"attributes.{self.name} min")
-            high = _number(self.high.value, f"attributes.{self.name} max")
-        if low is None and high is None:
-            return None
-        return {"min": low, "max": high}
-
-    def set(self, cond: AttributeCondition | None) -> None:
-        """Show ``cond`` (None clears the control)."""
-        if self.values is not None:
-            if cond is not None and cond.values is None:
-                raise FilterError(
-                    f"attributes.{self.name} is text: the builder shows lists of values, "
-                    "not ranges",
-                    field="attributes",
-                )
-            values = [str(v) for v in cond.values] if cond and cond.values else []
-            missing = [v for v in values if v not in self.values.options]
-            if missing:
-                self.values.options = list(self.values.options) + missing
-            self.values.value = tuple(values)
-            return
-        assert self.low is not None
-        assert self.high is not None
-        if cond is not None and cond.values is not None:
-            raise FilterError(
-                f"attributes.{self.name}: the builder shows a min/max range here, not a list "
-                "of values; use filter_recipients() for that spec",
-                field="attributes",
-            )
-        low = cond.low if cond else None
-        high = cond.high if cond else None
-        if self.is_date:
-            self.low.value, self.high.value = low, high
-        else:
-            self.low.value = "" if low is None else str(low)
-            self.high.value = "" if high is None else str(high)
+_AUTO = w.Layout(width="auto")
+#: Sample columns shown first when the frame has them.
+SAMPLE_COLUMNS = ("first_name", "last_name", "address", "language", "registered_at")
+_SAMPLE_ROWS = 10
 
 
 class SegmentBuilder:
-    """An ipywidgets panel that builds a ``FilterSpec`` and shows who it selects."""
+    """An ipywidgets panel that builds a ``FilterSpec`` from rules and shows who it selects."""
 
     def __init__(
         self,
@@ -158,165 +61,142 @@ class SegmentBuilder:
         self.debounce_s = debounce_s
         self.result: pd.DataFrame = frame.iloc[:0]
         self.last_error: BulkmailError | None = None
+        self.unfinished = 0
         self._timer: threading.Timer | None = None
         self._lock = threading.RLock()
         self._quiet = False
+        self.fields = Fields(frame)
 
-        self.within_on = w.Checkbox(description="registered within the last", indent=False)
-        self.within_days = w.BoundedIntText(value=30, min=0, max=100_000, description="days")
-        self.older_on = w.Checkbox(description="registered more than", indent=False)
-        self.older_days = w.BoundedIntText(value=365, min=0, max=100_000, description="days ago")
-        self.registered_from = w.DatePicker(description="registered from", style=_WIDE)
-        self.registered_to = w.DatePicker(description="to", style=_WIDE)
+        self.rules = GroupBox(self.fields, self._changed)
         self.mailing_allowed = w.Dropdown(
-            options=[("opted-in only", "yes"), ("any", "any"), ("not opted-in only", "no")],
+            options=[("opted in", "yes"), ("any", "any"), ("not opted in", "no")],
             value="yes",
-            description="opt-in",
+            description="Mailing allowed",
+            style=_WIDE,
+            layout=_AUTO,
         )
-        self.channel = w.Dropdown(
-            options=[("any", "any"), ("e-mail", "email"), ("phone / SMS", "phone")],
-            value="any",
-            description="channel",
-        )
-        self.point_type = w.SelectMultiple(
-            options=_choices(frame, "point_type"), description="point type", rows=4
-        )
-        self.kind = w.SelectMultiple(options=list(KINDS), description="kind", rows=2)
-        self.language = w.SelectMultiple(
-            options=_choices(frame, "language", config.SUPPORTED_LANGUAGES),
-            description="language",
-            rows=4,
-        )
-        self.gender = w.SelectMultiple(options=list(GENDERS), description="gender", rows=2)
         self.has_valid_address = w.Dropdown(
-            options=[("any", "any"), ("valid only", "yes"), ("invalid only", "no")],
+            options=[("any", "any"), ("valid only", "yes"), ("broken only", "no")],
             value="any",
-            description="address",
+            description="Address",
+            style=_WIDE,
+            layout=_AUTO,
         )
-        self.exclude_suppressed = w.Checkbox(value=True, description="exclude suppressed")
-        self.one_per_contact = w.Checkbox(value=True, description="one per contact and channel")
-        self.attributes = {
-            str(name): _AttributeControl(frame, str(name))
-            for name in frame.columns
-            if name not in BUILTIN_COLUMNS
-        }
+        self.exclude_suppressed = w.Checkbox(
+            value=True, description="Leave out suppressed addresses", indent=False, layout=_AUTO
+        )
+        self.one_per_contact = w.Checkbox(
+            value=True, description="One address per person and channel", indent=False, layout=_AUTO
+        )
 
         self.count = w.HTML()
+        columns = [str(c) for c in frame.columns]
+        self.sample_columns = w.TagsInput(
+            value=[c for c in SAMPLE_COLUMNS if c in columns] or columns[:5],
+            allowed_tags=columns,
+            allow_duplicates=False,
+            layout=_AUTO,
+        )
+        self.sample_columns.observe(lambda _c: self._show_sample(), names="value")
         self.sample = w.HTML()
         self.status = w.HTML()
 
-        self.segment_name = w.Text(description="segment name", style=_WIDE)
-        self.segment_description = w.Text(description="description", style=_WIDE)
-        self.replace = w.Checkbox(description="replace if it exists", value=False)
-        self.save_button = w.Button(description="Save segment", icon="save")
+        self.saved = w.Dropdown(description="Saved groups", style=_WIDE, layout=_AUTO)
+        self.open_button = w.Button(description="Open", icon="folder-open", layout=_AUTO)
+        self.open_button.on_click(lambda _b: self.open_saved())
+        self.segment_name = w.Text(description="Name", placeholder="e.g. Spring vaccination")
+        self.segment_description = w.Text(description="Note", placeholder="optional")
+        self.replace = w.Checkbox(description="Overwrite if it exists", indent=False, layout=_AUTO)
+        self.save_button = w.Button(description="Save group", icon="save", layout=_AUTO)
         self.save_button.on_click(lambda _b: self.save())
 
         self.export_path = w.Text(
-            description="export to", placeholder="recipients.xlsx (in data/exports)"
+            description="File", placeholder="recipients.xlsx (goes to data/exports)", style=_WIDE
         )
-        self.export_columns = w.SelectMultiple(
-            options=[str(c) for c in frame.columns],
-            value=tuple(str(c) for c in frame.columns if not is_contact_column(c)),
-            description="columns",
-            rows=8,
+        self.export_columns = w.TagsInput(
+            value=[c for c in columns if not is_contact_column(c) and c in SAMPLE_COLUMNS]
+            or [c for c in columns if not is_contact_column(c)],
+            allowed_tags=columns,
+            allow_duplicates=False,
+            layout=_AUTO,
         )
-        self.include_contact_data = w.Checkbox(description="include contact data", value=False)
-        self.export_button = w.Button(description="Export", icon="download")
+        self.include_contact_data = w.Checkbox(
+            description="Include e-mails and phones", indent=False, layout=_AUTO
+        )
+        self.export_button = w.Button(description="Export", icon="download", layout=_AUTO)
         self.export_button.on_click(lambda _b: self.export())
 
-        for control in self._controls():
+        for control in (
+            self.mailing_allowed,
+            self.has_valid_address,
+            self.exclude_suppressed,
+            self.one_per_contact,
+        ):
             control.observe(self._changed, names="value")
 
-        filters = w.VBox(
-            [
-                w.HBox([self.within_on, self.within_days]),
-                w.HBox([self.older_on, self.older_days]),
-                w.HBox([self.registered_from, self.registered_to]),
-                w.HBox([self.mailing_allowed, self.channel, self.has_valid_address]),
-                w.HBox([self.point_type, self.kind, self.language, self.gender]),
-                *[a.box for a in self.attributes.values()],
-                w.HBox([self.exclude_suppressed, self.one_per_contact]),
-            ]
-        )
+        def heading(text: str) -> w.HTML:
+            return w.HTML(f"<b>{html.escape(text)}</b>")
+
+        settings = w.HBox(
+            [self.mailing_allowed, self.has_valid_address, self.exclude_suppressed,
+             self.one_per_contact],
+            layout=w.Layout(flex_flow="row wrap"),
+        )  # fmt: skip
+        saved_box = w.HBox([self.saved, self.open_button], layout=w.Layout(flex_flow="row wrap"))
         save_box = w.HBox(
-            [self.segment_name, self.segment_description, self.replace, self.save_button]
+            [self.segment_name, self.segment_description, self.replace, self.save_button],
+            layout=w.Layout(flex_flow="row wrap"),
         )
-        export_box = w.HBox(
-            [self.export_path, self.export_columns, self.include_contact_data, self.export_button]
+        export_box = w.VBox(
+            [
+                w.HBox([self.export_path, self.include_contact_data, self.export_button],
+                       layout=w.Layout(flex_flow="row wrap")),
+                w.HBox([w.Label("Columns"), self.export_columns]),
+            ]
+        )  # fmt: skip
+        self.widget = w.VBox(
+            [
+                heading("Who"),
+                self.rules.box,
+                settings,
+                self.count,
+                w.HBox([w.Label("Sample columns"), self.sample_columns]),
+                self.sample,
+                heading("Mailing groups"),
+                saved_box,
+                save_box,
+                heading("Export"),
+                export_box,
+                self.status,
+            ],
+            layout=w.Layout(max_width="100%", overflow="hidden"),
         )
-        self.widget = w.VBox([filters, self.count, self.sample, save_box, export_box, self.status])
+        self.refresh_saved()
         self.apply_now()
 
     # ------------------------------------------------------------- controls <-> spec
 
-    def _controls(self) -> list[w.Widget]:
-        fixed = [
-            self.within_on, self.within_days, self.older_on, self.older_days,
-            self.registered_from, self.registered_to, self.mailing_allowed, self.channel,
-            self.point_type, self.kind, self.language, self.gender, self.has_valid_address,
-            self.exclude_suppressed, self.one_per_contact,
-        ]  # fmt: skip
-        return fixed + [x for a in self.attributes.values() for x in a.widgets]
-
     @property
     def spec(self) -> FilterSpec:
-        """Return the FilterSpec the controls show."""
-        attributes = {}
-        for name, control in self.attributes.items():
-            cond = control.condition()
-            if cond is not None:
-                attributes[name] = cond
-        between = (self.registered_from.value, self.registered_to.value)
+        """Return the FilterSpec the controls show (rows not filled in yet are left out)."""
+        group, self.unfinished = self.rules.group()
         return FilterSpec(
-            registered_within_days=self.within_days.value if self.within_on.value else None,
-            registered_more_than_days_ago=self.older_days.value if self.older_on.value else None,
-            registered_between=between,
             mailing_allowed=_TRI[self.mailing_allowed.value],
-            channel=None if self.channel.value == "any" else self.channel.value,
-            point_type=tuple(self.point_type.value),
-            kind=tuple(self.kind.value),
-            language=tuple(self.language.value),
-            gender=tuple(self.gender.value),
-            attributes=attributes,
             has_valid_address=_TRI[self.has_valid_address.value],
             exclude_suppressed=self.exclude_suppressed.value,
             one_per_contact=self.one_per_contact.value,
+            rules=group,
         )
 
     def set_spec(self, spec: FilterSpec) -> None:
-        """Set every control to show ``spec``, then refresh."""
-        unknown = [c.name for c in spec.attributes if c.name not in self.attributes]  # type: ignore[union-attr]
-        if unknown:
-            raise FilterError(
-                f"attributes {unknown} are not in this frame; available: "
-                f"{', '.join(self.attributes) or '(none)'}",
-                field="attributes",
-            )
+        """Show ``spec`` (any FilterSpec: its column conditions become rules), then refresh."""
+        as_rules = spec.as_rules()
         with self._lock:
             self._quiet = True
             try:
-                self.within_on.value = spec.registered_within_days is not None
-                if spec.registered_within_days is not None:
-                    self.within_days.value = spec.registered_within_days
-                self.older_on.value = spec.registered_more_than_days_ago is not None
-                if spec.registered_more_than_days_ago is not None:
-                    self.older_days.value = spec.registered_more_than_days_ago
-                low, high = spec.registered_between or (None, None)
-                self.registered_from.value, self.registered_to.value = low, high
+                rules = as_rules.rules
+                self.rules.set(rules if isinstance(rules, RuleGroup) else RuleGroup())
                 self.mailing_allowed.value = _TRI_BACK[spec.mailing_allowed]
-                self.channel.value = spec.channel or "any"
-                for control, values in (
-                    (self.point_type, spec.point_type),
-                    (self.kind, spec.kind),
-                    (self.language, spec.language),
-                    (self.gender, spec.gender),
-                ):
-                    missing = [v for v in values or () if v not in control.options]
-                    if missing:
-                        control.options = list(control.options) + missing
-                    control.value = tuple(values or ())
-                for name, control in self.attributes.items():
-                    control.set(spec.attribute(name))
                 self.has_valid_address.value = _TRI_BACK[spec.has_valid_address]
                 self.exclude_suppressed.value = spec.exclude_suppressed
                 self.one_per_contact.value = spec.one_per_contact
@@ -357,12 +237,35 @@ class SegmentBuilder:
                 self._error(exc)
                 return self.result
             self.last_error = None
-            self.count.value = (
-                f"<b>{len(self.result):,}</b> recipients (of {len(self.frame):,} contact points)"
-            )
-            self.sample.value = self.result.head(10).to_html(index=False, escape=True, na_rep="")
+            self.count.value = self._count_text()
+            self._show_sample()
             self.status.value = ""
             return self.result
+
+    def _count_text(self) -> str:
+        n = len(self.result)
+        text = f"<b>{n:,}</b> recipients (of {len(self.frame):,} addresses)"
+        if n == 0:
+            text += (
+                " — <span style='color:#a60'>no one matches: loosen a rule, or match "
+                "<i>any</i> instead of <i>all</i></span>"
+            )
+        if self.unfinished:
+            rows = "rule is" if self.unfinished == 1 else "rules are"
+            text += f" · {self.unfinished} {rows} not filled in yet and left out"
+        return text
+
+    def _show_sample(self) -> None:
+        columns = [c for c in self.sample_columns.value if c in self.frame.columns]
+        if self.result.empty or not columns:
+            self.sample.value = ""
+            return
+        part = display_cells(self.result[columns].head(_SAMPLE_ROWS))
+        part.columns = [readable_name(c) for c in columns]
+        table = part.to_html(index=False, escape=True, na_rep="", border=0)
+        more = len(self.result) - len(part)
+        note = f"<small>first {len(part)} of {len(self.result):,}</small>" if more > 0 else ""
+        self.sample.value = f"<div style='overflow-x:auto;max-width:100%'>{table}</div>{note}"
 
     def _error(self, exc: BulkmailError) -> None:
         self.last_error = exc
@@ -373,13 +276,61 @@ class SegmentBuilder:
         self.last_error = None
         self.status.value = f"<span style='color:#070'>{html.escape(message, quote=False)}</span>"
 
+    # ------------------------------------------------------------- saved groups
+
+    def refresh_saved(self) -> None:
+        """Fill the saved-groups menu from the database."""
+        try:
+            saved = list_segments(db=self.db, url=self.url)
+        except BulkmailError as exc:
+            self.saved.options = []
+            self._error(exc)
+            return
+        self.saved.options = [
+            (f"{row.name} ({row.members:,})", row.name) for row in saved.itertuples()
+        ]
+        self.saved.value = None
+
+    def open_saved(self, name: str | None = None) -> None:
+        """Open saved group ``name`` (default: the one chosen in the menu) in the builder."""
+        name = name or self.saved.value
+        if not name:
+            self._error(FilterError("Choose a saved group in the menu first, then press Open."))
+            return
+        try:
+            loaded = load_segment(name, db=self.db, url=self.url)
+            self.set_spec(loaded.spec)
+        except BulkmailError as exc:
+            self._error(exc)
+            return
+        self.segment_name.value = name
+        self.segment_description.value = loaded.info.description or ""
+        self._ok(
+            f"opened {name!r}: {len(self.result):,} recipients today "
+            f"({loaded.info.members:,} when it was saved)"
+        )
+
     # ------------------------------------------------------------- buttons
 
     def save(self) -> None:
-        """Save the current spec as the segment named in the name box."""
+        """Save the current rules as the mailing group named in the name box."""
+        name = self.segment_name.value.strip()
+        recipients = self.apply_now()
+        if self.last_error is not None:
+            return
+        if not name:
+            self._error(FilterError("Give the group a name first, then press Save group."))
+            return
+        if recipients.empty:
+            self._error(
+                FilterError(
+                    "No one matches these rules, so there is no group to save: loosen a rule."
+                )
+            )
+            return
         try:
             info = save_segment(
-                self.segment_name.value,
+                name,
                 self.spec,
                 self.frame,
                 db=self.db,
@@ -389,16 +340,25 @@ class SegmentBuilder:
                 replace=self.replace.value,
             )
         except BulkmailError as exc:
+            if exc.fields.get("exists"):
+                exc = FilterError(
+                    f"A group named {name!r} already exists: tick “Overwrite if it exists” "
+                    "to replace it, or choose another name."
+                )
             self._error(exc)
             return
-        self._ok(f"saved segment {info.name!r} with {info.members:,} members")
+        self.refresh_saved()
+        self._ok(f"saved group {info.name!r} with {info.members:,} recipients")
 
     def export(self) -> None:
-        """Export the current recipients to the path in the export box."""
+        """Export the current recipients to the file in the export box."""
+        recipients = self.apply_now()
+        if self.last_error is not None:
+            return
+        if recipients.empty:
+            self._error(FilterError("No one matches these rules, so there is nothing to export."))
+            return
         try:
-            recipients = self.apply_now()
-            if self.last_error is not None:
-                return
             path = export_recipients(
                 recipients,
                 self.export_path.value.strip() or None,
