@@ -73,6 +73,8 @@ def test_bulkmail_lab_starts_everything_on_a_fresh_data_dir(tmp_path: Path) -> N
         config_json = page.split('id="jupyter-config-data"', 1)[1].split(">", 1)[1]
         page_config = json.loads(config_json.split("</script>", 1)[0])
         assert page_config["news"] == {"disabled": True}
+        # Nor the question whether to fetch it: the announcements plugin is off.
+        assert "@jupyterlab/apputils-extension:announcements" in page_config["disabledExtensions"]
         # The demo database exists and is filled; its sender account points at the sink.
         engine = sa.create_engine(f"sqlite:///{data / 'bulkmail.db'}")
         with engine.connect() as conn:

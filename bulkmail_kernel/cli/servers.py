@@ -137,7 +137,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             worker = _start_worker(args)
         # Flushed first: JupyterLab writes to the same stdout (a log file under a service).
         print("starting JupyterLab:", " ".join(cmd[2:]), flush=True)
-        lab = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter, fixed arguments
+        lab = subprocess.Popen(cmd, env=lab_environment())  # noqa: S603 - fixed arguments
         return lab.wait()
     finally:
         # A second signal must not cut this short and leave JupyterLab unreaped.
@@ -155,6 +155,19 @@ def cmd_lab(args: argparse.Namespace) -> int:
             unsub.stop()
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+#: Jupyter configuration of the workbench: its ``labconfig/page_config.json`` turns off
+#: JupyterLab's announcements plugin, which otherwise asks on every start whether to fetch
+#: Jupyter news (``--LabApp.news_url=None`` stops the fetching but not that question).
+LAB_CONFIG_DIR = Path(__file__).resolve().parent / "jupyter"
+
+
+def lab_environment() -> dict[str, str]:
+    """Return the environment JupyterLab starts with: ours first on its config path."""
+    extra = os.environ.get("JUPYTER_CONFIG_PATH", "")
+    path = os.pathsep.join(p for p in (str(LAB_CONFIG_DIR), extra) if p)
+    return {**os.environ, "JUPYTER_CONFIG_PATH": path}
 
 
 #: How long the lab waits for its worker to drain after SIGTERM before it kills it.

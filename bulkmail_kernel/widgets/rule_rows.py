@@ -137,11 +137,14 @@ class RuleRow:
         self.op = w.Dropdown(layout=_AUTO)
         self.value_box = w.HBox()
         self.inputs: list[w.Widget] = []
+        self._building = False
+        self._built_for: tuple[str, str] | None = None
         self.remove = w.Button(
             description="", icon="times", tooltip="Remove this rule", layout=w.Layout(width="32px")
         )
         self.remove.on_click(lambda _b: on_remove(self))
         self.box = w.HBox([self.field, self.op, self.value_box, self.remove])
+        self.box.add_class("bm-rule")
         self._fill_ops()
         self.field.observe(self._field_changed, names="value")
         self.op.observe(self._op_changed, names="value")
@@ -156,21 +159,36 @@ class RuleRow:
     def _fill_ops(self) -> None:
         field = self.spec_field
         names = operators_for(field.kind)
-        self.op.options = [(OPERATORS[n].label, n) for n in names]
         default = "one_of" if field.kind == "choice" else "in_last_days"
-        self.op.value = default if default in names else names[0]
+        # Replacing the options moves the value; build the value control once, at the end,
+        # so the browser never types into a control that is about to be replaced.
+        self._building = True
+        try:
+            self.op.options = [(OPERATORS[n].label, n) for n in names]
+            self.op.value = default if default in names else names[0]
+        finally:
+            self._building = False
         self._fill_value()
 
     def _field_changed(self, _change: Any) -> None:
+        if self._building:
+            return
         self._fill_ops()
         self._on_change()
 
     def _op_changed(self, _change: Any) -> None:
+        if self._building:
+            return
         self._fill_value()
         self._on_change()
 
     def _fill_value(self) -> None:
         field = self.spec_field
+        if self._built_for == (field.column, self.op.value):
+            # An echo of a value the row already shows (the browser sends the menus back
+            # after their options change): keep the control, and what is typed into it.
+            return
+        self._built_for = (field.column, self.op.value)
         shape = OPERATORS[self.op.value].shape if self.op.value else "none"
         inputs: list[w.Widget] = []
         label: list[w.Widget] = []
@@ -200,7 +218,10 @@ class RuleRow:
     def _tags(self, field: Field) -> w.TagsInput:
         # Type to search the choices; Enter or a click adds one. Free text where any value goes.
         return w.TagsInput(
-            value=[], allowed_tags=list(field.choices), allow_duplicates=False, layout=_AUTO
+            value=[],
+            allowed_tags=list(field.choices),
+            allow_duplicates=False,
+            layout=w.Layout(min_width="240px"),
         )
 
     def _one(self, field: Field) -> w.Widget:
@@ -260,7 +281,11 @@ class RuleRow:
                 field="rules",
                 column=rule.field,
             )
-        self.field.value = rule.field
+        self._building = True
+        try:
+            self.field.value = rule.field
+        finally:
+            self._building = False
         self._fill_ops()
         names = [n for _label, n in self.op.options]
         if rule.op not in names:
@@ -270,7 +295,11 @@ class RuleRow:
                 field="rules",
                 column=rule.field,
             )
-        self.op.value = rule.op
+        self._building = True
+        try:
+            self.op.value = rule.op
+        finally:
+            self._building = False
         self._fill_value()
         shape = OPERATORS[rule.op].shape
         if shape == "days":
@@ -322,8 +351,10 @@ class GroupBox:
         self.items: list[RuleRow | GroupBox] = []
         self.match = w.Dropdown(options=_MATCH_OPTIONS, value="all", layout=_AUTO)
         self.match.observe(lambda _c: on_change(), names="value")
+        self.match.add_class("bm-rules-match")
         self.add_rule = w.Button(description="Add rule", icon="plus", layout=_AUTO)
         self.add_rule.on_click(lambda _b: self.add())
+        self.add_rule.add_class("bm-add-rule")
         self.add_group = w.Button(description="Add group", icon="plus-square", layout=_AUTO)
         self.add_group.on_click(lambda _b: self.add_subgroup())
         header: list[w.Widget] = [w.Label("Match" if depth == 0 else "Group: match"), self.match]
@@ -337,6 +368,7 @@ class GroupBox:
         buttons = [self.add_rule] + ([self.add_group] if depth < 2 else [])
         style = {"border_left": "3px solid #9ab", "padding": "0 0 0 8px"} if depth else {}
         self.box = w.VBox([w.HBox(header), self.rows, w.HBox(buttons)], layout=w.Layout(**style))
+        self.box.add_class("bm-rules")
 
     def _show_items(self) -> None:
         self.rows.children = [item.box for item in self.items]

@@ -171,6 +171,16 @@ class SegmentBuilder:
             ],
             layout=w.Layout(max_width="100%", overflow="hidden"),
         )
+        for widget, name in (
+            (self.widget, "bm-segments"),
+            (self.count, "bm-segment-count"),
+            (self.sample, "bm-segment-sample"),
+            (self.status, "bm-segment-status"),
+            (self.saved, "bm-saved-groups"),
+            (self.open_button, "bm-open-group"),
+            (self.save_button, "bm-save-group"),
+        ):
+            widget.add_class(name)
         self.refresh_saved()
         self.apply_now()
 
