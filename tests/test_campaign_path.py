@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 import bulkmail_kernel as bm
 from bulkmail_kernel import db as dbmod
@@ -113,7 +114,7 @@ def test_preview_bytes_are_the_registered_bytes(name: str, sqlite_url: str, tmp_
     stored = {
         r.recipient: r.body
         for r in database.engine.connect().execute(
-            dbmod.sa.text(
+            sa.text(
                 "SELECT m.recipient, b.body FROM messages m "
                 "JOIN message_bodies b ON b.message_id = m.id"
             )

@@ -206,7 +206,7 @@ def _head() -> str:
     from alembic.script import ScriptDirectory
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(dbmod.__file__).parent / "migrations"))
+    cfg.set_main_option("script_location", str(Path(dbmod.__file__).parents[1] / "migrations"))
     head = ScriptDirectory.from_config(cfg).get_current_head()
     assert head is not None
     return head
