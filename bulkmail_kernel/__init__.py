@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         resume,
         schedule,
     )
+    from bulkmail_kernel.campaigns.explain import explain
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
     from bulkmail_kernel.campaigns.preview import (
         CampaignPreview,
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
         sendpulse_report,
     )
     from bulkmail_kernel.records import CampaignInfo, SenderInfo
+    from bulkmail_kernel.segments.explain import explain_segment
     from bulkmail_kernel.segments.export import export_recipients
     from bulkmail_kernel.segments.filters import filter_recipients
     from bulkmail_kernel.segments.rules import Rule, RuleGroup
@@ -140,6 +142,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
     "FilterSpec": ("bulkmail_kernel.segments.spec", "FilterSpec"),
     "Rule": ("bulkmail_kernel.segments.rules", "Rule"),
+    "explain": ("bulkmail_kernel.campaigns.explain", "explain"),
+    "explain_segment": ("bulkmail_kernel.segments.explain", "explain_segment"),
     "RuleGroup": ("bulkmail_kernel.segments.rules", "RuleGroup"),
     "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
@@ -285,6 +289,8 @@ __all__ = [
     "create_campaign",
     "create_unsubscribe_app",
     "delete_segment",
+    "explain",
+    "explain_segment",
     "export_recipients",
     "filter_recipients",
     "fit_to_gsm7",

@@ -251,6 +251,10 @@ def register(
                 else CampaignStatus.REGISTERED.value
             )
         c.registered_at = now
+        # The filter these recipients were chosen by (filter_recipients attaches it), for
+        # explain(); the latest registration's, and none for a hand-made list.
+        spec = frame.attrs.get("filter_spec")
+        c.audience = dict(spec) if isinstance(spec, dict) else None
     summary = skip_summary(cname, why, stored)
     if summary is not None:
         # A warning, not a log line: a notebook shows it under the cell, and the CLI prints it.

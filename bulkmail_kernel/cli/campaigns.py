@@ -165,6 +165,16 @@ def cmd_skipped(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Say why one person gets the campaign or not: message, skips, filter rules, consent."""
+    from bulkmail_kernel import explain
+
+    table = explain(args.campaign, args.contact, url=args.db)
+    print(table.attrs["verdict"], file=sys.stderr if args.csv else sys.stdout)
+    print_frame(table, args)
+    return 0
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     """List the campaign's messages (the message_id column names them for other commands)."""
     from bulkmail_kernel import queue
@@ -421,6 +431,15 @@ def add_commands(commands: Commands) -> None:
 
     p = commands.add("skipped", cmd_skipped, "who was skipped, when and why")
     add_campaign(p)
+    add_csv(p)
+    add_db(p)
+
+    p = commands.add("explain", cmd_explain, "why one person gets a campaign, or why not")
+    add_campaign(p)
+    p.add_argument(
+        "contact",
+        help="the person: contact id (a number), customer number, e-mail address or phone",
+    )
     add_csv(p)
     add_db(p)
 

@@ -327,8 +327,14 @@ def filter_recipients(
         today: the day that relative day counts start from (default: today in ``tz``).
         tz: IANA time zone days are counted in (default ``config.local_timezone()``).
 
+    The result's ``attrs["filter_spec"]`` holds ``spec.to_dict()``: ``register()`` records
+    it with the campaign, so ``explain()`` can later say which rule kept someone out.
+
     Raises:
         FilterError: a condition names an unknown attribute or does not fit its column.
 
     """
-    return frame.take(_selected_rows(frame, spec, today=today, tz=tz))
+    out = frame.take(_selected_rows(frame, spec, today=today, tz=tz))
+    # The filter travels with its recipients: register() records it for explain().
+    out.attrs["filter_spec"] = spec.to_dict()
+    return out

@@ -21,32 +21,10 @@ import ipywidgets as w
 import pandas as pd
 
 from bulkmail_kernel.exceptions import FilterError
+from bulkmail_kernel.segments.labels import FIELD_LABELS, HIDDEN_FIELDS, VALUE_LABELS, readable_name
 from bulkmail_kernel.segments.rule_masks import column_kind
 from bulkmail_kernel.segments.rules import OPERATORS, Kind, Rule, RuleGroup, operators_for
 
-#: Labels of the built-in columns; columns not listed here and not hidden are custom fields.
-FIELD_LABELS = {
-    "first_name": "First name",
-    "last_name": "Last name",
-    "patronymic": "Patronymic",
-    "gender": "Gender",
-    "language": "Language",
-    "registered_at": "Registered",
-    "channel": "Channel",
-    "address": "E-mail or phone",
-    "point_type": "Type of address",
-    "kind": "Personal or work",
-    "external_id": "Customer number",
-    "is_preferred": "Preferred address",
-}
-#: Columns that are settings of the builder (or ids), not fields of a rule.
-HIDDEN_FIELDS = ("contact_point_id", "contact_id", "mailing_allowed", "suppressed")
-#: How stored values read in the menus.
-VALUE_LABELS = {
-    "channel": {"email": "e-mail", "phone": "phone / SMS"},
-    "gender": {"m": "male", "f": "female"},
-    "language": {"sk": "Slovak", "cs": "Czech", "ru": "Russian", "en": "English"},
-}
 #: Beyond this many choices, "is" gets a searchable text box instead of a menu.
 _MENU_MAX = 25
 _MATCH = {
@@ -62,14 +40,6 @@ _MATCH_OPTIONS = [
     ("not all of these rules", "not_all"),
 ]
 _AUTO = w.Layout(width="auto")
-
-
-def readable_name(column: str) -> str:
-    """Return a column's label: the built-in one, else ``treatment_result`` → "Treatment result"."""
-    if column in FIELD_LABELS:
-        return FIELD_LABELS[column]
-    text = column.replace("_", " ").strip()
-    return text[:1].upper() + text[1:] if text else column
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ from bulkmail_kernel.display import display_cells
 from bulkmail_kernel.exceptions import BulkmailError, FilterError
 from bulkmail_kernel.segments.export import export_recipients, is_contact_column
 from bulkmail_kernel.segments.filters import filter_recipients
+from bulkmail_kernel.segments.labels import readable_name
 from bulkmail_kernel.segments.rules import RuleGroup
 from bulkmail_kernel.segments.saved import list_segments, load_segment, save_segment
 from bulkmail_kernel.segments.spec import FilterSpec
-from bulkmail_kernel.widgets.rule_rows import Fields, GroupBox, readable_name
+from bulkmail_kernel.widgets.rule_rows import Fields, GroupBox
 
 log = logging.getLogger("bulkmail")
 
