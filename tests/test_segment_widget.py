@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import threading
 from datetime import date
 from pathlib import Path
@@ -322,3 +323,28 @@ def test_nullable_attribute_dtypes_of_the_real_frame(sqlite_url: str, frame: pd.
     b2 = segment_builder(frame, url=sqlite_url, today=TODAY, debounce_s=0)
     b2.set_spec(spec)
     assert b2.spec == spec
+
+
+def test_picking_a_person_says_why_they_are_in_or_out(sqlite_url: str, frame: pd.DataFrame) -> None:
+    b = segment_builder(frame, url=sqlite_url, today=TODAY, debounce_s=0)
+    row = b.rules.add()
+    row.field.value = "language"
+    row.inputs[0].value = ["sk"]
+    # The box offers the sample's people; picking one is the click.
+    assert b.why.options == tuple(b.result.head(10)["address"])
+    first = b.why.options[0]
+    b.why.value = first
+    assert b.why_result.value.startswith(f"<b>in: {first}")
+    assert "rule 'Language is one of sk'" in html.unescape(b.why_result.value)
+    assert "✔" in b.why_result.value
+    # Anyone else by address or customer number: out, with the rule and their value.
+    outsider = frame[frame["language"] == "cs"].iloc[0]
+    b.why.value = str(outsider["address"])
+    b.why_button.click()
+    said = html.unescape(b.why_result.value)
+    assert f"out: {outsider['address']}: rule 'Language is one of sk'" in said
+    assert "<td>cs</td>" in b.why_result.value
+    assert "✘" in b.why_result.value
+    b.why.value = "nobody@nowhere.sk"
+    b.why_button.click()
+    assert "nobody in these contacts is" in b.why_result.value

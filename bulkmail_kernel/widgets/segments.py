@@ -24,6 +24,7 @@ import pandas as pd
 from bulkmail_kernel.db import Database
 from bulkmail_kernel.display import display_cells
 from bulkmail_kernel.exceptions import BulkmailError, FilterError
+from bulkmail_kernel.segments.explain import explain_segment
 from bulkmail_kernel.segments.export import export_recipients, is_contact_column
 from bulkmail_kernel.segments.filters import filter_recipients
 from bulkmail_kernel.segments.labels import readable_name
@@ -102,6 +103,18 @@ class SegmentBuilder:
         self.sample = w.HTML()
         self.status = w.HTML()
 
+        self.why = w.Combobox(
+            description="Why is",
+            placeholder="a person in the sample, or any address or customer number",
+            ensure_option=False,
+            style=_WIDE,
+            layout=w.Layout(width="520px"),
+        )
+        self.why_button = w.Button(description="in or out?", icon="question", layout=_AUTO)
+        self.why_button.on_click(lambda _b: self.explain())
+        self.why.observe(self._why_picked, names="value")
+        self.why_result = w.HTML()
+
         self.saved = w.Dropdown(description="Saved groups", style=_WIDE, layout=_AUTO)
         self.open_button = w.Button(description="Open", icon="folder-open", layout=_AUTO)
         self.open_button.on_click(lambda _b: self.open_saved())
@@ -163,6 +176,8 @@ class SegmentBuilder:
                 self.count,
                 w.HBox([w.Label("Sample columns"), self.sample_columns]),
                 self.sample,
+                w.HBox([self.why, self.why_button]),
+                self.why_result,
                 heading("Mailing groups"),
                 saved_box,
                 save_box,
@@ -180,6 +195,8 @@ class SegmentBuilder:
             (self.saved, "bm-saved-groups"),
             (self.open_button, "bm-open-group"),
             (self.save_button, "bm-save-group"),
+            (self.why, "bm-why"),
+            (self.why_result, "bm-why-result"),
         ):
             widget.add_class(name)
         self.refresh_saved()
@@ -267,6 +284,8 @@ class SegmentBuilder:
         return text
 
     def _show_sample(self) -> None:
+        head = self.result.head(_SAMPLE_ROWS)
+        self.why.options = [str(a) for a in head["address"]] if "address" in head else []
         columns = [c for c in self.sample_columns.value if c in self.frame.columns]
         if self.result.empty or not columns:
             self.sample.value = ""
@@ -280,12 +299,39 @@ class SegmentBuilder:
 
     def _error(self, exc: BulkmailError) -> None:
         self.last_error = exc
-        self.status.value = f"<span style='color:#b00'>{html.escape(str(exc), quote=False)}</span>"
+        self.status.value = _red(str(exc))
         log.info("segment builder: %s", exc)
 
     def _ok(self, message: str) -> None:
         self.last_error = None
         self.status.value = f"<span style='color:#070'>{html.escape(message, quote=False)}</span>"
+
+    # ------------------------------------------------------------- why in or out
+
+    def _why_picked(self, change: Any) -> None:
+        # Picking a person of the sample is the click; typed text waits for the button.
+        if change["new"] in self.why.options:
+            self.explain(change["new"])
+
+    def explain(self, contact: int | str | None = None) -> pd.DataFrame | None:
+        """Show (and return) why ``contact`` (default: the one in the box) is in or out."""
+        who = contact if contact is not None else self.why.value.strip()
+        if who == "":
+            self.why_result.value = "<i>Pick a person of the sample or type an address.</i>"
+            return None
+        try:
+            table = explain_segment(self.frame, self.spec, who, today=self.today)
+        except BulkmailError as exc:
+            self.why_result.value = _red(str(exc))
+            return None
+        shown = display_cells(table)
+        shown["holds"] = ["✔" if h else "✘" for h in table["holds"]]
+        verdict = html.escape(table.attrs["verdict"])
+        body = shown.to_html(index=False, escape=True, border=0)
+        self.why_result.value = (
+            f"<b>{verdict}</b><div style='overflow-x:auto;max-width:100%'>{body}</div>"
+        )
+        return table
 
     # ------------------------------------------------------------- saved groups
 
@@ -383,6 +429,10 @@ class SegmentBuilder:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _red(text: str) -> str:
+    return f"<span style='color:#b00'>{html.escape(text, quote=False)}</span>"
 
 
 def segment_builder(
