@@ -21,14 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    relationship,
-    sessionmaker,
-)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from bulkmail_kernel import config
 from bulkmail_kernel.exceptions import ConfigError
@@ -300,6 +293,8 @@ class Campaign(Base):
     #: Policy or system refusals in a row so far (the circuit breaker's count, see
     #: ``outbox.breaker``); a sent message or a bad mailbox sets it back to 0, so does resume.
     refusals_in_row: Mapped[int] = mapped_column(server_default="0")
+    #: When messages may go on each recipient's wall clock (``outbox.windows``; None: any time).
+    send_window: Mapped[str | None] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -327,6 +322,10 @@ class Message(Base):
     status: Mapped[str] = mapped_column(sa.String(12), default=MessageStatus.QUEUED.value)
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column()
+    #: The recipient's IANA zone (None: ``BULKMAIL_TZ``) and, while their send window is
+    #: closed, when it opens: the claim takes no message before it (``outbox.parking``).
+    timezone: Mapped[str | None] = mapped_column(sa.String(64))
+    not_before: Mapped[datetime | None] = mapped_column()
     claimed_by: Mapped[str | None] = mapped_column(sa.String(200))
     claimed_at: Mapped[datetime | None] = mapped_column()
     #: Set (a few messages ahead) before a claimed message goes to the transport: after a
@@ -491,7 +490,7 @@ class Database:
     """An open, migrated database: the engine and a session factory."""
 
     engine: Engine
-    sessions: sessionmaker[Session]
+    sessions: sa.orm.sessionmaker[Session]
 
     @property
     def url(self) -> str:
@@ -574,7 +573,7 @@ def open_database(url: str | None = None, *, migrate: bool = True) -> Database:
                     f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
                     f"{exc.orig}; check BULKMAIL_DB_URL and that the server is running"
                 ) from exc
-        db = Database(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+        db = Database(engine=engine, sessions=sa.orm.sessionmaker(engine, expire_on_commit=False))
         _open[resolved] = db
     return db
 

@@ -1,0 +1,312 @@
+"""Send windows on the recipient's wall clock: the syntax, the zones, and the send path.
+
+The daylight-saving cases go through registration, the real send loop and the real SMTP
+sink with a manual clock, on SQLite and PostgreSQL: a message registered on Friday
+evening, outside "Mon–Fri 09:00–18:00", waits over the weekend of a clock change and
+goes at 09:00 on Monday by its recipient's clock, which is a different UTC hour than
+on the Friday before.
+"""
+
+from __future__ import annotations
+
+import email
+import email.utils
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from sending_support import sink_account
+
+import bulkmail_kernel as bm
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.clock import ManualClock
+from bulkmail_kernel.contacts.importer import import_contacts
+from bulkmail_kernel.contacts.zones import recipient_zone, zone_of_address, zone_of_number
+from bulkmail_kernel.exceptions import ConfigError, SendError
+from bulkmail_kernel.outbox.parking import waiting_for_window
+from bulkmail_kernel.outbox.windows import parse_window
+from bulkmail_kernel.servers.sink import Sink
+
+BRATISLAVA = ZoneInfo("Europe/Bratislava")
+NEW_YORK = ZoneInfo("America/New_York")
+
+# --------------------------------------------------------------------------- the syntax
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("Mon–Fri 09:00–18:00", "Mon–Fri 09:00–18:00"),
+        ("mon-fri 9:00-18:00", "Mon–Fri 09:00–18:00"),
+        ("Monday to Friday 09:00 to 18:00", "Mon–Fri 09:00–18:00"),
+        ("weekdays 09:00-17:30", "Mon–Fri 09:00–17:30"),
+        ("at 10:00 local", "daily at 10:00"),
+        ("Mon,Wed at 10:00", "Mon,Wed at 10:00"),
+        ("Mon-Fri 09:00-18:00; Sat 10:00-14:00", "Mon–Fri 09:00–18:00; Sat 10:00–14:00"),
+        ("Fri-Sun 20:00-02:00", "Fri–Sun 20:00–02:00"),
+        ("08:00-24:00", "daily 08:00–24:00"),
+    ],
+)
+def test_window_text_is_read_and_written_one_way(written: str, stored: str) -> None:
+    window = parse_window(written)
+    assert str(window) == stored
+    assert parse_window(stored) == window  # what is stored reads back the same
+
+
+def test_structured_form_is_the_same_window() -> None:
+    assert parse_window({"days": "Mon-Fri", "start": "09:00", "end": "18:00"}) == parse_window(
+        "Mon–Fri 09:00–18:00"
+    )
+    assert str(parse_window([{"days": [0, 2], "at": "10:00"}, "Sat 10:00-12:00"])) == (
+        "Mon,Wed at 10:00; Sat 10:00–12:00"
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "part"),
+    [
+        ("Mon-Fry 09:00-18:00", "'Mon-Fry' is not a day"),
+        ("Mon-Fri 09:00-25:00", "'25:00' is not a time of day"),
+        ("Mon-Fri 09:61-18:00", "'09:61' is not a time of day"),
+        ("whenever", "'whenever' is not a window"),
+        ("Mon-Fri 09:00-18:00; soon", "'soon' is not a window"),
+        ("Mon 09:00-09:00", "opens and closes at the same time"),
+        ({"days": "Mon", "start": "09:00"}, "'start/end' is missing"),
+        ({"from": "09:00"}, "'from' is not a key"),
+    ],
+)
+def test_a_bad_window_names_the_bad_part(bad: object, part: str) -> None:
+    with pytest.raises(ConfigError, match=part):
+        parse_window(bad)  # type: ignore[arg-type]
+
+
+def test_create_campaign_refuses_a_bad_window_naming_the_campaign(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    sink_account(database, sink.port)
+    with pytest.raises(ConfigError, match=r"campaign 'c': send window .*'Sun-Thurs' is not a day"):
+        bm.create_campaign("c", sender="sink", send_window="Sun-Thurs 9:00-17:00", db=database)
+    assert bm.list_campaigns(db=database).empty
+
+
+# --------------------------------------------------------------------------- the arithmetic
+
+
+def _utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("zone", "now", "opens"),
+    [
+        # Friday evening, a clock change on Sunday: Monday 09:00 is another UTC hour.
+        (BRATISLAVA, _utc(2026, 3, 27, 17, 30), _utc(2026, 3, 30, 7)),  # CET -> CEST
+        (BRATISLAVA, _utc(2026, 10, 23, 16, 30), _utc(2026, 10, 26, 8)),  # CEST -> CET
+        (NEW_YORK, _utc(2026, 3, 6, 23, 30), _utc(2026, 3, 9, 13)),  # EST -> EDT
+        (NEW_YORK, _utc(2026, 10, 30, 22, 30), _utc(2026, 11, 2, 14)),  # EDT -> EST
+        # New York keeps its hour over Europe's last Sunday of March.
+        (NEW_YORK, _utc(2026, 3, 27, 22, 30), _utc(2026, 3, 30, 13)),
+    ],
+)
+def test_next_opening_follows_the_recipients_clock_changes(
+    zone: ZoneInfo, now: datetime, opens: datetime
+) -> None:
+    window = parse_window("Mon–Fri 09:00–18:00")
+    assert not window.is_open(now, zone)
+    assert window.next_open(now, zone) == opens
+    assert window.is_open(opens, zone)
+    assert not window.is_open(opens - timedelta(seconds=1), zone)
+
+
+def test_at_ten_local_on_the_day_of_the_change() -> None:
+    window = parse_window("at 10:00 local")
+    # Saturday 10:00 CET, then Sunday 10:00 CEST: 23 hours apart.
+    sat = window.next_open(_utc(2026, 3, 28, 0), BRATISLAVA)
+    sun = window.next_open(sat + timedelta(hours=1), BRATISLAVA)
+    assert (sat, sun) == (_utc(2026, 3, 28, 9), _utc(2026, 3, 29, 8))
+    # It stays open an hour, then waits for the next day's 10:00.
+    assert window.is_open(sun + timedelta(minutes=59), BRATISLAVA)
+    assert window.next_open(sun + timedelta(hours=1), BRATISLAVA) == _utc(2026, 3, 30, 8)
+    # Autumn: Sunday 10:00 CET is 25 hours after Saturday 10:00 CEST.
+    sat = window.next_open(_utc(2026, 10, 24, 0), BRATISLAVA)
+    sun = window.next_open(sat + timedelta(hours=1), BRATISLAVA)
+    assert (sat, sun) == (_utc(2026, 10, 24, 8), _utc(2026, 10, 25, 9))
+
+
+def test_a_window_over_midnight() -> None:
+    window = parse_window("Fri 20:00-02:00")
+    assert window.is_open(_utc(2026, 3, 28, 0, 30), BRATISLAVA)  # Sat 01:30 CET
+    assert not window.is_open(_utc(2026, 3, 28, 1, 0), BRATISLAVA)  # Sat 02:00
+    assert window.next_open(_utc(2026, 3, 28, 1, 0), BRATISLAVA) == _utc(2026, 4, 3, 18)
+
+
+# --------------------------------------------------------------------------- the zones
+
+
+def test_zone_from_column_then_number_then_address() -> None:
+    assert recipient_zone({"timezone": "America/New_York"}, "email", "a@x.sk") == (
+        "America/New_York"
+    )
+    assert recipient_zone({"tz": " Asia/Tokyo "}, "email", "a@x.com") == "Asia/Tokyo"
+    assert recipient_zone({"timezone": None}, "email", "a@firma.sk") == "Europe/Bratislava"
+    assert zone_of_address("jan@firma.cz") == "Europe/Prague"
+    assert zone_of_address("olga@mail.ru") == "Europe/Moscow"
+    assert zone_of_address("a@b.co.uk") == "Europe/London"
+    assert zone_of_address("a@gmail.com") is None  # generic: no guess
+    assert zone_of_address("a@b.eu") is None
+    assert zone_of_number("+421905123456") == "Europe/Bratislava"
+    assert zone_of_number("+12125550123") == "America/New_York"  # the prefix's own zone
+    assert zone_of_number("+79161234567") == "Europe/Moscow"  # many zones: the country's main
+    assert recipient_zone({}, "phone", "+420601123456") == "Europe/Prague"
+
+
+def test_a_bad_zone_column_names_the_recipient() -> None:
+    with pytest.raises(SendError, match=r"recipient a@x\.sk: timezone 'Europe/Bratslava' is no"):
+        recipient_zone({"timezone": "Europe/Bratslava"}, "email", "a@x.sk")
+
+
+# --------------------------------------------------------------------------- the send path
+
+
+def _people(database: dbmod.Database, rows: list[dict[str, str]]) -> pd.DataFrame:
+    frame = pd.DataFrame([{**r, "mailing_allowed": "yes"} for r in rows])
+    import_contacts(frame, db=database, progress=False)
+    return bm.contacts_frame(database)
+
+
+def _campaign(database: dbmod.Database, port: int, window: str | None) -> None:
+    sink_account(database, port)
+    template = bm.template_from_html(
+        "<p>Dobrý deň {{ first_name }}</p>", subject="Ponuka", name="w"
+    )
+    bm.create_campaign("c", sender="sink", template=template, send_window=window, db=database)
+
+
+def _register_jan(database: dbmod.Database) -> None:
+    bm.register(
+        "c", _people(database, [{"first_name": "Ján", "email": "jan@firma.sk"}]), db=database
+    )
+
+
+def _send(database: dbmod.Database, clock: ManualClock) -> int:
+    summary = bm.send("c", rate_per_hour=float("inf"), progress=False, clock=clock, db=database)
+    return summary.sent
+
+
+def _sent_at(database: dbmod.Database) -> dict[str, datetime]:
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.select(dbmod.Message.recipient, dbmod.Message.sent_at)).all()
+    return {r.recipient: r.sent_at for r in rows if r.sent_at is not None}
+
+
+@pytest.mark.parametrize(
+    ("row", "friday_evening", "monday_nine"),
+    [
+        ({"email": "jan@firma.sk"}, _utc(2026, 3, 27, 17, 30), _utc(2026, 3, 30, 7)),
+        ({"email": "jan@firma.sk"}, _utc(2026, 10, 23, 16, 30), _utc(2026, 10, 26, 8)),
+        (
+            {"email": "ann@example.com", "timezone": "America/New_York"},
+            _utc(2026, 3, 27, 22, 30),
+            _utc(2026, 3, 30, 13),
+        ),
+        (
+            {"email": "ann@example.com", "timezone": "America/New_York"},
+            _utc(2026, 10, 30, 22, 30),
+            _utc(2026, 11, 2, 14),
+        ),
+    ],
+    ids=["bratislava-march", "bratislava-october", "new-york-march", "new-york-november"],
+)
+def test_a_message_waits_over_the_clock_change_and_goes_at_nine_on_monday(
+    database: dbmod.Database,
+    sink: Sink,
+    row: dict[str, str],
+    friday_evening: datetime,
+    monday_nine: datetime,
+) -> None:
+    _campaign(database, sink.port, "Mon–Fri 09:00–18:00")
+    people = _people(database, [{"first_name": "Ján", **row}])
+    bm.register("c", people, db=database)
+    clock = ManualClock(start=friday_evening)
+
+    assert _send(database, clock) == 0  # Friday evening: closed, parked for Monday
+    assert sink.messages == []
+    assert waiting_for_window(database, [1], clock.now()) == {1: 1}
+    clock.start = monday_nine - timedelta(seconds=1)
+    assert _send(database, clock) == 0  # a second early: still waiting
+    clock.start = monday_nine
+    assert _send(database, clock) == 1
+    assert _sent_at(database) == {row["email"]: monday_nine}
+    (received,) = sink.messages
+    date = email.message_from_bytes(received.data)["Date"]
+    assert email.utils.parsedate_to_datetime(date) == monday_nine
+    assert bm.get_campaign("c", db=database).status == "finished"
+
+
+def test_each_recipient_goes_in_their_own_window_and_the_firms_zone_is_the_fallback(
+    database: dbmod.Database, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BULKMAIL_TZ", "Asia/Tokyo")
+    _campaign(database, sink.port, "at 10:00 local")
+    people = _people(
+        database,
+        [
+            {"first_name": "Ján", "email": "jan@firma.sk"},  # .sk: Bratislava
+            {"first_name": "Ann", "email": "ann@example.com", "tz": "America/New_York"},
+            {"first_name": "Aiko", "email": "aiko@example.com"},  # no guess: the firm's zone
+        ],
+    )
+    bm.register("c", people, db=database)
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.select(dbmod.Message.recipient, dbmod.Message.timezone)).all()
+    zones = {r.recipient: r.timezone for r in rows}
+    assert zones == {
+        "jan@firma.sk": "Europe/Bratislava",
+        "ann@example.com": "America/New_York",
+        "aiko@example.com": None,
+    }
+    # Saturday 28 March 2026 from 00:00 UTC, every quarter of an hour.
+    clock = ManualClock(start=_utc(2026, 3, 28, 0))
+    while clock.now() <= _utc(2026, 3, 28, 15):
+        _send(database, clock)
+        clock.start += timedelta(minutes=15)
+    assert _sent_at(database) == {
+        "aiko@example.com": _utc(2026, 3, 28, 1),  # 10:00 in Tokyo, Saturday
+        "jan@firma.sk": _utc(2026, 3, 28, 9),  # 10:00 CET, Saturday
+        "ann@example.com": _utc(2026, 3, 28, 14),  # 10:00 EDT, Saturday
+    }
+    assert len(sink.messages) == 3
+
+
+def test_set_send_window_frees_and_parks_at_once(database: dbmod.Database, sink: Sink) -> None:
+    _campaign(database, sink.port, None)
+    bm.register(
+        "c", _people(database, [{"first_name": "Ján", "email": "jan@firma.sk"}]), db=database
+    )
+    # A window that is never open now: the message waits for it whatever the real time is.
+    now = datetime.now(UTC)
+    closed = (now.astimezone(BRATISLAVA) + timedelta(days=2)).strftime("%a")
+    info = bm.set_send_window("c", f"{closed} at 03:00", db=database)
+    assert info.send_window == f"{closed} at 03:00"
+    assert waiting_for_window(database, [info.id], now) == {info.id: 1}
+    bm.set_send_window("c", None, db=database)
+    assert waiting_for_window(database, [info.id], now) == {}
+    assert bm.get_campaign("c", db=database).send_window is None
+
+
+def test_the_worker_holds_and_sends_by_the_window(
+    database: dbmod.Database, sink: Sink, tmp_path: Path
+) -> None:
+    _campaign(database, sink.port, "Mon–Fri 09:00–18:00")
+    bm.register(
+        "c", _people(database, [{"first_name": "Ján", "email": "jan@firma.sk"}]), db=database
+    )
+    bm.schedule("c", _utc(2026, 3, 27, 17, 30), db=database)
+    clock = ManualClock(start=_utc(2026, 3, 27, 17, 30))
+    # The worker polls every 10 minutes (of the manual clock) until nothing is left.
+    sent = bm.run_worker(db=database, clock=clock, exit_when_idle=True, poll_interval_s=600.0)
+    assert sent == 1
+    assert _sent_at(database) == {"jan@firma.sk": _utc(2026, 3, 30, 7)}
