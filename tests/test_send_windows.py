@@ -234,7 +234,10 @@ def test_a_message_waits_over_the_clock_change_and_goes_at_nine_on_monday(
 
     assert _send(database, clock) == 0  # Friday evening: closed, parked for Monday
     assert sink.messages == []
-    assert waiting_for_window(database, [1], clock.now()) == {1: 1}
+    progress = bm.campaign_progress("c", now=clock.now(), db=database)
+    assert progress.window_line() == (
+        "window Mon–Fri 09:00–18:00 recipient's local time; 1 waiting for their window"
+    )
     clock.start = monday_nine - timedelta(seconds=1)
     assert _send(database, clock) == 0  # a second early: still waiting
     clock.start = monday_nine
@@ -292,8 +295,12 @@ def test_set_send_window_frees_and_parks_at_once(database: dbmod.Database, sink:
     info = bm.set_send_window("c", f"{closed} at 03:00", db=database)
     assert info.send_window == f"{closed} at 03:00"
     assert waiting_for_window(database, [info.id], now) == {info.id: 1}
+    listed = bm.list_campaigns(db=database).set_index("name")
+    assert listed.loc["c", "send_window"] == f"{closed} at 03:00"
+    assert listed.loc["c", "waiting_for_window"] == 1
     bm.set_send_window("c", None, db=database)
     assert waiting_for_window(database, [info.id], now) == {}
+    assert bm.list_campaigns(db=database).loc[0, "waiting_for_window"] == 0
     assert bm.get_campaign("c", db=database).send_window is None
 
 
@@ -310,3 +317,23 @@ def test_the_worker_holds_and_sends_by_the_window(
     sent = bm.run_worker(db=database, clock=clock, exit_when_idle=True, poll_interval_s=600.0)
     assert sent == 1
     assert _sent_at(database) == {"jan@firma.sk": _utc(2026, 3, 30, 7)}
+
+
+def test_the_commands_set_and_show_the_window(
+    sqlite_url: str, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bulkmail_kernel.cli import main
+
+    database = dbmod.open_database(sqlite_url)
+    sink_account(database, sink.port)
+    assert main(["create-campaign", "c", "--sender", "sink", "--send-window", "weekdays "
+                 "9:00-18:00", "--db", sqlite_url]) == 0  # fmt: skip
+    assert "send_window='Mon–Fri 09:00–18:00'" in capsys.readouterr().out
+    assert main(["set-send-window", "c", "at 10:00 local", "--db", sqlite_url]) == 0
+    assert "send_window='daily at 10:00'" in capsys.readouterr().out
+    assert main(["campaign-progress", "c", "--db", sqlite_url]) == 0
+    assert "window daily at 10:00 recipient's local time; 0 waiting" in capsys.readouterr().out
+    assert main(["set-send-window", "c", "none", "--db", sqlite_url]) == 0
+    assert "send_window=None" in capsys.readouterr().out
+    assert main(["set-send-window", "c", "Mon-Fry 10:00-12:00", "--db", sqlite_url]) != 0
+    assert "'Mon-Fry' is not a day" in capsys.readouterr().err

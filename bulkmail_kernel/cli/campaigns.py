@@ -269,6 +269,8 @@ def cmd_campaign_progress(args: argparse.Namespace) -> int:
         f"scheduled {p.scheduled_at or '-'}; first sent {p.started_at or '-'}; "
         f"last sent {p.last_sent_at or '-'}; finished {p.finished_at or '-'}"
     )
+    if p.send_window:
+        print(p.window_line())
     if p.last_error:
         print(p.last_error)  # why it stopped, paused or is late: a sentence of its own
     if len(p.errors):
