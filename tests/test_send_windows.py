@@ -185,6 +185,10 @@ def _campaign(database: dbmod.Database, port: int, window: str | None) -> None:
     bm.create_campaign("c", sender="sink", template=template, send_window=window, db=database)
 
 
+def _date(data: bytes) -> datetime:
+    return email.utils.parsedate_to_datetime(email.message_from_bytes(data)["Date"])
+
+
 def _register_jan(database: dbmod.Database) -> None:
     bm.register(
         "c", _people(database, [{"first_name": "Ján", "email": "jan@firma.sk"}]), db=database
@@ -244,8 +248,7 @@ def test_a_message_waits_over_the_clock_change_and_goes_at_nine_on_monday(
     assert _send(database, clock) == 1
     assert _sent_at(database) == {row["email"]: monday_nine}
     (received,) = sink.messages
-    date = email.message_from_bytes(received.data)["Date"]
-    assert email.utils.parsedate_to_datetime(date) == monday_nine
+    assert _date(received.data) == monday_nine
     assert bm.get_campaign("c", db=database).status == "finished"
 
 
@@ -337,3 +340,33 @@ def test_the_commands_set_and_show_the_window(
     assert "send_window=None" in capsys.readouterr().out
     assert main(["set-send-window", "c", "Mon-Fry 10:00-12:00", "--db", sqlite_url]) != 0
     assert "'Mon-Fry' is not a day" in capsys.readouterr().err
+
+
+def test_a_throttled_send_stops_when_the_window_closes_and_goes_on_when_it_opens(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    _campaign(database, sink.port, "Mon–Fri 09:00–18:00")
+    rows = [{"first_name": f"K{i}", "email": f"k{i:02d}@firma.sk"} for i in range(30)]
+    bm.register("c", _people(database, rows), db=database)
+    # Friday 17:59:40 in Bratislava, one message a second: twenty seconds of window left.
+    clock = ManualClock(start=_utc(2026, 3, 27, 16, 59, 40))
+    summary = bm.send("c", rate_per_hour=3600, burst=1, progress=False, clock=clock, db=database)
+    closing = _utc(2026, 3, 27, 17)
+    first = _sent_at(database)
+    # What was claimed before 18:00 goes (a claim is five seconds' worth), nothing later.
+    assert 20 <= summary.sent <= 25
+    assert all(t < closing + timedelta(seconds=5) for t in first.values())
+    assert summary.remaining == 30 - summary.sent
+    monday = _utc(2026, 3, 30, 7)
+    with database.engine.connect() as conn:
+        waiting = conn.execute(
+            sa.select(dbmod.Message.not_before).where(dbmod.Message.status == "queued")
+        ).scalars()
+        assert set(waiting) == {monday}
+    clock.start = monday - timedelta(seconds=clock.elapsed)  # its monotonic time goes on
+    bm.send("c", rate_per_hour=3600, burst=1, progress=False, clock=clock, db=database)
+    assert len(_sent_at(database)) == 30 == len(sink.messages)
+    # Date is set as each leaves (sent_at when it is recorded, a token later when throttled).
+    dates = sorted(_date(m.data) for m in sink.messages)
+    assert dates[len(first) - 1] < closing + timedelta(seconds=5)
+    assert dates[len(first)] == monday
