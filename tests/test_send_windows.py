@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email
 import email.utils
+import html
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -28,7 +29,8 @@ from bulkmail_kernel.contacts.zones import recipient_zone, zone_of_address, zone
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.parking import waiting_for_window
 from bulkmail_kernel.outbox.windows import parse_window
-from bulkmail_kernel.servers.sink import Sink
+from bulkmail_kernel.servers.sink import Sink, start_sink
+from bulkmail_kernel.widgets.monitor import rate_html
 
 BRATISLAVA = ZoneInfo("Europe/Bratislava")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -242,6 +244,7 @@ def test_a_message_waits_over_the_clock_change_and_goes_at_nine_on_monday(
     assert progress.window_line() == (
         "window Mon–Fri 09:00–18:00 recipient's local time; 1 waiting for their window"
     )
+    assert html.escape(progress.window_line()) in rate_html(progress)  # the monitor shows it
     clock.start = monday_nine - timedelta(seconds=1)
     assert _send(database, clock) == 0  # a second early: still waiting
     clock.start = monday_nine
@@ -370,3 +373,24 @@ def test_a_throttled_send_stops_when_the_window_closes_and_goes_on_when_it_opens
     dates = sorted(_date(m.data) for m in sink.messages)
     assert dates[len(first) - 1] < closing + timedelta(seconds=5)
     assert dates[len(first)] == monday
+
+
+def test_a_retry_that_falls_outside_the_window_waits_for_it(
+    database: dbmod.Database, tmp_path: Path
+) -> None:
+    greylisting = start_sink(tmp_path / "grey", rcpt_replies={"jan@firma.sk": ["451 4.7.1 later"]})
+    try:
+        _campaign(database, greylisting.port, "Mon–Fri 09:00–18:00")
+        _register_jan(database)
+        # Friday 17:58 in Bratislava: deferred, its retry due at 18:03, after the close.
+        clock = ManualClock(start=_utc(2026, 3, 27, 16, 58))
+        assert _send(database, clock) == 0
+        assert greylisting.refusals == [("jan@firma.sk", "451 4.7.1 later")]
+        clock.start = _utc(2026, 3, 27, 17, 10)  # the retry is due, the window is closed
+        assert _send(database, clock) == 0
+        assert greylisting.messages == []
+        clock.start = _utc(2026, 3, 30, 7)  # Monday 09:00 CEST
+        assert _send(database, clock) == 1
+        assert _sent_at(database) == {"jan@firma.sk": _utc(2026, 3, 30, 7)}
+    finally:
+        greylisting.stop()
