@@ -394,3 +394,17 @@ def test_a_retry_that_falls_outside_the_window_waits_for_it(
         assert _sent_at(database) == {"jan@firma.sk": _utc(2026, 3, 30, 7)}
     finally:
         greylisting.stop()
+
+
+def test_send_waiting_for_retries_waits_for_the_window_too(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    _campaign(database, sink.port, "Mon–Fri 09:00–18:00")
+    _register_jan(database)
+    clock = ManualClock(start=_utc(2026, 3, 30, 6, 55))  # Monday 08:55 in Bratislava
+    summary = bm.send(
+        "c", rate_per_hour=float("inf"), progress=False, clock=clock, wait_for_retries=True,
+        db=database,
+    )  # fmt: skip
+    assert (summary.sent, summary.remaining, summary.status) == (1, 0, "finished")
+    assert _sent_at(database) == {"jan@firma.sk": _utc(2026, 3, 30, 7)}
