@@ -12,6 +12,7 @@ from __future__ import annotations
 import email
 import email.utils
 import html
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,7 +28,7 @@ from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.contacts.importer import import_contacts
 from bulkmail_kernel.contacts.zones import recipient_zone, zone_of_address, zone_of_number
 from bulkmail_kernel.exceptions import ConfigError, SendError
-from bulkmail_kernel.outbox.parking import waiting_for_window
+from bulkmail_kernel.outbox.parking import Parker, waiting_for_window
 from bulkmail_kernel.outbox.windows import parse_window
 from bulkmail_kernel.servers.sink import Sink, start_sink
 from bulkmail_kernel.widgets.monitor import rate_html
@@ -408,3 +409,35 @@ def test_send_waiting_for_retries_waits_for_the_window_too(
     )  # fmt: skip
     assert (summary.sent, summary.remaining, summary.status) == (1, 0, "finished")
     assert _sent_at(database) == {"jan@firma.sk": _utc(2026, 3, 30, 7)}
+
+
+def test_workers_parking_at_the_same_moment_agree(database: dbmod.Database, sink: Sink) -> None:
+    _campaign(database, sink.port, "Mon–Fri 09:00–18:00")
+    zones = ["Europe/Bratislava", "America/New_York", "Asia/Tokyo"]
+    rows = [
+        {"first_name": f"K{i}", "email": f"k{i:03d}@example.com", "timezone": zones[i % 3]}
+        for i in range(150)
+    ]
+    bm.register("c", _people(database, rows), db=database)
+    now = _utc(2026, 3, 27, 17, 0)  # Friday: 18:00 Bratislava, 13:00 New York, Sat 02:00 Tokyo
+    parkers = [Parker(database, 1) for _ in range(3)]
+    barrier = threading.Barrier(3)
+
+    def park(p: Parker) -> None:
+        barrier.wait()
+        p.park(now)
+
+    threads = [threading.Thread(target=park, args=(p,)) for p in parkers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with database.engine.connect() as conn:
+        got = conn.execute(
+            sa.select(dbmod.Message.timezone, dbmod.Message.not_before).distinct()
+        ).all()
+    assert set(got) == {
+        ("Europe/Bratislava", _utc(2026, 3, 30, 7)),  # Monday 09:00 CEST
+        ("America/New_York", None),  # open: goes now
+        ("Asia/Tokyo", _utc(2026, 3, 30, 0)),  # Monday 09:00 JST
+    }

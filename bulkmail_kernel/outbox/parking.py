@@ -55,6 +55,10 @@ def park(
     frees what waits for a later opening than the window says now (parked by another
     clock, or under another window): a loop's first park does it, later ones only add.
     """
+    if conn.dialect.name == "postgresql":
+        # Workers whose windows close at the same moment park one after the other: two
+        # UPDATEs of the same rows in different orders could deadlock. (SQLite: one writer.)
+        conn.execute(sa.select(Campaign.id).where(Campaign.id == campaign_id).with_for_update())
     zones = conn.execute(
         sa.select(_M.c.timezone)
         .where(_M.c.campaign_id == campaign_id, _M.c.status.in_(_WAITING))
