@@ -38,7 +38,8 @@ def not_parked(now: datetime) -> sa.ColumnElement[bool]:
 
 
 def _zone(name: str | None) -> ZoneInfo:
-    return ZoneInfo(name or config.local_timezone())
+    # The firm's zone through config: a wrong BULKMAIL_TZ is a ConfigError saying so.
+    return ZoneInfo(name) if name else config.local_zone()
 
 
 def park(
