@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         pause,
         resume,
         schedule,
+        set_send_window,
     )
     from bulkmail_kernel.campaigns.explain import explain
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
@@ -212,6 +213,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "run_worker": ("bulkmail_kernel.engine.worker", "run_worker"),
     "save_segment": ("bulkmail_kernel.segments.saved", "save_segment"),
     "schedule": ("bulkmail_kernel.campaigns.campaigns", "schedule"),
+    "set_send_window": ("bulkmail_kernel.campaigns.campaigns", "set_send_window"),
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
     "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
     "send": ("bulkmail_kernel.engine.loop", "send"),
@@ -333,6 +335,7 @@ __all__ = [
     "send_campaign_via_sendpulse",
     "send_in_background",
     "sendpulse_report",
+    "set_send_window",
     "sign_message",
     "skipped",
     "sms_cost",

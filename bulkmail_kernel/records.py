@@ -55,6 +55,8 @@ class CampaignInfo:
     last_error: str
     #: Policy or system refusals in a row that pause it (None: ``BULKMAIL_BREAKER_AFTER``).
     breaker_after: int | None = None
+    #: When messages may go on each recipient's wall clock, e.g. "Mon–Fri 09:00–18:00".
+    send_window: str | None = None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row
+from bulkmail_kernel.outbox.parking import set_window
 from bulkmail_kernel.outbox.queue import REMOVABLE, queue, remove_from_queue
+from bulkmail_kernel.outbox.windows import WindowSpec, window_text
 from bulkmail_kernel.records import CampaignInfo, CampaignRef, campaign_channel
 from bulkmail_kernel.segments.saved import segment_recipients
 
@@ -58,6 +60,7 @@ def create_campaign(
     scheduled_at: datetime | str | None = None,
     channel: str | None = None,
     breaker_after: int | None = None,
+    send_window: WindowSpec | None = None,
     exist_ok: bool = False,
     db: Database | None = None,
     url: str | None = None,
@@ -74,6 +77,9 @@ def create_campaign(
     (default: the template's channel, or "sms" for a eurosms sender account).
     ``breaker_after`` policy or system refusals in a row (a blocklisting, DMARC) pause
     the campaign before the whole list is refused (default ``BULKMAIL_BREAKER_AFTER``, 10).
+    ``send_window`` (``"Mon–Fri 09:00–18:00"``, ``"at 10:00 local"``, see
+    :func:`~bulkmail_kernel.outbox.windows.parse_window`) holds each message until the
+    window is open on its recipient's wall clock; :func:`set_send_window` changes it.
     """
     if rate_per_hour <= 0:
         raise ConfigError(f"campaign {name!r}: rate_per_hour={rate_per_hour}: give a positive rate")
@@ -86,6 +92,7 @@ def create_campaign(
             campaign=name,
         )
     when = None if scheduled_at is None else _when(name, scheduled_at)
+    window = _window(name, send_window)
     database = resolve_database(db, url)
     with database.session() as s:
         existing = s.scalars(sa.select(Campaign).where(Campaign.name == name)).first()
@@ -130,10 +137,42 @@ def create_campaign(
             burst=int(burst),
             scheduled_at=when,
             breaker_after=breaker_after,
+            send_window=window,
         )
         s.add(row)
         s.flush()
         return campaign_info(row)
+
+
+def _window(name: str, value: WindowSpec | None) -> str | None:
+    """Return the window as stored, the campaign named in the error."""
+    try:
+        return window_text(value)
+    except ConfigError as exc:
+        fields = {**exc.fields, "campaign": name}
+        raise ConfigError(f"campaign {name!r}: {exc.message}", **fields) from None
+
+
+def set_send_window(
+    campaign: CampaignRef,
+    window: WindowSpec | None,
+    *,
+    db: Database | None = None,
+    url: str | None = None,
+) -> CampaignInfo:
+    """Set (or with None remove) the campaign's send window; its queued messages follow at once.
+
+    The window is on each recipient's wall clock: their zone was decided at
+    registration (a ``timezone`` column, else their number's or address's country,
+    else ``BULKMAIL_TZ``). Messages whose window is closed wait, and go when it opens.
+    """
+    database = resolve_database(db, url)
+    with database.session() as s:
+        c = campaign_row(s, campaign)
+        cid, name = c.id, c.name
+    set_window(database, cid, _window(name, window), utcnow())
+    with database.session() as s:
+        return campaign_info(campaign_row(s, cid))
 
 
 def _when(name: str, value: datetime | str) -> datetime:

@@ -30,6 +30,7 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.display import readable
 from bulkmail_kernel.outbox.lookup import campaign_row
+from bulkmail_kernel.outbox.parking import waiting_for_window
 from bulkmail_kernel.outbox.queue import REMOVABLE
 from bulkmail_kernel.records import CampaignRef
 
@@ -86,6 +87,10 @@ class CampaignProgress:
     errors: pd.DataFrame = field(repr=False)
     #: Messages that drew a complaint (an abuse report) so far.
     complaints: int = 0
+    #: When messages may go on each recipient's wall clock (None: any time).
+    send_window: str | None = None
+    #: Open messages held back until their window opens.
+    waiting_for_window: int = 0
 
     @property
     def complaint_rate(self) -> ComplaintRate:
@@ -119,6 +124,15 @@ class CampaignProgress:
             f"{self.name} [{self.status}]: {self.sent:,}/{self.total:,} sent"
             + (f" ({others})" if others else "")
             + f"; rate {rate} of {self.rate_per_hour:,}/h set; ETA {eta}"
+        )
+
+    def window_line(self) -> str:
+        """Return the send window and how many wait for it in one line ("" without a window)."""
+        if self.send_window is None:
+            return ""
+        return (
+            f"window {self.send_window} recipient's local time; "
+            f"{self.waiting_for_window:,} waiting for their window"
         )
 
     def progress_line(self) -> str:
@@ -185,6 +199,7 @@ def campaign_progress(
             c.finished_at,
             c.last_error or "",
         )
+        window = c.send_window
         by_status: dict[str, int] = dict(
             s.execute(
                 sa.select(_M.c.status, sa.func.count())
@@ -243,6 +258,8 @@ def campaign_progress(
         as_of=now.astimezone(zone),
         errors=readable(frame),
         complaints=complaints,
+        send_window=window,
+        waiting_for_window=waiting_for_window(database, [cid], now).get(cid, 0) if window else 0,
     )
 
 

@@ -27,6 +27,7 @@ from bulkmail_kernel.campaigns.rendering import campaign_renderer, template_sour
 from bulkmail_kernel.compose.headers import new_message_id, new_token
 from bulkmail_kernel.compose.render import RunawayGuard
 from bulkmail_kernel.compose.sms import sms_segments
+from bulkmail_kernel.contacts.zones import recipient_zone
 from bulkmail_kernel.db import (
     CampaignStatus,
     ContactPoint,
@@ -47,6 +48,7 @@ from bulkmail_kernel.exceptions import (
     TemplateError,
 )
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
+from bulkmail_kernel.outbox.parking import park_campaign
 from bulkmail_kernel.outbox.queue import queue, store_messages
 from bulkmail_kernel.records import CampaignRef, point_channel
 
@@ -199,6 +201,7 @@ def register(
                         "message_id": message_id,
                         "subject": subject,
                         "body": data,
+                        "timezone": recipient_zone(row, point.channel, point.normalized),
                     }
                 )
         if reason is not None:
@@ -234,6 +237,8 @@ def register(
             "to finish and run register again",
             campaign=cname,
         ) from None
+    # Recipients whose send window is closed now wait for it (the send loop parks too).
+    park_campaign(database, cid, now)
     if stored < len(messages):
         log.warning(
             "campaign %s: %d of %d recipients were registered meanwhile by another "

@@ -26,10 +26,12 @@ from bulkmail_kernel.db import (
     MessageStatus,
     Suppression,
     resolve_database,
+    utcnow,
 )
 from bulkmail_kernel.display import readable
 from bulkmail_kernel.outbox.handover import REF_FIELDS
 from bulkmail_kernel.outbox.lookup import campaign_row
+from bulkmail_kernel.outbox.parking import waiting_for_window
 from bulkmail_kernel.outbox.queue import queue
 from bulkmail_kernel.outbox.runs import RUN_STARTED
 from bulkmail_kernel.outbox.store import OutboxStore
@@ -51,7 +53,8 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
     ``rate_per_hour`` is the rate its last run (``send()`` or a worker) really used
     (``inf``: unthrottled; the campaign's own rate before any run); ``achieved_per_hour``
     is what went out: messages sent per hour between the first and the last one sent
-    (blank under two).
+    (blank under two). ``send_window`` is when its messages may go on each recipient's
+    wall clock ("" for any time), ``waiting_for_window`` how many wait for it to open.
     """
     database = resolve_database(db, url)
     counts = (
@@ -71,6 +74,7 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
                 Campaign.scheduled_at,
                 Campaign.registered_at,
                 Campaign.finished_at,
+                Campaign.send_window,
                 Campaign.last_error,
             ).order_by(Campaign.id)
         ).all()
@@ -87,6 +91,7 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
             "scheduled_at",
             "registered_at",
             "finished_at",
+            "send_window",
             "last_error",
         ],
     )
@@ -107,6 +112,10 @@ def list_campaigns(*, db: Database | None = None, url: str | None = None) -> pd.
     where = int(frame.columns.get_loc("rate_per_hour")) + 1
     achieved = [runs.get(cid, none).achieved for cid in frame["campaign_id"]]
     frame.insert(where, "achieved_per_hour", pd.Series(achieved, index=frame.index, dtype=float))
+    # Held back until their window opens on their recipient's clock (see outbox.parking).
+    waiting = waiting_for_window(database, frame["campaign_id"], utcnow())
+    frame["send_window"] = frame["send_window"].fillna("").astype("str")
+    frame["waiting_for_window"] = frame["campaign_id"].map(waiting).fillna(0).astype("int64")
     # The reason last: a long line after the counts, not between them.
     return readable(frame[[c for c in frame.columns if c != "last_error"] + ["last_error"]])
 

@@ -61,6 +61,7 @@ def cmd_create_campaign(args: argparse.Namespace) -> int:
         values=values_of(args),
         scheduled_at=args.scheduled_at,
         channel=args.channel,
+        send_window=args.send_window,
         exist_ok=args.exist_ok,
         url=args.db,
         **given(args, "rate_per_hour", "burst", "breaker_after"),
@@ -256,6 +257,15 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set_send_window(args: argparse.Namespace) -> int:
+    """Set when a campaign's messages may go on each recipient's wall clock ('none': any time)."""
+    from bulkmail_kernel import set_send_window
+
+    window = None if args.window.strip().lower() in ("none", "") else args.window
+    print(set_send_window(args.campaign, window, url=args.db))
+    return 0
+
+
 def cmd_campaign_progress(args: argparse.Namespace) -> int:
     """Print how a campaign is going: counts, actual against set rate, ETA, the last errors.
 
@@ -269,6 +279,8 @@ def cmd_campaign_progress(args: argparse.Namespace) -> int:
         f"scheduled {p.scheduled_at or '-'}; first sent {p.started_at or '-'}; "
         f"last sent {p.last_sent_at or '-'}; finished {p.finished_at or '-'}"
     )
+    if p.send_window:
+        print(p.window_line())
     if p.last_error:
         print(p.last_error)  # why it stopped, paused or is late: a sentence of its own
     if len(p.errors):
@@ -383,6 +395,12 @@ def add_commands(commands: Commands) -> None:
         "(bulkmail run-worker sends)",
     )
     p.add_argument("--channel", choices=["email", "sms"], help="default: the template's")
+    p.add_argument(
+        "--send-window",
+        metavar="WINDOW",
+        help="when messages may go on each recipient's wall clock, e.g. 'Mon-Fri 09:00-18:00' "
+        "or 'at 10:00 local' (default: any time)",
+    )
     p.add_argument("--exist-ok", action="store_true", help="return an existing one unchanged")
     add_db(p)
 
@@ -481,6 +499,17 @@ def add_commands(commands: Commands) -> None:
     p.add_argument(
         "at",
         help="e.g. '2026-12-03 09:00' (local time, BULKMAIL_TZ) or 2026-12-03T09:00+01:00",
+    )
+    add_db(p)
+
+    p = commands.add(
+        "set-send-window", cmd_set_send_window, "set when messages may go, recipient's local time"
+    )
+    add_campaign(p)
+    p.add_argument(
+        "window",
+        help="e.g. 'Mon-Fri 09:00-18:00', 'Mon-Fri 9:00-18:00; Sat 10:00-14:00', 'at 10:00 "
+        "local'; 'none' removes it",
     )
     add_db(p)
 

@@ -288,6 +288,8 @@ class Campaign(Base):
     refusals_in_row: Mapped[int] = mapped_column(server_default="0")
     #: The FilterSpec (JSON) the registered recipients were chosen by, if they carried one.
     audience: Mapped[dict[str, Any] | None] = mapped_column()
+    #: When messages may go on each recipient's wall clock (``outbox.windows``; None: any time).
+    send_window: Mapped[str | None] = mapped_column(sa.String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -315,6 +317,10 @@ class Message(Base):
     status: Mapped[str] = mapped_column(sa.String(12), default=MessageStatus.QUEUED.value)
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column()
+    #: The recipient's IANA zone (None: ``BULKMAIL_TZ``) and, while their send window is
+    #: closed, when it opens: the claim takes no message before it (``outbox.parking``).
+    timezone: Mapped[str | None] = mapped_column(sa.String(64))
+    not_before: Mapped[datetime | None] = mapped_column()
     claimed_by: Mapped[str | None] = mapped_column(sa.String(200))
     claimed_at: Mapped[datetime | None] = mapped_column()
     #: Set (a few messages ahead) before a claimed message goes to the transport: after a

@@ -45,6 +45,7 @@ from bulkmail_kernel.engine.throttle import SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.breaker import is_refusal
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
+from bulkmail_kernel.outbox.parking import Parker
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.store import CLAIMABLE, OPEN, Claimed, OutboxStore, gives_up
 from bulkmail_kernel.records import CampaignRef, SenderInfo, campaign_channel
@@ -138,6 +139,8 @@ class _Run:
     #: Messages this call left deferred, shared by its connections: one sent or failed
     #: later in the same call is no longer counted deferred.
     deferred_ids: set[int] = field(default_factory=set)
+    #: Holds back the messages outside their send window before each claim.
+    windows: Parker | None = None
 
 
 def _run_batches(run: _Run) -> None:
@@ -150,6 +153,8 @@ def _run_batches(run: _Run) -> None:
         # Unthrottled, the first few are marked by the claim; throttled, each message is
         # marked only once its token is in hand (a crash while waiting leaves no doubt).
         first = run.mark_ahead if isinstance(run.throttle, _NoThrottle) else 0
+        if run.windows is not None:
+            run.windows.park(run.clock.now())
         batch = run.store.claim(run.campaign_id, run.batch, hand=first)
         if not batch:
             return
@@ -350,8 +355,9 @@ def send(
         transport_factory: builds one transport per connection from the sender account
             (default: the account's own kind, e.g. SMTP through yagmail's login).
         retry: backoff and expiry for deferred messages.
-        wait_for_retries: keep waiting for deferred messages to come due instead of
-            returning with them pending (the worker picks them up later otherwise).
+        wait_for_retries: keep waiting for deferred messages, and those outside their
+            send window, to come due instead of returning with them pending (the worker
+            picks them up later otherwise).
         batch_size: most messages claimed at once when unthrottled; a crash leaves at
             most the one on the wire per connection in doubt whatever the size (the
             send journal settles the rest; without it, at most 50).
@@ -430,6 +436,7 @@ def send(
         folder = journal_dir(database)
         n = len(transports)
         journals = [Journal(folder, store.worker_id, k, n) for k in range(n)]
+        windows = Parker(database, campaign_id)
         runs = [
             _Run(
                 store,
@@ -448,6 +455,7 @@ def send(
                 journal=j,
                 breaker_after=breaker_after,
                 deferred_ids=deferred_ids,
+                windows=windows,
             )
             for t, j in zip(transports, journals, strict=True)
         ]
@@ -458,7 +466,7 @@ def send(
                     break
                 if store.campaign_status(campaign_id) != CampaignStatus.SENDING.value:
                     break
-                due = store.next_due(campaign_id)
+                due = windows.next_due(store.next_due(campaign_id), clock.now())
                 if due is None:
                     break
                 _HaltableClock(clock, stop).sleep(

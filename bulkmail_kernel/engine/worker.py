@@ -38,6 +38,7 @@ from bulkmail_kernel.engine.loop import (
 from bulkmail_kernel.engine.throttle import SharedTokenBucket
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
+from bulkmail_kernel.outbox.parking import Parker
 from bulkmail_kernel.outbox.reconnect import is_connection_lost, retry_limit_s, retrying
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.runs import record_run
@@ -133,6 +134,7 @@ def _worker_loop(
     active: set[int] = set()  # the campaigns this worker is sending, for the log
     transports: dict[int, Transport] = {}
     signers: dict[tuple[int, str], DkimSigner | None] = {}
+    parkers: dict[int, Parker] = {}  # per campaign: knows when its windows open or close
     sent = 0
     # Open before the first claim: a crash is then settled by it (see _mark_ahead).
     journal = Journal(journal_dir(database), store.worker_id)
@@ -193,6 +195,7 @@ def _worker_loop(
                     mark_ahead=_mark_ahead(rate),
                     journal=journal,
                     breaker_after=c.breaker_after or config.breaker_after(),
+                    windows=parkers.setdefault(campaign_id, Parker(database, campaign_id)),
                 )
                 try:
                     _run_batches(run)

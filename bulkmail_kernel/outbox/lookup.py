@@ -28,6 +28,7 @@ def campaign_info(c: Campaign) -> CampaignInfo:
         finished_at=as_local(c.finished_at),
         last_error=c.last_error,
         breaker_after=c.breaker_after,
+        send_window=c.send_window,
     )
 
 

@@ -251,6 +251,7 @@ def store_messages(
                         "status": MessageStatus.QUEUED.value,
                         "attempts": 0,
                         "message_id_header": m["message_id"],
+                        "timezone": m.get("timezone"),
                         "last_error": "",
                         "created_at": now,
                         "updated_at": now,

@@ -42,6 +42,7 @@ from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox import breaker, reconnect, recovery, runs
 from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
+from bulkmail_kernel.outbox.parking import not_parked
 from bulkmail_kernel.outbox.reconnect import reconnecting, retrying
 from bulkmail_kernel.outbox.recovery import back_to_queue, event_row
 from bulkmail_kernel.outbox.suppressions import add_suppression, remove_not_allowed
@@ -175,6 +176,7 @@ class OutboxStore:
             _M.c.status == MessageStatus.QUEUED.value,
             sa.and_(_M.c.status == MessageStatus.DEFERRED.value, _M.c.next_attempt_at <= now),
         )
+        due = sa.and_(due, not_parked(now))  # outside its send window: see .parking
         candidates = (
             sa.select(_M.c.id)
             .where(_M.c.campaign_id == campaign_id, due)

@@ -103,6 +103,8 @@ def rate_html(p: CampaignProgress, workers: int | None = None) -> str:
     if note:
         color = "#b00" if "no worker" in note else "#555"
         lines.append(f"<span style='color: {color}'>{htmlmod.escape(note)}</span>")
+    if p.send_window:
+        lines.append(f"<span style='color: #555'>{htmlmod.escape(p.window_line())}</span>")
     if p.last_error:
         lines.append(f"<span style='color: #b00'>{htmlmod.escape(p.last_error)}</span>")
     complaints = p.complaint_rate
