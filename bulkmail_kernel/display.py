@@ -86,12 +86,19 @@ def readable(frame: pd.DataFrame) -> ReadableFrame:
 
 def display_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Return each cell of ``frame`` as the text a person reads (blank when missing)."""
-    shown = pd.DataFrame(index=frame.index)
+    shown = pd.DataFrame(index=_index_text(frame.index))
     for position, name in enumerate(frame.columns):
         shown.insert(
             position, name, _column_text(frame.iloc[:, position], str(name)), allow_duplicates=True
         )
     return shown
+
+
+def _index_text(index: pd.Index) -> pd.Index:
+    """Return a time index (a timeline's bins) as local text to the second; others as they are."""
+    if isinstance(index, pd.DatetimeIndex):
+        return pd.Index(_column_text(index.to_series(), ""), name=index.name)
+    return index
 
 
 def _column_text(col: pd.Series, name: str) -> list[str]:

@@ -36,6 +36,7 @@ from bulkmail_kernel.db import (
     SenderAccount,
     UnsubscribeToken,
 )
+from bulkmail_kernel.display import ReadableFrame
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.transports.sendpulse import SendPulseClient
 
@@ -528,3 +529,36 @@ def test_sendpulse_campaign_needs_no_unsubscribe_pattern_and_reports_its_ids(
     fake.complete(result.provider_campaign_id)
     sendpulse_report(cid, clock=clock, db=database)  # asks SendPulse, stores what it says
     assert provider_status(cid, db=database).loc[0, "status_text"] == "sent"
+
+
+def test_the_sendpulse_report_reads_as_a_report(
+    database: dbmod.Database,
+    fake: SendPulseFake,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BULKMAIL_TZ", "Europe/Bratislava")
+    cid = _campaign(database, fake, clock)
+    start = clock.now()
+    result = send_campaign_via_sendpulse(cid, clock=clock, progress=False, db=database)
+    handed = clock.now()
+    fake.complete(result.provider_campaign_id)
+    clock.sleep(75.25)
+    report = sendpulse_report(cid, clock=clock, db=database)
+    status = provider_status(cid, db=database)
+    for frame in (report, status):
+        assert isinstance(frame, ReadableFrame)
+        # Times are times, in the local zone (UTC+1 in March), shown to the second.
+        created, checked = frame["created_at"].iloc[0], frame["checked_at"].iloc[0]
+        assert str(frame["created_at"].dt.tz) == "Europe/Bratislava"
+        assert start <= created <= handed
+        assert checked == clock.now()
+        assert checked.microsecond == 250000
+        html = frame._repr_html_()
+        assert f"<td>{created.astimezone(UTC) + timedelta(hours=1):%Y-%m-%d %H:%M:%S}</td>" in html
+        assert f"<td>{clock.now() + timedelta(hours=1):%Y-%m-%d %H:%M:%S}</td>" in html
+        assert "+00:00" not in html
+        assert ".25" not in html
+        for missing in ("NaT", "None", "nan", "&lt;NA&gt;"):
+            assert missing not in html  # no send date: a blank cell
+        assert "<td>sent</td>" in html

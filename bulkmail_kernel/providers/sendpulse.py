@@ -30,6 +30,7 @@ from bulkmail_kernel.outbox.handover import (
     recent_handover_ages,
     record_handover,
     record_handover_error,
+    ref_frame,
     update_provider_ref,
 )
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
@@ -401,6 +402,4 @@ def sendpulse_report(
             status_text=status_text(info.get("status")),
             checked_at=clock.now().isoformat(),
         )
-    return pd.DataFrame(
-        [[cname] + [ref.get(k) for k in REF_FIELDS]], columns=["campaign", *REF_FIELDS]
-    )
+    return ref_frame("campaign", [[cname] + [ref.get(k) for k in REF_FIELDS]])
