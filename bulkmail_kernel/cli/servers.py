@@ -63,6 +63,32 @@ def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
     return 0
 
 
+#: JupyterLab settings the workbench starts with. Widgets keep their last state in the
+#: notebook when it is saved, so a reopened notebook shows its progress bars and panels
+#: as they ended instead of "Error displaying widget: model not found".
+LAB_SETTINGS = {"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True}}
+
+
+def lab_settings_dir() -> Path:
+    """Return JupyterLab's settings folder for the workbench: the installation's, plus ours.
+
+    The installation's folder (``share/jupyter/lab/settings``) is copied, so whatever it
+    sets still holds; ours go in ``overrides.d``, below a user's own ``overrides.json``.
+    """
+    import json
+    import shutil
+
+    folder = config.data_dir() / "lab-settings"
+    installed = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings"
+    if installed.is_dir():
+        shutil.copytree(installed, folder, dirs_exist_ok=True)
+    (folder / "overrides.d").mkdir(parents=True, exist_ok=True)
+    (folder / "overrides.d" / "bulkmail.json").write_text(
+        json.dumps(LAB_SETTINGS, indent=2) + "\n", encoding="utf-8"
+    )
+    return folder
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Open JupyterLab on notebooks/ with the demo database, a local sink and a worker.
 
@@ -118,6 +144,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         # Jupyter news on every start, no check of pypi.org for a newer JupyterLab.
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        f"--LabApp.app_settings_dir={lab_settings_dir()}",
     ]
     if args.no_browser:
         cmd.append("--no-browser")
