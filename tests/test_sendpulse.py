@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -433,6 +435,7 @@ def test_campaign_waits_for_the_hourly_limit_and_says_so(
             cid, wait=False, client=client, clock=clock, progress=False, db=database
         )
     books = len(fake.books)
+    before = clock.now()
     with caplog.at_level(logging.WARNING, logger="bulkmail"):
         result = send_campaign_via_sendpulse(
             cid, client=client, clock=clock, progress=False, db=database
@@ -440,6 +443,16 @@ def test_campaign_waits_for_the_hourly_limit_and_says_so(
     assert len(fake.books) == books  # the book of the refused attempt was reused
     assert result.waited_s > 3000
     assert "waits" in result.notes[-1]
+    # The time it waits until reads in the analyst's zone (default Europe/Bratislava).
+    note = result.notes[-1]
+    assert note.endswith("(Europe/Bratislava)")
+    assert " UTC" not in note
+    found = re.search(r"until (\d\d:\d\d:\d\d)", note)
+    assert found
+    local = ZoneInfo("Europe/Bratislava")
+    until = datetime.combine(before.date(), time.fromisoformat(found.group(1)), local)
+    assert before.astimezone(local) < until <= clock.now().astimezone(local)
+    assert str(result).splitlines()[1:] == list(result.notes)
     assert "4 campaigns per hour" in caplog.text
     assert fake.rejected_for_rate == 0
 
@@ -562,3 +575,18 @@ def test_the_sendpulse_report_reads_as_a_report(
         for missing in ("NaT", "None", "nan", "&lt;NA&gt;"):
             assert missing not in html  # no send date: a blank cell
         assert "<td>sent</td>" in html
+
+
+def test_a_printed_result_says_what_happened_in_words(
+    database: dbmod.Database, fake: SendPulseFake, clock: ManualClock
+) -> None:
+    cid = _campaign(database, fake, clock)
+    result = send_campaign_via_sendpulse(cid, draft=True, clock=clock, progress=False, db=database)
+    text = str(result)
+    assert text == (
+        f"campaign {get_campaign(cid, db=database).name!r} handed to SendPulse as a draft, to "
+        f"review and send from your SendPulse account: 7 recipients in address book "
+        f"{result.book_id} (1 batch), SendPulse campaign {result.provider_campaign_id}, "
+        "status: draft"
+    )
+    assert "SendPulseResult(" not in text
