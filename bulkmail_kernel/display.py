@@ -95,9 +95,11 @@ def display_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _index_text(index: pd.Index) -> pd.Index:
-    """Return a time index (a timeline's bins) as local text to the second; others as they are."""
+    """Return a time index (a timeline's bins) as local text, a status index as its labels."""
     if isinstance(index, pd.DatetimeIndex):
         return pd.Index(_column_text(index.to_series(), ""), name=index.name)
+    if index.name == "status" and not isinstance(index, pd.MultiIndex):
+        return pd.Index(_column_text(index.to_series(), "status"), name=index.name)
     return index
 
 

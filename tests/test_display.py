@@ -183,6 +183,9 @@ def test_campaign_report_keeps_its_complaint_rate(database: dbmod.Database, sink
     assert "complaints" in report.attrs  # attrs survive the readable wrapper
     assert report.loc["queued", "messages"] == 2
     assert "<td>2</td>" in report._repr_html_()
+    # The statuses of the index read as labels too; the index itself is unchanged.
+    assert "<th>deferred (will retry)</th>" in report._repr_html_()
+    assert "deferred" in report.index
     assert isinstance(provider_status("spring", db=database), ReadableFrame)
 
 
