@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html as htmlmod
+import math
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -186,7 +187,21 @@ def test_campaign_report_keeps_its_complaint_rate(database: dbmod.Database, sink
     # The statuses of the index read as labels too; the index itself is unchanged.
     assert "<th>deferred (will retry)</th>" in report._repr_html_()
     assert "deferred" in report.index
+    # The share reads as a percentage; the value stays a fraction for analysis.
+    assert report.loc["queued", "share"] == 1.0
+    assert "<td>100.0 %</td>" in report._repr_html_()
+    assert "<td>0.0 %</td>" in report._repr_html_()
     assert isinstance(provider_status("spring", db=database), ReadableFrame)
+
+
+def test_an_unthrottled_rate_reads_unlimited(database: dbmod.Database, sink: Sink) -> None:
+    sink_account(database, sink.port)
+    make_campaign(database, 2, name="spring")
+    send("spring", rate_per_hour=math.inf, progress=False, db=database)
+    listed = list_campaigns(db=database)
+    assert math.isinf(listed["rate_per_hour"].iloc[0])
+    assert "<td>unlimited</td>" in listed._repr_html_()
+    assert "inf" not in display_cells(listed)["rate_per_hour"].iloc[0]
 
 
 def test_the_sms_cost_table_names_the_character_that_forces_ucs2() -> None:
