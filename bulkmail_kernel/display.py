@@ -3,8 +3,9 @@
 ``ReadableFrame`` is a DataFrame (same values, same dtypes: datetimes stay datetimes
 for analysis) whose notebook display differs from pandas' default: times in the local
 zone to the second, reasons in full (pandas cuts text at 50 characters), status
-labels, and blank cells where pandas writes ``NaT``, ``None`` or ``<NA>``. Only the
-display changes, and pandas' global options are left alone.
+labels, a share as a percentage, an unthrottled rate (``inf``) as "unlimited", and
+blank cells where pandas writes ``NaT``, ``None`` or ``<NA>``. Only the display
+changes, and pandas' global options are left alone.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ STATUS_LABELS = {
     "late": "late (waits for resume)",
 }
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: Columns holding a fraction of a whole, shown as a percentage (campaign_report's share).
+PERCENT_COLUMNS = frozenset({"share"})
 #: Longer frames show their first and last rows, as pandas does.
 _MAX_ROWS = 60
 _EDGE_ROWS = 10
@@ -86,12 +89,21 @@ def readable(frame: pd.DataFrame) -> ReadableFrame:
 
 def display_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Return each cell of ``frame`` as the text a person reads (blank when missing)."""
-    shown = pd.DataFrame(index=frame.index)
+    shown = pd.DataFrame(index=_index_text(frame.index))
     for position, name in enumerate(frame.columns):
         shown.insert(
             position, name, _column_text(frame.iloc[:, position], str(name)), allow_duplicates=True
         )
     return shown
+
+
+def _index_text(index: pd.Index) -> pd.Index:
+    """Return a time index (a timeline's bins) as local text, a status index as its labels."""
+    if isinstance(index, pd.DatetimeIndex):
+        return pd.Index(_column_text(index.to_series(), ""), name=index.name)
+    if index.name == "status" and not isinstance(index, pd.MultiIndex):
+        return pd.Index(_column_text(index.to_series(), "status"), name=index.name)
+    return index
 
 
 def _column_text(col: pd.Series, name: str) -> list[str]:
@@ -101,6 +113,8 @@ def _column_text(col: pd.Series, name: str) -> list[str]:
         return local.dt.strftime(_TIME_FORMAT).fillna("").tolist()
     if pd.api.types.is_datetime64_any_dtype(col.dtype):
         return col.dt.strftime(_TIME_FORMAT).fillna("").tolist()
+    if name in PERCENT_COLUMNS and pd.api.types.is_float_dtype(col.dtype):
+        return ["" if pd.isna(v) else f"{v * 100:.1f} %" for v in col.tolist()]
     labels = STATUS_LABELS if name == "status" else {}
     return [_cell_text(v, labels) for v in col.astype(object).tolist()]
 
@@ -113,6 +127,8 @@ def _cell_text(value: Any, labels: dict[str, str]) -> str:
         stamp = value.astimezone(config.local_zone()) if value.tzinfo else value
         return stamp.strftime(_TIME_FORMAT)
     if isinstance(value, float):
+        if value == float("inf"):
+            return "unlimited"  # a rate of inf: sent unthrottled
         return format(value, ".6g")  # 0.1 * 3 reads 0.3, not 0.30000000000000004
     text = str(value)
     return labels.get(text, text)

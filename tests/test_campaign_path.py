@@ -234,10 +234,15 @@ def test_the_preview_widget_shows_the_campaigns_message_and_then_the_stored_one(
     assert "data:image/png;base64," in panel.body.value
     assert "Obchod &lt;news@shop.sk&gt;" in panel.summary.value
     assert "bm-preview-stored" not in panel.summary.value
+    assert panel.skips.value == ""  # nothing registered, nobody skipped
     with pytest.warns(RecipientsSkippedWarning):
         bm.register("c", people, db=database)
     panel = preview(campaign="c", db=database)  # the registered recipients
     assert "bm-preview-stored" in panel.summary.value
+    # Who registration skipped, and why, in the panel's own words.
+    line = "1 recipient was skipped at registration: 1 mailing not allowed"
+    assert line + " — see bm.skipped(&#x27;c&#x27;)" in panel.skips.value
+    assert panel.skips in panel.children
     assert "data:image/png;base64," in panel.body.value
     assert "No warnings" in panel.warnings.value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html as htmlmod
+import math
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -183,4 +184,100 @@ def test_campaign_report_keeps_its_complaint_rate(database: dbmod.Database, sink
     assert "complaints" in report.attrs  # attrs survive the readable wrapper
     assert report.loc["queued", "messages"] == 2
     assert "<td>2</td>" in report._repr_html_()
+    # The statuses of the index read as labels too; the index itself is unchanged.
+    assert "<th>deferred (will retry)</th>" in report._repr_html_()
+    assert "deferred" in report.index
+    # The share reads as a percentage; the value stays a fraction for analysis.
+    assert report.loc["queued", "share"] == 1.0
+    assert "<td>100.0 %</td>" in report._repr_html_()
+    assert "<td>0.0 %</td>" in report._repr_html_()
     assert isinstance(provider_status("spring", db=database), ReadableFrame)
+
+
+def test_an_unthrottled_rate_reads_unlimited(database: dbmod.Database, sink: Sink) -> None:
+    sink_account(database, sink.port)
+    make_campaign(database, 2, name="spring")
+    send("spring", rate_per_hour=math.inf, progress=False, db=database)
+    listed = list_campaigns(db=database)
+    assert math.isinf(listed["rate_per_hour"].iloc[0])
+    assert "<td>unlimited</td>" in listed._repr_html_()
+    assert "inf" not in display_cells(listed)["rate_per_hour"].iloc[0]
+
+
+def test_the_sms_cost_table_names_the_character_that_forces_ucs2() -> None:
+    quoted = "Ahoj Jana, „Excel“ kurz zajtra o 9:00"
+    frame = sms_fit_preview([quoted, "Ahoj Jana, kurz zajtra o 9:00", "Termín 9:00"], 0.05)
+    assert list(frame["encoding"]) == ["UCS-2", "GSM-7", "UCS-2"]
+    assert list(frame["ucs2_because"]) == ['"„" (U+201E) at 12', "", '"í" (U+00ED) at 5']
+    assert list(frame["fitted_encoding"]) == ["GSM-7"] * 3
+    html = frame._repr_html_()
+    assert '<td>"„" (U+201E) at 12</td>' in html
+    assert not any(word in html for word in MISSING)  # a GSM-7 text: a blank cell
+    # A non-breaking space looks like a space: the code point says what it is.
+    assert sms_fit_preview(["9:00\u00a0h"], 0.05)["ucs2_because"].iloc[0] == (
+        '"\u00a0" (U+00A0) at 5'
+    )
+
+
+def test_template_checks_and_lists_read_in_full() -> None:
+    from bulkmail_kernel import check_template, list_templates, template_from_html
+
+    templates = list_templates()
+    assert isinstance(templates, ReadableFrame)
+    longest = max(templates["description"], key=len)
+    assert len(longest) > 50
+    assert htmlmod.escape(longest, quote=False) in templates._repr_html_()
+    template = template_from_html("<p>{{ name }} from {{ city }}</p>", "Hi", name="t")
+    people = pd.DataFrame({"contact_point_id": [1], "address": ["a@b.sk"], "name": ["Ann"]})
+    problems = check_template(template, people, values={"city": "Nitra"}, provider="sendpulse")
+    assert isinstance(problems, ReadableFrame)
+    error = problems["error"].iloc[0]
+    assert len(error) > 50
+    assert "'city' would be sent literally" in error
+    html = problems._repr_html_()
+    assert f"<td>{htmlmod.escape(error, quote=False)}</td>" in html
+    assert not any(word in html for word in MISSING)  # no row, line or address: blanks
+
+
+def test_sending_side_frames_are_readable(database: dbmod.Database, sink: Sink) -> None:
+    from bulkmail_kernel import (
+        campaign_timeline,
+        check_account,
+        live_workers,
+        template_from_html,
+        test_send,
+    )
+
+    sink_account(database, sink.port)
+    make_campaign(database, 3, name="spring", rate_per_hour=360_000)
+    checks = check_account("sink", db=database)
+    assert isinstance(checks, ReadableFrame)
+    assert not any(word in checks._repr_html_() for word in MISSING)
+    html_body = '<p>Hi {{ first_name }}</p><a href="{{ unsubscribe_url }}">x</a>'
+    template = template_from_html(html_body, "Spring", name="spring")
+    samples = test_send("spring", ["me@test.sk"], template=template, db=database)
+    assert isinstance(samples, ReadableFrame)
+    assert "<td>sent</td>" in samples._repr_html_()
+    assert isinstance(live_workers(db=database), ReadableFrame)
+    send("spring", progress=False, db=database)
+    timeline = campaign_timeline("spring", freq="1s", db=database)
+    assert isinstance(timeline, ReadableFrame)
+    assert timeline.attrs["freq"] == "1s"
+    first = timeline.index[0]
+    assert str(first.tz) == "Europe/Bratislava"
+    html = timeline._repr_html_()
+    # The bins read as local time to the second, without the offset pandas prints.
+    assert f"<th>{first:%Y-%m-%d %H:%M:%S}</th>" in html
+    assert "+01:00" not in html
+    assert "+02:00" not in html
+    empty = campaign_timeline(make_campaign(database, 1, name="later", first=10), db=database)
+    assert isinstance(empty, ReadableFrame)
+    assert "sent" in empty._repr_html_()
+
+
+def test_identity_merges_read_as_a_report(sqlite_url: str) -> None:
+    from bulkmail_kernel import identity_merges
+
+    frame = identity_merges(db=dbmod.open_database(sqlite_url))
+    assert isinstance(frame, ReadableFrame)
+    assert frame.empty

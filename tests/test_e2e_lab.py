@@ -16,7 +16,7 @@ from lab_support import open_and_run_all
 from process_support import stop
 
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.cli.servers import lab_environment
+from bulkmail_kernel.cli.servers import lab_settings_dir
 from bulkmail_kernel.compose.checks import PREVIEW_UNSUBSCRIBE_URL
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.demo.generate import generate_demo
@@ -62,8 +62,6 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
         "PYTHONPATH": str(ROOT),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
-        # As bulkmail lab starts it: no question about Jupyter news over the page.
-        "JUPYTER_CONFIG_PATH": lab_environment()["JUPYTER_CONFIG_PATH"],
     }
     log = (tmp_path / "lab.log").open("wb")
     proc = subprocess.Popen(
@@ -77,7 +75,9 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
             f"--ServerApp.port={port}",
             f"--IdentityProvider.token={token}",
             f"--ServerApp.root_dir={root}",
-            "--LabApp.news_url=None",  # as bulkmail lab: no news pop-up over the page
+            "--LabApp.news_url=None",
+            # As bulkmail lab starts it: widget state saved, no news question over the page.
+            f"--LabApp.app_settings_dir={lab_settings_dir(tmp_path / 'lab-settings')}",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             *(["--allow-root"] if os.geteuid() == 0 else []),  # CI machines run as root
         ],

@@ -45,6 +45,7 @@ from bulkmail_kernel.db import (
     Suppression,
     UnsubscribeToken,
 )
+from bulkmail_kernel.display import ReadableFrame
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.transports.eurosms import (
     DEFAULT_BASE_URL,
@@ -268,6 +269,10 @@ def test_campaign_sends_fails_wrong_number_and_polls_dlrs(
     first = poll_delivery_reports(cid, db=database, clock=clock)
     assert list(first["dlr"]) == ["ENROUTE", "ENROUTE"]
     assert first["event"].isna().all()
+    assert isinstance(first, ReadableFrame)
+    html = first._repr_html_()
+    assert "None" not in html  # no final report yet: a blank cell, not Python's None
+    assert "<td>ENROUTE</td>" in html
     fake.set_dlr(421905111111, "DELIVRD")
     fake.set_dlr(421905333333, "UNDELIV")
     second = poll_delivery_reports(cid, db=database, clock=clock)

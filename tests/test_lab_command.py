@@ -73,8 +73,21 @@ def test_bulkmail_lab_starts_everything_on_a_fresh_data_dir(tmp_path: Path) -> N
         config_json = page.split('id="jupyter-config-data"', 1)[1].split(">", 1)[1]
         page_config = json.loads(config_json.split("</script>", 1)[0])
         assert page_config["news"] == {"disabled": True}
-        # Nor the question whether to fetch it: the announcements plugin is off.
-        assert "@jupyterlab/apputils-extension:announcements" in page_config["disabledExtensions"]
+        # Notebooks keep their widgets' state when saved: reopened, their progress bars show
+        # as they ended, not "Error displaying widget: model not found".
+        widgets_url = "/lab/api/settings/@jupyter-widgets/jupyterlab-manager:plugin"
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{lab_port}{widgets_url}?token=lab-test", timeout=10
+        ) as resp:
+            schema = json.loads(resp.read())["schema"]  # the default, with overrides applied
+        assert schema["properties"]["saveState"]["default"] is True
+        # Nor the question whether to fetch Jupyter news: the analyst is not asked.
+        notes_url = "/lab/api/settings/@jupyterlab/apputils-extension:notification"
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{lab_port}{notes_url}?token=lab-test", timeout=10
+        ) as resp:
+            schema = json.loads(resp.read())["schema"]
+        assert schema["properties"]["fetchNews"]["default"] == "false"
         # The demo database exists and is filled; its sender account points at the sink.
         engine = sa.create_engine(f"sqlite:///{data / 'bulkmail.db'}")
         with engine.connect() as conn:
@@ -189,3 +202,22 @@ def test_ctrl_c_stops_the_lab_and_its_worker(tmp_path: Path) -> None:
         stop(proc, group=True)
         log.close()
         dbmod.close_all()
+
+
+def test_lab_settings_keep_the_installations_and_add_the_widget_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bulkmail_kernel.cli.servers import lab_settings_dir
+
+    prefix = tmp_path / "prefix"
+    installed = prefix / "share" / "jupyter" / "lab" / "settings"
+    installed.mkdir(parents=True)
+    (installed / "page_config.json").write_text('{"disabledExtensions": ["x"]}')
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    folder = lab_settings_dir()
+    assert folder == tmp_path / "data" / "lab-settings"
+    assert json.loads((folder / "page_config.json").read_text()) == {"disabledExtensions": ["x"]}
+    ours = json.loads((folder / "overrides.d" / "bulkmail.json").read_text())
+    assert ours["@jupyter-widgets/jupyterlab-manager:plugin"] == {"saveState": True}
+    assert ours["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+    assert lab_settings_dir() == folder  # a second start writes the same again

@@ -15,18 +15,30 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
+import sqlalchemy as sa
 from sending_support import address, make_campaign, sink_account
 
 from bulkmail_kernel import (
+    RecipientsSkippedWarning,
+    add_sender_account,
     campaign_progress,
+    contacts_frame,
+    create_campaign,
     get_campaign,
+    import_contacts,
     outbox_monitor,
     queue,
+    register,
     send,
+    template_from_html,
+    unsubscribe_address,
 )
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.campaigns.monitor import registration_skips
 from bulkmail_kernel.clock import ManualClock
+from bulkmail_kernel.db import Event
 from bulkmail_kernel.servers.sink import Sink, start_sink
 from bulkmail_kernel.widgets.monitor import OutboxMonitor
 
@@ -289,3 +301,118 @@ def test_campaign_progress_command(sqlite_url: str, refusing_sink: Sink) -> None
     assert "of 3,000/h set" in proc.stdout
     assert f"{DEFERS},deferred,451" in proc.stdout
     assert f"{FAILS},failed,550" in proc.stdout
+
+
+def _campaign_with_skips(database: dbmod.Database, tmp_path: Path) -> pd.DataFrame:
+    """Create campaign 'spring'; return its five people: two not opted in, one unsubscribed."""
+    people = pd.DataFrame(
+        {
+            "first_name": ["Ján", "Eva", "Ola", "Ivan", "Mia"],
+            "email": [f"p{i}@a.sk" for i in range(5)],
+            "mailing_allowed": ["no", "yes", "no", "yes", "yes"],
+        }
+    )
+    import_contacts(people, db=database, progress=False)
+    add_sender_account(
+        "out",
+        kind="file",
+        from_email="news@shop.sk",
+        settings={
+            "folder": str(tmp_path / "out"),
+            "unsubscribe_url": "https://shop.sk/u?t={token}",
+        },
+        db=database,
+    )
+    html = '<p>Dobrý deň {{ first_name }}</p><a href="{{ unsubscribe_url }}">Odhlásiť</a>'
+    template = template_from_html(html, "Pozvánka", name="pozvanka")
+    create_campaign("spring", sender="out", template=template, db=database)
+    unsubscribe_address("p3@a.sk", db=database)
+    frame = contacts_frame(database)
+    return frame[frame["address"].str.endswith("@a.sk")]
+
+
+def _register_with_skips(database: dbmod.Database, tmp_path: Path) -> None:
+    """Register campaign 'spring' for its five people: three are skipped."""
+    people = _campaign_with_skips(database, tmp_path)
+    with pytest.warns(RecipientsSkippedWarning, match="3 of 5 recipients skipped"):
+        register("spring", people, db=database)
+
+
+SKIP_LINE = (
+    "3 recipients were skipped at registration: 2 mailing not allowed; 1 suppressed "
+    "— see bm.skipped(&#x27;spring&#x27;)"
+)
+
+
+def test_the_monitor_says_who_registration_skipped_and_why(
+    database: dbmod.Database, tmp_path: Path
+) -> None:
+    _register_with_skips(database, tmp_path)
+    m = outbox_monitor("spring", refresh_s=0, db=database)
+    try:
+        assert m.progress_label.value == "0 / 2"
+        assert SKIP_LINE in m.skips.value
+        assert m.skips in m.children
+        # The line is read again only when the messages change or Refresh is pressed.
+        with database.engine.begin() as conn:
+            conn.execute(sa.delete(Event).where(Event.kind == "skipped"))
+        m.refresh()
+        assert SKIP_LINE in m.skips.value
+        m.refresh_button.click()
+        assert m.skips.value == ""
+    finally:
+        m.close()
+
+
+def test_a_campaign_registered_while_watched_shows_its_skip_line(
+    database: dbmod.Database, tmp_path: Path
+) -> None:
+    add_sender_account(
+        "early",
+        kind="file",
+        from_email="news@shop.sk",
+        settings={
+            "folder": str(tmp_path / "early"),
+            "unsubscribe_url": "https://shop.sk/u?t={token}",
+        },
+        db=database,
+    )
+    nothing_skipped = make_campaign(database, 2, name="other", sender="early")
+    people = _campaign_with_skips(database, tmp_path)
+    m = outbox_monitor("spring", refresh_s=0, db=database)
+    try:
+        assert (m.progress_label.value, m.skips.value) == ("0 / 0", "")
+        with pytest.warns(RecipientsSkippedWarning):
+            register("spring", people, db=database)
+        m.refresh()  # what the thread does every refresh_s
+        assert m.progress_label.value == "0 / 2"
+        assert SKIP_LINE in m.skips.value
+    finally:
+        m.close()
+    m = outbox_monitor(refresh_s=0, db=database)
+    try:
+        m.picker.value = nothing_skipped
+        assert m.skips.value == ""
+        m.picker.value = get_campaign("spring", db=database).id
+        assert SKIP_LINE in m.skips.value
+    finally:
+        m.close()
+
+
+def test_the_skip_line_survives_a_kernel_restart(sqlite_url: str, tmp_path: Path) -> None:
+    _register_with_skips(dbmod.open_database(sqlite_url), tmp_path)
+    script = (
+        "from bulkmail_kernel import outbox_monitor\n"
+        f"m = outbox_monitor('spring', refresh_s=0, url={sqlite_url!r})\n"
+        "print(m.skips.value)\n"
+        "m.close()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert SKIP_LINE in proc.stdout
+    assert registration_skips("spring", url=sqlite_url) == (
+        "3 recipients were skipped at registration: 2 mailing not allowed; 1 suppressed "
+        "— see bm.skipped('spring')"
+    )

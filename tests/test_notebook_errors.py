@@ -89,3 +89,40 @@ def test_error_lines_of_an_error_without_fields() -> None:
         "no such field: 'x'",
         "(the traceback is folded away: run %tb in a cell to see it)",
     ]
+
+
+def test_the_skip_warning_is_its_one_line_in_a_notebook(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    setup = f"""
+import warnings
+import pandas as pd
+import bulkmail_kernel as bm
+url = {url!r}
+people = pd.DataFrame({{"first_name": ["Ján", "Eva"], "email": ["jan@a.sk", "eva@a.sk"],
+                       "mailing_allowed": ["yes", "no"]}})
+bm.import_contacts(people, url=url, progress=False)
+bm.add_sender_account("out", kind="file", from_email="news@shop.sk",
+                      settings={{"folder": {str(tmp_path / "out")!r},
+                                "unsubscribe_url": "https://shop.sk/u?t={{token}}"}}, url=url)
+html = '<p>{{{{ first_name }}}}</p><a href="{{{{ unsubscribe_url }}}}">x</a>'
+t = bm.template_from_html(html, "Pozvánka", name="t")
+bm.create_campaign("c", sender="out", template=t, url=url)
+"""
+    nb = _run(
+        [
+            setup,
+            "queued = bm.register('c', bm.contacts_frame(url=url), url=url)",
+            "warnings.warn('not ours')",
+        ],
+        tmp_path,
+    )
+    assert not [o for o in nb.cells[0].outputs if o.output_type == "error"], nb.cells[0].outputs
+    (said,) = [o for o in nb.cells[1].outputs if o.output_type == "stream"]
+    assert said["name"] == "stderr"
+    assert said["text"] == (
+        "campaign 'c': 1 of 2 recipients skipped (1 mailing not allowed); 1 registered; "
+        "bm.skipped('c') lists them\n"
+    )
+    # Any other warning keeps Python's usual form (file, line, category).
+    other = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    assert "UserWarning: not ours" in other

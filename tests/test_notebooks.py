@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import re
 import sys
 from collections.abc import Iterator
 from datetime import date
@@ -227,6 +228,9 @@ def test_05_report_runs_on_its_own(demo_db: str, tmp_path: Path, sink: Sink) -> 
     unsubscribed = list_suppressions(reason="unsubscribe", url=demo_db)
     assert len(unsubscribed) >= 1
     assert "reporting on 'Report demo'" in outputs_text(nb)
+    # Said in words, not Python's True.
+    assert re.search(r"\S+@\S+ is unsubscribed\n", outputs_text(nb))
+    assert "\nTrue\n" not in outputs_text(nb)
     dbmod.close_all()
 
 

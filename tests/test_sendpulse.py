@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -36,6 +38,7 @@ from bulkmail_kernel.db import (
     SenderAccount,
     UnsubscribeToken,
 )
+from bulkmail_kernel.display import ReadableFrame
 from bulkmail_kernel.exceptions import ConfigError, SendError, TemplateError
 from bulkmail_kernel.transports.sendpulse import SendPulseClient
 
@@ -432,6 +435,7 @@ def test_campaign_waits_for_the_hourly_limit_and_says_so(
             cid, wait=False, client=client, clock=clock, progress=False, db=database
         )
     books = len(fake.books)
+    before = clock.now()
     with caplog.at_level(logging.WARNING, logger="bulkmail"):
         result = send_campaign_via_sendpulse(
             cid, client=client, clock=clock, progress=False, db=database
@@ -439,6 +443,16 @@ def test_campaign_waits_for_the_hourly_limit_and_says_so(
     assert len(fake.books) == books  # the book of the refused attempt was reused
     assert result.waited_s > 3000
     assert "waits" in result.notes[-1]
+    # The time it waits until reads in the analyst's zone (default Europe/Bratislava).
+    note = result.notes[-1]
+    assert note.endswith("(Europe/Bratislava)")
+    assert " UTC" not in note
+    found = re.search(r"until (\d\d:\d\d:\d\d)", note)
+    assert found
+    local = ZoneInfo("Europe/Bratislava")
+    until = datetime.combine(before.date(), time.fromisoformat(found.group(1)), local)
+    assert before.astimezone(local) < until <= clock.now().astimezone(local)
+    assert str(result).splitlines()[1:] == list(result.notes)
     assert "4 campaigns per hour" in caplog.text
     assert fake.rejected_for_rate == 0
 
@@ -528,3 +542,51 @@ def test_sendpulse_campaign_needs_no_unsubscribe_pattern_and_reports_its_ids(
     fake.complete(result.provider_campaign_id)
     sendpulse_report(cid, clock=clock, db=database)  # asks SendPulse, stores what it says
     assert provider_status(cid, db=database).loc[0, "status_text"] == "sent"
+
+
+def test_the_sendpulse_report_reads_as_a_report(
+    database: dbmod.Database,
+    fake: SendPulseFake,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BULKMAIL_TZ", "Europe/Bratislava")
+    cid = _campaign(database, fake, clock)
+    start = clock.now()
+    result = send_campaign_via_sendpulse(cid, clock=clock, progress=False, db=database)
+    handed = clock.now()
+    fake.complete(result.provider_campaign_id)
+    clock.sleep(75.25)
+    report = sendpulse_report(cid, clock=clock, db=database)
+    status = provider_status(cid, db=database)
+    for frame in (report, status):
+        assert isinstance(frame, ReadableFrame)
+        # Times are times, in the local zone (UTC+1 in March), shown to the second.
+        created, checked = frame["created_at"].iloc[0], frame["checked_at"].iloc[0]
+        assert str(frame["created_at"].dt.tz) == "Europe/Bratislava"
+        assert start <= created <= handed
+        assert checked == clock.now()
+        assert checked.microsecond == 250000
+        html = frame._repr_html_()
+        assert f"<td>{created.astimezone(UTC) + timedelta(hours=1):%Y-%m-%d %H:%M:%S}</td>" in html
+        assert f"<td>{clock.now() + timedelta(hours=1):%Y-%m-%d %H:%M:%S}</td>" in html
+        assert "+00:00" not in html
+        assert ".25" not in html
+        for missing in ("NaT", "None", "nan", "&lt;NA&gt;"):
+            assert missing not in html  # no send date: a blank cell
+        assert "<td>sent</td>" in html
+
+
+def test_a_printed_result_says_what_happened_in_words(
+    database: dbmod.Database, fake: SendPulseFake, clock: ManualClock
+) -> None:
+    cid = _campaign(database, fake, clock)
+    result = send_campaign_via_sendpulse(cid, draft=True, clock=clock, progress=False, db=database)
+    text = str(result)
+    assert text == (
+        f"campaign {get_campaign(cid, db=database).name!r} handed to SendPulse as a draft, to "
+        f"review and send from your SendPulse account: 7 recipients in address book "
+        f"{result.book_id} (1 batch), SendPulse campaign {result.provider_campaign_id}, "
+        "status: draft"
+    )
+    assert "SendPulseResult(" not in text

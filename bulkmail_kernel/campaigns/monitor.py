@@ -19,10 +19,12 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import config
 from bulkmail_kernel.campaigns.complaints import ComplaintRate, complaints_of
+from bulkmail_kernel.campaigns.preflight import short_reason, skipped_line
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
     Database,
+    Event,
     Message,
     MessageStatus,
     resolve_database,
@@ -328,3 +330,29 @@ def open_messages(
     frame = pd.DataFrame(rows, columns=_OPEN_COLUMNS)
     frame["message_id"] = frame["message_id"].astype("int64")
     return frame
+
+
+def registration_skips(
+    campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
+) -> str:
+    """Return how many recipients registration skipped and why, in one line ("": none).
+
+    Read from the stored skip events, so the monitor says it after a kernel restart too.
+    Not part of ``campaign_progress``: it reads events, so the monitor asks only when
+    the campaign shown or its message count changes.
+    """
+    database = resolve_database(db, url)
+    with database.session() as s:
+        c = campaign_row(s, campaign)
+        rows = s.execute(
+            sa.select(Event.detail, Event.data).where(
+                Event.campaign_id == c.id, Event.kind == "skipped"
+            )
+        ).all()
+        name = c.name
+    reasons = [
+        str(data.get("why") or short_reason(detail or ""))
+        for detail, data in ((r[0], r[1] or {}) for r in rows)
+        if data.get("at") == "registration"
+    ]
+    return skipped_line(name, reasons)

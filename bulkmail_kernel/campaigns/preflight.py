@@ -5,7 +5,8 @@ variable neither in the campaign's values nor a recipient column (a typo such as
 ``event_nmae``), an image the template cannot find, an empty subject — each an error
 naming the variable or file and what to do. ``same_failure`` turns "every recipient
 failed for one reason" into one error, and ``skip_summary`` says in one line how many
-recipients registration skipped and why.
+recipients registration skipped and why (``skipped_line``: the same, read back later from
+the stored skip events, for the outbox monitor).
 """
 
 from __future__ import annotations
@@ -125,15 +126,40 @@ def _reason(failure: Any) -> str:
     return str(failure)
 
 
+def short_reason(detail: str) -> str:
+    """Return a skip reason without its recipient, so like reasons count together."""
+    if detail.endswith("is not an E.164 phone number"):
+        return "not an E.164 phone number"
+    if detail.startswith("not a phone") or detail.startswith("not an email"):
+        return detail.split(" (")[0]
+    return detail
+
+
+def reasons_text(reasons: list[str]) -> str:
+    """Return "2 suppressed; 1 mailing not allowed": each reason with its count, most first."""
+    counts = Counter(reasons).most_common()
+    why = "; ".join(f"{n} {reason}" for reason, n in counts[:4])
+    return why + (f"; {len(counts) - 4} other reasons" if len(counts) > 4 else "")
+
+
 def skip_summary(campaign: str, reasons: list[str], registered: int) -> str | None:
     """Return one line: how many recipients were skipped and why (None when none were)."""
     if not reasons:
         return None
-    counts = Counter(reasons).most_common()
-    why = "; ".join(f"{n} {reason}" for reason, n in counts[:4])
-    more = f"; {len(counts) - 4} other reasons" if len(counts) > 4 else ""
     total = registered + len(reasons)
     return (
-        f"campaign {campaign!r}: {len(reasons)} of {total} recipients skipped ({why}{more}); "
-        f"{registered} registered; bm.skipped({campaign!r}) lists them"
+        f"campaign {campaign!r}: {len(reasons)} of {total} recipients skipped "
+        f"({reasons_text(reasons)}); {registered} registered; bm.skipped({campaign!r}) lists them"
+    )
+
+
+def skipped_line(campaign: str, reasons: list[str]) -> str:
+    """Return how many were skipped at registration and why, for the monitor ("": none)."""
+    if not reasons:
+        return ""
+    n = len(reasons)
+    were = "recipient was" if n == 1 else "recipients were"
+    return (
+        f"{n:,} {were} skipped at registration: {reasons_text(reasons)} "
+        f"— see bm.skipped({campaign!r})"
     )

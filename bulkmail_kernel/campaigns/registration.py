@@ -21,6 +21,7 @@ from bulkmail_kernel.campaigns.campaigns import recipients_of
 from bulkmail_kernel.campaigns.preflight import (
     check_campaign_template,
     same_failure,
+    short_reason,
     skip_summary,
 )
 from bulkmail_kernel.campaigns.rendering import campaign_renderer, template_source
@@ -205,7 +206,7 @@ def register(
                     }
                 )
         if reason is not None:
-            why.append(short or _short(reason))
+            why.append(short or short_reason(reason))
             skipped.append(
                 {
                     "kind": "skipped",
@@ -215,7 +216,12 @@ def register(
                     "message_id": None,
                     "detail": reason,
                     "occurred_at": now,
-                    "data": {"address": getattr(point, "normalized", None), "at": "registration"},
+                    "data": {
+                        "address": getattr(point, "normalized", None),
+                        "at": "registration",
+                        # The reason without the recipient: the monitor's skip line counts it.
+                        "why": why[-1],
+                    },
                 }
             )
     everyone = same_failure(cname, failures, tried)
@@ -267,15 +273,6 @@ def register(
     else:
         log.info("campaign %s: %d messages registered", cname, stored)
     return queue(cid, db=database)
-
-
-def _short(detail: str) -> str:
-    """Return a skip reason without its recipient, so like reasons count together."""
-    if detail.endswith("is not an E.164 phone number"):
-        return "not an E.164 phone number"
-    if detail.startswith("not a phone") or detail.startswith("not an email"):
-        return detail.split(" (")[0]
-    return detail
 
 
 def _sms_problem(campaign: str, number: str, who: str, text: str, max_segments: int) -> str | None:

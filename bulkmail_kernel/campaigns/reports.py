@@ -29,7 +29,7 @@ from bulkmail_kernel.db import (
     utcnow,
 )
 from bulkmail_kernel.display import readable
-from bulkmail_kernel.outbox.handover import REF_FIELDS
+from bulkmail_kernel.outbox.handover import REF_FIELDS, ref_frame
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.parking import waiting_for_window
 from bulkmail_kernel.outbox.queue import queue
@@ -231,9 +231,6 @@ def campaign_failures(
     )
 
 
-_PROVIDER_COLUMNS = ["provider", *REF_FIELDS]
-
-
 def provider_status(
     campaign: CampaignRef, *, db: Database | None = None, url: str | None = None
 ) -> pd.DataFrame:
@@ -247,11 +244,11 @@ def provider_status(
     with database.session() as s:
         ref = dict(campaign_row(s, campaign).provider_ref or {})
     rows = [
-        [provider] + [dict(info or {}).get(k) for k in _PROVIDER_COLUMNS[1:]]
+        [provider] + [dict(info or {}).get(k) for k in REF_FIELDS]
         for provider, info in sorted(ref.items())
         if isinstance(info, dict)
     ]
-    return readable(pd.DataFrame(rows, columns=_PROVIDER_COLUMNS))
+    return ref_frame("provider", rows)
 
 
 def campaign_timeline(
@@ -283,7 +280,7 @@ def campaign_timeline(
     if frame.empty:
         empty = pd.DataFrame(columns=kinds, index=pd.DatetimeIndex([], tz=zone, name="time"))
         empty.attrs["freq"] = freq or "1min"
-        return empty
+        return readable(empty)
     if freq is None:
         freq = timeline_freq(frame["occurred_at"].min(), frame["occurred_at"].max())
     table = (
@@ -295,7 +292,7 @@ def campaign_timeline(
     table.index.name = "time"
     table.columns.name = None
     table.attrs["freq"] = freq
-    return table
+    return readable(table)
 
 
 _KINDS = ("sent", "deferred", "failed", "unknown")

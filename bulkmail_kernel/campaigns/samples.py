@@ -17,6 +17,7 @@ from bulkmail_kernel.compose.headers import (
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import Database, Message, resolve_database, utcnow
 from bulkmail_kernel.deliverability.dkim import SIGNED_HEADERS, prepare_outgoing, signer_for
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
 from bulkmail_kernel.records import CampaignRef
@@ -102,7 +103,7 @@ def send_samples(
             results.append((address, made.subject, r.status, r.detail))
     finally:
         transport.close()
-    return pd.DataFrame(results, columns=["to", "subject", "status", "detail"])
+    return readable(pd.DataFrame(results, columns=["to", "subject", "status", "detail"]))
 
 
 def account_test_addresses(settings: Mapping[str, Any]) -> list[str]:

@@ -63,6 +63,40 @@ def cmd_unsubscribe_server(args: argparse.Namespace) -> int:
     return 0
 
 
+#: JupyterLab settings the workbench starts with. Widgets keep their last state in the
+#: notebook when it is saved, so a reopened notebook shows its progress bars and panels
+#: as they ended instead of "Error displaying widget: model not found". No question about
+#: fetching Jupyter news over the analyst's page (``--LabApp.news_url=None`` stops the
+#: fetching, not the question), and no check for a newer JupyterLab.
+LAB_SETTINGS = {
+    "@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": True},
+    "@jupyterlab/apputils-extension:notification": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
+}
+
+
+def lab_settings_dir(folder: Path | None = None) -> Path:
+    """Return JupyterLab's settings folder for the workbench: the installation's, plus ours.
+
+    The installation's folder (``share/jupyter/lab/settings``) is copied, so whatever it
+    sets still holds; ours go in ``overrides.d``, below a user's own ``overrides.json``.
+    """
+    import json
+    import shutil
+
+    folder = folder or config.data_dir() / "lab-settings"
+    installed = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings"
+    if installed.is_dir():
+        shutil.copytree(installed, folder, dirs_exist_ok=True)
+    (folder / "overrides.d").mkdir(parents=True, exist_ok=True)
+    (folder / "overrides.d" / "bulkmail.json").write_text(
+        json.dumps(LAB_SETTINGS, indent=2) + "\n", encoding="utf-8"
+    )
+    return folder
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Open JupyterLab on notebooks/ with the demo database, a local sink and a worker.
 
@@ -118,6 +152,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         # Jupyter news on every start, no check of pypi.org for a newer JupyterLab.
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        f"--LabApp.app_settings_dir={lab_settings_dir()}",
     ]
     if args.no_browser:
         cmd.append("--no-browser")
@@ -137,7 +172,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             worker = _start_worker(args)
         # Flushed first: JupyterLab writes to the same stdout (a log file under a service).
         print("starting JupyterLab:", " ".join(cmd[2:]), flush=True)
-        lab = subprocess.Popen(cmd, env=lab_environment())  # noqa: S603 - fixed arguments
+        lab = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter, fixed arguments
         return lab.wait()
     finally:
         # A second signal must not cut this short and leave JupyterLab unreaped.
@@ -155,19 +190,6 @@ def cmd_lab(args: argparse.Namespace) -> int:
             unsub.stop()
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
-
-
-#: Jupyter configuration of the workbench: its ``labconfig/page_config.json`` turns off
-#: JupyterLab's announcements plugin, which otherwise asks on every start whether to fetch
-#: Jupyter news (``--LabApp.news_url=None`` stops the fetching but not that question).
-LAB_CONFIG_DIR = Path(__file__).resolve().parent / "jupyter"
-
-
-def lab_environment() -> dict[str, str]:
-    """Return the environment JupyterLab starts with: ours first on its config path."""
-    extra = os.environ.get("JUPYTER_CONFIG_PATH", "")
-    path = os.pathsep.join(p for p in (str(LAB_CONFIG_DIR), extra) if p)
-    return {**os.environ, "JUPYTER_CONFIG_PATH": path}
 
 
 #: How long the lab waits for its worker to drain after SIGTERM before it kills it.

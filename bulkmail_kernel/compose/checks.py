@@ -26,6 +26,7 @@ from bulkmail_kernel.compose.render import (
 from bulkmail_kernel.compose.sandbox import _is_empty
 from bulkmail_kernel.compose.sms import sms_segments
 from bulkmail_kernel.compose.templates import Template, _undeclared
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import BulkmailError, TemplateError
 
 #: Variables SendPulse can personalise by itself; anything else must be rendered by us.
@@ -116,7 +117,8 @@ def check_template(
         problems.extend(mine)
         if stop_here:
             break
-    return pd.DataFrame(problems, columns=_CHECK_COLUMNS)
+    # Shown in full: an error such as SendPulse's list of variables runs past 50 characters.
+    return readable(pd.DataFrame(problems, columns=_CHECK_COLUMNS))
 
 
 class _ImageAltFinder(HTMLParser):

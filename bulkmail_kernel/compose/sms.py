@@ -139,9 +139,22 @@ def sms_cost(text: str, price_per_segment: float, recipients: int = 1) -> float:
     return round(sms_segments(text).segments * price_per_segment * recipients, 6)
 
 
+def first_non_gsm7(text: str) -> str:
+    """Return where the first character outside GSM-7 is ('"„" (U+201E) at 12'; "" if none).
+
+    One such character makes the whole text UCS-2 (70 characters a segment instead of
+    160), so the cost table names it: often a typographic quote or dash pasted from Word.
+    """
+    for position, ch in enumerate(text, start=1):
+        if ch not in GSM7_BASIC and ch not in GSM7_EXTENSION:
+            return f'"{ch}" (U+{ord(ch):04X}) at {position}'
+    return ""
+
+
 _PREVIEW_COLUMNS = [
     "text",
     "encoding",
+    "ucs2_because",
     "segments",
     "cost",
     "fitted_text",
@@ -158,7 +171,9 @@ def sms_fit_preview(
     """Return, per text, the segments and cost as written and after ``fit_to_gsm7``.
 
     This is what the preview shows before the analyst ticks "fit to GSM-7": the
-    encoding, segment count and price of each text both ways, and the saving.
+    encoding, segment count and price of each text both ways, and the saving;
+    ``ucs2_because`` names the first character that makes a text UCS-2 and where it is
+    (1 = the first character).
     """
     items = [texts] if isinstance(texts, str) else list(texts)
     rows = []
@@ -172,6 +187,7 @@ def sms_fit_preview(
             [
                 text,
                 before.encoding,
+                first_non_gsm7(text),
                 before.segments,
                 cost,
                 fitted,

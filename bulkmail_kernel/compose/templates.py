@@ -32,6 +32,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from bulkmail_kernel.compose.sandbox import _HTML_ENV, _PLAIN_ENV, _template_error
 from bulkmail_kernel.config import templates_dir
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import TemplateError
 
 log = logging.getLogger("bulkmail")
@@ -464,4 +465,4 @@ def list_templates(directory: str | Path | None = None) -> pd.DataFrame:
             }
         )
     columns = ["name", "language", "channel", "description", "required", "folder"]
-    return pd.DataFrame(rows, columns=columns)
+    return readable(pd.DataFrame(rows, columns=columns))

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import config
 from bulkmail_kernel.db import Database, Event, resolve_database
+from bulkmail_kernel.display import readable
 
 #: Columns of ``identity_merges``.
 MERGE_COLUMNS = (
@@ -65,4 +66,4 @@ def identity_merges(
         .astype("datetime64[us, UTC]")
         .dt.tz_convert(config.local_timezone())  # what a person reads: the local zone
     )
-    return frame
+    return readable(frame)

@@ -45,6 +45,7 @@ from bulkmail_kernel.deliverability.mailparts import (
     verp_recipient,
     verp_tag,
 )
+from bulkmail_kernel.display import readable
 
 log = logging.getLogger("bulkmail")
 
@@ -441,4 +442,4 @@ def parse_bounces(messages: Iterable[bytes]) -> pd.DataFrame:
         "original_message_id",
         "diagnostic",
     ]
-    return pd.DataFrame(rows, columns=columns)
+    return readable(pd.DataFrame(rows, columns=columns))

@@ -41,6 +41,7 @@ from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.deliverability.bounces import BouncedRecipient, BounceInfo
 from bulkmail_kernel.deliverability.classify import BOUNCE_KINDS, Classification, classify_message
 from bulkmail_kernel.deliverability.mailparts import explanation
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import ConfigError, ProviderError
 from bulkmail_kernel.outbox.bounces import (
     BouncedMessage,
@@ -434,7 +435,7 @@ def process_mailbox(
         except (imaplib.IMAP4.error, OSError) as exc:
             log.debug("IMAP logout failed: %s", exc)
     log.info("bounce mailbox of %s: %d messages read", account_name, len(rows))
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return readable(pd.DataFrame(rows, columns=RESULT_COLUMNS))
 
 
 def _flag(conn: imaplib.IMAP4, uid: str, flags: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel import config
 from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
@@ -26,6 +27,7 @@ from bulkmail_kernel.db import (
     Message,
     MessageStatus,
 )
+from bulkmail_kernel.display import readable
 
 #: What a hand-over records in ``campaigns.provider_ref["sendpulse"]``, in report order.
 REF_FIELDS = (
@@ -39,6 +41,24 @@ REF_FIELDS = (
     "send_date",
     "checked_at",
 )
+
+#: The REF_FIELDS stored as ISO text that a report shows as times.
+REF_TIMES = ("created_at", "send_date", "checked_at")
+
+
+def ref_frame(first: str, rows: list[list[Any]]) -> pd.DataFrame:
+    """Return provider-side ids and status as a report frame: ``first`` column, then REF_FIELDS.
+
+    The times are stored as ISO text in the campaign's JSON; here they become local
+    datetimes, shown to the second (not UTC with microseconds).
+    """
+    frame = pd.DataFrame(rows, columns=[first, *REF_FIELDS])
+    for name in REF_TIMES:
+        frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601").dt.tz_convert(
+            config.local_timezone()
+        )
+    return readable(frame)
+
 
 _RECIPIENT_COLUMNS = [
     "message_id",

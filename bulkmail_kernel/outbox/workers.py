@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import config
 from bulkmail_kernel.db import Database, Worker, resolve_database, utcnow
+from bulkmail_kernel.display import readable
 
 _COLUMNS = ["worker_id", "hostname", "pid", "runs_worker", "started_at", "heartbeat_at", "age_s"]
 
@@ -68,7 +69,7 @@ def live_workers(
     frame["pid"] = frame["pid"].astype("int64")
     frame["runs_worker"] = frame["runs_worker"].astype(bool)
     frame["age_s"] = frame["age_s"].astype(float)
-    return frame
+    return readable(frame)
 
 
 def _command_line(pid: int) -> list[str] | None:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from bulkmail_kernel.db import Database, SenderAccount, resolve_database
 from bulkmail_kernel.deliverability.mailbox import _connect, imap_settings
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import BulkmailError, ConfigError
 from bulkmail_kernel.outbox.lookup import sender_info
 from bulkmail_kernel.records import SenderInfo
@@ -98,7 +99,7 @@ def check_account(name: str, *, db: Database | None = None, url: str | None = No
     if account.kind == "file":
         folder = str(account.settings.get("folder", ""))
         checks = [LoginCheck(name, "file", "", 0, "", "", True, f"writes .eml files to {folder}")]
-    return pd.DataFrame([asdict(c) for c in checks], columns=CHECK_COLUMNS)
+    return readable(pd.DataFrame([asdict(c) for c in checks], columns=CHECK_COLUMNS))
 
 
 def _check_smtp(account: SenderInfo) -> LoginCheck:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import Database, SenderAccount, resolve_database
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.handover import (
     DeliveryReport,
@@ -157,4 +158,4 @@ def poll_delivery_reports(
     )
     frame = pd.DataFrame(out, columns=_DLR_COLUMNS)
     frame["message_id"] = frame["message_id"].astype("int64")
-    return frame
+    return readable(frame)

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel import config
 from bulkmail_kernel.campaigns.campaigns import template_of
 from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import CampaignStatus, Database, SenderAccount, resolve_database
@@ -30,6 +31,7 @@ from bulkmail_kernel.outbox.handover import (
     recent_handover_ages,
     record_handover,
     record_handover_error,
+    ref_frame,
     update_provider_ref,
 )
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
@@ -131,6 +133,22 @@ class SendPulseResult:
     #: Seconds spent waiting for the 4-campaigns-per-hour limit.
     waited_s: float
     notes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        """Return what happened in the analyst's words (what ``print(result)`` shows)."""
+        what = (
+            "a draft, to review and send from your SendPulse account"
+            if self.draft
+            else "a campaign"
+        )
+        lines = [
+            f"campaign {self.campaign!r} handed to SendPulse as {what}: {self.recipients:,} "
+            f"recipients in address book {self.book_id} ({self.batches} "
+            f"batch{'' if self.batches == 1 else 'es'}), SendPulse "
+            f"campaign {self.provider_campaign_id}, status: {self.status_text or self.status}",
+            *self.notes,
+        ]
+        return "\n".join(lines)
 
 
 def _refuse_statements(text: str, part: str, template: str) -> None:
@@ -296,7 +314,8 @@ def send_campaign_via_sendpulse(
             until = clock.now() + timedelta(seconds=wait_s)
             note = (
                 f"SendPulse allows {client.campaigns.limit} campaigns per hour: campaign "
-                f"{cname!r} waits {wait_s:.0f} s, until {until:%H:%M:%S} UTC"
+                f"{cname!r} waits {wait_s:.0f} s, until "
+                f"{until.astimezone(config.local_zone()):%H:%M:%S} ({config.local_timezone()})"
             )
             if not wait:
                 raise SendError(
@@ -401,6 +420,4 @@ def sendpulse_report(
             status_text=status_text(info.get("status")),
             checked_at=clock.now().isoformat(),
         )
-    return pd.DataFrame(
-        [[cname] + [ref.get(k) for k in REF_FIELDS]], columns=["campaign", *REF_FIELDS]
-    )
+    return ref_frame("campaign", [[cname] + [ref.get(k) for k in REF_FIELDS]])

@@ -6,17 +6,21 @@ hide that from an analyst. In an IPython kernel, importing ``bulkmail_kernel`` a
 IPython to show these errors (and only these) as their kind, the message wrapped to
 the width of a cell, and their structured fields, with one line saying how to unfold
 the traceback (``%tb``). The cell still fails, so "Run all" stops there as before;
-every other exception keeps IPython's usual traceback.
+every other exception keeps IPython's usual traceback. bulkmail's own warnings (who
+``register()`` skipped and why) show as their one line, without Python's file, line
+number and class name; every other warning looks as usual.
 """
 
 from __future__ import annotations
 
 import sys
 import textwrap
+import warnings
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
-from bulkmail_kernel.exceptions import BulkmailError
+from bulkmail_kernel.exceptions import BulkmailError, RecipientsSkippedWarning
 
 #: What each error means to the person reading it, by class name.
 _KINDS = {
@@ -68,6 +72,28 @@ def _show(
     return stb
 
 
+def _one_line_warnings(previous: Callable[..., None]) -> Callable[..., None]:
+    """Return a ``warnings.showwarning`` that prints bulkmail's warnings as their message only."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if not issubclass(category, RecipientsSkippedWarning):
+            previous(message, category, filename, lineno, file, line)
+            return
+        out = file if file is not None else sys.stderr
+        if out is not None:
+            out.write(f"{message}\n")
+
+    show.bulkmail = True  # type: ignore[attr-defined]
+    return show
+
+
 def install_error_display(shell: Any = None) -> bool:
     """Show bulkmail's errors in this IPython shell as one short box; True if installed.
 
@@ -86,4 +112,6 @@ def install_error_display(shell: Any = None) -> bool:
     if current and current != (BulkmailError,):
         return False
     shell.set_custom_exc((BulkmailError,), _show)
+    if not getattr(warnings.showwarning, "bulkmail", False):
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
     return True

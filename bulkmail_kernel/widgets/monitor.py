@@ -1,9 +1,10 @@
 """The outbox monitor: a campaign's live counts, rate, ETA and errors, with its queue controls.
 
-Thin over tested functions: what it shows is ``campaign_progress`` and ``open_messages``
-(campaigns/monitor.py), its buttons call ``pause``, ``resume``, ``cancel`` and
-``remove_from_queue``. It reads the database, so it shows what any worker on any machine
-is doing. The date-time picker and its Schedule button call ``schedule`` with the
+Thin over tested functions: what it shows is ``campaign_progress``, ``open_messages``
+and ``registration_skips`` (who registration skipped and why, in one line) from
+campaigns/monitor.py; its buttons call ``pause``, ``resume``, ``cancel`` and
+``remove_from_queue``. It reads the database, so it shows what any worker on any
+machine is doing. The date-time picker and its Schedule button call ``schedule`` with the
 wall-clock time picked, which is local time (``BULKMAIL_TZ``). A background thread
 re-reads every ``refresh_s`` seconds and updates the widgets in place (ipywidgets may be
 updated from a thread), so the kernel stays free; closing the widget, or ``.stop()``,
@@ -28,6 +29,7 @@ from bulkmail_kernel.campaigns.monitor import (
     campaign_progress,
     duration_text,
     open_messages,
+    registration_skips,
     watched_campaigns,
 )
 from bulkmail_kernel.db import Database, resolve_database
@@ -129,6 +131,11 @@ def errors_html(errors: pd.DataFrame) -> str:
     return f"<b>last errors</b><table>{head and f'<tr>{head}</tr>'}{body}</table>"
 
 
+def skips_html(line: str) -> str:
+    """Return the registration's skip line in the monitor's colours ("" when none was skipped)."""
+    return f"<span style='color: #a60'>{htmlmod.escape(line)}</span>" if line else ""
+
+
 def queue_options(frame: pd.DataFrame) -> list[tuple[str, int]]:
     """Return (label, message id) per removable message for the selection list."""
     return [
@@ -155,6 +162,9 @@ class OutboxMonitor(widgets.VBox):
         self.progress_label = widgets.Label()
         self.counts = widgets.HTML()
         self.rate = widgets.HTML()
+        # Who registration skipped and why (from the stored events: survives a restart).
+        self.skips = widgets.HTML()
+        self._skips_of: tuple[int, int] | None = None
         self.errors = widgets.HTML()
         self.queue = widgets.SelectMultiple(
             options=[], rows=8, description="queue", layout=widgets.Layout(width="60%")
@@ -188,7 +198,7 @@ class OutboxMonitor(widgets.VBox):
             (self.resume_button, self.resume),
             (self.cancel_button, self.cancel),
             (self.remove_button, self.remove_selected),
-            (self.refresh_button, lambda: self.refresh()),
+            (self.refresh_button, self._refresh_all),
             (self.schedule_button, self.schedule),
         ):
             button.on_click(lambda _b, act=action: act())
@@ -197,6 +207,7 @@ class OutboxMonitor(widgets.VBox):
                 self.picker,
                 widgets.HBox([self.progress_bar, self.progress_label]),
                 self.rate,
+                self.skips,
                 self.counts,
                 self.errors,
                 self.queue,
@@ -218,6 +229,7 @@ class OutboxMonitor(widgets.VBox):
         for part, name in (
             (self.progress_label, "progress"),
             (self.rate, "rate"),
+            (self.skips, "skipped"),
             (self.counts, "counts"),
             (self.status, "status"),
         ):
@@ -291,6 +303,11 @@ class OutboxMonitor(widgets.VBox):
             alive = live_workers(db=self.database)
             workers = int(alive["runs_worker"].sum())
         self.rate.value = rate_html(p, workers)
+        if self._skips_of != (p.campaign_id, p.total):
+            # Registering (again) changes the total: only then can the line change.
+            self._skips_of = (p.campaign_id, p.total)
+            line = registration_skips(p.campaign_id, db=self.database)
+            self.skips.value = skips_html(line)
         self.errors.value = errors_html(p.errors)
         options = queue_options(pending)
         if tuple(options) != tuple(self.queue.options):
@@ -298,6 +315,11 @@ class OutboxMonitor(widgets.VBox):
             self.queue.options = options
             # A refresh must not drop what the analyst selected and is about to remove.
             self.queue.value = tuple(v for _label, v in options if v in kept)
+
+    def _refresh_all(self) -> None:
+        """Re-read everything, the skip line included (the Refresh button)."""
+        self._skips_of = None
+        self.refresh()
 
     def _update_picker(self) -> None:
         current = self.picker.value

@@ -11,6 +11,7 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
+from bulkmail_kernel.campaigns.monitor import registration_skips
 from bulkmail_kernel.campaigns.preview import campaign_preview, campaign_recipients
 from bulkmail_kernel.campaigns.samples import send_samples
 from bulkmail_kernel.compose.checks import PREVIEW_UNSUBSCRIBE_URL, preview_warnings
@@ -21,6 +22,7 @@ from bulkmail_kernel.compose.templates import Template
 from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.exceptions import BulkmailError, TemplateError
 from bulkmail_kernel.records import CampaignRef
+from bulkmail_kernel.widgets.monitor import skips_html
 
 DESKTOP_WIDTH = 700
 MOBILE_WIDTH = 375
@@ -239,6 +241,10 @@ class PreviewPanel(widgets.VBox):
             layout=widgets.Layout(display=None if campaign is not None else "none"),
         )
         self.test_result = widgets.HTML()
+        # Who registration skipped and why, read from the stored skips ("" when none).
+        self.skips = widgets.HTML(
+            skips_html(registration_skips(campaign, db=db)) if campaign is not None else ""
+        )
         self.test_button.on_click(lambda _: self.send_test())
         self.prev_button.on_click(lambda _: self.show(self.index - 1))
         self.next_button.on_click(lambda _: self.show(self.index + 1))
@@ -248,6 +254,7 @@ class PreviewPanel(widgets.VBox):
             [
                 widgets.HBox([self.picker, self.prev_button, self.next_button, self.width_toggle]),
                 self.summary,
+                self.skips,
                 self.warnings,
                 widgets.HBox([self.test_button, self.test_result]),
                 self.body,
