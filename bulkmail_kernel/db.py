@@ -31,6 +31,7 @@ from sqlalchemy.orm import (
 )
 
 from bulkmail_kernel import config
+from bulkmail_kernel.connections import server_options, sqlite_pragmas
 from bulkmail_kernel.exceptions import ConfigError
 
 log = logging.getLogger("bulkmail")
@@ -300,12 +301,26 @@ class Campaign(Base):
     #: Policy or system refusals in a row so far (the circuit breaker's count, see
     #: ``outbox.breaker``); a sent message or a bad mailbox sets it back to 0, so does resume.
     refusals_in_row: Mapped[int] = mapped_column(server_default="0")
+    #: Its own frequency cap, "2/7" (messages/days) or "none"; None: the global one
+    #: (``campaigns.caps``). A transactional campaign is never capped and never counts.
+    frequency_cap: Mapped[str | None] = mapped_column(sa.String(20))
+    transactional: Mapped[bool] = mapped_column(server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (sa.CheckConstraint("rate_per_hour > 0", name="rate_per_hour"),)
+
+
+class Setting(Base):
+    """A setting every notebook and worker on the database shares (the frequency cap, ...)."""
+
+    __tablename__ = "settings"
+
+    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Message(Base):
@@ -445,44 +460,18 @@ class Worker(Base):
 # --------------------------------------------------------------------------- engine
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    # WAL lets a notebook read while a worker writes; foreign keys are off by default in SQLite.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
-
-
-def _server_options(url: str) -> dict[str, Any]:
-    """Return PostgreSQL's engine options: survive a restart, notice a dead server.
-
-    ``pool_pre_ping`` replaces a pooled connection a restart killed before it is used
-    (what fails mid-transaction, ``outbox.reconnect`` retries); libpq gives up connecting
-    after 10 s and TCP keepalives find a silently dead peer in about a minute, not never.
-    """
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        return {}
-    libpq = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30}
-    libpq |= {"keepalives_interval": 10, "keepalives_count": 3}
-    args = {k: v for k, v in libpq.items() if k not in parsed.query}  # the URL's own win
-    return {"pool_pre_ping": True, "connect_args": args}
-
-
 def create_db_engine(url: str | None = None) -> Engine:
     """Create an engine for ``url`` (see ``config.database_url``) with the pragmas we need."""
     resolved = config.database_url(url)
     try:
-        engine = sa.create_engine(resolved, future=True, **_server_options(resolved))
+        engine = sa.create_engine(resolved, future=True, **server_options(resolved))
     except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:
         raise ConfigError(f"database URL {resolved!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":
         db_path = engine.url.database
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", sqlite_pragmas)
     return engine
 
 

@@ -55,6 +55,10 @@ class CampaignInfo:
     last_error: str
     #: Policy or system refusals in a row that pause it (None: ``BULKMAIL_BREAKER_AFTER``).
     breaker_after: int | None = None
+    #: Its own frequency cap, "2/7" or "none" (None: the global one, ``frequency_cap()``).
+    frequency_cap: str | None = None
+    #: A service message: never capped, never counted toward a cap.
+    transactional: bool = False
 
 
 @dataclass(frozen=True)

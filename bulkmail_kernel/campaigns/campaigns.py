@@ -15,6 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
+from bulkmail_kernel.campaigns.caps import CapValue, campaign_cap
 from bulkmail_kernel.campaigns.preflight import check_campaign_template, recipient_columns
 
 # template_of is re-exported: the providers' hand-over renders the stored template with it.
@@ -58,6 +59,8 @@ def create_campaign(
     scheduled_at: datetime | str | None = None,
     channel: str | None = None,
     breaker_after: int | None = None,
+    frequency_cap: CapValue = None,
+    transactional: bool = False,
     exist_ok: bool = False,
     db: Database | None = None,
     url: str | None = None,
@@ -74,6 +77,10 @@ def create_campaign(
     (default: the template's channel, or "sms" for a eurosms sender account).
     ``breaker_after`` policy or system refusals in a row (a blocklisting, DMARC) pause
     the campaign before the whole list is refused (default ``BULKMAIL_BREAKER_AFTER``, 10).
+    ``frequency_cap`` is its own cap, ``(2, 7)`` or ``"2/7"`` for at most 2 marketing
+    messages per contact in 7 days, or ``"none"`` (default None: the global cap of
+    ``set_frequency_cap``); ``transactional=True`` marks a service message (a reminder):
+    never capped, never counted toward a cap.
     """
     if rate_per_hour <= 0:
         raise ConfigError(f"campaign {name!r}: rate_per_hour={rate_per_hour}: give a positive rate")
@@ -86,6 +93,7 @@ def create_campaign(
             campaign=name,
         )
     when = None if scheduled_at is None else _when(name, scheduled_at)
+    cap = campaign_cap(name, frequency_cap, transactional)
     database = resolve_database(db, url)
     with database.session() as s:
         existing = s.scalars(sa.select(Campaign).where(Campaign.name == name)).first()
@@ -130,6 +138,8 @@ def create_campaign(
             burst=int(burst),
             scheduled_at=when,
             breaker_after=breaker_after,
+            frequency_cap=cap,
+            transactional=transactional,
         )
         s.add(row)
         s.flush()

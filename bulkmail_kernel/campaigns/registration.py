@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import config
 from bulkmail_kernel.campaigns.campaigns import recipients_of
+from bulkmail_kernel.campaigns.caps import cap_check
 from bulkmail_kernel.campaigns.preflight import (
     check_campaign_template,
     same_failure,
@@ -93,6 +94,7 @@ def register(
             c.template_name = getattr(tmpl, "name", "") or c.template_name
             c.template_source = template_source(tmpl)
         cid, cname, channel, values = c.id, c.name, c.channel, dict(c.values or {})
+        cap = cap_check(database, c)
     is_sms = renderer.is_sms
     wanted = point_channel(channel)
     if is_sms and not getattr(tmpl, "sms", None):
@@ -223,7 +225,7 @@ def register(
     # rather than the second refusing, is what a user who pressed register twice wants:
     # the queue is whole either way and nothing is left half-done or locked after a crash.
     try:
-        stored = store_messages(database, cid, wanted, messages, skipped, now)
+        stored = store_messages(database, cid, wanted, messages, skipped, now, cap)
     except sa.exc.OperationalError as exc:
         if "database is locked" not in str(exc):
             raise
@@ -234,13 +236,17 @@ def register(
             "to finish and run register again",
             campaign=cname,
         ) from None
-    if stored < len(messages):
+    capped = cap.skipped if cap is not None else []
+    if capped:
+        assert cap is not None
+        why += [cap.summary_reason()] * len(capped)
+    if stored < len(messages) - len(capped):
         log.warning(
             "campaign %s: %d of %d recipients were registered meanwhile by another "
             "registration of this campaign; each has one message",
             cname,
-            len(messages) - stored,
-            len(messages),
+            len(messages) - len(capped) - stored,
+            len(messages) - len(capped),
         )
     with database.session() as s:
         c = campaign_row(s, cid)

@@ -28,6 +28,8 @@ def campaign_info(c: Campaign) -> CampaignInfo:
         finished_at=as_local(c.finished_at),
         last_error=c.last_error,
         breaker_after=c.breaker_after,
+        frequency_cap=c.frequency_cap,
+        transactional=bool(c.transactional),
     )
 
 
