@@ -7,8 +7,13 @@ databases; only the clock of the senders is moved by hand.
 from __future__ import annotations
 
 import math
+import sqlite3
+import sys
+import threading
+import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -20,10 +25,12 @@ from sending_support import sink_account
 
 import bulkmail_kernel as bm
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.cli import main
 from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.config import local_zone
 from bulkmail_kernel.db import Message
 from bulkmail_kernel.exceptions import ConfigError
+from bulkmail_kernel.outbox.caps import _LOCK_KEY, lock_caps
 from bulkmail_kernel.servers.sink import Sink
 
 HTML = (
@@ -270,3 +277,121 @@ def _total_per_contact(database: dbmod.Database) -> dict[int, int]:
             sa.select(Message.contact_id, sa.func.count()).group_by(Message.contact_id)
         ).all()
     return {int(c): int(n) for c, n in rows}
+
+
+# --------------------------------------------------------------------------- two at once
+
+CROWD = 40
+
+
+def _crowd(database: dbmod.Database) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "first_name": [f"Meno{i}" for i in range(CROWD)],
+            "email": [f"p{i:03d}@a.sk" for i in range(CROWD)],
+            "mailing_allowed": ["yes"] * CROWD,
+        }
+    )
+    bm.import_contacts(frame, db=database, progress=False)
+    return bm.contacts_frame(database)
+
+
+def _in_lock_caps(thread: threading.Thread) -> bool:
+    """Say whether ``thread`` is waiting inside ``lock_caps`` (its stack, read, not patched)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code is lock_caps.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextmanager
+def _caps_held(database: dbmod.Database) -> Iterator[None]:
+    """Hold what lock_caps waits for: PostgreSQL's advisory lock, SQLite's one write lock."""
+    if database.dialect == "postgresql":
+        with database.engine.connect() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_LOCK_KEY)))
+            yield
+            conn.rollback()
+        return
+    raw = sqlite3.connect(database.engine.url.database or "", isolation_level=None)
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+        yield
+        raw.execute("ROLLBACK")
+    finally:
+        raw.close()
+
+
+def test_two_campaigns_registered_at_once_stay_within_the_cap(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    """Both render, both wait at the caps' lock, then they go one after the other."""
+    people = _crowd(database)
+    sink_account(database, sink.port)
+    bm.set_frequency_cap(1, 7, db=database)
+    for name in ("a", "b"):
+        _email_campaign(database, name)
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", bm.RecipientsSkippedWarning)
+                bm.register(name, people, db=database)
+        except BaseException as exc:  # the test reports it below, with its type
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    with _caps_held(database):
+        for t in threads:
+            t.start()
+        # Waiting for a state of the threads, not for time to pass: give up after 60 s.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(_in_lock_caps(t) for t in threads):
+            threading.Event().wait(0.02)
+        assert all(_in_lock_caps(t) for t in threads), errors
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    # Without the lock both would have counted 0 and each person would have 2 messages.
+    assert set(_total_per_contact(database).values()) == {1}
+    sizes = {name: len(bm.queue(name, db=database)) for name in ("a", "b")}
+    assert sorted(sizes.values()) == [0, CROWD]
+    loser = min(sizes, key=lambda n: sizes[n])
+    winner = max(sizes, key=lambda n: sizes[n])
+    reasons = set(bm.skipped(loser, db=database)["reason"].str.split(" \\(").str[0])
+    assert reasons == {"frequency cap 1 in 7 days: 1 marketing messages already count"}
+    assert all(f"'{winner}' queued since" in r for r in bm.skipped(loser, db=database)["reason"])
+
+
+def test_the_commands_set_and_show_the_caps(
+    sqlite_url: str, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["frequency-cap", "--db", sqlite_url]) == 0
+    assert capsys.readouterr().out == "global rule: no frequency cap\n"
+    assert main(["set-frequency-cap", "2", "7", "--db", sqlite_url]) == 0
+    assert capsys.readouterr().out == (
+        "global rule: at most 2 in 7 days per contact (e-mail, SMS and SendPulse together)\n"
+    )
+    database = dbmod.open_database(sqlite_url)
+    assert bm.frequency_cap(db=database) == bm.FrequencyCap(2, 7)
+    sink_account(database, sink.port)
+    base = ["create-campaign", "--sender", "sink", "--db", sqlite_url]
+    assert main([*base, "own", "--frequency-cap", "3/14"]) == 0
+    assert main([*base, "reminder", "--transactional"]) == 0
+    assert main([*base, "plain"]) == 0
+    capsys.readouterr()
+    for campaign, said in [
+        ("own", "campaign 'own' (its own rule): at most 3 in 14 days per contact"),
+        ("plain", "campaign 'plain' (the global rule): at most 2 in 7 days per contact"),
+        ("reminder", "campaign 'reminder': transactional, never capped and never counted"),
+    ]:
+        assert main(["frequency-cap", "--campaign", campaign, "--db", sqlite_url]) == 0
+        assert capsys.readouterr().out.startswith(said)
+    assert main(["set-frequency-cap", "none", "--db", sqlite_url]) == 0
+    assert bm.frequency_cap(db=database) is None
+    capsys.readouterr()
+    assert main(["set-frequency-cap", "2/7", "--db", sqlite_url]) == 2
+    assert "bulkmail set-frequency-cap 2 7" in capsys.readouterr().err

@@ -63,7 +63,8 @@ def cmd_create_campaign(args: argparse.Namespace) -> int:
         channel=args.channel,
         exist_ok=args.exist_ok,
         url=args.db,
-        **given(args, "rate_per_hour", "burst", "breaker_after"),
+        **given(args, "rate_per_hour", "burst", "breaker_after", "frequency_cap"),
+        transactional=args.transactional,
     )
     print(info)
     return 0
@@ -373,6 +374,17 @@ def add_commands(commands: Commands) -> None:
         "(bulkmail run-worker sends)",
     )
     p.add_argument("--channel", choices=["email", "sms"], help="default: the template's")
+    p.add_argument(
+        "--frequency-cap",
+        metavar="N/D",
+        help="its own cap: at most N marketing messages per contact in D days, or none "
+        "(default: the global rule, bulkmail set-frequency-cap)",
+    )
+    p.add_argument(
+        "--transactional",
+        action="store_true",
+        help="a service message (a reminder): never capped, never counted toward a cap",
+    )
     p.add_argument("--exist-ok", action="store_true", help="return an existing one unchanged")
     add_db(p)
 
