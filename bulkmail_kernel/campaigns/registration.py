@@ -72,8 +72,10 @@ def register(
     ``recipients`` are rows of ``contacts_frame()`` (default: the campaign's
     segment). Registering again adds only recipients not yet in the campaign.
     Suppressed, not-allowed, duplicate and unrenderable recipients are skipped and
-    listed by ``skipped(campaign)``. Bodies are rendered now, so what was previewed
-    is what is sent; the Date header is added when each message is sent.
+    listed by ``skipped(campaign)``, and so is a contact over the campaign's frequency
+    cap, with the messages that count (``set_frequency_cap``; transactional campaigns are
+    never capped). Bodies are rendered now, so what was previewed is what is sent; the
+    Date header is added when each message is sent.
 
     An SMS campaign stores each recipient's text (UTF-8) for their E.164 number.
     ``fit_to_gsm7`` rewrites it into the GSM-7 alphabet first (default: the campaign
