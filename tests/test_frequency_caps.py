@@ -25,6 +25,7 @@ from sending_support import sink_account
 
 import bulkmail_kernel as bm
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.campaigns.caps import cap_standing
 from bulkmail_kernel.cli import main
 from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.config import local_zone
@@ -215,6 +216,19 @@ def test_a_cap_counts_email_sms_and_sendpulse_and_spares_transactional_messages(
     _email_campaign(database, "last-call-2", frequency_cap=(3, 7))
     _register(database, "last-call-2", _emails(people, "Dana"))
     assert _queued(database, "last-call-2") == []
+
+    # Where one person stands, as an explanation of "why is she out" reads it.
+    anna_id = int(_emails(people, "Anna")["contact_id"].iloc[0])
+    standing = cap_standing("sale", anna_id, db=database)
+    assert standing.capped
+    assert standing.rule == bm.FrequencyCap(2, 7)
+    assert [(m.campaign, m.status) for m in standing.counted] == [
+        ("sp-news", "sent"),
+        ("sms-promo", "sent"),
+        ("vip", "queued"),
+    ]  # the reminder is transactional: not among them
+    reminder = cap_standing("reminder", anna_id, db=database)
+    assert (reminder.capped, reminder.transactional, reminder.counted) == (False, True, ())
 
 
 def test_messages_sent_before_the_window_do_not_count(database: dbmod.Database, sink: Sink) -> None:

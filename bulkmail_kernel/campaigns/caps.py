@@ -23,11 +23,20 @@ message is sent it was within the cap.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from bulkmail_kernel.db import Campaign, Database, Setting, resolve_database
+from bulkmail_kernel.db import Campaign, Database, Setting, resolve_database, utcnow
 from bulkmail_kernel.exceptions import ConfigError
-from bulkmail_kernel.outbox.caps import SETTING, CapCheck, FrequencyCap, read_setting
+from bulkmail_kernel.outbox.caps import (
+    SETTING,
+    CapCheck,
+    Counted,
+    FrequencyCap,
+    counted_messages,
+    read_setting,
+)
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.records import CampaignRef
 
@@ -128,4 +137,48 @@ def campaign_cap(name: str, value: Any, transactional: bool) -> str | None:
         f"campaign {name!r}: frequency_cap={value!r}: give (messages, days) such as (2, 7), "
         "'2/7', 'none' (not capped) or None (the global cap)",
         campaign=name,
+    )
+
+
+@dataclass(frozen=True)
+class CapStanding:
+    """Where one contact stands against the cap a campaign is judged by."""
+
+    #: The rule (None: the campaign is not capped, or is transactional).
+    rule: FrequencyCap | None
+    transactional: bool
+    #: The contact's messages of other campaigns that count toward it, oldest first.
+    counted: tuple[Counted, ...]
+
+    @property
+    def capped(self) -> bool:
+        """Say whether registering the campaign now would skip the contact for its cap."""
+        return self.rule is not None and len(self.counted) >= self.rule.max_messages
+
+
+def cap_standing(
+    campaign: CampaignRef,
+    contact_id: int,
+    *,
+    now: datetime | None = None,
+    db: Database | None = None,
+    url: str | None = None,
+) -> CapStanding:
+    """Return whether ``contact_id`` is over ``campaign``'s cap, and the messages that count.
+
+    The campaign's own messages are left out: the answer is the one registering it for
+    this contact would give (what an explanation of "why is this person out" needs).
+    """
+    database = resolve_database(db, url)
+    with database.session() as s:
+        c = campaign_row(s, campaign)
+        check = cap_check(database, c)
+        name, transactional = c.name, bool(c.transactional)
+    rule = None if check is None else check.rule
+    if rule is None:
+        return CapStanding(rule, transactional, ())
+    with database.engine.connect() as conn:
+        found = counted_messages(conn, [contact_id], rule.days, now or utcnow())
+    return CapStanding(
+        rule, transactional, tuple(m for m in found[contact_id] if m.campaign != name)
     )
