@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -136,27 +137,53 @@ class Counted:
         }
 
 
+def _counting(chunk: Sequence[int], since: datetime) -> list[sa.ColumnElement[bool]]:
+    """Return the conditions of the messages that count, for the contacts of ``chunk``."""
+    m = Message.__table__
+    sent_at = sa.func.coalesce(m.c.sent_at, m.c.updated_at)
+    return [
+        m.c.contact_id.in_(chunk),
+        Campaign.__table__.c.transactional.is_(False),
+        sa.or_(
+            sa.and_(m.c.status == MessageStatus.SENT.value, sent_at >= since),
+            m.c.status.in_(PENDING),
+        ),
+    ]
+
+
+def count_messages(
+    conn: sa.Connection, contact_ids: Iterable[int], days: int, now: datetime
+) -> dict[int, int]:
+    """Return, per contact, how many messages count toward a cap of ``days`` days at ``now``."""
+    since = now - timedelta(days=days)
+    m, c = Message.__table__, Campaign.__table__
+    found: dict[int, int] = {}
+    for chunk in chunks(sorted(set(contact_ids)), 500):
+        # Counted in the database: a registration of many people with long histories
+        # fetches one row per person, the details only for those it turns away.
+        rows = conn.execute(
+            sa.select(m.c.contact_id, sa.func.count())
+            .join(c, c.c.id == m.c.campaign_id)
+            .where(*_counting(chunk, since))
+            .group_by(m.c.contact_id)
+        )
+        found.update({int(contact_id): int(n) for contact_id, n in rows})
+    return found
+
+
 def counted_messages(
-    conn: sa.Connection, contact_ids: list[int], days: int, now: datetime
+    conn: sa.Connection, contact_ids: Iterable[int], days: int, now: datetime
 ) -> dict[int, list[Counted]]:
     """Return, per contact, the messages that count toward a cap of ``days`` days at ``now``."""
     since = now - timedelta(days=days)
-    m = Message.__table__
-    c = Campaign.__table__
+    m, c = Message.__table__, Campaign.__table__
     sent_at = sa.func.coalesce(m.c.sent_at, m.c.updated_at)
     found: dict[int, list[Counted]] = defaultdict(list)
     for chunk in chunks(sorted(set(contact_ids)), 500):
         rows = conn.execute(
             sa.select(m.c.contact_id, m.c.id, c.c.name, m.c.status, sent_at, m.c.created_at)
             .join(c, c.c.id == m.c.campaign_id)
-            .where(
-                m.c.contact_id.in_(chunk),
-                c.c.transactional.is_(False),
-                sa.or_(
-                    sa.and_(m.c.status == MessageStatus.SENT.value, sent_at >= since),
-                    m.c.status.in_(PENDING),
-                ),
-            )
+            .where(*_counting(chunk, since))
             .order_by(m.c.contact_id, m.c.id)
         )
         for contact_id, mid, name, status, sent, created in rows:
@@ -202,22 +229,31 @@ class CapCheck:
                     )
                 ).scalars()
             )
-        counted = counted_messages(conn, [m["point"].contact_id for m in messages], rule.days, now)
+        counts = count_messages(conn, [m["point"].contact_id for m in messages], rule.days, now)
         kept: list[dict[str, Any]] = []
+        turned_away: list[Any] = []
+        # This registration's own messages, as they are let through: they count toward the
+        # contact's next one in the same frame (a second address or phone of the person).
+        added: dict[int, int] = defaultdict(int)
         for m in messages:
             point = m["point"]
             if point.normalized in mine:
                 kept.append(m)
-                continue
-            these = counted[point.contact_id]
-            if len(these) < rule.max_messages:
+            elif counts.get(point.contact_id, 0) + added[point.contact_id] < rule.max_messages:
                 kept.append(m)
-                # This message counts toward the contact's next one in the same frame (a
-                # second address or phone of the same person).
-                these.append(Counted(None, self.campaign, MessageStatus.QUEUED.value, now))
-                continue
-            self.counted_campaigns |= {c.campaign for c in these}
-            self.skipped.append(self._skip(point, these, now))
+                added[point.contact_id] += 1
+            else:
+                turned_away.append(point)
+        if turned_away:
+            details = counted_messages(conn, [p.contact_id for p in turned_away], rule.days, now)
+            for point in turned_away:
+                these = (
+                    details[point.contact_id]
+                    + [Counted(None, self.campaign, MessageStatus.QUEUED.value, now)]
+                    * added[point.contact_id]
+                )
+                self.counted_campaigns |= {c.campaign for c in these}
+                self.skipped.append(self._skip(point, these, now))
         return kept
 
     def _skip(self, point: Any, these: list[Counted], now: datetime) -> dict[str, Any]:
