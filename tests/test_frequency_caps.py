@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from fakes.eurosms_fake import EuroSmsFake, running_eurosms
 from fakes.sendpulse_fake import SendPulseFake, running_sendpulse
-from sending_support import sink_account
+from sending_support import make_campaign, sink_account
 
 import bulkmail_kernel as bm
 from bulkmail_kernel import db as dbmod
@@ -376,7 +376,7 @@ def test_two_campaigns_registered_at_once_stay_within_the_cap(
     loser = min(sizes, key=lambda n: sizes[n])
     winner = max(sizes, key=lambda n: sizes[n])
     reasons = set(bm.skipped(loser, db=database)["reason"].str.split(" \\(").str[0])
-    assert reasons == {"frequency cap 1 in 7 days: 1 marketing messages already count"}
+    assert reasons == {"frequency cap 1 in 7 days: 1 marketing message already counts"}
     assert all(f"'{winner}' queued since" in r for r in bm.skipped(loser, db=database)["reason"])
 
 
@@ -409,3 +409,25 @@ def test_the_commands_set_and_show_the_caps(
     capsys.readouterr()
     assert main(["set-frequency-cap", "2/7", "--db", sqlite_url]) == 2
     assert "bulkmail set-frequency-cap 2 7" in capsys.readouterr().err
+
+
+def test_a_long_history_is_named_in_short_and_kept_whole(database: dbmod.Database) -> None:
+    sink_account(database, 2525)
+    for k in range(7):  # one person with 7 queued messages of 7 campaigns
+        make_campaign(database, 1, name=f"h{k}")
+    bm.set_frequency_cap(2, 7, db=database)
+    _email_campaign(database, "more")
+    _register(database, "more", bm.contacts_frame(database))
+    (reason,) = bm.skipped("more", db=database)["reason"]
+    assert reason.startswith(
+        "frequency cap 2 in 7 days: 7 marketing messages already count (2 earlier and 'h2' "
+        "queued since "
+    )
+    assert [part.split("'")[1] for part in reason.split(", ")] == ["h2", "h3", "h4", "h5", "h6"]
+    with database.engine.connect() as conn:
+        data = conn.execute(
+            sa.select(dbmod.Event.data).where(dbmod.Event.kind == "skipped")
+        ).scalar_one()
+    assert data["frequency_cap"] == "2/7"
+    assert [m["campaign"] for m in data["counted"]] == [f"h{k}" for k in range(7)]
+    assert {m["status"] for m in data["counted"]} == {"queued"}

@@ -45,6 +45,8 @@ SETTING = "frequency_cap"
 #: PostgreSQL's advisory lock every registration that caps or counts takes (any bigint
 #: would do; this one is derived from a name so it means something in pg_locks).
 _LOCK_KEY = zlib.crc32(b"bulkmail.frequency_cap")
+#: How many of the messages that count a skip reason names (its data holds them all).
+_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -259,15 +261,18 @@ class CapCheck:
     def _skip(self, point: Any, these: list[Counted], now: datetime) -> dict[str, Any]:
         rule = self.rule
         assert rule is not None
-        listed = ", ".join(c.describe() for c in these)
+        # The newest few in the line a person reads; the data keeps every one.
+        listed = ", ".join(c.describe() for c in these[-_LISTED:])
+        if len(these) > _LISTED:
+            listed = f"{len(these) - _LISTED} earlier and " + listed
+        many = "messages already count" if len(these) != 1 else "message already counts"
         return {
             "kind": "skipped",
             "contact_id": point.contact_id,
             "contact_point_id": point.id,
             "campaign_id": self.campaign_id,
             "message_id": None,
-            "detail": f"frequency cap {rule}: {len(these)} marketing messages already count "
-            f"({listed})",
+            "detail": f"frequency cap {rule}: {len(these)} marketing {many} ({listed})",
             "occurred_at": now,
             "data": {
                 "address": point.normalized,
