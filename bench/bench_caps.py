@@ -7,16 +7,17 @@ one queued; tests/sending_support's ``make_campaign``). Each round registers the
 recipients twice, order alternating: into a campaign with ``frequency_cap="none"``
 (takes the caps' lock, counts nothing) and into one with a cap nobody reaches (1000 in 7
 days: every recipient's messages are counted, none is skipped), so the pair differs only
-by the counting. Goal: the median ratio capped / uncapped <= 1.10 (rendering dominates
-registration; the count must not). Also shown: the count alone for every recipient.
-Exits 1 when a goal is missed.
+by the counting. Best of the rounds, since other work on a shared machine only ever adds
+time. Goals: best capped / best uncapped <= 1.10 (rendering dominates registration; the
+count must not), and the count alone (``count_messages`` for every recipient, what the
+registration runs under the lock) <= 10 % of the best uncapped registration. Exits 1 when
+a goal is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ from sending_support import make_campaign, sink_account
 import bulkmail_kernel as bm
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.db import Message
-from bulkmail_kernel.outbox.caps import counted_messages
+from bulkmail_kernel.outbox.caps import count_messages
 
 GOAL_RATIO = 1.10
 PG_DEFAULT = os.environ.get(
@@ -77,29 +78,33 @@ def _run(label: str, url: str, n: int, rounds: int) -> list[tuple[str, float, st
     _fill(database, n)
     people = bm.contacts_frame(database)
     print(f"{label}: {n:,} contacts with 2 messages each in {time.perf_counter() - start:.1f} s")
-    ratios, capped_s, free_s = [], [], []
+    capped_s, free_s, count_s = [], [], []
+    ids = [int(x) for x in people["contact_id"]]
     for r in range(rounds):
         pair = [("free", "none"), ("capped", (1000, 7))]
         if r % 2:
             pair.reverse()
         took = {kind: _register(database, f"{kind}-{r}", people, cap) for kind, cap in pair}
-        ratios.append(took["capped"] / took["free"])
         capped_s.append(took["capped"])
         free_s.append(took["free"])
-        print(f"  round {r}: uncapped {took['free']:.2f} s, capped {took['capped']:.2f} s")
-    ids = [int(x) for x in people["contact_id"]]
-    start = time.perf_counter()
-    with database.engine.connect() as conn:
-        found = counted_messages(conn, ids, 7, datetime.now(UTC))
-    count_s = time.perf_counter() - start
-    assert min(len(v) for v in found.values()) >= 2, "every contact has its history counted"
+        start = time.perf_counter()
+        with database.engine.connect() as conn:
+            counts = count_messages(conn, ids, 7, datetime.now(UTC))
+        count_s.append(time.perf_counter() - start)
+        assert min(counts.values()) >= 2, "every contact has its history counted"
+        print(
+            f"  round {r}: uncapped {took['free']:.2f} s, capped {took['capped']:.2f} s, "
+            f"count alone {count_s[-1]:.3f} s"
+        )
     dbmod.close_all()
-    ratio = statistics.median(ratios)
+    ratio = min(capped_s) / min(free_s)
+    share = min(count_s) / min(free_s)
     return [
-        (f"{label}: register, uncapped (median)", statistics.median(free_s), "", True),
-        (f"{label}: register, capped (median)", statistics.median(capped_s), "", True),
+        (f"{label}: register {n:,}, uncapped (best)", min(free_s), "", True),
+        (f"{label}: register {n:,}, capped (best)", min(capped_s), "", True),
         (f"{label}: capped / uncapped", ratio, f"<= {GOAL_RATIO}", ratio <= GOAL_RATIO),
-        (f"{label}: the count alone, {n:,} contacts", count_s, "", True),
+        (f"{label}: count_messages, {n:,} contacts", min(count_s), "", True),
+        (f"{label}: count / uncapped register", share, "<= 0.1", share <= 0.10),
     ]
 
 
