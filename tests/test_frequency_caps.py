@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +32,7 @@ from bulkmail_kernel.config import local_zone
 from bulkmail_kernel.db import Message
 from bulkmail_kernel.exceptions import ConfigError
 from bulkmail_kernel.outbox.caps import _LOCK_KEY, lock_caps
+from bulkmail_kernel.outbox.queue import store_messages
 from bulkmail_kernel.servers.sink import Sink
 
 HTML = (
@@ -310,14 +311,19 @@ def _crowd(database: dbmod.Database) -> pd.DataFrame:
     return bm.contacts_frame(database)
 
 
-def _in_lock_caps(thread: threading.Thread) -> bool:
-    """Say whether ``thread`` is waiting inside ``lock_caps`` (its stack, read, not patched)."""
+def _inside(thread: threading.Thread, func: Callable[..., object]) -> bool:
+    """Say whether ``thread`` is inside ``func`` now (its stack, read, not patched)."""
     frame = sys._current_frames().get(thread.ident or -1)
     while frame is not None:
-        if frame.f_code is lock_caps.__code__:
+        if frame.f_code is func.__code__:
             return True
         frame = frame.f_back
     return False
+
+
+def _in_lock_caps(thread: threading.Thread) -> bool:
+    """Say whether ``thread`` is waiting inside ``lock_caps``."""
+    return _inside(thread, lock_caps)
 
 
 @contextmanager
@@ -431,3 +437,61 @@ def test_a_long_history_is_named_in_short_and_kept_whole(database: dbmod.Databas
     assert data["frequency_cap"] == "2/7"
     assert [m["campaign"] for m in data["counted"]] == [f"h{k}" for k in range(7)]
     assert {m["status"] for m in data["counted"]} == {"queued"}
+
+
+def test_registering_again_after_the_cap_is_raised_adds_those_it_turned_away(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    people = _people(database)
+    sink_account(database, sink.port)
+    bm.set_frequency_cap(1, 7, db=database)
+    _email_campaign(database, "first")
+    _register(database, "first", _emails(people, "Anna"))
+    _email_campaign(database, "second")
+    for _ in range(2):
+        _register(database, "second", _emails(people, "Anna", "Boris"))
+        assert _queued(database, "second") == ["boris@x.sk"]
+    # Turned away twice for the same reason: one line, not one per registration.
+    assert list(bm.skipped("second", db=database)["address"]) == ["anna@x.sk"]
+    bm.set_frequency_cap(2, 7, db=database)
+    assert _register(database, "second", _emails(people, "Anna", "Boris")) == []
+    assert _queued(database, "second") == ["anna@x.sk", "boris@x.sk"]
+
+
+def test_one_campaign_registered_twice_at_once_is_not_capped_by_itself(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    """The registration that waited finds its recipients taken by the other: not capped."""
+    people = _crowd(database)
+    sink_account(database, sink.port)
+    bm.set_frequency_cap(1, 7, db=database)
+    _email_campaign(database, "twice")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", bm.RecipientsSkippedWarning)  # nobody capped
+                bm.register("twice", people, db=database)
+        except BaseException as exc:  # the test reports it below, with its type
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    with _caps_held(database):
+        for t in threads:
+            t.start()
+        # Both store: on SQLite both wait at the caps' lock; on PostgreSQL one does, the
+        # other waits for the campaign's row that one holds.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            all(_inside(t, store_messages) for t in threads)
+            and any(_in_lock_caps(t) for t in threads)
+        ):
+            threading.Event().wait(0.02)
+        assert all(_inside(t, store_messages) for t in threads), errors
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert set(_total_per_contact(database).values()) == {1}
+    assert len(_queued(database, "twice")) == CROWD
+    assert bm.skipped("twice", db=database).empty
