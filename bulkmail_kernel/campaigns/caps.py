@@ -1,7 +1,8 @@
 """Frequency caps: the global rule, a campaign's own, and the check registration runs.
 
 "No contact gets more than 2 marketing messages in 7 days", counting e-mail, SMS and
-SendPulse hand-overs together, sent and still queued (what counts: :mod:`.outbox.caps`).
+SendPulse hand-overs together, sent and still queued (what counts, and the lock:
+:mod:`bulkmail_kernel.outbox.caps`).
 
 - The global rule lives in the database (``settings``), not in an environment
   variable: every notebook, CLI and worker sharing the database judges by the same one.
