@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         schedule,
         set_send_window,
     )
+    from bulkmail_kernel.campaigns.caps import frequency_cap, set_frequency_cap
     from bulkmail_kernel.campaigns.explain import explain
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
     from bulkmail_kernel.campaigns.preview import (
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
         SendError,
         TemplateError,
     )
+    from bulkmail_kernel.outbox.caps import FrequencyCap
     from bulkmail_kernel.outbox.queue import queue, remove_from_queue, requeue, unknown_messages
     from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
     from bulkmail_kernel.outbox.workers import live_workers
@@ -146,6 +148,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "explain": ("bulkmail_kernel.campaigns.explain", "explain"),
     "explain_segment": ("bulkmail_kernel.segments.explain", "explain_segment"),
     "RuleGroup": ("bulkmail_kernel.segments.rules", "RuleGroup"),
+    "FrequencyCap": ("bulkmail_kernel.outbox.caps", "FrequencyCap"),
     "ImportResult": ("bulkmail_kernel.contacts.report", "ImportResult"),
     "ProviderError": ("bulkmail_kernel.exceptions", "ProviderError"),
     "RenderedMessage": ("bulkmail_kernel.compose.render", "RenderedMessage"),
@@ -180,6 +183,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "export_recipients": ("bulkmail_kernel.segments.export", "export_recipients"),
     "filter_recipients": ("bulkmail_kernel.segments.filters", "filter_recipients"),
     "fit_to_gsm7": ("bulkmail_kernel.compose.sms", "fit_to_gsm7"),
+    "frequency_cap": ("bulkmail_kernel.campaigns.caps", "frequency_cap"),
     "generate_demo": ("bulkmail_kernel.demo.generate", "generate_demo"),
     "generate_dkim_key": ("bulkmail_kernel.deliverability.dkim", "generate_dkim_key"),
     "get_campaign": ("bulkmail_kernel.campaigns.campaigns", "get_campaign"),
@@ -217,6 +221,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
     "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
     "send": ("bulkmail_kernel.engine.loop", "send"),
+    "set_frequency_cap": ("bulkmail_kernel.campaigns.caps", "set_frequency_cap"),
     "send_in_background": ("bulkmail_kernel.campaigns.background", "send_in_background"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",
@@ -256,6 +261,7 @@ __all__ = [
     "ExportError",
     "FilterError",
     "FilterSpec",
+    "FrequencyCap",
     "ImportResult",
     "ProviderError",
     "RecipientsSkippedWarning",
@@ -296,6 +302,7 @@ __all__ = [
     "export_recipients",
     "filter_recipients",
     "fit_to_gsm7",
+    "frequency_cap",
     "generate_demo",
     "generate_dkim_key",
     "get_campaign",
@@ -335,6 +342,7 @@ __all__ = [
     "send_campaign_via_sendpulse",
     "send_in_background",
     "sendpulse_report",
+    "set_frequency_cap",
     "set_send_window",
     "sign_message",
     "skipped",

@@ -57,6 +57,10 @@ class CampaignInfo:
     breaker_after: int | None = None
     #: When messages may go on each recipient's wall clock, e.g. "Mon–Fri 09:00–18:00".
     send_window: str | None = None
+    #: Its own frequency cap, "2/7" or "none" (None: the global one, ``frequency_cap()``).
+    frequency_cap: str | None = None
+    #: A service message: never capped, never counted toward a cap.
+    transactional: bool = False
 
 
 @dataclass(frozen=True)

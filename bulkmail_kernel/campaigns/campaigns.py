@@ -15,6 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
+from bulkmail_kernel.campaigns.caps import CapValue, campaign_cap
 from bulkmail_kernel.campaigns.preflight import check_campaign_template, recipient_columns
 
 # template_of is re-exported: the providers' hand-over renders the stored template with it.
@@ -61,6 +62,8 @@ def create_campaign(
     channel: str | None = None,
     breaker_after: int | None = None,
     send_window: WindowSpec | None = None,
+    frequency_cap: CapValue = None,
+    transactional: bool = False,
     exist_ok: bool = False,
     db: Database | None = None,
     url: str | None = None,
@@ -80,6 +83,10 @@ def create_campaign(
     ``send_window`` (``"Mon–Fri 09:00–18:00"``, ``"at 10:00 local"``, see
     :func:`~bulkmail_kernel.outbox.windows.parse_window`) holds each message until the
     window is open on its recipient's wall clock; :func:`set_send_window` changes it.
+    ``frequency_cap`` is its own cap, ``(2, 7)`` or ``"2/7"`` for at most 2 marketing
+    messages per contact in 7 days, or ``"none"`` (default None: the global cap of
+    ``set_frequency_cap``); ``transactional=True`` marks a service message (a reminder):
+    never capped, never counted toward a cap.
     """
     if rate_per_hour <= 0:
         raise ConfigError(f"campaign {name!r}: rate_per_hour={rate_per_hour}: give a positive rate")
@@ -93,6 +100,7 @@ def create_campaign(
         )
     when = None if scheduled_at is None else _when(name, scheduled_at)
     window = _window(name, send_window)
+    cap = campaign_cap(name, frequency_cap, transactional)
     database = resolve_database(db, url)
     with database.session() as s:
         existing = s.scalars(sa.select(Campaign).where(Campaign.name == name)).first()
@@ -138,6 +146,8 @@ def create_campaign(
             scheduled_at=when,
             breaker_after=breaker_after,
             send_window=window,
+            frequency_cap=cap,
+            transactional=transactional,
         )
         s.add(row)
         s.flush()

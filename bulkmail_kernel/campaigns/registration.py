@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from bulkmail_kernel import config
 from bulkmail_kernel.campaigns.campaigns import recipients_of
+from bulkmail_kernel.campaigns.caps import cap_check
 from bulkmail_kernel.campaigns.preflight import (
     check_campaign_template,
     same_failure,
@@ -74,8 +75,10 @@ def register(
     ``recipients`` are rows of ``contacts_frame()`` (default: the campaign's
     segment). Registering again adds only recipients not yet in the campaign.
     Suppressed, not-allowed, duplicate and unrenderable recipients are skipped and
-    listed by ``skipped(campaign)``. Bodies are rendered now, so what was previewed
-    is what is sent; the Date header is added when each message is sent.
+    listed by ``skipped(campaign)``, and so is a contact over the campaign's frequency
+    cap, with the messages that count (``set_frequency_cap``; transactional campaigns are
+    never capped). Bodies are rendered now, so what was previewed is what is sent; the
+    Date header is added when each message is sent.
 
     An SMS campaign stores each recipient's text (UTF-8) for their E.164 number.
     ``fit_to_gsm7`` rewrites it into the GSM-7 alphabet first (default: the campaign
@@ -96,6 +99,7 @@ def register(
             c.template_name = getattr(tmpl, "name", "") or c.template_name
             c.template_source = template_source(tmpl)
         cid, cname, channel, values = c.id, c.name, c.channel, dict(c.values or {})
+        cap = cap_check(database, c)
     is_sms = renderer.is_sms
     wanted = point_channel(channel)
     if is_sms and not getattr(tmpl, "sms", None):
@@ -232,7 +236,7 @@ def register(
     # rather than the second refusing, is what a user who pressed register twice wants:
     # the queue is whole either way and nothing is left half-done or locked after a crash.
     try:
-        stored = store_messages(database, cid, wanted, messages, skipped, now)
+        stored = store_messages(database, cid, wanted, messages, skipped, now, cap)
     except sa.exc.OperationalError as exc:
         if "database is locked" not in str(exc):
             raise
@@ -245,13 +249,17 @@ def register(
         ) from None
     # Recipients whose send window is closed now wait for it (the send loop parks too).
     park_campaign(database, cid, now)
-    if stored < len(messages):
+    capped = cap.skipped if cap is not None else []
+    if capped:
+        assert cap is not None
+        why += [cap.summary_reason()] * len(capped)
+    if stored < len(messages) - len(capped):
         log.warning(
             "campaign %s: %d of %d recipients were registered meanwhile by another "
             "registration of this campaign; each has one message",
             cname,
-            len(messages) - stored,
-            len(messages),
+            len(messages) - len(capped) - stored,
+            len(messages) - len(capped),
         )
     with database.session() as s:
         c = campaign_row(s, cid)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from bulkmail_kernel.cli import (
     campaigns,
+    caps,
     compose,
     contacts,
     deliverability,
@@ -35,7 +36,7 @@ from bulkmail_kernel.cli.common import Commands
 from bulkmail_kernel.exceptions import BulkmailError
 
 #: The command modules in the order of the analyst's path (and of ``bulkmail --help``).
-STAGES = (contacts, segments, compose, campaigns, sending, providers, deliverability, servers)
+STAGES = (contacts, segments, compose, campaigns, caps, sending, providers, deliverability, servers)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -64,7 +64,8 @@ def cmd_create_campaign(args: argparse.Namespace) -> int:
         send_window=args.send_window,
         exist_ok=args.exist_ok,
         url=args.db,
-        **given(args, "rate_per_hour", "burst", "breaker_after"),
+        **given(args, "rate_per_hour", "burst", "breaker_after", "frequency_cap"),
+        transactional=args.transactional,
     )
     print(info)
     return 0
@@ -400,6 +401,17 @@ def add_commands(commands: Commands) -> None:
         metavar="WINDOW",
         help="when messages may go on each recipient's wall clock, e.g. 'Mon-Fri 09:00-18:00' "
         "or 'at 10:00 local' (default: any time)",
+    )
+    p.add_argument(
+        "--frequency-cap",
+        metavar="N/D",
+        help="its own cap: at most N marketing messages per contact in D days, or none "
+        "(default: the global rule, bulkmail set-frequency-cap)",
+    )
+    p.add_argument(
+        "--transactional",
+        action="store_true",
+        help="a service message (a reminder): never capped, never counted toward a cap",
     )
     p.add_argument("--exist-ok", action="store_true", help="return an existing one unchanged")
     add_db(p)

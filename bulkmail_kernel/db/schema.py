@@ -290,12 +290,26 @@ class Campaign(Base):
     audience: Mapped[dict[str, Any] | None] = mapped_column()
     #: When messages may go on each recipient's wall clock (``outbox.windows``; None: any time).
     send_window: Mapped[str | None] = mapped_column(sa.String(200))
+    #: Its own frequency cap, "2/7" (messages/days) or "none"; None: the global one
+    #: (``campaigns.caps``). A transactional campaign is never capped and never counts.
+    frequency_cap: Mapped[str | None] = mapped_column(sa.String(20))
+    transactional: Mapped[bool] = mapped_column(server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (sa.CheckConstraint("rate_per_hour > 0", name="rate_per_hour"),)
+
+
+class Setting(Base):
+    """A setting every notebook and worker on the database shares (the frequency cap, ...)."""
+
+    __tablename__ = "settings"
+
+    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Message(Base):

@@ -29,6 +29,8 @@ def campaign_info(c: Campaign) -> CampaignInfo:
         last_error=c.last_error,
         breaker_after=c.breaker_after,
         send_window=c.send_window,
+        frequency_cap=c.frequency_cap,
+        transactional=bool(c.transactional),
     )
 
 

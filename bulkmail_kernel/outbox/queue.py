@@ -32,6 +32,7 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import SendError
+from bulkmail_kernel.outbox.caps import CapCheck
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.records import CampaignRef
@@ -224,11 +225,14 @@ def store_messages(
     messages: list[dict[str, Any]],
     skipped: list[dict[str, Any]],
     now: datetime,
+    cap: CapCheck | None = None,
 ) -> int:
     """Store registered messages (state, body, token hash, event) and skip events, in one go.
 
     Return how many messages were stored: a recipient another registration of the
-    campaign stored meanwhile is left to it, with the bytes it rendered.
+    campaign stored meanwhile is left to it, with the bytes it rendered. With ``cap``, a
+    recipient over the frequency cap is skipped instead, judged in this transaction
+    (see :mod:`.caps`; ``cap.skipped`` lists them).
     """
     stored = 0
     with database.engine.begin() as conn:
@@ -238,6 +242,9 @@ def store_messages(
             # campaign row first, rather than waiting on each conflicting message row, keeps two
             # frames in different orders from deadlocking. SQLite lets one writer in at a time.
             conn.execute(sa.select(Campaign.id).where(Campaign.id == cid).with_for_update())
+        if cap is not None:
+            messages = cap.hold(conn, channel, messages, now)
+            skipped = [*skipped, *cap.skipped]
         for chunk in chunks(messages, 500):
             rows = conn.execute(
                 _insert_new(conn).returning(Message.id, Message.recipient),
