@@ -231,6 +231,18 @@ def test_a_cap_counts_email_sms_and_sendpulse_and_spares_transactional_messages(
     reminder = cap_standing("reminder", anna_id, db=database)
     assert (reminder.capped, reminder.transactional, reminder.counted) == (False, True, ())
 
+    # explain() says the same: the skip with its reason, and the cap with what counts.
+    why = bm.explain("sale", anna_id, db=database)
+    assert why.attrs["verdict"].startswith(
+        "out: anna@x.sk was left out: frequency cap 2 in 7 days: 2 marketing messages"
+    )
+    cap = why[why["section"] == "frequency cap"].iloc[0]
+    assert (cap["check"], cap["result"]) == ("at most 2 in 7 days", "over")
+    assert "'sp-news' sent" in cap["detail"]
+    assert "'sms-promo' sent" in cap["detail"]
+    exempt = bm.explain("reminder", anna_id, db=database)
+    assert exempt[exempt["section"] == "frequency cap"]["result"].tolist() == ["exempt"]
+
 
 def test_messages_sent_before_the_window_do_not_count(database: dbmod.Database, sink: Sink) -> None:
     people = _people(database)

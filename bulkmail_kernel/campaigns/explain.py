@@ -10,7 +10,9 @@ section · address · check · result · detail · when:
   saved group's, or the one ``filter_recipients`` attached to the frame given to
   ``register``) judged on each of their addresses today, settings included;
 - **suppression**: suppression-list entries for their addresses, with reason and date;
-- **consent**: mailing allowed or not, per address of the campaign's channel.
+- **consent**: mailing allowed or not, per address of the campaign's channel;
+- **frequency cap**: the rule the campaign is judged by and the person's messages of other
+  campaigns that count toward it (or that the campaign is transactional, so exempt).
 
 ``attrs["verdict"]`` says it in a line: "in: …" or "out: …".
 """
@@ -23,6 +25,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel.campaigns.caps import cap_standing
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import (
     Campaign,
@@ -81,7 +84,7 @@ def explain(
         members = _members(s, info["segment_id"], part)
     out += messages + skips
     audience, verdict_rule = _audience(info, part, data, contact, today, members)
-    out += audience + suppressions
+    out += audience + suppressions + _caps(info["id"], contact_ids, database)
     for r in part.itertuples():
         if str(r.channel) != channel:
             continue
@@ -210,6 +213,24 @@ def _audience(
         out.append(_row("audience", r[0], r[1], "holds" if r[2] else "fails", r[3], None))
     verdict = judged.attrs["verdict"]
     return out, (None if verdict.startswith("in:") else verdict.removeprefix("out: "))
+
+
+def _caps(cid: int, contact_ids: list[int], database: Database) -> list[dict]:
+    """Where each of the person's contacts stands against the campaign's frequency cap."""
+    out: list[dict] = []
+    for contact_id in contact_ids:
+        standing = cap_standing(cid, contact_id, db=database)
+        if standing.transactional:
+            out.append(_row("frequency cap", None, "transactional", "exempt",
+                            "a service message: never capped, never counted", None))  # fmt: skip
+            continue
+        if standing.rule is None:
+            continue
+        rule = f"at most {standing.rule.max_messages} in {standing.rule.days} days"
+        counted = "; ".join(m.describe() for m in standing.counted) or "none"
+        out.append(_row("frequency cap", None, rule, "over" if standing.capped else "within",
+                        f"counting: {counted}", None))  # fmt: skip
+    return out
 
 
 def _verdict(messages: list[dict], skips: list[dict], rule: str | None, name: str) -> str:
