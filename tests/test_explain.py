@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import warnings
 
 import pandas as pd
@@ -172,3 +173,48 @@ def test_the_command_line_says_the_same(
     contact_id = int(frame.loc[frame["external_id"] == "K1", "contact_id"].iloc[0])
     assert main(["explain", "spring", str(contact_id), "--db", str(world.url)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == jana.attrs["verdict"]
+
+
+def test_only_the_persons_rows_are_read(world: dbmod.Database) -> None:
+    from bulkmail_kernel.contacts.frame import find_contact_ids
+
+    frame = contacts_frame(world)
+    jana = int(frame.loc[frame["external_id"] == "K1", "contact_id"].iloc[0])
+    for who in ("K1", "JANA@A.SK", jana, str(jana)):
+        assert find_contact_ids(world, who) == [jana]
+    assert find_contact_ids(world, "nobody@a.sk") == []
+    alone = contacts_frame(world, contact_ids=[jana])
+    assert alone["contact_id"].unique().tolist() == [jana]
+    full = frame[frame["contact_id"] == jana].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone[full.columns], full, check_categorical=False)
+    # A rule on a field this person lacks is judged on an empty value, not an error.
+    template = template_from_html(HTML, "Hi", name="cats")
+    bm.create_campaign("cats", sender="clinic", template=template, db=world)
+    spec = bm.FilterSpec(rules={"field": "cat_name", "op": "is", "value": "Murka"})
+    table = bm.explain("cats", "K1", db=world, frame=None)
+    assert "carried no filter" in " ".join(_reasons(table, "audience"))
+    from bulkmail_kernel.segments.explain import explain_segment
+
+    judged = explain_segment(alone, spec, "K1")
+    row = judged[judged["check"].str.strip() == "rule 'Cat name is Murka'"].iloc[0]
+    assert (bool(row["holds"]), row["their value"]) == (False, "(empty)")
+
+
+def test_the_monitor_explains_the_picked_message(world: dbmod.Database) -> None:
+    from bulkmail_kernel.widgets.monitor import OutboxMonitor
+
+    monitor = OutboxMonitor("spring", refresh_s=0, db=world)
+    try:
+        jana = next(mid for mid, addr in monitor._recipients.items() if addr == "jana@a.sk")
+        monitor.queue.value = (jana,)
+        assert "in: jana@a.sk has a message in &#x27;spring&#x27;" in monitor.why_result.value
+        assert "Language is sk" in html.unescape(monitor.why_result.value)
+        monitor.queue.value = ()
+        monitor.why.value = "K3"
+        monitor.why_button.click()
+        assert "out: eva@a.sk was left out: mailing not allowed" in monitor.why_result.value
+        monitor.why.value = "nobody@a.sk"
+        monitor.why_button.click()
+        assert "nobody in these contacts" in monitor.why_result.value
+    finally:
+        monitor.close()

@@ -11,16 +11,19 @@ any other column is a custom attribute.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
 from bulkmail_kernel import config
-from bulkmail_kernel.contacts.values import _cell_text
-from bulkmail_kernel.db import Database, resolve_database
+from bulkmail_kernel.contacts.values import _cell_text, email_identity, normalize_phone
+from bulkmail_kernel.db import Contact, ContactPoint, Database, resolve_database
 
 #: Columns of ``contacts_frame``; custom attribute names must not collide with these.
 FRAME_COLUMNS = (
@@ -54,13 +57,27 @@ ORDER BY p.id
 """
 
 
-def contacts_frame(db: Database | None = None, *, url: str | None = None) -> pd.DataFrame:
-    """Return one row per contact point with its contact's fields and custom attributes."""
+def contacts_frame(
+    db: Database | None = None,
+    *,
+    url: str | None = None,
+    contact_ids: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Return one row per contact point with its contact's fields and custom attributes.
+
+    ``contact_ids`` reads only those contacts (what ``explain`` needs on a big database);
+    their custom attributes are the columns they have.
+    """
     database = resolve_database(db, url)
+    sql = _FRAME_SQL
+    if contact_ids is not None:
+        # Whole numbers only, so they can stand in the SQL text of either backend's driver.
+        ids = ",".join(str(int(i)) for i in contact_ids) or "NULL"
+        sql = sql.replace("ORDER BY p.id", f"WHERE p.contact_id IN ({ids})\nORDER BY p.id")
     raw = database.engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute(_FRAME_SQL)
+        cur.execute(sql)
         records = cur.fetchall()
         cur.close()
     finally:
@@ -137,3 +154,29 @@ def _typed_attribute(col: pd.Series) -> pd.Series:
         return pd.to_datetime(col, format="ISO8601", utc=True).astype("datetime64[us, UTC]")
     return col.map(lambda v: v if v is None or isinstance(v, str) else _cell_text(v),
                    na_action="ignore").astype("category")  # fmt: skip
+
+
+def find_contact_ids(database: Database, who: int | str) -> list[int]:
+    """Return the ids of the contacts ``who`` names: a contact id, customer number or address.
+
+    An e-mail address matches in any spelling (its identity), a phone number as typed or
+    in E.164; a number typed as text is tried as a contact id and as a customer number.
+    """
+    if isinstance(who, bool) or not isinstance(who, int | str | np.integer):
+        return []
+    if isinstance(who, int | np.integer):
+        query = sa.select(Contact.id).where(Contact.id == int(who))
+    else:
+        text = who.strip()
+        keys = {text}
+        with contextlib.suppress(ValueError):  # not an address: the other keys may match
+            keys.add(email_identity(text) if "@" in text else normalize_phone(text))
+        by_point = sa.select(ContactPoint.contact_id).where(
+            sa.or_(ContactPoint.normalized.in_(keys), ContactPoint.value == text)
+        )
+        conditions = [Contact.external_id == text, Contact.id.in_(by_point)]
+        if text.isdigit():
+            conditions.append(Contact.id == int(text))
+        query = sa.select(Contact.id).where(sa.or_(*conditions))
+    with database.session() as s:
+        return sorted(int(i) for i in s.scalars(query))

@@ -22,7 +22,7 @@ from bulkmail_kernel.exceptions import FilterError
 from bulkmail_kernel.segments.filters import _zone, filter_recipients, resolve_today
 from bulkmail_kernel.segments.labels import readable_name
 from bulkmail_kernel.segments.rule_masks import group_mask, rule_mask
-from bulkmail_kernel.segments.rules import Rule, RuleGroup
+from bulkmail_kernel.segments.rules import OPERATORS, Rule, RuleGroup
 from bulkmail_kernel.segments.spec import FilterSpec
 
 #: Columns of ``explain_segment``'s frame.
@@ -97,11 +97,11 @@ def explain_segment(
     says it in one line ("in: jana@x.sk" or "out: rule 'language is one of sk' fails").
     """
     rows = contact_rows(frame, contact)
-    part = frame.iloc[rows]
     zone = _zone(tz)
     day = resolve_today(today, tz)
     as_rules = spec.as_rules()
     group = as_rules.rules if isinstance(as_rules.rules, RuleGroup) else RuleGroup()
+    part = _with_rule_fields(frame.iloc[rows], group)
     selected = set(
         filter_recipients(part, spec, today=today, tz=tz)["contact_point_id"].astype(int)
     )
@@ -126,6 +126,29 @@ def explain_segment(
         f"in: {', '.join(chosen)}" if chosen else "out: " + ("; ".join(reasons) or "no address")
     )
     return result
+
+
+def _with_rule_fields(part: pd.DataFrame, group: RuleGroup) -> pd.DataFrame:
+    """Add the fields the rules name that these rows lack, empty, typed as the rule reads them.
+
+    A frame read for one person (``contacts_frame(contact_ids=...)``) has only the custom
+    attributes that person has; a rule on another one is judged on an empty value.
+    """
+    missing = {r.field: r for r in group.walk() if r.field not in part.columns}
+    if not missing:
+        return part
+    part = part.copy()
+    for name, rule in missing.items():
+        kinds = OPERATORS[rule.op].kinds
+        if "text" in kinds or "choice" in kinds:
+            part[name] = pd.array([None] * len(part), dtype="str")
+        elif "number" in kinds:
+            part[name] = np.full(len(part), np.nan)
+        elif "date" in kinds:
+            part[name] = pd.Series(pd.NaT, index=part.index, dtype="datetime64[us, UTC]")
+        else:
+            part[name] = pd.array([None] * len(part), dtype="boolean")
+    return part
 
 
 def _rule_checks(

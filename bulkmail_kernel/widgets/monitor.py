@@ -18,12 +18,14 @@ import itertools
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
 
 from bulkmail_kernel import config
 from bulkmail_kernel.campaigns.campaigns import cancel, pause, resume, schedule
+from bulkmail_kernel.campaigns.explain import explain
 from bulkmail_kernel.campaigns.monitor import (
     CampaignProgress,
     campaign_progress,
@@ -179,6 +181,16 @@ class OutboxMonitor(widgets.VBox):
         self.when_zone = widgets.Label(config.local_timezone())
         self.schedule_button = widgets.Button(description="Schedule", icon="clock-o")
         self.status = widgets.Label()
+        # Why a person gets the campaign or not: picking one message of the queue is the
+        # click; anyone else by address, customer number or contact id.
+        self.why = widgets.Text(
+            description="why is",
+            placeholder="pick a message above, or type an address or customer number",
+            layout=widgets.Layout(width="60%"),
+        )
+        self.why_button = widgets.Button(description="in or out?", icon="question")
+        self.why_result = widgets.HTML()
+        self._recipients: dict[int, str] = {}
         self.last: CampaignProgress | None = None
         self._cancel_armed: int | None = None
         self._busy = threading.Lock()
@@ -193,6 +205,7 @@ class OutboxMonitor(widgets.VBox):
         else:
             self._update_picker()
         self.picker.observe(lambda _c: self.refresh(), names="value")
+        self.queue.observe(self._picked, names="value")
         for button, action in (
             (self.pause_button, self.pause),
             (self.resume_button, self.resume),
@@ -200,6 +213,7 @@ class OutboxMonitor(widgets.VBox):
             (self.remove_button, self.remove_selected),
             (self.refresh_button, self._refresh_all),
             (self.schedule_button, self.schedule),
+            (self.why_button, self.explain_person),
         ):
             button.on_click(lambda _b, act=action: act())
         super().__init__(
@@ -222,6 +236,8 @@ class OutboxMonitor(widgets.VBox):
                 ),
                 widgets.HBox([self.when, self.when_zone, self.schedule_button]),
                 self.status,
+                widgets.HBox([self.why, self.why_button]),
+                self.why_result,
             ]
         )
         # Names for the page: the browser test (and a stylesheet) find the parts by them.
@@ -232,6 +248,7 @@ class OutboxMonitor(widgets.VBox):
             (self.skips, "skipped"),
             (self.counts, "counts"),
             (self.status, "status"),
+            (self.why_result, "why"),
         ):
             part.add_class(f"bm-monitor-{name}")
         self.refresh()
@@ -309,6 +326,9 @@ class OutboxMonitor(widgets.VBox):
             line = registration_skips(p.campaign_id, db=self.database)
             self.skips.value = skips_html(line)
         self.errors.value = errors_html(p.errors)
+        self._recipients = {
+            int(r.message_id): str(r.recipient) for r in pending.itertuples(index=False)
+        }
         options = queue_options(pending)
         if tuple(options) != tuple(self.queue.options):
             kept = set(self.queue.value)
@@ -407,6 +427,33 @@ class OutboxMonitor(widgets.VBox):
                 f"{len(chosen)} selected messages removed"
             )
         )
+
+    def _picked(self, change: Any) -> None:
+        chosen = list(change["new"])
+        if len(chosen) == 1 and int(chosen[0]) in self._recipients:
+            self.explain_person(self._recipients[int(chosen[0])])
+
+    def explain_person(self, who: int | str | None = None) -> pd.DataFrame | None:
+        """Show (and return) ``explain`` for ``who`` (default: the box, else the selection)."""
+        if who is None:
+            who = self.why.value.strip()
+        if who == "" and len(self.queue.value) == 1:
+            who = self._recipients.get(int(self.queue.value[0]), "")
+        cid = self.campaign_id
+        if who == "" or cid is None:
+            self.why_result.value = "<i>pick a message in the queue or type an address</i>"
+            return None
+        try:
+            table = explain(cid, who, db=self.database)
+        except BulkmailError as exc:
+            self.why_result.value = f"<span style='color:#b00'>{htmlmod.escape(str(exc))}</span>"
+            return None
+        body = display_cells(table).to_html(index=False, escape=True, border=0)
+        verdict = htmlmod.escape(table.attrs["verdict"])
+        self.why_result.value = (
+            f"<b>{verdict}</b><div style='overflow-x:auto;max-width:100%'>{body}</div>"
+        )
+        return table
 
     # -- the thread ------------------------------------------------------------
 
