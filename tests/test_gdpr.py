@@ -64,6 +64,9 @@ def sent(database: dbmod.Database, sink: Sink, tmp_path: Path) -> Path:
     bm.register("jar", emails, db=database)
     bm.send("jar", rate_per_hour=float("inf"), progress=False, db=database)
     bm.save_segment("everyone", bm.FilterSpec(), people, db=database)
+    # A second campaign registered for Jana and not sent yet.
+    bm.create_campaign("leto", sender="sink", template=template, db=database)
+    bm.register("leto", emails[emails["first_name"] == "Jana"], db=database)
     assert bm.unsubscribe_address("jana.novakova@a.sk", db=database)
     return source
 
@@ -100,8 +103,9 @@ def test_export_holds_everything_about_the_person(
     assert unsub["source"] == "unsubscribed by the analyst"
     assert unsub["occurred_at"]
     assert [s["name"] for s in data["segments"]] == ["everyone", "everyone"]
-    [message] = data["messages"]
+    message, queued = data["messages"]
     assert (message["campaign"], message["status"]) == ("jar", "sent")
+    assert (queued["campaign"], queued["status"]) == ("leto", "queued")
     assert message["subject"] == "Pozvánka pre Jana"
     assert message["sent_at"]
     assert "sent" in [e["kind"] for e in data["events"]]
@@ -126,7 +130,7 @@ def test_forget_erases_the_person_keeps_counts_and_refuses_a_reimport(
     with database.session() as s:
         n_events = s.scalar(sa.select(sa.func.count()).select_from(Event))
     done = bm.forget_contact("C1", db=database)
-    assert (done.addresses, done.messages, done.suppressions) == (2, 1, 1)
+    assert (done.addresses, done.messages, done.suppressions) == (2, 2, 1)
     assert done.events >= 4  # imported, registered, sent, unsubscribed at least
 
     everything = _everything(database)
@@ -142,8 +146,12 @@ def test_forget_erases_the_person_keeps_counts_and_refuses_a_reimport(
         assert s.scalar(sa.select(sa.func.count()).select_from(Event)) == n_events + 1
         audit = s.scalars(sa.select(Event).where(Event.kind == "forgotten")).one()
         assert audit.contact_id is None
-        assert audit.data["messages"] == 1
-        erased = s.scalars(sa.select(Message).where(Message.contact_id.is_(None))).one()
+        assert audit.data["messages"] == 2
+        erased, waiting = s.scalars(
+            sa.select(Message).where(Message.contact_id.is_(None)).order_by(Message.id)
+        )
+        # The message still queued for her is removed: nothing goes to "erased-<id>".
+        assert (waiting.recipient, waiting.status) == (f"erased-{waiting.id}", "removed")
         assert erased.recipient == f"erased-{erased.id}"
         assert erased.status == "sent"
         body = s.get(MessageBody, erased.id)

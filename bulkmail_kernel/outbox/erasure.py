@@ -2,7 +2,8 @@
 
 The person's messages stay as rows, so a campaign's counts (sent, failed, bounced) still
 add up after the erasure, but lose everything that points to the person: the recipient
-becomes ``erased-<message id>``, the contact and point links are cleared, the rendered
+becomes ``erased-<message id>``, the contact and point links are cleared, a message
+still queued or deferred is removed (it must not go out to the erased address), the rendered
 body and subject (which held their name) are emptied, and so are error texts (a relay
 quotes the address in them). Their events keep kind, time, campaign and message, and lose
 detail and data; their suppressions and unsubscribe tokens are deleted (the salted hash
@@ -24,6 +25,7 @@ from bulkmail_kernel.db import (
     Event,
     Message,
     MessageBody,
+    MessageStatus,
     Suppression,
     UnsubscribeToken,
     chunks,
@@ -32,6 +34,8 @@ from bulkmail_kernel.db import (
 _M = cast(sa.Table, Message.__table__)
 _B = cast(sa.Table, MessageBody.__table__)
 _E = cast(sa.Table, Event.__table__)
+
+_NOT_YET_SENT = (MessageStatus.QUEUED.value, MessageStatus.DEFERRED.value)
 
 #: The audit event an erasure leaves behind; it names no person.
 FORGOTTEN = "forgotten"
@@ -71,6 +75,12 @@ def erase_outbox_history(
                 last_error="",
                 updated_at=now,
             )
+        )
+        # What was still to go must not go to "erased-<id>": removed, like the analyst's removal.
+        s.execute(
+            sa.update(_M)
+            .where(_M.c.id.in_(chunk), _M.c.status.in_(_NOT_YET_SENT))
+            .values(status=MessageStatus.REMOVED.value, next_attempt_at=None)
         )
         s.execute(sa.update(_B).where(_B.c.message_id.in_(chunk)).values(subject="", body=b""))
     conds = [_E.c.contact_id == contact_id]
