@@ -188,6 +188,16 @@ def test_forget_erases_the_person_keeps_counts_and_refuses_a_reimport(
     assert "jana" not in _everything(database)
 
 
+def test_forget_waits_for_a_message_being_sent(database: dbmod.Database, sent: Path) -> None:
+    with database.session() as s:  # a worker has claimed Jana's queued message
+        s.execute(sa.update(Message).where(Message.status == "queued").values(status="sending"))
+    with pytest.raises(bm.ContactError, match="of campaign 'leto' is being sent to them"):
+        bm.forget_contact("C1", db=database)
+    with database.session() as s:  # nothing was erased
+        assert s.scalar(sa.select(Contact.first_name).where(Contact.external_id == "C1")) == "Jana"
+        assert s.scalar(sa.select(sa.func.count()).select_from(ForgottenAddress)) == 0
+
+
 def test_the_commands_export_and_forget(sqlite_url: str, sink: Sink, tmp_path: Path) -> None:
     database = dbmod.open_database(sqlite_url)
     source = tmp_path / "customers.csv"

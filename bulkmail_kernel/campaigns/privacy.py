@@ -36,6 +36,7 @@ from bulkmail_kernel.db import (
     Event,
     Message,
     MessageBody,
+    MessageStatus,
     Segment,
     SegmentMember,
     Suppression,
@@ -276,7 +277,8 @@ def forget_contact(
     .eml folders) are not touched: docs/gdpr.md lists them.
 
     Raises:
-        ContactError: nobody is known by ``contact``.
+        ContactError: nobody is known by ``contact``, or a worker is sending them a
+            message right now.
 
     """
     database = resolve_database(db, url)
@@ -285,6 +287,21 @@ def forget_contact(
         found = find_contact(s, contact)
         cid = found.id
         pids = [p.id for p in found.points]
+        busy = s.scalar(
+            sa.select(Campaign.name)
+            .join(Message, Message.campaign_id == Campaign.id)
+            .where(
+                sa.or_(Message.contact_id == cid, Message.contact_point_id.in_(pids or [-1])),
+                Message.status == MessageStatus.SENDING.value,
+            )
+        )
+        if busy is not None:
+            # A worker holds it and will record its outcome against this contact.
+            raise ContactError(
+                f"contact {cid}: a message of campaign {busy!r} is being sent to them right "
+                "now; forget them when it is done (or pause the campaign first)",
+                contact=cid,
+            )
         addresses = sorted({(p.channel, p.normalized) for p in found.points})
         counts = erase_outbox_history(s, cid, pids, addresses, now)
         remember_forgotten(s, addresses, now)
