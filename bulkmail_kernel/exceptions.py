@@ -5,6 +5,7 @@ The tree::
     BulkmailError
     ├── ConfigError          settings, database URL, credentials
     ├── ContactImportError   a source file or table that cannot be imported
+    ├── ContactError         no contact is known by the id, customer number or address given
     ├── FilterError          a segment filter naming an unknown field or a wrong value
     ├── SegmentError         a saved segment that is unknown, taken, or cannot be stored
     ├── ExportError          an export with unknown or not-allowed columns, or a bad path
@@ -37,6 +38,10 @@ class ConfigError(BulkmailError):
 
 class ContactImportError(BulkmailError):
     """A contact source cannot be read at all (as opposed to single bad rows)."""
+
+
+class ContactError(BulkmailError):
+    """No stored contact is known by the id, customer number or address given."""
 
 
 class FilterError(BulkmailError):

@@ -1,8 +1,9 @@
-"""Commands of the database and contacts stage: open-database, generate-demo, import-contacts."""
+"""Commands of the database and contacts stage: open-database, import-contacts, GDPR requests."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bulkmail_kernel.cli.common import (
@@ -102,6 +103,36 @@ def cmd_contacts_frame(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_contact_data(args: argparse.Namespace) -> int:
+    """Write everything held about one person as JSON and a readable page (GDPR art. 15/20)."""
+    from bulkmail_kernel import export_contact_data
+
+    out = export_contact_data(args.contact, folder=args.folder, url=args.db)
+    print(f"contact {out.contact_id}: {out.json_path}")
+    print(f"contact {out.contact_id}: {out.html_path}")
+    return 0
+
+
+def cmd_forget_contact(args: argparse.Namespace) -> int:
+    """Erase one person's data on request (GDPR art. 17); keeps anonymous counts."""
+    from bulkmail_kernel import forget_contact
+
+    if not args.yes:
+        print(
+            f"bulkmail forget-contact: this erases {args.contact!r} for good; "
+            "add --yes to do it (export-contact-data first if they asked for a copy)",
+            file=sys.stderr,
+        )
+        return 2
+    done = forget_contact(args.contact, url=args.db)
+    print(
+        f"contact {done.contact_id} forgotten: {done.addresses} addresses kept as salted hashes, "
+        f"{done.messages} messages and {done.events} events anonymised, "
+        f"{done.suppressions} suppressions deleted"
+    )
+    return 0
+
+
 def add_commands(commands: Commands) -> None:
     """Add the database and contacts commands."""
     p = commands.add(
@@ -182,4 +213,22 @@ def add_commands(commands: Commands) -> None:
         "print every contact point with its contact's fields (the frame segments filter)",
     )
     add_csv(p)
+    add_db(p)
+
+    p = commands.add(
+        "export-contact-data",
+        cmd_export_contact_data,
+        "write everything held about one person as JSON and HTML (GDPR art. 15/20)",
+    )
+    p.add_argument("contact", help="contact id, customer number, e-mail address or phone")
+    p.add_argument("--folder", type=Path, help="where to write the files (default data/exports)")
+    add_db(p)
+
+    p = commands.add(
+        "forget-contact",
+        cmd_forget_contact,
+        "erase one person's data on request, keeping anonymous counts (GDPR art. 17)",
+    )
+    p.add_argument("contact", help="contact id, customer number, e-mail address or phone")
+    p.add_argument("--yes", action="store_true", help="really erase (it cannot be undone)")
     add_db(p)

@@ -156,27 +156,34 @@ def _typed_attribute(col: pd.Series) -> pd.Series:
                    na_action="ignore").astype("category")  # fmt: skip
 
 
-def find_contact_ids(database: Database, who: int | str) -> list[int]:
-    """Return the ids of the contacts ``who`` names: a contact id, customer number or address.
+def contacts_named(who: int | str) -> sa.Select[int] | None:
+    """Return the query of the ids of the contacts ``who`` names (None: it names nobody).
 
-    An e-mail address matches in any spelling (its identity), a phone number as typed or
-    in E.164; a number typed as text is tried as a contact id and as a customer number.
+    ``who`` is a contact id, a customer number or an address: an e-mail address matches in
+    any spelling (its identity), a phone number as typed or in E.164; a number typed as
+    text is tried as a contact id and as a customer number.
     """
     if isinstance(who, bool) or not isinstance(who, int | str | np.integer):
-        return []
+        return None
     if isinstance(who, int | np.integer):
-        query = sa.select(Contact.id).where(Contact.id == int(who))
-    else:
-        text = who.strip()
-        keys = {text}
-        with contextlib.suppress(ValueError):  # not an address: the other keys may match
-            keys.add(email_identity(text) if "@" in text else normalize_phone(text))
-        by_point = sa.select(ContactPoint.contact_id).where(
-            sa.or_(ContactPoint.normalized.in_(keys), ContactPoint.value == text)
-        )
-        conditions = [Contact.external_id == text, Contact.id.in_(by_point)]
-        if text.isdigit():
-            conditions.append(Contact.id == int(text))
-        query = sa.select(Contact.id).where(sa.or_(*conditions))
+        return sa.select(Contact.id).where(Contact.id == int(who))
+    text = who.strip()
+    keys = {text}
+    with contextlib.suppress(ValueError):  # not an address: the other keys may match
+        keys.add(email_identity(text) if "@" in text else normalize_phone(text))
+    by_point = sa.select(ContactPoint.contact_id).where(
+        sa.or_(ContactPoint.normalized.in_(keys), ContactPoint.value == text)
+    )
+    conditions = [Contact.external_id == text, Contact.id.in_(by_point)]
+    if text.isdigit():
+        conditions.append(Contact.id == int(text))
+    return sa.select(Contact.id).where(sa.or_(*conditions)).order_by(Contact.id)
+
+
+def find_contact_ids(database: Database, who: int | str) -> list[int]:
+    """Return the ids of the contacts ``who`` names (see ``contacts_named``), ascending."""
+    query = contacts_named(who)
+    if query is None:
+        return []
     with database.session() as s:
-        return sorted(int(i) for i in s.scalars(query))
+        return [int(i) for i in s.scalars(query)]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.columns import _Plan, _plan_columns
+from bulkmail_kernel.contacts.forgotten import drop_forgotten
 from bulkmail_kernel.contacts.report import ImportResult, _Report
 from bulkmail_kernel.contacts.sources import SourceRow, read_source, snake_case
 from bulkmail_kernel.contacts.values import (
@@ -551,6 +552,7 @@ def import_contacts(
         run = ImportRun(source=name[:500], rows=n_rows)
         s.add(run)
         s.flush()
+        groups = drop_forgotten(s, groups, report)  # erased on request: never back (GDPR 17)
         contacts = _resolve_against_db(s, groups, report)
         if on_error == "skip" or not report.rejected:
             now = utcnow()

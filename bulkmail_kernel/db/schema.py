@@ -448,3 +448,22 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column()
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ForgottenAddress(Base):
+    """An address erased on request (GDPR art. 17), kept only as a salted hash.
+
+    A later import of the same address is refused (``contacts.forgotten``); the address
+    itself is not stored anywhere, and the salt (``settings``) keeps the hash from being
+    reversed with a dictionary of known addresses.
+    """
+
+    __tablename__ = "forgotten_addresses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(sa.String(10))
+    #: HMAC-SHA-256 (hex) of "channel:identity" under the database's salt.
+    address_hash: Mapped[str] = mapped_column(sa.String(64))
+    forgotten_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (sa.UniqueConstraint("channel", "address_hash"),)

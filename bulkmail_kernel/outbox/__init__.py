@@ -9,6 +9,7 @@ Every write to those tables goes through a module here, and everything else asks
 - :mod:`.suppressions` — unsubscribes and the one suppression insert;
 - :mod:`.bounces` — what the bounce mailbox concludes, recorded;
 - :mod:`.handover` — SendPulse hand-overs and EuroSMS delivery reports, recorded;
+- :mod:`.erasure` — a person erased on request: their history anonymised;
 - :mod:`.lookup` — which campaign, which sender account.
 
 ``tests/test_architecture.py`` checks that no module outside this package writes them.
