@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
     from bulkmail_kernel.deliverability.mailbox import process_mailbox
     from bulkmail_kernel.demo.generate import generate_demo
+    from bulkmail_kernel.display import readable
     from bulkmail_kernel.engine.loop import RetryPolicy, SendSummary, send
     from bulkmail_kernel.engine.worker import run_worker
     from bulkmail_kernel.exceptions import (
@@ -157,6 +158,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "FilterError": ("bulkmail_kernel.exceptions", "FilterError"),
     "FilterSpec": ("bulkmail_kernel.segments.spec", "FilterSpec"),
     "Rule": ("bulkmail_kernel.segments.rules", "Rule"),
+    "readable": ("bulkmail_kernel.display", "readable"),
     "explain": ("bulkmail_kernel.campaigns.explain", "explain"),
     "explain_segment": ("bulkmail_kernel.segments.explain", "explain_segment"),
     "RuleGroup": ("bulkmail_kernel.segments.rules", "RuleGroup"),
@@ -344,6 +346,7 @@ __all__ = [
     "process_mailbox",
     "provider_status",
     "queue",
+    "readable",
     "register",
     "remove_from_queue",
     "rename_segment",

@@ -111,6 +111,7 @@ NO_COMMAND = {
     "classify_message": "message bytes in; process-mailbox reads the mailbox",
     "filter_recipients": "a frame and a FilterSpec in; save-segment and segment-recipients filter",
     "explain_segment": "a frame and a FilterSpec in; explain judges a campaign's filter",
+    "readable": "a DataFrame in, the same DataFrame shown readably out; commands print so",
     "template_from_html": "pasted HTML in, a Template object out; on disk a template is a folder",
     "create_unsubscribe_app": "returns an ASGI app; unsubscribe-server serves it",
     # The process-wide database of a notebook; each command is its own process: --db says it.

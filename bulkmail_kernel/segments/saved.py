@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from bulkmail_kernel import config
 from bulkmail_kernel.db import (
     Database,
     Segment,
@@ -27,6 +28,7 @@ from bulkmail_kernel.db import (
     resolve_database,
     utcnow,
 )
+from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import SegmentError
 from bulkmail_kernel.segments.filters import _require, filter_recipients
 from bulkmail_kernel.segments.spec import FilterSpec, _did_you_mean
@@ -222,8 +224,9 @@ def list_segments(*, db: Database | None = None, url: str | None = None) -> pd.D
         ],
     )
     for col in ("snapshot_at", "created_at", "updated_at"):
-        out[col] = pd.to_datetime(out[col], utc=True)
-    return out.astype({"id": "int64", "members": "int64"})
+        # What a person reads: the analyst's zone, to the second (display.readable).
+        out[col] = pd.to_datetime(out[col], utc=True).dt.tz_convert(config.local_timezone())
+    return readable(out.astype({"id": "int64", "members": "int64"}))
 
 
 def load_segment(name: str, *, db: Database | None = None, url: str | None = None) -> LoadedSegment:
