@@ -44,6 +44,7 @@ from bulkmail_kernel.engine.threads import _HaltableClock, _in_threads
 from bulkmail_kernel.engine.throttle import SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.breaker import is_refusal
+from bulkmail_kernel.outbox.domains import held_back_s
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.store import CLAIMABLE, OPEN, Claimed, OutboxStore, gives_up
@@ -138,6 +139,9 @@ class _Run:
     #: Messages this call left deferred, shared by its connections: one sent or failed
     #: later in the same call is no longer counted deferred.
     deferred_ids: set[int] = field(default_factory=set)
+    #: A provider's next token further off than this: return with ``held_s`` (outbox.domains).
+    max_wait_s: float = math.inf
+    held_s: float | None = None
 
 
 def _run_batches(run: _Run) -> None:
@@ -152,7 +156,12 @@ def _run_batches(run: _Run) -> None:
         first = run.mark_ahead if isinstance(run.throttle, _NoThrottle) else 0
         batch = run.store.claim(run.campaign_id, run.batch, hand=first)
         if not batch:
-            return
+            # Due messages of a provider at its per-hour limit: wait for its next token.
+            run.held_s = held_back_s(run.store.db, run.campaign_id, run.clock.now())
+            if run.held_s is None or run.held_s > run.max_wait_s:
+                return
+            _HaltableClock(run.clock, run.stop).sleep(max(run.held_s, 0.001))
+            continue
         outcomes: list[tuple[Claimed, SendResult]] = []
         recorded = 0  # outcomes[:recorded] are in the database
         in_flight: Claimed | None = None

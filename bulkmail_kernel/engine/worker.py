@@ -143,6 +143,7 @@ def _worker_loop(
             store.recover(stale_after_s=limits.dead_worker_s)
             _mark_late(store, limits.max_lateness_s)
             worked = False
+            soonest = poll_interval_s  # or a provider's next token, if sooner (outbox.domains)
             for campaign_id in store.due_campaigns():
                 due = store.take_due(campaign_id)
                 if due is None:
@@ -193,6 +194,7 @@ def _worker_loop(
                     mark_ahead=_mark_ahead(rate),
                     journal=journal,
                     breaker_after=c.breaker_after or config.breaker_after(),
+                    max_wait_s=0.0,  # a provider at its limit: on to the other campaigns
                 )
                 try:
                     _run_batches(run)
@@ -201,13 +203,13 @@ def _worker_loop(
                     transports.pop(sender.id, None)
                 sent += run.totals["sent"]
                 worked = worked or any(run.totals.values())
+                soonest = min(soonest, run.held_s if run.held_s is not None else soonest)
                 _log_state(name, store.finish_if_done(campaign_id), campaign_id, active)
             if not worked:
                 if exit_when_idle and not store.has_open_work():
                     break
-                stop.wait(poll_interval_s) if clock is SYSTEM_CLOCK else clock.sleep(
-                    poll_interval_s
-                )
+                pause_s = max(soonest, 0.001)
+                stop.wait(pause_s) if clock is SYSTEM_CLOCK else clock.sleep(pause_s)
         clean = True
     finally:
         # After an error, messages may stay ours in 'sending': the journal settles them.

@@ -32,6 +32,7 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import SendError
+from bulkmail_kernel.outbox.domains import domain_group
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.records import CampaignRef
@@ -252,6 +253,10 @@ def store_messages(
                         "attempts": 0,
                         "message_id_header": m["message_id"],
                         "last_error": "",
+                        # Whose per-hour limit it counts against (an SMS: no one's).
+                        "domain_group": domain_group(m["point"].normalized)
+                        if channel == "email"
+                        else "",
                         "created_at": now,
                         "updated_at": now,
                     }
