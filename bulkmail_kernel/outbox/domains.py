@@ -202,6 +202,14 @@ def pick(conn: sa.Connection, campaign_id: int, due: Any, limit: int, now: datet
     """
     base = sa.select(_M.c.id).where(_M.c.campaign_id == campaign_id, due).order_by(_M.c.id)
     account_id, limits = _limits_of(conn, campaign_id)
+    if account_id is not None and limits:
+        # None due at a limited provider (a firm's own list): no bucket to read or lock.
+        held = (
+            sa.select(_M.c.id)  # unordered: ix_messages_domain_claim answers it
+            .where(_M.c.campaign_id == campaign_id, _M.c.domain_group.in_(list(limits)), due)
+            .limit(1)
+        )
+        limits = limits if conn.execute(held).first() is not None else {}
     if account_id is None or not limits:
         return Pick(base.limit(limit).with_for_update(skip_locked=True).scalar_subquery())
     levels = _levels(conn, account_id, limits, now)
