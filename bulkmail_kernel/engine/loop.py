@@ -139,9 +139,8 @@ class _Run:
     #: Messages this call left deferred, shared by its connections: one sent or failed
     #: later in the same call is no longer counted deferred.
     deferred_ids: set[int] = field(default_factory=set)
-    #: A provider's next token further off than this: return with ``held_s`` (outbox.domains).
+    #: A provider's next token (outbox.domains) further off than this: return, don't wait.
     max_wait_s: float = math.inf
-    held_s: float | None = None
 
 
 def _run_batches(run: _Run) -> None:
@@ -157,10 +156,10 @@ def _run_batches(run: _Run) -> None:
         batch = run.store.claim(run.campaign_id, run.batch, hand=first)
         if not batch:
             # Due messages of a provider at its per-hour limit: wait for its next token.
-            run.held_s = held_back_s(run.store.db, run.campaign_id, run.clock.now())
-            if run.held_s is None or run.held_s > run.max_wait_s:
+            wait = held_back_s(run.store.db, run.campaign_id, run.clock.now())
+            if wait is None or wait > run.max_wait_s:
                 return
-            _HaltableClock(run.clock, run.stop).sleep(max(run.held_s, 0.001))
+            _HaltableClock(run.clock, run.stop).sleep(max(wait, 0.001))
             continue
         outcomes: list[tuple[Claimed, SendResult]] = []
         recorded = 0  # outcomes[:recorded] are in the database

@@ -143,7 +143,6 @@ def _worker_loop(
             store.recover(stale_after_s=limits.dead_worker_s)
             _mark_late(store, limits.max_lateness_s)
             worked = False
-            soonest = poll_interval_s  # or a provider's next token, if sooner (outbox.domains)
             for campaign_id in store.due_campaigns():
                 due = store.take_due(campaign_id)
                 if due is None:
@@ -194,7 +193,8 @@ def _worker_loop(
                     mark_ahead=_mark_ahead(rate),
                     journal=journal,
                     breaker_after=c.breaker_after or config.breaker_after(),
-                    max_wait_s=0.0,  # a provider at its limit: on to the other campaigns
+                    # A provider's token further off than a poll: on to the other campaigns.
+                    max_wait_s=poll_interval_s,
                 )
                 try:
                     _run_batches(run)
@@ -203,13 +203,13 @@ def _worker_loop(
                     transports.pop(sender.id, None)
                 sent += run.totals["sent"]
                 worked = worked or any(run.totals.values())
-                soonest = min(soonest, run.held_s if run.held_s is not None else soonest)
                 _log_state(name, store.finish_if_done(campaign_id), campaign_id, active)
             if not worked:
                 if exit_when_idle and not store.has_open_work():
                     break
-                pause_s = max(soonest, 0.001)
-                stop.wait(pause_s) if clock is SYSTEM_CLOCK else clock.sleep(pause_s)
+                stop.wait(poll_interval_s) if clock is SYSTEM_CLOCK else clock.sleep(
+                    poll_interval_s
+                )
         clean = True
     finally:
         # After an error, messages may stay ours in 'sending': the journal settles them.
