@@ -13,6 +13,8 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from sending_support import make_campaign, sink_account
 
 from bulkmail_kernel import (
@@ -30,7 +32,7 @@ from bulkmail_kernel.cli import main
 from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.db import Message, RateBucket
 from bulkmail_kernel.exceptions import ConfigError
-from bulkmail_kernel.outbox.domains import DEFAULT_LIMITS, GROUPS, burst
+from bulkmail_kernel.outbox.domains import _EXACT, DEFAULT_LIMITS, GROUPS, burst
 from bulkmail_kernel.servers.sink import Sink
 
 # --------------------------------------------------------------------------- groups
@@ -77,6 +79,19 @@ from bulkmail_kernel.servers.sink import Sink
 )
 def test_domain_group_of_an_address(address: str, group: str) -> None:
     assert domain_group(address) == group
+
+
+@given(st.text(max_size=80))
+def test_domain_group_takes_any_text_and_ignores_case(text: str) -> None:
+    group = domain_group(text)
+    assert group in {"", *GROUPS}
+    assert domain_group(text.upper()) == domain_group(text.lower()) or not text.isascii()
+
+
+@given(st.sampled_from(sorted(_EXACT)), st.from_regex(r"[a-z0-9._+-]{1,20}", fullmatch=True))
+def test_every_listed_domain_is_its_group_whoever_the_mailbox(domain: str, local: str) -> None:
+    assert domain_group(f"{local}@{domain.upper()}") == _EXACT[domain]
+    assert domain_group(f"{local}@mail.{domain}") == ""  # a sub-domain is someone else's
 
 
 def test_every_group_has_a_default_and_the_burst_is_ten_seconds_worth() -> None:
