@@ -256,6 +256,8 @@ def test_a_domain_at_its_limit_holds_no_one_else_back(database: dbmod.Database, 
     assert (summary.sent, summary.status) == (34, "finished")
     at = _sent_at(database, cid, clock)
     assert at[""] == [0.0] * 20  # the unlimited ones: no wait at all
+    frame = queue(cid, db=database)
+    assert Counter(frame["domain_group"]) == {"gmail": 4, "": 20, "seznam": 10}
     # Seznam at its default 300/h: a burst of one, then one each 12 s.
     assert at["seznam"] == pytest.approx([12.0 * k for k in range(10)], abs=0.01)
     assert at["gmail"] == pytest.approx([0.0, 3600.0, 7200.0, 10800.0], abs=0.01)

@@ -48,6 +48,7 @@ _QUEUE_COLUMNS = [
     "contact_id",
     "contact_point_id",
     "recipient",
+    "domain_group",
     "subject",
     "status",
     "attempts",
@@ -68,7 +69,8 @@ def queue(
 ) -> pd.DataFrame:
     """Return the campaign's messages (optionally only those in ``status``) as a DataFrame.
 
-    ``next_attempt_at`` and ``sent_at`` are in the analyst's zone (``BULKMAIL_TZ``).
+    ``next_attempt_at`` and ``sent_at`` are in the analyst's zone (``BULKMAIL_TZ``);
+    ``domain_group`` is the recipient's mailbox provider, whose per-hour limit it waits for.
     """
     database = resolve_database(db, url)
     with database.session() as s:
@@ -79,6 +81,7 @@ def queue(
                 Message.contact_id,
                 Message.contact_point_id,
                 Message.recipient,
+                Message.domain_group,
                 MessageBody.subject,
                 Message.status,
                 Message.attempts,
