@@ -3,7 +3,8 @@
 Three ``bulkmail run-worker`` processes on PostgreSQL (and three ``send()`` connections
 on SQLite) send one campaign to four providers at four limits and to a fifth that
 allows one message an hour and sits first in the queue. Over a 33-second window in
-steady state (after each group's burst), every group's rate is within 5 % of its limit,
+steady state (after each group's burst), every group's rate (the slope of its arrivals)
+is within 5 % of its limit,
 and the blocked provider sent its burst and nothing more without holding anyone back.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -89,9 +91,14 @@ def _check_rates(database: dbmod.Database, cid: int, sink: Sink, started: float)
         arrivals.setdefault(domain_group(m.rcpt_tos[0]), []).append(m.path.stat().st_mtime)
     t0 = min(t for times in arrivals.values() for t in times)
     lo, hi = t0 + WINDOW[0], t0 + WINDOW[1]
-    rates = {
-        g: sum(lo <= t < hi for t in times) / (hi - lo) * 3600 for g, times in arrivals.items()
-    }
+    # The rate is the slope of the arrivals counted against their times in the window (least
+    # squares): a sender that stalls a moment on this busy machine and catches up moves a
+    # few arrivals across the window's edges, not the slope.
+    rates = {}
+    for g, times in arrivals.items():
+        inside = sorted(t for t in times if lo <= t < hi)
+        if len(inside) > 1:
+            rates[g] = statistics.linear_regression(inside, range(len(inside))).slope * 3600
     for group in ("gmail", "outlook", "yahoo", "seznam"):
         assert rates[group] == pytest.approx(LIMITS[group], rel=0.05), (group, rates)
         # Never ahead of the limit over the whole run either: its burst and its rate.
