@@ -4,8 +4,8 @@ Three ``bulkmail run-worker`` processes on PostgreSQL (and three ``send()`` conn
 on SQLite) send one campaign to four providers at four limits and to a fifth that
 allows one message an hour and sits first in the queue. Over a 33-second window in
 steady state (after each group's burst), every group's rate (the slope of its arrivals)
-is within 5 % of its limit,
-and the blocked provider sent its burst and nothing more without holding anyone back.
+is within 5 % of its limit, and the blocked provider sent its burst and nothing more
+without holding anyone back.
 """
 
 from __future__ import annotations
