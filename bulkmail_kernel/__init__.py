@@ -89,6 +89,7 @@ if TYPE_CHECKING:
         TemplateError,
     )
     from bulkmail_kernel.outbox.caps import FrequencyCap
+    from bulkmail_kernel.outbox.domains import domain_group
     from bulkmail_kernel.outbox.queue import queue, remove_from_queue, requeue, unknown_messages
     from bulkmail_kernel.outbox.suppressions import unsubscribe, unsubscribe_address
     from bulkmail_kernel.outbox.workers import live_workers
@@ -96,6 +97,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.providers.accounts import add_sender_account
     from bulkmail_kernel.providers.autoconfig import suggest_account_settings
     from bulkmail_kernel.providers.eurosms import add_eurosms_account, poll_delivery_reports
+    from bulkmail_kernel.providers.limits import domain_limits, set_domain_limits
     from bulkmail_kernel.providers.sendpulse import (
         SendPulseResult,
         add_sendpulse_account,
@@ -193,6 +195,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "contacts_frame": ("bulkmail_kernel.contacts.frame", "contacts_frame"),
     "create_campaign": ("bulkmail_kernel.campaigns.campaigns", "create_campaign"),
     "create_unsubscribe_app": ("bulkmail_kernel.servers.web", "create_app"),
+    "domain_group": ("bulkmail_kernel.outbox.domains", "domain_group"),
+    "domain_limits": ("bulkmail_kernel.providers.limits", "domain_limits"),
     "delete_segment": ("bulkmail_kernel.segments.saved", "delete_segment"),
     "export_recipients": ("bulkmail_kernel.segments.export", "export_recipients"),
     "filter_recipients": ("bulkmail_kernel.segments.filters", "filter_recipients"),
@@ -241,6 +245,7 @@ _WHERE: dict[str, tuple[str, str]] = {
         "bulkmail_kernel.providers.sendpulse",
         "send_campaign_via_sendpulse",
     ),
+    "set_domain_limits": ("bulkmail_kernel.providers.limits", "set_domain_limits"),
     "sendpulse_report": ("bulkmail_kernel.providers.sendpulse", "sendpulse_report"),
     "sign_message": ("bulkmail_kernel.deliverability.dkim", "sign_message"),
     "skipped": ("bulkmail_kernel.campaigns.registration", "skipped"),
@@ -314,6 +319,8 @@ __all__ = [
     "create_campaign",
     "create_unsubscribe_app",
     "delete_segment",
+    "domain_group",
+    "domain_limits",
     "explain",
     "explain_segment",
     "export_contact_data",
@@ -362,6 +369,7 @@ __all__ = [
     "send_campaign_via_sendpulse",
     "send_in_background",
     "sendpulse_report",
+    "set_domain_limits",
     "set_frequency_cap",
     "set_send_window",
     "sign_message",

@@ -7,11 +7,12 @@ test_campaigns.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from bulkmail_kernel import add_sender_account, create_campaign
+from bulkmail_kernel import add_sender_account, create_campaign, domain_group
 from bulkmail_kernel.db import (
     Campaign,
     Contact,
@@ -26,9 +27,9 @@ def address(i: int) -> str:
     return f"user{i:05d}@sk.example.net"
 
 
-def body(i: int, campaign: str) -> bytes:
+def body(i: int, campaign: str, to: str = "") -> bytes:
     return (
-        f"From: Shop <news@shop.sk>\r\nTo: {address(i)}\r\nSubject: {campaign} #{i}\r\n"
+        f"From: Shop <news@shop.sk>\r\nTo: {to or address(i)}\r\nSubject: {campaign} #{i}\r\n"
         f"Message-ID: <{campaign}.{i}@shop.sk>\r\nMIME-Version: 1.0\r\n"
         "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
         f"Dobrý deň, zákazník {i}.\r\n.line that starts with a dot\r\n"
@@ -67,8 +68,13 @@ def make_campaign(
     first: int = 0,
     status: str = "registered",
     breaker_after: int | None = None,
+    address: Callable[[int], str] = address,
 ) -> int:
-    """Create campaign ``name`` with ``n`` queued messages to user<first..>@sk.example.net."""
+    """Create campaign ``name`` with ``n`` queued messages to user<first..>@sk.example.net.
+
+    ``address`` gives recipient ``i`` another address (its domain group is stored as
+    registration stores it).
+    """
     info = create_campaign(
         name,
         sender=sender,
@@ -140,6 +146,7 @@ def make_campaign(
                     "attempts": 0,
                     "message_id_header": f"<{name}.{i}@shop.sk>",
                     "last_error": "",
+                    "domain_group": domain_group(address(i)),
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -153,7 +160,7 @@ def make_campaign(
                 {
                     "message_id": by_addr[address(i)],
                     "subject": f"{name} #{i}",
-                    "body": body(i, name),
+                    "body": body(i, name, address(i)),
                 }
                 for i in range(first, first + n)
             ],

@@ -107,8 +107,78 @@ def cmd_suggest_account_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_domain_limits(args: argparse.Namespace) -> int:
+    """Print each sender account's per-hour limit per domain group (or one account's)."""
+    from bulkmail_kernel import domain_limits
+
+    print_frame(domain_limits(args.account, url=args.db), args)
+    return 0
+
+
+def _group_limit(text: str) -> tuple[str, float | str | None]:
+    """Parse GROUP=N, GROUP=none or GROUP=default."""
+    group, sep, value = text.partition("=")
+    if not sep or not group.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give GROUP=MESSAGES_PER_HOUR, GROUP=none or GROUP=default"
+        )
+    value = value.strip().lower()
+    if value in ("none", "default"):
+        return group.strip(), None if value == "none" else "default"
+    try:
+        return group.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {value!r} is not a number of messages per hour, none or default"
+        ) from None
+
+
+def cmd_set_domain_limits(args: argparse.Namespace) -> int:
+    """Set a sender account's own per-hour limits per domain group; print its limits now."""
+    from bulkmail_kernel import set_domain_limits
+
+    print_frame(set_domain_limits(args.account, dict(args.limits), url=args.db), args)
+    return 0
+
+
+def cmd_domain_group(args: argparse.Namespace) -> int:
+    """Print the domain group of each address (empty: no per-domain limit applies)."""
+    from bulkmail_kernel import domain_group
+
+    for address in args.addresses:
+        print(f"{address}\t{domain_group(address)}")
+    return 0
+
+
 def add_commands(commands: Commands) -> None:
     """Add the provider commands."""
+    p = commands.add(
+        "domain-limits", cmd_domain_limits, "per-hour limits per mailbox provider, per account"
+    )
+    p.add_argument("account", nargs="?", help="sender account name (default: every account)")
+    add_csv(p)
+    add_db(p)
+
+    p = commands.add(
+        "set-domain-limits",
+        cmd_set_domain_limits,
+        "set a sender account's own per-hour limits per mailbox provider",
+    )
+    p.add_argument("account", help="sender account name")
+    p.add_argument(
+        "limits",
+        nargs="+",
+        type=_group_limit,
+        metavar="GROUP=N",
+        help="e.g. gmail=300 (messages per hour), yahoo=none (no limit), outlook=default; "
+        "groups: gmail, outlook, yahoo, seznam, centrum, mailru",
+    )
+    add_csv(p)
+    add_db(p)
+
+    p = commands.add("domain-group", cmd_domain_group, "which domain group an address is in")
+    p.add_argument("addresses", nargs="+", metavar="ADDRESS", help="e-mail addresses")
+
     p = commands.add(
         "check-account",
         cmd_check_account,

@@ -346,12 +346,15 @@ class Message(Base):
     provider_message_id: Mapped[str | None] = mapped_column(sa.String(300))
     last_code: Mapped[str | None] = mapped_column(sa.String(20))
     last_error: Mapped[str] = mapped_column(sa.Text, default="")
+    #: The recipient's mailbox provider, whose per-hour limit it counts against (outbox.domains).
+    domain_group: Mapped[str] = mapped_column(sa.String(20), server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
         sa.UniqueConstraint("campaign_id", "channel", "recipient"),
         sa.Index("ix_messages_claim", "campaign_id", "status", "next_attempt_at"),
+        sa.Index("ix_messages_domain_claim", "campaign_id", "domain_group", "status"),
         sa.CheckConstraint(f"status IN ({_enum_values(MessageStatus)})", name="status"),
     )
 

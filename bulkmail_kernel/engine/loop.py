@@ -37,19 +37,25 @@ from bulkmail_kernel.deliverability.dkim import (
     SIGNED_HEADERS,
     DkimSigner,
     prepare_outgoing,
-    signer_for,
+)
+from bulkmail_kernel.engine.connections import (
+    account_signer,
+    account_transport,
+    open_connection,
+    open_transports,
 )
 from bulkmail_kernel.engine.heartbeat import Heartbeat, dead_worker_limit_s
 from bulkmail_kernel.engine.threads import _HaltableClock, _in_threads
 from bulkmail_kernel.engine.throttle import SharedTokenBucket, Throttle
 from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.outbox.breaker import is_refusal
+from bulkmail_kernel.outbox.domains import held_back_s
 from bulkmail_kernel.outbox.journal import Journal, journal_dir
 from bulkmail_kernel.outbox.parking import Parker
 from bulkmail_kernel.outbox.recovery import new_worker_id
 from bulkmail_kernel.outbox.store import CLAIMABLE, OPEN, Claimed, OutboxStore, gives_up
-from bulkmail_kernel.records import CampaignRef, SenderInfo, campaign_channel
-from bulkmail_kernel.transports import SendResult, Transport, open_transport
+from bulkmail_kernel.records import CampaignRef, SenderInfo
+from bulkmail_kernel.transports import SendResult, Transport
 
 log = logging.getLogger("bulkmail")
 
@@ -141,6 +147,8 @@ class _Run:
     deferred_ids: set[int] = field(default_factory=set)
     #: Holds back the messages outside their send window before each claim.
     windows: Parker | None = None
+    #: A provider's next token (outbox.domains) further off than this: return, don't wait.
+    max_wait_s: float = math.inf
 
 
 def _run_batches(run: _Run) -> None:
@@ -157,7 +165,12 @@ def _run_batches(run: _Run) -> None:
             run.windows.park(run.clock.now())
         batch = run.store.claim(run.campaign_id, run.batch, hand=first)
         if not batch:
-            return
+            # Due messages of a provider at its per-hour limit: wait for its next token.
+            wait = held_back_s(run.store.db, run.campaign_id, run.clock.now())
+            if wait is None or wait > run.max_wait_s:
+                return
+            _HaltableClock(run.clock, run.stop).sleep(max(wait, 0.001))
+            continue
         outcomes: list[tuple[Claimed, SendResult]] = []
         recorded = 0  # outcomes[:recorded] are in the database
         in_flight: Claimed | None = None
@@ -280,19 +293,6 @@ def _outgoing(run: _Run, m: Claimed) -> bytes:
     return prepare_outgoing(m.body, when=run.clock.now(), signer=run.signer, allowed=SIGNED_HEADERS)
 
 
-def _signer(sender: SenderInfo, channel: str) -> DkimSigner | None:
-    """Return the DKIM signer of an e-mail campaign's account (ConfigError for bad settings)."""
-    if campaign_channel(channel) != "email":
-        return None
-    try:
-        return signer_for(sender.settings, sender.from_email)
-    except ConfigError as exc:
-        raise ConfigError(
-            f"sender account {sender.name!r}: {exc.message}; nothing was sent",
-            **{**exc.fields, "account": sender.name},
-        ) from exc
-
-
 def _mark_ahead(rate_per_hour: float) -> int:
     # About half a second's worth, 1 to 20: at campaign rates (100-3,000/h) every message
     # is recorded and the next marked on its own, so a crash leaves at most the one in
@@ -386,7 +386,7 @@ def send(
     rate = float(rate_per_hour if rate_per_hour is not None else c.rate_per_hour)
     burst_n = int(burst if burst is not None else c.burst)
     # Loaded once, before anything is claimed: a missing key stops us with nothing sent.
-    signer = _signer(sender, c.channel)
+    signer = account_signer(sender, c.channel)
     breaker_after = c.breaker_after or config.breaker_after()
     deferred_ids: set[int] = set()  # shared by the connections (see _Run.deferred_ids)
     store.register_worker()
@@ -405,11 +405,11 @@ def send(
         store.recover(stale_after_s=dead_s)
         own_transport = transport is None
         if transport is not None:
-            _open(transport, store, campaign_id, name)
+            open_connection(transport, store, campaign_id, name)
             transports = [transport]
         else:
-            factory = transport_factory or _account_transport
-            transports = _open_transports(
+            factory = transport_factory or account_transport
+            transports = open_transports(
                 lambda: factory(sender), connections, store, campaign_id, name
             )
         store.start_sending(campaign_id, None if math.isinf(rate) else rate)
@@ -531,45 +531,6 @@ def say_once(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _account_transport(sender: SenderInfo) -> Transport:
-    return open_transport(sender.kind, sender.settings, sender.credential_ref)
-
-
-def _open_transports(
-    factory: Callable[[], Transport], n: int, store: OutboxStore, campaign_id: int, name: str
-) -> list[Transport]:
-    """Open ``n`` connections one after the other; fewer if the server refuses the later ones."""
-    opened: list[Transport] = []
-    try:
-        for k in range(n):
-            t = factory()
-            try:
-                _open(t, store, campaign_id, name)
-            except SendError as exc:
-                with contextlib.suppress(Exception):
-                    t.close()
-                if exc.fields.get("fatal") or not opened:
-                    raise
-                # Relays cap connections per client ("421 too many connections"): go on with
-                # the ones we have rather than not at all.
-                log.warning(
-                    "campaign %r: connection %d of %d refused (%s): sending over %d",
-                    name,
-                    k + 1,
-                    n,
-                    exc.message,
-                    len(opened),
-                )
-                break
-            opened.append(t)
-    except BaseException:
-        for t in opened:
-            with contextlib.suppress(Exception):
-                t.close()
-        raise
-    return opened
-
-
 def _run_parallel(runs: list[_Run], halt: threading.Event, stop: threading.Event | None) -> None:
     """Run one sender thread per connection until all are done; re-raise the first failure.
 
@@ -580,17 +541,3 @@ def _run_parallel(runs: list[_Run], halt: threading.Event, stop: threading.Event
     if errors:
         # A fatal answer wins over the consequences it caused in the other threads.
         raise next((e for e in errors if isinstance(e, SendError)), errors[0])
-
-
-def _open(transport: Transport, store: OutboxStore, campaign_id: int, name: str) -> None:
-    opener = getattr(transport, "open", None)
-    if opener is None:
-        return
-    try:
-        opener()
-    except SendError as exc:
-        if exc.fields.get("fatal"):
-            error = f"campaign {name!r} stopped: {exc.message}"
-            store.stop_campaign(campaign_id, error)
-            raise SendError(error, campaign=name, **exc.fields) from exc
-        raise

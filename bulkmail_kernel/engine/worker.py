@@ -22,18 +22,16 @@ from bulkmail_kernel import config
 from bulkmail_kernel.clock import SYSTEM_CLOCK, Clock
 from bulkmail_kernel.db import CampaignStatus, Database, open_database
 from bulkmail_kernel.deliverability.dkim import DkimSigner
+from bulkmail_kernel.engine.connections import account_signer, account_transport, open_connection
 from bulkmail_kernel.engine.heartbeat import Heartbeat, dead_worker_limit_s
 from bulkmail_kernel.engine.loop import (
     RetryPolicy,
-    _account_transport,
     _batch_size,
     _HaltableClock,
     _in_threads,
     _mark_ahead,
-    _open,
     _Run,
     _run_batches,
-    _signer,
 )
 from bulkmail_kernel.engine.throttle import SharedTokenBucket
 from bulkmail_kernel.exceptions import ConfigError, SendError
@@ -158,7 +156,7 @@ def _worker_loop(
                 key = (sender.id, campaign_channel(c.channel))
                 if key not in signers:
                     try:
-                        signers[key] = _signer(sender, c.channel)
+                        signers[key] = account_signer(sender, c.channel)
                     except ConfigError as exc:
                         # Other campaigns keep going; this one waits for the account to be fixed.
                         error = f"campaign {name!r} stopped: {exc.message}"
@@ -167,9 +165,9 @@ def _worker_loop(
                         continue
                 transport = transports.get(sender.id)
                 if transport is None:
-                    transport = (transport_factory or _account_transport)(sender)
+                    transport = (transport_factory or account_transport)(sender)
                     try:
-                        _open(transport, store, campaign_id, name)
+                        open_connection(transport, store, campaign_id, name)
                     except SendError as exc:
                         log.error("worker: %s", exc.message)
                         continue
@@ -196,6 +194,8 @@ def _worker_loop(
                     journal=journal,
                     breaker_after=c.breaker_after or config.breaker_after(),
                     windows=parkers.setdefault(campaign_id, Parker(database, campaign_id)),
+                    # A provider's token further off than a poll: on to the other campaigns.
+                    max_wait_s=poll_interval_s,
                 )
                 try:
                     _run_batches(run)

@@ -33,6 +33,7 @@ from bulkmail_kernel.db import (
 from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox.caps import CapCheck
+from bulkmail_kernel.outbox.domains import domain_group
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.suppressions import hash_token
 from bulkmail_kernel.records import CampaignRef
@@ -48,6 +49,7 @@ _QUEUE_COLUMNS = [
     "contact_id",
     "contact_point_id",
     "recipient",
+    "domain_group",
     "subject",
     "status",
     "attempts",
@@ -68,7 +70,8 @@ def queue(
 ) -> pd.DataFrame:
     """Return the campaign's messages (optionally only those in ``status``) as a DataFrame.
 
-    ``next_attempt_at`` and ``sent_at`` are in the analyst's zone (``BULKMAIL_TZ``).
+    ``next_attempt_at`` and ``sent_at`` are in the analyst's zone (``BULKMAIL_TZ``);
+    ``domain_group`` is the recipient's mailbox provider, whose per-hour limit it waits for.
     """
     database = resolve_database(db, url)
     with database.session() as s:
@@ -79,6 +82,7 @@ def queue(
                 Message.contact_id,
                 Message.contact_point_id,
                 Message.recipient,
+                Message.domain_group,
                 MessageBody.subject,
                 Message.status,
                 Message.attempts,
@@ -260,6 +264,10 @@ def store_messages(
                         "message_id_header": m["message_id"],
                         "timezone": m.get("timezone"),
                         "last_error": "",
+                        # Whose per-hour limit it counts against (an SMS: no one's).
+                        "domain_group": domain_group(m["point"].normalized)
+                        if channel == "email"
+                        else "",
                         "created_at": now,
                         "updated_at": now,
                     }

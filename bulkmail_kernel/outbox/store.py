@@ -39,7 +39,7 @@ from bulkmail_kernel.db import (
     MessageStatus,
 )
 from bulkmail_kernel.exceptions import SendError
-from bulkmail_kernel.outbox import breaker, reconnect, recovery, runs
+from bulkmail_kernel.outbox import breaker, domains, reconnect, recovery, runs
 from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
 from bulkmail_kernel.outbox.parking import not_parked
@@ -177,22 +177,17 @@ class OutboxStore:
             sa.and_(_M.c.status == MessageStatus.DEFERRED.value, _M.c.next_attempt_at <= now),
         )
         due = sa.and_(due, not_parked(now))  # outside its send window: see .parking
-        candidates = (
-            sa.select(_M.c.id)
-            .where(_M.c.campaign_id == campaign_id, due)
-            .order_by(_M.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
         with self.db.engine.begin() as conn:
             recovery.beat(conn, self.worker_id, now)
             keep = reconnect.adopt_claim(conn, self.worker_id, campaign_id, now) if retry else []
             # Adopted rows were checked and marked by the claim that committed unheard.
             handed = {r.id for r in keep if r.handed_at is not None}
             if not keep:
+                # Due messages, none of a provider at its per-hour limit (no head-of-line wait).
+                chosen = domains.pick(conn, campaign_id, due, limit, now)
                 rows = conn.execute(
                     sa.update(_M)
-                    .where(_M.c.id.in_(candidates.scalar_subquery()), _M.c.status.in_(CLAIMABLE))
+                    .where(_M.c.id.in_(chosen.ids), _M.c.status.in_(CLAIMABLE))
                     .values(
                         status=MessageStatus.SENDING.value,
                         claimed_by=self.worker_id,
@@ -209,11 +204,13 @@ class OutboxStore:
                         _M.c.attempts,
                         _M.c.channel,
                         _M.c.message_id_header,
+                        _M.c.domain_group,
                     )
                 ).all()
                 if not rows:
                     return []
                 keep = remove_not_allowed(conn, list(rows), now)
+                domains.spend(conn, chosen, keep, now)
                 keep.sort(key=lambda r: r.id)
                 handed = self._mark(conn, [r.id for r in keep[:hand]])
             bodies = (

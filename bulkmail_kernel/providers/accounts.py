@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from bulkmail_kernel.db import Database, SenderAccount, resolve_database
 from bulkmail_kernel.exceptions import ConfigError
+from bulkmail_kernel.outbox.domains import check_limits
 from bulkmail_kernel.outbox.lookup import sender_info
 from bulkmail_kernel.providers.account_checks import refuse_unless_ok, run_checks
 from bulkmail_kernel.providers.eurosms import add_eurosms_account
@@ -77,6 +78,8 @@ def add_sender_account(
             )
     if "@" not in from_email:
         raise ConfigError(f"sender account {name!r}: from_email={from_email!r} is not an address")
+    if "domain_limits" in settings:  # per-domain limits (outbox.domains), checked once here
+        settings["domain_limits"] = check_limits(settings["domain_limits"], name)
     database = resolve_database(db, url)
     with database.session() as s:
         _refuse_provider_row(s, name)
@@ -89,6 +92,8 @@ def add_sender_account(
         if row is None:
             row = SenderAccount(name=name)
             s.add(row)
+        if "domain_limits" not in settings and (row.settings or {}).get("domain_limits"):
+            settings["domain_limits"] = row.settings["domain_limits"]  # set_domain_limits' stay
         row.kind, row.from_email, row.from_name = kind, from_email, from_name
         row.settings, row.credential_ref = settings, credential_ref
         s.flush()
