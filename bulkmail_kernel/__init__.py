@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     )
     from bulkmail_kernel.campaigns.explain import explain
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
+    from bulkmail_kernel.campaigns.plan import plan_overlap, plan_per_hour, plot_plan, send_plan
     from bulkmail_kernel.campaigns.preview import (
         CampaignPreview,
         campaign_preview,
@@ -197,6 +198,9 @@ _WHERE: dict[str, tuple[str, str]] = {
     "outbox_monitor": ("bulkmail_kernel.widgets.monitor", "outbox_monitor"),
     "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
     "pause": ("bulkmail_kernel.campaigns.campaigns", "pause"),
+    "plan_overlap": ("bulkmail_kernel.campaigns.plan", "plan_overlap"),
+    "plan_per_hour": ("bulkmail_kernel.campaigns.plan", "plan_per_hour"),
+    "plot_plan": ("bulkmail_kernel.campaigns.plan", "plot_plan"),
     "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
     "poll_delivery_reports": ("bulkmail_kernel.providers.eurosms", "poll_delivery_reports"),
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),
@@ -218,6 +222,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
     "send": ("bulkmail_kernel.engine.loop", "send"),
     "send_in_background": ("bulkmail_kernel.campaigns.background", "send_in_background"),
+    "send_plan": ("bulkmail_kernel.campaigns.plan", "send_plan"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",
         "send_campaign_via_sendpulse",
@@ -313,6 +318,9 @@ __all__ = [
     "outbox_monitor",
     "parse_bounce",
     "pause",
+    "plan_overlap",
+    "plan_per_hour",
+    "plot_plan",
     "plot_timeline",
     "poll_delivery_reports",
     "preview",
@@ -334,6 +342,7 @@ __all__ = [
     "send",
     "send_campaign_via_sendpulse",
     "send_in_background",
+    "send_plan",
     "sendpulse_report",
     "set_send_window",
     "sign_message",
