@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     )
     from bulkmail_kernel.campaigns.explain import explain
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
-    from bulkmail_kernel.campaigns.plan import plan_overlap, plan_per_hour, plot_plan, send_plan
+    from bulkmail_kernel.campaigns.plan import send_plan
+    from bulkmail_kernel.campaigns.plan_views import plan_overlap, plan_per_hour, plot_plan
     from bulkmail_kernel.campaigns.preview import (
         CampaignPreview,
         campaign_preview,
@@ -198,9 +199,9 @@ _WHERE: dict[str, tuple[str, str]] = {
     "outbox_monitor": ("bulkmail_kernel.widgets.monitor", "outbox_monitor"),
     "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
     "pause": ("bulkmail_kernel.campaigns.campaigns", "pause"),
-    "plan_overlap": ("bulkmail_kernel.campaigns.plan", "plan_overlap"),
-    "plan_per_hour": ("bulkmail_kernel.campaigns.plan", "plan_per_hour"),
-    "plot_plan": ("bulkmail_kernel.campaigns.plan", "plot_plan"),
+    "plan_overlap": ("bulkmail_kernel.campaigns.plan_views", "plan_overlap"),
+    "plan_per_hour": ("bulkmail_kernel.campaigns.plan_views", "plan_per_hour"),
+    "plot_plan": ("bulkmail_kernel.campaigns.plan_views", "plot_plan"),
     "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
     "poll_delivery_reports": ("bulkmail_kernel.providers.eurosms", "poll_delivery_reports"),
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
@@ -70,32 +72,52 @@ def _epoch_s(values: Any) -> np.ndarray:
 
 def _default_group(recipient: pd.Series, channel: pd.Series) -> pd.Series:
     """Return the recipient's domain (``sms`` for a phone number) when no group is stored."""
-    domain = recipient.str.split("@").str[-1].str.lower()
+    found = pc.extract_regex(pa.array(recipient, type=pa.string()), r"@(?P<d>[^@]*)$")
+    domain = pd.Series(pc.utf8_lower(found.field("d")), index=recipient.index, dtype="str")
     return domain.where(channel == "email", "sms")
 
 
-def _bucket_times(
-    ready: list[float], end: float, state: list[float], rate_s: float, burst: float
-) -> list[float]:
-    """Give ``ready`` (ascending) the campaign bucket's send times, claimed before ``end``.
+def _read(conn: sa.Connection, query: sa.Select[Any], names: list[str]) -> pd.DataFrame:
+    """Return the query's rows as a frame, through the driver's own cursor.
 
-    ``state`` is [level, time of the level, time the sender is free] and is updated;
-    the arithmetic is the throttle's: take a token (the level may go negative: reserve
-    it) and wait until it has arrived. A message is claimed before its token is taken,
-    so one claimed just before its window closes still goes, as in the send loop.
+    A million rows through SQLAlchemy's result objects take seconds; the plan reads
+    nothing a user wrote into the statement (ids and status names), so it is compiled
+    with its values inline and run on the raw cursor.
+    """
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return pd.DataFrame.from_records(rows, columns=names, coerce_float=False)
+
+
+def _backlog_times(
+    m: int, t: float, end: float, state: list[float], rate_s: float, burst: float
+) -> np.ndarray:
+    """Give ``m`` messages, all ready at ``t``, the campaign bucket's times, claimed before ``end``.
+
+    ``state`` is [level, time of the level, time the sender is free] and is updated. The
+    arithmetic is the throttle's: take a token (the level may go negative: reserve it)
+    and wait until it has arrived; with no pause between them the k-th leaves at
+    x0 + max(0, k + 1 - level)/rate. Each is claimed when the one before has left, and
+    the claim comes before the token, so one claimed just before its window closes
+    still goes, as in the send loop.
     """
     level, last, free = state
-    out = []
-    for a in ready:
-        x = a if a > free else free
-        if x >= end:
-            break  # claimed after the window closed (or before a release): next epoch
-        lv = min(burst, level + (x - last) * rate_s) - 1.0
-        s = x - lv / rate_s if lv < 0 else x
-        level, last, free = lv, x, s
-        out.append(s)
-    state[:] = [level, last, free]
-    return out
+    x0 = max(t, free)
+    if x0 >= end:
+        return np.empty(0)
+    start_level = min(burst, level + (x0 - last) * rate_s)
+    k = np.arange(m, dtype=float)
+    sent = x0 + np.maximum(0.0, k + 1.0 - start_level) / rate_s
+    claimed = np.concatenate(([x0], sent[:-1]))
+    n = int(np.searchsorted(claimed, end, side="left"))
+    sent = sent[:n]
+    state[:] = [start_level - n + (claimed[n - 1] - x0) * rate_s, claimed[n - 1], sent[-1]]
+    return sent
 
 
 def _limited_times(
@@ -106,7 +128,7 @@ def _limited_times(
     state: list[float],
     bucket: tuple[float, float, float],
     groups_at: dict[int, list[float]],
-) -> tuple[np.ndarray, list[float]]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Send ``eligible`` (id order) as the claim does under per-group limits, until ``end``.
 
     Each time the sender is free it takes the lowest id among the groups with a token (a
@@ -155,7 +177,7 @@ def _limited_times(
         sent.append(s)
         x = s
     state[:] = [level, last, free]
-    return np.asarray(chosen, dtype=np.int64), sent
+    return np.asarray(chosen, dtype=np.int64), np.asarray(sent)
 
 
 def _simulate(
@@ -198,7 +220,7 @@ def _simulate(
             if limited:
                 chosen, sent = _limited_times(eligible, group_idx, t, end, state, bucket, groups_at)
             else:
-                sent = _bucket_times([t] * eligible.size, end, state, rate_s, burst)
+                sent = _backlog_times(eligible.size, t, end, state, rate_s, burst)
                 chosen = eligible[: len(sent)]
             planned[chosen] = sent
             pending[chosen] = False
@@ -275,7 +297,7 @@ def send_plan(
         cols.append(_GROUP_COLUMN.label("stored_group"))
     query = sa.select(*cols).where(_M.c.campaign_id == cid, _M.c.status.in_(_WAITING))
     with database.engine.connect() as conn:
-        frame = pd.read_sql(query.order_by(_M.c.id), conn)
+        frame = _read(conn, query.order_by(_M.c.id), [c.name for c in query.selected_columns])
         rate_s = rate / 3600.0 if math.isfinite(rate) else 1e12
         level = _bucket_level(conn, cid, burst, rate_s, start)
         sms = frame["channel"].to_numpy() != "email"
@@ -290,7 +312,8 @@ def send_plan(
                 ).all()
             )
     local = config.local_zone()
-    out = pd.DataFrame({"message_id": frame["id"], "contact_id": frame["contact_id"]})
+    out = pd.DataFrame({"message_id": frame["id"].astype("int64")})
+    out["contact_id"] = frame["contact_id"].astype("Int64")
     out["recipient"] = frame["recipient"].astype("str")
     out["channel"] = frame["channel"].astype("str").replace({"phone": "sms"})
     if group_of is not None:
@@ -348,72 +371,3 @@ def send_plan(
         cost=float(out["cost"].sum()) if sms.any() and sms_price_per_segment is not None else 0.0,
     )
     return out
-
-
-def plan_per_hour(plan: pd.DataFrame) -> pd.DataFrame:
-    """Return the plan's sends per hour (rows, local time) by domain group (columns)."""
-    if plan.empty:
-        return pd.DataFrame(dtype="int64")
-    hours = plan["planned_at"].dt.floor("h")
-    table = pd.crosstab(hours, plan["domain_group"]).rename_axis(index="hour", columns=None)
-    return table.astype("int64")
-
-
-def plot_plan(plan: pd.DataFrame, *, top: int = 8) -> Any:
-    """Plot the plan's sends per hour as bars stacked by domain group; return the Axes."""
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
-
-    _fig, ax = plt.subplots(figsize=(9, 3.2), layout="constrained")
-    table = plan_per_hour(plan)
-    name = plan.attrs.get("campaign", "plan")
-    if table.empty:
-        ax.set_title(f"{name}: nothing queued")
-        return ax
-    keep = list(table.sum().sort_values(ascending=False).index[:top])
-    if len(table.columns) > top:  # the long tail of small domains as one bar
-        table = table[keep].assign(others=table.drop(columns=keep).sum(axis=1))
-    starts = [t.to_pydatetime() for t in table.index]
-    bottom = np.zeros(len(table))
-    for group in table.columns:
-        counts = table[group].to_numpy()
-        ax.bar(starts, counts, width=1 / 24, bottom=bottom, align="edge", label=group)
-        bottom += counts
-    zone = config.local_zone()
-    locator = mdates.AutoDateLocator(tz=zone)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone))
-    ax.set_xlabel(f"local time ({zone.key})")
-    ax.set_ylabel("messages per hour")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
-    finish = plan.attrs.get("finish")
-    ax.set_title(f"{name}: {len(plan):,} planned, finish {finish:%Y-%m-%d %H:%M}")
-    return ax
-
-
-def plan_overlap(
-    campaign: CampaignRef,
-    other: CampaignRef,
-    *,
-    days: float = 7.0,
-    now: datetime | None = None,
-    clock: Clock = SYSTEM_CLOCK,
-    db: Database | None = None,
-    url: str | None = None,
-) -> pd.DataFrame:
-    """Return the contacts planned to get both campaigns within ``days`` from now.
-
-    Who gets both this week: one row per contact with a queued message in each campaign
-    planned before now + ``days``, with both planned times and the gap between them.
-    """
-    database = resolve_database(db, url)
-    at = now or clock.now()
-    horizon = pd.Timestamp(at + timedelta(days=days))
-    mine = send_plan(campaign, now=at, db=database)
-    theirs = send_plan(other, now=at, db=database)
-    cols = ["contact_id", "recipient", "planned_at"]
-    a = mine.loc[mine["planned_at"] < horizon, cols].drop_duplicates("contact_id")
-    b = theirs.loc[theirs["planned_at"] < horizon, cols].drop_duplicates("contact_id")
-    both = a.merge(b, on="contact_id", suffixes=("", "_other"))
-    both["gap"] = (both["planned_at_other"] - both["planned_at"]).abs()
-    return both.sort_values("planned_at").reset_index(drop=True)
