@@ -137,42 +137,47 @@ def _limited_times(
     """
     rate_s, burst, _ = bucket
     codes = group_idx[eligible]
-    pools: dict[int, list[int]] = {}
+    by_key: dict[int, list[np.ndarray]] = {}
     for k in np.unique(codes):
         key = int(k) if int(k) in groups_at else -1  # every unlimited group: one pool
-        pools.setdefault(key, []).extend(eligible[codes == k].tolist())
-    for ids in pools.values():
-        ids.sort()
-    heads = dict.fromkeys(pools, 0)
+        by_key.setdefault(key, []).append(eligible[codes == k])
+    keys = list(by_key)
+    pools = [np.sort(np.concatenate(by_key[k])).tolist() for k in keys]
+    sizes = [len(p) for p in pools]
+    heads = [0] * len(keys)
+    # When each pool may next take a message: its group's first whole token (level g[0]
+    # at time g[1], g[2] tokens a second); the unlimited pool at any time.
+    ready_at = [
+        groups_at[k][1] + max(0.0, 1.0 - groups_at[k][0]) / groups_at[k][2] if k >= 0 else -1.0
+        for k in keys
+    ]
     level, last, free = state
     chosen: list[int] = []
     sent: list[float] = []
     x = max(free, t)
     while x < end:
-        best, wake = -2, math.inf
-        for key, ids in pools.items():
-            if heads[key] >= len(ids):
+        best, best_id, wake = -1, math.inf, math.inf
+        for p in range(len(keys)):
+            if heads[p] >= sizes[p]:
                 continue
-            if key >= 0:
-                g = groups_at[key]
-                lv = min(g[3], g[0] + (x - g[1]) * g[2])
-                if lv < 1.0 - 1e-9:
-                    wake = min(wake, x + (1.0 - lv) / g[2])
-                    continue
-            if best == -2 or ids[heads[key]] < pools[best][heads[best]]:
-                best = key
-        if best == -2:
+            if ready_at[p] > x + 1e-9:
+                wake = min(wake, ready_at[p])
+                continue
+            if pools[p][heads[p]] < best_id:
+                best, best_id = p, pools[p][heads[p]]
+        if best < 0:
             if not math.isfinite(wake):
                 break  # every pool is empty
             x = wake  # nothing may go: wait for the first group's next token
             continue
-        if best >= 0:
-            g = groups_at[best]
+        if keys[best] >= 0:
+            g = groups_at[keys[best]]
             g[0], g[1] = min(g[3], g[0] + (x - g[1]) * g[2]) - 1.0, x
+            ready_at[best] = x + max(0.0, 1.0 - g[0]) / g[2]
         lv = min(burst, level + (x - last) * rate_s) - 1.0
         s = x - lv / rate_s if lv < 0 else x
         level, last, free = lv, x, s
-        chosen.append(pools[best][heads[best]])
+        chosen.append(int(best_id))
         heads[best] += 1
         sent.append(s)
         x = s
