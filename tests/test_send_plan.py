@@ -179,6 +179,8 @@ def test_sms_cost_and_bad_input(database: dbmod.Database, sink: Sink) -> None:
         bm.send_plan("nope", db=database)
     with pytest.raises(ConfigError, match="rate_per_hour=-1"):
         bm.send_plan("spring", rate_per_hour=-1, db=database)
+    with pytest.raises(ConfigError, match=r"domain_limits\['gmail'\]=0: give a positive"):
+        bm.send_plan("spring", domain_limits={"gmail": 0}, db=database)
 
 
 def test_cli_prints_the_finish_and_the_hours(

@@ -295,6 +295,12 @@ def send_plan(
         scheduled, window_text = c.scheduled_at, c.send_window
     if not rate > 0:
         raise ConfigError(f"send_plan: rate_per_hour={rate!r}: give a positive rate")
+    for group, limit in (domain_limits or {}).items():
+        if isinstance(limit, bool) or not (isinstance(limit, int | float) and 0 < limit < math.inf):
+            raise ConfigError(
+                f"send_plan: domain_limits[{group!r}]={limit!r}: give a positive number of "
+                "messages per hour (leave the group out for no limit)"
+            )
     start = max(at, scheduled) if scheduled is not None else at
     cols: list[Any] = [_M.c.id, _M.c.contact_id, _M.c.recipient, _M.c.channel, _M.c.status]
     cols += [_M.c.timezone, _M.c.not_before, _M.c.next_attempt_at]
