@@ -143,7 +143,9 @@ def test_deferred_and_scheduled_messages_wait_and_domain_groups_keep_their_limit
     assert later["planned_at"].min() >= later.attrs["start"]
 
 
-def test_who_gets_both_this_week(database: dbmod.Database, sink: Sink) -> None:
+def test_who_gets_both_this_week(
+    database: dbmod.Database, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
     sink_account(database, sink.port)
     make_campaign(database, 5, name="spring", rate_per_hour=3600)
     make_campaign(database, 5, name="summer", first=3, rate_per_hour=3600)
@@ -151,6 +153,8 @@ def test_who_gets_both_this_week(database: dbmod.Database, sink: Sink) -> None:
     assert sorted(both["recipient"]) == ["user00003@sk.example.net", "user00004@sk.example.net"]
     bm.schedule("summer", datetime.now(UTC) + timedelta(days=8), db=database)
     assert bm.plan_overlap("spring", "summer", db=database).empty  # not this week
+    assert main(["plan-overlap", "spring", "summer", "--days", "9", "--db", database.url]) == 0
+    assert capsys.readouterr().out.count("@sk.example.net") == 4  # both addresses, twice
 
 
 def test_sms_cost_and_bad_input(database: dbmod.Database, sink: Sink) -> None:
