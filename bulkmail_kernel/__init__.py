@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from bulkmail_kernel.campaigns.caps import frequency_cap, set_frequency_cap
     from bulkmail_kernel.campaigns.explain import explain
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
+    from bulkmail_kernel.campaigns.plan import send_plan
+    from bulkmail_kernel.campaigns.plan_views import plan_overlap, plan_per_hour, plot_plan
     from bulkmail_kernel.campaigns.preview import (
         CampaignPreview,
         campaign_preview,
@@ -219,6 +221,9 @@ _WHERE: dict[str, tuple[str, str]] = {
     "outbox_monitor": ("bulkmail_kernel.widgets.monitor", "outbox_monitor"),
     "parse_bounce": ("bulkmail_kernel.deliverability.bounces", "parse_bounce"),
     "pause": ("bulkmail_kernel.campaigns.campaigns", "pause"),
+    "plan_overlap": ("bulkmail_kernel.campaigns.plan_views", "plan_overlap"),
+    "plan_per_hour": ("bulkmail_kernel.campaigns.plan_views", "plan_per_hour"),
+    "plot_plan": ("bulkmail_kernel.campaigns.plan_views", "plot_plan"),
     "plot_timeline": ("bulkmail_kernel.campaigns.reports", "plot_timeline"),
     "poll_delivery_reports": ("bulkmail_kernel.providers.eurosms", "poll_delivery_reports"),
     "preview": ("bulkmail_kernel.widgets.preview", "preview"),
@@ -241,6 +246,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "send": ("bulkmail_kernel.engine.loop", "send"),
     "set_frequency_cap": ("bulkmail_kernel.campaigns.caps", "set_frequency_cap"),
     "send_in_background": ("bulkmail_kernel.campaigns.background", "send_in_background"),
+    "send_plan": ("bulkmail_kernel.campaigns.plan", "send_plan"),
     "send_campaign_via_sendpulse": (
         "bulkmail_kernel.providers.sendpulse",
         "send_campaign_via_sendpulse",
@@ -346,6 +352,9 @@ __all__ = [
     "outbox_monitor",
     "parse_bounce",
     "pause",
+    "plan_overlap",
+    "plan_per_hour",
+    "plot_plan",
     "plot_timeline",
     "poll_delivery_reports",
     "preview",
@@ -368,6 +377,7 @@ __all__ = [
     "send",
     "send_campaign_via_sendpulse",
     "send_in_background",
+    "send_plan",
     "sendpulse_report",
     "set_domain_limits",
     "set_frequency_cap",

@@ -102,6 +102,8 @@ NO_COMMAND = {
     "outbox_monitor": "a notebook widget; campaign-progress prints what it shows",
     "send_in_background": "a thread of the notebook's kernel; run-worker is the shell's",
     "plot_timeline": "a matplotlib chart; campaign-timeline prints its numbers",
+    "plot_plan": "a matplotlib chart; send-plan prints its numbers",
+    "plan_per_hour": "a plan (DataFrame) in; send-plan prints it",
     # Objects and bytes in, objects and bytes out.
     "build_mime": "RenderedMessage in, bytes out",
     "render": "Template and one row in, RenderedMessage out; check-template renders them all",

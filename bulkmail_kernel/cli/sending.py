@@ -300,8 +300,57 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send_plan(args: argparse.Namespace) -> int:
+    """Print when the campaign's queued messages will go: the finish time and sends per hour."""
+    from bulkmail_kernel import plan_per_hour, send_plan
+
+    plan = send_plan(
+        args.campaign,
+        rate_per_hour=args.rate_per_hour,
+        sms_price_per_segment=args.sms_price,
+        url=args.db,
+    )
+    finish = plan.attrs["finish"]
+    when = "nothing queued" if len(plan) == 0 else f"finish {finish:%Y-%m-%d %H:%M:%S %Z}"
+    print(
+        f"{plan.attrs['campaign']}: {len(plan):,} queued, {when}",
+        file=sys.stderr if args.csv else sys.stdout,
+    )
+    print_frame(plan if args.messages else plan_per_hour(plan), args)
+    return 0
+
+
+def cmd_plan_overlap(args: argparse.Namespace) -> int:
+    """List who is planned to get both campaigns within --days (default 7)."""
+    from bulkmail_kernel import plan_overlap
+
+    print_frame(plan_overlap(args.campaign, args.other, days=args.days, url=args.db), args)
+    return 0
+
+
 def add_commands(commands: Commands) -> None:
     """Add the sending and report commands."""
+    p = commands.add(
+        "send-plan", cmd_send_plan, "when a campaign's queued messages will go, per hour"
+    )
+    add_campaign(p)
+    p.add_argument(
+        "--rate-per-hour", type=float, help="plan at this rate (default: the campaign's)"
+    )
+    p.add_argument("--sms-price", type=float, help="price of one SMS segment, for the cost")
+    p.add_argument("--messages", action="store_true", help="one row per message, not per hour")
+    add_csv(p)
+    add_db(p)
+
+    p = commands.add(
+        "plan-overlap", cmd_plan_overlap, "who is planned to get both campaigns this week"
+    )
+    add_campaign(p)
+    p.add_argument("other", help="the other campaign (name or id)")
+    p.add_argument("--days", type=float, default=7.0, help="within this many days (default 7)")
+    add_csv(p)
+    add_db(p)
+
     p = commands.add(
         "send",
         cmd_send,

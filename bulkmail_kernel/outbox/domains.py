@@ -150,6 +150,11 @@ class Pick:
     levels: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
+def campaign_domain_limits(conn: sa.Connection, campaign_id: int) -> dict[str, float]:
+    """Return the per-hour limit the campaign's account puts on each group ({}: none)."""
+    return _limits_of(conn, campaign_id)[1]
+
+
 def _limits_of(conn: sa.Connection, campaign_id: int) -> tuple[int | None, dict[str, float]]:
     """Return the campaign's account id and its limits ({} for SMS and unlimited kinds)."""
     row = conn.execute(
