@@ -26,7 +26,11 @@ if TYPE_CHECKING:
         schedule,
         set_send_window,
     )
-    from bulkmail_kernel.campaigns.caps import frequency_cap, set_frequency_cap
+    from bulkmail_kernel.campaigns.caps import (
+        frequency_cap,
+        set_campaign_cap,
+        set_frequency_cap,
+    )
     from bulkmail_kernel.campaigns.explain import explain
     from bulkmail_kernel.campaigns.monitor import CampaignProgress, campaign_progress
     from bulkmail_kernel.campaigns.plan import send_plan
@@ -244,6 +248,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "segment_builder": ("bulkmail_kernel.widgets.segments", "segment_builder"),
     "segment_recipients": ("bulkmail_kernel.segments.saved", "segment_recipients"),
     "send": ("bulkmail_kernel.engine.loop", "send"),
+    "set_campaign_cap": ("bulkmail_kernel.campaigns.caps", "set_campaign_cap"),
     "set_frequency_cap": ("bulkmail_kernel.campaigns.caps", "set_frequency_cap"),
     "send_in_background": ("bulkmail_kernel.campaigns.background", "send_in_background"),
     "send_plan": ("bulkmail_kernel.campaigns.plan", "send_plan"),
@@ -379,6 +384,7 @@ __all__ = [
     "send_in_background",
     "send_plan",
     "sendpulse_report",
+    "set_campaign_cap",
     "set_domain_limits",
     "set_frequency_cap",
     "set_send_window",

@@ -218,3 +218,46 @@ def test_the_monitor_explains_the_picked_message(world: dbmod.Database) -> None:
         assert "nobody in these contacts" in monitor.why_result.value
     finally:
         monitor.close()
+
+
+def test_the_monitor_sets_window_and_cap_and_shows_the_plan(
+    world: dbmod.Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bulkmail_kernel.widgets.monitor import OutboxMonitor
+
+    monitor = OutboxMonitor("spring", refresh_s=0, db=world)
+    try:
+        assert (monitor.window.value, monitor.cap.value) == ("", "")
+        monitor.window.value = "Mon-Fri 09:00-18:00"
+        monitor.window_button.click()
+        assert bm.get_campaign("spring", db=world).send_window == "Mon–Fri 09:00–18:00"
+        assert "send window: Mon–Fri 09:00–18:00" in monitor.status.value
+        monitor.cap.value = "3/7"
+        monitor.cap_button.click()
+        assert bm.frequency_cap("spring", db=world) == bm.FrequencyCap(3, 7)
+        assert "frequency cap: " in monitor.status.value
+        monitor.cap.value = ""
+        monitor.transactional.value = True
+        monitor.cap_button.click()
+        info = bm.get_campaign("spring", db=world)
+        assert (info.frequency_cap, info.transactional) == (None, True)
+        assert "transactional" in monitor.status.value
+        monitor.transactional.value = False
+        monitor.cap.value = "2/7, please"
+        monitor.cap_button.click()  # a bad rule is said in the panel, nothing changes
+        assert "2/7, please" in monitor.status.value
+        assert bm.get_campaign("spring", db=world).transactional
+        plan = monitor.show_plan()
+        assert plan is not None
+        assert len(plan) == len(bm.queue("spring", db=world))
+        assert f"{len(plan):,} queued; the last planned at" in monitor.plan_note.value
+        # A window that closes now and then shows in the plan: nothing before 09:00 local.
+        local = plan["planned_at"]
+        assert ((local.dt.hour >= 9) & (local.dt.hour < 18)).all()
+    finally:
+        monitor.close()
+    from bulkmail_kernel.cli import main
+
+    assert main(["set-campaign-cap", "spring", "global", "--db", str(world.url)]) == 0
+    assert "the global rule" in capsys.readouterr().out
+    assert not bm.get_campaign("spring", db=world).transactional

@@ -38,8 +38,8 @@ from bulkmail_kernel.outbox.caps import (
     counted_messages,
     read_setting,
 )
-from bulkmail_kernel.outbox.lookup import campaign_row
-from bulkmail_kernel.records import CampaignRef
+from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row
+from bulkmail_kernel.records import CampaignInfo, CampaignRef
 
 #: What ``create_campaign(frequency_cap=...)`` takes.
 CapValue = FrequencyCap | tuple[int, int] | str | None
@@ -78,6 +78,28 @@ def set_frequency_cap(
         else:
             row.value = value
     return rule
+
+
+def set_campaign_cap(
+    campaign: CampaignRef,
+    frequency_cap: CapValue,
+    *,
+    transactional: bool = False,
+    db: Database | None = None,
+    url: str | None = None,
+) -> CampaignInfo:
+    """Set the rule ``campaign`` is judged by: its own cap, ``"none"``, None (the global one).
+
+    ``transactional=True`` makes it a service message, never capped and never counted.
+    A cap is judged when recipients are registered: messages already queued stay.
+    """
+    database = resolve_database(db, url)
+    with database.session() as s:
+        c = campaign_row(s, campaign)
+        c.frequency_cap = campaign_cap(c.name, frequency_cap, transactional)
+        c.transactional = transactional
+        s.flush()
+        return campaign_info(c)
 
 
 def frequency_cap(

@@ -52,6 +52,22 @@ def cmd_frequency_cap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set_campaign_cap(args: argparse.Namespace) -> int:
+    """Set the rule a campaign is judged by: N/D, none (not capped) or global."""
+    from bulkmail_kernel import frequency_cap, set_campaign_cap
+
+    text = args.frequency_cap.strip().lower()
+    value = None if text == "global" else text
+    info = set_campaign_cap(args.campaign, value, transactional=args.transactional, url=args.db)
+    if info.transactional:
+        print(f"campaign {info.name!r}: transactional, never capped and never counted")
+    else:
+        own = "its own rule" if info.frequency_cap else "the global rule"
+        rule = frequency_cap(info.name, url=args.db)
+        print(_say(rule, f"campaign {info.name!r} ({own})"))
+    return 0
+
+
 def add_commands(commands: Commands) -> None:
     """Add the frequency-cap commands."""
     p = commands.add(
@@ -69,4 +85,19 @@ def add_commands(commands: Commands) -> None:
         "frequency-cap", cmd_frequency_cap, "show the global frequency cap or a campaign's"
     )
     p.add_argument("--campaign", help="the rule this campaign is judged by (default: the global)")
+    add_db(p)
+
+    p = commands.add(
+        "set-campaign-cap", cmd_set_campaign_cap, "set the frequency cap a campaign is judged by"
+    )
+    p.add_argument("campaign", help="campaign name or id")
+    p.add_argument(
+        "frequency_cap",
+        help="N/D (at most N in D days), none (not capped) or global (the global rule)",
+    )
+    p.add_argument(
+        "--transactional",
+        action="store_true",
+        help="a service message (a reminder): never capped, never counted (rule: global)",
+    )
     add_db(p)

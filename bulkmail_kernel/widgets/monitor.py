@@ -24,7 +24,15 @@ import ipywidgets as widgets
 import pandas as pd
 
 from bulkmail_kernel import config
-from bulkmail_kernel.campaigns.campaigns import cancel, pause, resume, schedule
+from bulkmail_kernel.campaigns.campaigns import (
+    cancel,
+    get_campaign,
+    pause,
+    resume,
+    schedule,
+    set_send_window,
+)
+from bulkmail_kernel.campaigns.caps import frequency_cap, set_campaign_cap
 from bulkmail_kernel.campaigns.explain import explain
 from bulkmail_kernel.campaigns.monitor import (
     CampaignProgress,
@@ -34,6 +42,8 @@ from bulkmail_kernel.campaigns.monitor import (
     registration_skips,
     watched_campaigns,
 )
+from bulkmail_kernel.campaigns.plan import send_plan
+from bulkmail_kernel.campaigns.plan_views import plot_plan
 from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.display import display_cells
 from bulkmail_kernel.exceptions import BulkmailError
@@ -191,6 +201,24 @@ class OutboxMonitor(widgets.VBox):
         self.why_button = widgets.Button(description="in or out?", icon="question")
         self.why_result = widgets.HTML()
         self._recipients: dict[int, str] = {}
+        # Who gets what, and when: the window and the cap where the campaign is run, and
+        # the plan's chart beside the progress.
+        self.window = widgets.Text(
+            description="send window",
+            placeholder="e.g. Mon-Fri 09:00-18:00, at 10:00 local; empty: any time",
+            layout=widgets.Layout(width="60%"),
+        )
+        self.window_button = widgets.Button(description="Set window", icon="clock-o")
+        self.cap = widgets.Text(
+            description="frequency cap",
+            placeholder="e.g. 2/7; none; empty: the global rule",
+        )
+        self.transactional = widgets.Checkbox(description="transactional (never capped)")
+        self.cap_button = widgets.Button(description="Set cap", icon="filter")
+        self.plan_button = widgets.Button(description="Plan", icon="line-chart")
+        self.plan_note = widgets.HTML()
+        self.plan_chart = widgets.Output()
+        self._rules_of: int | None = None
         self.last: CampaignProgress | None = None
         self._cancel_armed: int | None = None
         self._busy = threading.Lock()
@@ -214,6 +242,9 @@ class OutboxMonitor(widgets.VBox):
             (self.refresh_button, self._refresh_all),
             (self.schedule_button, self.schedule),
             (self.why_button, self.explain_person),
+            (self.window_button, self.set_window),
+            (self.cap_button, self.set_cap),
+            (self.plan_button, self.show_plan),
         ):
             button.on_click(lambda _b, act=action: act())
         super().__init__(
@@ -236,6 +267,10 @@ class OutboxMonitor(widgets.VBox):
                 ),
                 widgets.HBox([self.when, self.when_zone, self.schedule_button]),
                 self.status,
+                widgets.HBox([self.window, self.window_button]),
+                widgets.HBox([self.cap, self.transactional, self.cap_button]),
+                widgets.HBox([self.plan_button, self.plan_note]),
+                self.plan_chart,
                 widgets.HBox([self.why, self.why_button]),
                 self.why_result,
             ]
@@ -249,6 +284,7 @@ class OutboxMonitor(widgets.VBox):
             (self.counts, "counts"),
             (self.status, "status"),
             (self.why_result, "why"),
+            (self.plan_note, "plan"),
         ):
             part.add_class(f"bm-monitor-{name}")
         self.refresh()
@@ -309,6 +345,7 @@ class OutboxMonitor(widgets.VBox):
             # Another campaign shown: the picker starts from its send time (local, naive).
             self.when.value = p.scheduled_at.replace(tzinfo=None, microsecond=0)
         self.last = p
+        self._show_rules(p.campaign_id)
         self.progress_bar.max = max(p.total, 1)
         self.progress_bar.value = p.sent
         self.progress_bar.bar_style = "success" if p.status == "finished" else ""
@@ -427,6 +464,67 @@ class OutboxMonitor(widgets.VBox):
                 f"{len(chosen)} selected messages removed"
             )
         )
+
+    def _show_rules(self, campaign_id: int) -> None:
+        """Fill the window and cap boxes from the campaign, once per campaign shown."""
+        if self._rules_of == campaign_id:
+            return
+        self._rules_of = campaign_id
+        info = get_campaign(campaign_id, db=self.database)
+        self.window.value = info.send_window or ""
+        self.cap.value = info.frequency_cap or ""
+        self.transactional.value = bool(info.transactional)
+
+    def set_window(self) -> None:
+        """Set the campaign's send window from the box (empty: any time)."""
+        text = self.window.value.strip()
+        self._act(
+            lambda cid: (
+                "send window: "
+                + (set_send_window(cid, text or None, db=self.database).send_window or "any time")
+            )
+        )
+
+    def set_cap(self) -> None:
+        """Set the rule the campaign is judged by from the box and the checkbox."""
+        text = self.cap.value.strip() or None
+        transactional = bool(self.transactional.value)
+
+        def apply(cid: int) -> str:
+            info = set_campaign_cap(cid, text, transactional=transactional, db=self.database)
+            if info.transactional:
+                return "transactional: never capped, never counted"
+            rule = frequency_cap(cid, db=self.database)
+            return f"frequency cap: {rule or 'none'}" + ("" if info.frequency_cap else " (global)")
+
+        self._act(apply)
+
+    def show_plan(self) -> pd.DataFrame | None:
+        """Show when the queued messages will go: the finish and a chart per hour and group."""
+        cid = self.campaign_id
+        if cid is None:
+            return None
+        try:
+            plan = send_plan(cid, db=self.database)
+        except BulkmailError as exc:
+            self.plan_note.value = f"<span style='color:#b00'>{htmlmod.escape(str(exc))}</span>"
+            return None
+        self.plan_chart.clear_output()
+        if plan.empty:
+            self.plan_note.value = "nothing queued: nothing to plan"
+            return plan
+        finish = plan.attrs["finish"]
+        self.plan_note.value = htmlmod.escape(
+            f"{len(plan):,} queued; the last planned at {_when(finish)}"
+        )
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        axes = plot_plan(plan)
+        with self.plan_chart:
+            display(axes.figure)
+        plt.close(axes.figure)  # shown once, in the panel, not again under the cell
+        return plan
 
     def _picked(self, change: Any) -> None:
         chosen = list(change["new"])
