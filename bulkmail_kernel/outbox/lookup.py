@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from bulkmail_kernel.config import as_local
 from bulkmail_kernel.db import Campaign, SenderAccount
-from bulkmail_kernel.exceptions import SendError
+from bulkmail_kernel.exceptions import ConfigError, SendError
 from bulkmail_kernel.records import CampaignInfo, CampaignRef, SenderInfo
 
 
@@ -52,6 +52,18 @@ def campaign_row(s: Session, campaign: CampaignRef) -> Campaign:
         raise SendError(
             f"campaign {campaign!r} does not exist; campaigns: {', '.join(known) or '(none)'}",
             campaign=campaign,
+        )
+    return row
+
+
+def account_row(s: Session, name: str) -> SenderAccount:
+    """Return the ORM row of sender account ``name`` or raise ConfigError listing the known."""
+    row = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == name)).one_or_none()
+    if row is None:
+        known = s.scalars(sa.select(SenderAccount.name).order_by(SenderAccount.name)).all()
+        raise ConfigError(
+            f"sender account {name!r} does not exist; accounts: {', '.join(known) or '(none)'}",
+            account=name,
         )
     return row
 

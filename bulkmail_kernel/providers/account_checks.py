@@ -17,13 +17,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
-import sqlalchemy as sa
 
-from bulkmail_kernel.db import Database, SenderAccount, resolve_database
+from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.deliverability.mailbox import _connect, imap_settings
 from bulkmail_kernel.display import readable
 from bulkmail_kernel.exceptions import BulkmailError, ConfigError
-from bulkmail_kernel.outbox.lookup import sender_info
+from bulkmail_kernel.outbox.lookup import account_row, sender_info
 from bulkmail_kernel.records import SenderInfo
 from bulkmail_kernel.transports.smtp import SmtpTransport
 
@@ -80,14 +79,7 @@ def check_account(name: str, *, db: Database | None = None, url: str | None = No
     SendPulse and EuroSMS accounts are checked by their own functions when saved.
     """
     with resolve_database(db, url).session() as s:
-        row = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == name)).one_or_none()
-        if row is None:
-            known = s.scalars(sa.select(SenderAccount.name).order_by(SenderAccount.name)).all()
-            raise ConfigError(
-                f"sender account {name!r} does not exist; accounts: {', '.join(known) or '(none)'}",
-                account=name,
-            )
-        account = sender_info(row)
+        account = sender_info(account_row(s, name))
     if account.kind in ("sendpulse", "eurosms"):
         raise ConfigError(
             f"sender account {name!r} is a {account.kind} account: its credentials are checked "

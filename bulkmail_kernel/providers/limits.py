@@ -22,6 +22,7 @@ from bulkmail_kernel.outbox.domains import (
     burst,
     check_limits,
 )
+from bulkmail_kernel.outbox.lookup import account_row
 
 _COLUMNS = [
     "account",
@@ -37,17 +38,6 @@ _COLUMNS = [
 def _domains(group: str) -> str:
     exact, prefixes = GROUPS[group]
     return ", ".join([*exact, *(f"{p}.*" for p in prefixes)])
-
-
-def _account(s: Any, name: str) -> SenderAccount:
-    row = s.scalars(sa.select(SenderAccount).where(SenderAccount.name == name)).one_or_none()
-    if row is None:
-        known = s.scalars(sa.select(SenderAccount.name).order_by(SenderAccount.name)).all()
-        raise ConfigError(
-            f"sender account {name!r} does not exist; accounts: {', '.join(known) or '(none)'}",
-            account=name,
-        )
-    return row
 
 
 def _rows(a: SenderAccount) -> list[dict[str, Any]]:
@@ -90,7 +80,7 @@ def domain_limits(
     """
     with resolve_database(db, url).session() as s:
         if account is not None:
-            accounts = [_account(s, account)]
+            accounts = [account_row(s, account)]
         else:
             accounts = list(s.scalars(sa.select(SenderAccount).order_by(SenderAccount.name)))
         rows = [r for a in accounts for r in _rows(a)]
@@ -124,7 +114,7 @@ def set_domain_limits(
     check_limits(dict.fromkeys(back), account)  # the names of groups set back are checked too
     database = resolve_database(db, url)
     with database.session() as s:
-        row = _account(s, account)
+        row = account_row(s, account)
         settings = dict(row.settings or {})
         own = {**(settings.get("domain_limits") or {}), **given}
         for group in back:

@@ -12,7 +12,8 @@ for a half-typed rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -132,13 +133,19 @@ class RuleRow:
         default = "one_of" if field.kind == "choice" else "in_last_days"
         # Replacing the options moves the value; build the value control once, at the end,
         # so the browser never types into a control that is about to be replaced.
-        self._building = True
-        try:
+        with self._quietly():
             self.op.options = [(OPERATORS[n].label, n) for n in names]
             self.op.value = default if default in names else names[0]
+        self._fill_value()
+
+    @contextlib.contextmanager
+    def _quietly(self) -> Iterator[None]:
+        """Change the menus without their observers rebuilding the row meanwhile."""
+        self._building = True
+        try:
+            yield
         finally:
             self._building = False
-        self._fill_value()
 
     def _field_changed(self, _change: Any) -> None:
         if self._building:
@@ -251,11 +258,8 @@ class RuleRow:
                 field="rules",
                 column=rule.field,
             )
-        self._building = True
-        try:
+        with self._quietly():
             self.field.value = rule.field
-        finally:
-            self._building = False
         self._fill_ops()
         names = [n for _label, n in self.op.options]
         if rule.op not in names:
@@ -265,11 +269,8 @@ class RuleRow:
                 field="rules",
                 column=rule.field,
             )
-        self._building = True
-        try:
+        with self._quietly():
             self.op.value = rule.op
-        finally:
-            self._building = False
         self._fill_value()
         shape = OPERATORS[rule.op].shape
         if shape == "days":
