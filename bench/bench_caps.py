@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import sqlalchemy as sa
+from pg_schema import fresh_schema
 from sending_support import make_campaign, sink_account
 
 import bulkmail_kernel as bm
@@ -123,18 +123,8 @@ def main() -> int:
         os.environ["BULKMAIL_DATA_DIR"] = tmp
         rows += _run("SQLite", f"sqlite:///{tmp}/bench.db", args.recipients, args.rounds)
         if not args.no_pg:
-            schema = f"bench_{uuid.uuid4().hex[:10]}"
-            admin = sa.create_engine(args.pg)
-            with admin.begin() as conn:
-                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-            try:
-                sep = "&" if "?" in args.pg else "?"
-                url = f"{args.pg}{sep}options=-csearch_path%3D{schema}"
+            with fresh_schema(args.pg) as url:
                 rows += _run("PostgreSQL", url, args.recipients, args.rounds)
-            finally:
-                with admin.begin() as conn:
-                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
     print(f"\n{'what':<46} {'measured':>10} {'goal':>8}  ok")
     ok = True
     for what, value, goal, good in rows:

@@ -13,11 +13,10 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from datetime import date
 from pathlib import Path
 
-import sqlalchemy as sa
+from pg_schema import fresh_schema
 
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.demo.generate import generate_demo
@@ -59,18 +58,8 @@ def run_sqlite(contacts: int) -> dict[str, object]:
 
 
 def run_pg(base_url: str, contacts: int) -> dict[str, object]:
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base_url else "?"
-    try:
-        return run("postgresql", f"{base_url}{sep}options=-csearch_path%3D{schema}", contacts)
-    finally:
-        dbmod.close_all()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(base_url) as url:
+        return run("postgresql", url, contacts)
 
 
 def print_table(results: list[dict[str, object]]) -> None:

@@ -20,12 +20,12 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import sqlalchemy as sa
+from pg_schema import fresh_schema
 from sending_support import sink_account
 
 from bulkmail_kernel import create_campaign, send_plan, set_send_window
@@ -111,19 +111,8 @@ def main() -> int:
         os.environ["BULKMAIL_DATA_DIR"] = tmp
         rows += _run("SQLite", f"sqlite:///{tmp}/bench.db", args.messages)
         if not args.no_pg:
-            schema = f"bench_{uuid.uuid4().hex[:10]}"
-            admin = sa.create_engine(args.pg)
-            with admin.begin() as conn:
-                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-            try:
-                sep = "&" if "?" in args.pg else "?"
-                rows += _run(
-                    "PostgreSQL", f"{args.pg}{sep}options=-csearch_path%3D{schema}", args.messages
-                )
-            finally:
-                with admin.begin() as conn:
-                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
+            with fresh_schema(args.pg) as url:
+                rows += _run("PostgreSQL", url, args.messages)
     print(f"\n{'what':<44} {'took':>8} {'goal':>8}  ok")
     ok = True
     for what, seconds in rows:
