@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.contacts.merges import identity_merges
     from bulkmail_kernel.contacts.report import ImportResult
     from bulkmail_kernel.db import Database, connect, open_database
+    from bulkmail_kernel.db.roles import create_roles
     from bulkmail_kernel.deliverability.bounces import parse_bounce
     from bulkmail_kernel.deliverability.classify import classify_message
     from bulkmail_kernel.deliverability.dkim import generate_dkim_key, sign_message
@@ -84,6 +85,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.exceptions import (
         BulkmailError,
         ConfigError,
+        ContactAccessError,
         ContactError,
         ContactImportError,
         ExportError,
@@ -111,6 +113,7 @@ if TYPE_CHECKING:
         sendpulse_report,
     )
     from bulkmail_kernel.records import CampaignInfo, SenderInfo
+    from bulkmail_kernel.segments.audit import allow_contact_export, export_log
     from bulkmail_kernel.segments.explain import explain_segment
     from bulkmail_kernel.segments.export import export_recipients
     from bulkmail_kernel.segments.filters import filter_recipients
@@ -276,6 +279,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
     "unsubscribe": ("bulkmail_kernel.outbox.suppressions", "unsubscribe"),
     "unsubscribe_address": ("bulkmail_kernel.outbox.suppressions", "unsubscribe_address"),
+    "create_roles": ("bulkmail_kernel.db.roles", "create_roles"),
+    "allow_contact_export": ("bulkmail_kernel.segments.audit", "allow_contact_export"),
+    "export_log": ("bulkmail_kernel.segments.audit", "export_log"),
+    "ContactAccessError": ("bulkmail_kernel.exceptions", "ContactAccessError"),
 }
 
 __all__ = [
@@ -285,6 +292,7 @@ __all__ = [
     "CampaignPreview",
     "CampaignProgress",
     "ConfigError",
+    "ContactAccessError",
     "ContactData",
     "ContactError",
     "ContactImportError",
@@ -314,6 +322,7 @@ __all__ = [
     "add_eurosms_account",
     "add_sender_account",
     "add_sendpulse_account",
+    "allow_contact_export",
     "build_mime",
     "campaign_failures",
     "campaign_preview",
@@ -328,6 +337,7 @@ __all__ = [
     "connect",
     "contacts_frame",
     "create_campaign",
+    "create_roles",
     "create_unsubscribe_app",
     "delete_segment",
     "domain_group",
@@ -335,6 +345,7 @@ __all__ = [
     "explain",
     "explain_segment",
     "export_contact_data",
+    "export_log",
     "export_recipients",
     "filter_recipients",
     "fit_to_gsm7",

@@ -9,6 +9,7 @@ The tree::
     ├── FilterError          a segment filter naming an unknown field or a wrong value
     ├── SegmentError         a saved segment that is unknown, taken, or cannot be stored
     ├── ExportError          an export with unknown or not-allowed columns, or a bad path
+    ├── ContactAccessError   the database role may not read or export contact data
     ├── TemplateError        a template that does not load or render
     ├── SendError            a campaign or message that cannot be sent
     └── ProviderError        a provider (SMTP relay, SendPulse, EuroSMS) said no
@@ -54,6 +55,13 @@ class SegmentError(BulkmailError):
 
 class ExportError(BulkmailError):
     """An export cannot be written: unknown columns, contact data not allowed, bad path."""
+
+
+class ContactAccessError(ExportError):
+    """The database role (or the local setting) does not allow reading or exporting contact data.
+
+    Fields: ``role`` (the database or OS user), ``table`` and ``columns`` refused.
+    """
 
 
 class TemplateError(BulkmailError):

@@ -44,11 +44,14 @@ from bulkmail_kernel.db import (
 )
 from bulkmail_kernel.exceptions import ContactError
 from bulkmail_kernel.outbox.erasure import erase_outbox_history
+from bulkmail_kernel.segments.audit import check_contact_export, record_export
 
 log = logging.getLogger("bulkmail")
 
 #: Event kinds that record consent given, changed or withdrawn.
 CONSENT_EVENTS = ("imported", "updated", "unsubscribed", "suppressed", "complained", "merged")
+#: The contact data a GDPR export writes, as the export log names it.
+EXPORTED_COLUMNS = ("first_name", "last_name", "patronymic", "value", "normalized", "recipient")
 
 
 @dataclass(frozen=True)
@@ -230,11 +233,18 @@ def export_contact_data(
         db: the bulkmail database (default: ``open_database(url)``).
         url: the database URL when ``db`` is not given.
 
+    The export is written to the export log (``export_log()``); a role that may not read
+    contact data (PostgreSQL's analyst role) or a database whose setting refuses
+    contact-data exports is refused, and the refusal logged.
+
     Raises:
         ContactError: nobody is known by ``contact``.
+        ContactAccessError: this role or database may not export contact data.
 
     """
     database = resolve_database(db, url)
+    named = contact if isinstance(contact, int) else None
+    who = check_contact_export(database, EXPORTED_COLUMNS, kind="contact", contact_id=named)
     with database.session() as s:
         found = find_contact(s, contact)
         data = _gather(s, found)
@@ -246,6 +256,9 @@ def export_contact_data(
     json_path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
     html_path = target / f"{stem}.html"
     html_path.write_text(_page(data), encoding="utf-8")
+    record_export(database, who=who, kind="contact", columns=EXPORTED_COLUMNS,
+                  rows=len(data["points"]), path=json_path, contact_id=cid,
+                  detail=f"also {html_path.name}")  # fmt: skip
     log.info("exported the data of contact %s to %s", cid, json_path)
     return ContactData(contact_id=cid, data=data, json_path=json_path, html_path=html_path)
 

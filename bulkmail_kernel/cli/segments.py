@@ -116,6 +116,8 @@ def cmd_export_recipients(args: argparse.Namespace) -> int:
         columns,
         include_contact_data=args.include_contact_data,
         progress=not args.quiet,
+        segment=args.segment,
+        url=args.db,
     )
     print(f"{len(chosen)} recipients written to {path}")
     return 0

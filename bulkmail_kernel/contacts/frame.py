@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,9 @@ import sqlalchemy as sa
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.values import _cell_text, email_identity, normalize_phone
 from bulkmail_kernel.db import Contact, ContactPoint, Database, resolve_database
+from bulkmail_kernel.db.roles import MASKED_VIEW, hidden_contact_columns
+
+log = logging.getLogger("bulkmail")
 
 #: Columns of ``contacts_frame``; custom attribute names must not collide with these.
 FRAME_COLUMNS = (
@@ -55,6 +59,20 @@ JOIN contacts c ON c.id = p.contact_id
 LEFT JOIN suppressions s ON s.channel = p.channel AND s.normalized = p.normalized
 ORDER BY p.id
 """
+#: What the analyst role reads instead (docs/permissions.md): names as ``MASKED``, the
+#: address masked by the owner's view (``***@domain``, ``***`` and a phone's last digits).
+MASKED = "***"
+_MASKED_SQL = f"""
+SELECT p.id, p.contact_id, c.external_id, '{MASKED}', '{MASKED}', '{MASKED}',
+       c.gender, c.language, c.registered_at, p.channel,
+       m.masked_address, p.type, p.kind,
+       p.mailing_allowed, p.is_preferred,
+       CASE WHEN m.suppressed THEN 1 ELSE 0 END, c.attributes
+FROM contact_points p
+JOIN contacts c ON c.id = p.contact_id
+JOIN {MASKED_VIEW} m ON m.id = p.id
+ORDER BY p.id
+"""
 
 
 def contacts_frame(
@@ -66,10 +84,21 @@ def contacts_frame(
     """Return one row per contact point with its contact's fields and custom attributes.
 
     ``contact_ids`` reads only those contacts (what ``explain`` needs on a big database);
-    their custom attributes are the columns they have.
+    their custom attributes are the columns they have. A PostgreSQL role that may not
+    read contact data (the analyst role, ``create_roles``) gets names as ``***`` and
+    masked addresses; ``attrs["hidden_columns"]`` then names what was hidden.
     """
     database = resolve_database(db, url)
-    sql = _FRAME_SQL
+    hidden = hidden_contact_columns(database)
+    sql = _MASKED_SQL if hidden else _FRAME_SQL
+    if hidden:
+        log.warning(
+            "contacts_frame: this database role may not read %s; names show as %s and "
+            "addresses masked (filters and counts still work; ask for the exporter role "
+            "to see them)",
+            ", ".join(hidden),
+            MASKED,
+        )
     if contact_ids is not None:
         # Whole numbers only, so they can stand in the SQL text of either backend's driver.
         ids = ",".join(str(int(i)) for i in contact_ids) or "NULL"
@@ -108,7 +137,10 @@ def contacts_frame(
         }
     )
     attrs = _attribute_columns(out["contact_id"], cols[16])
-    return pd.concat([out, attrs], axis=1) if len(attrs.columns) else out
+    frame = pd.concat([out, attrs], axis=1) if len(attrs.columns) else out
+    if hidden:
+        frame.attrs["hidden_columns"] = hidden
+    return frame
 
 
 def _utc_datetimes(values: Any) -> pd.Series:

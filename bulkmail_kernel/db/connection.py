@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bulkmail_kernel import config
+from bulkmail_kernel.db.denied import translate_denied
 from bulkmail_kernel.exceptions import ConfigError
 
 log = logging.getLogger("bulkmail")
@@ -66,6 +67,9 @@ def create_db_engine(url: str | None = None) -> Engine:
         if db_path and db_path != ":memory:":
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        # The analyst role's "permission denied" becomes a ContactAccessError saying what to do.
+        event.listen(engine, "handle_error", translate_denied)
     return engine
 
 

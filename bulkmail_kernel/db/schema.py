@@ -470,3 +470,29 @@ class ForgottenAddress(Base):
     forgotten_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (sa.UniqueConstraint("channel", "address_hash"),)
+
+
+class ExportLogEntry(Base):
+    """One export of contact data (or a refused attempt): who, when, what, how many, where.
+
+    Written by ``segments.audit`` for every export path (segment export, GDPR export);
+    read with ``export_log()``. ``who`` is the database user on PostgreSQL, the OS user
+    on SQLite.
+    """
+
+    __tablename__ = "export_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exported_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    who: Mapped[str] = mapped_column(sa.String(200))
+    #: "segment" (export_recipients) or "contact" (export_contact_data).
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    segment: Mapped[str | None] = mapped_column(sa.String(200))
+    contact_id: Mapped[int | None] = mapped_column()
+    #: The contact-data columns written (comma-separated, in order).
+    columns: Mapped[str] = mapped_column(sa.Text, default="")
+    rows: Mapped[int] = mapped_column(default=0)
+    path: Mapped[str] = mapped_column(sa.Text, default="")
+    #: "exported" or "refused".
+    outcome: Mapped[str] = mapped_column(sa.String(10), default="exported")
+    detail: Mapped[str] = mapped_column(sa.Text, default="")

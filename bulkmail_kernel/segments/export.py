@@ -6,7 +6,9 @@ inert in Excel and LibreOffice whatever it starts with, so ``=1+1`` stays the te
 types: Excel decides what each field is on opening, so there a text that Excel would
 run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or carriage return:
 OWASP "CSV injection") gets an apostrophe in front. Contact data (addresses,
-e-mails, phones) leaves the workbench only when the caller says so.
+e-mails, phones) leaves the workbench only when the caller says so and the
+database role or local setting allows it (``segments.audit``); each such export is
+written to the export log (``export_log()``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from tqdm.auto import tqdm
 
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.values import neutralise
+from bulkmail_kernel.db import Database, resolve_database
 from bulkmail_kernel.exceptions import ExportError
+from bulkmail_kernel.segments.audit import check_contact_export, record_export
 
 __all__ = ["export_recipients", "export_target", "is_contact_column", "neutralise"]
 
@@ -118,6 +122,9 @@ def export_recipients(
     *,
     include_contact_data: bool = False,
     progress: bool = True,
+    segment: str | None = None,
+    db: Database | None = None,
+    url: str | None = None,
 ) -> Path:
     """Write the chosen ``columns`` of ``frame`` to ``path`` (.xlsx or .csv) and return the path.
 
@@ -128,11 +135,18 @@ def export_recipients(
             :func:`export_target`; a path with a folder is used as given.
         columns: column names in the order wanted (default: every column, without
             contact columns unless ``include_contact_data``).
-        include_contact_data: allow columns with addresses, e-mails or phones.
+        include_contact_data: allow columns with addresses, e-mails or phones;
+            the database must allow it too (the exporter role on PostgreSQL, the
+            ``allow_contact_export`` setting on SQLite), and the export is logged.
         progress: show a progress bar.
+        segment: the segment's name, for the export log (default: ``frame.attrs``).
+        db: the database that permits and logs a contact-data export (default:
+            ``open_database(url)``); untouched when no contact column is written.
+        url: the database URL when ``db`` is not given.
 
     Raises:
         ExportError: unknown or identifying columns, or an unsupported suffix.
+        ContactAccessError: contact columns asked for and the role or setting refuses them.
 
     """
     target = export_target(path)
@@ -140,6 +154,12 @@ def export_recipients(
     if suffix not in (".xlsx", ".csv"):
         raise ExportError(f"{target}: export to .xlsx or .csv, not {suffix or 'no suffix'!r}")
     chosen = choose_columns(frame, columns, include_contact_data=include_contact_data)
+    contact = [c for c in chosen if is_contact_column(c)]
+    database = resolve_database(db, url) if contact else None
+    who = ""
+    segment = segment if segment is not None else frame.attrs.get("segment")
+    if database is not None:
+        who = check_contact_export(database, contact, kind="segment", segment=segment, path=target)
     target.parent.mkdir(parents=True, exist_ok=True)
     data = frame[chosen]
     try:
@@ -149,6 +169,9 @@ def export_recipients(
             _write_csv(data, target, progress=progress)
     except OSError as exc:
         raise ExportError(f"{target}: cannot write the export: {exc}") from exc
+    if database is not None:
+        record_export(database, who=who, kind="segment", columns=contact, rows=len(data),
+                      path=target, segment=segment)  # fmt: skip
     log.info("exported %d recipients to %s", len(data), target)
     return target
 

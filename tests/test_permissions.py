@@ -1,0 +1,207 @@
+"""The permission to export contact data, and the export log.
+
+On the real PostgreSQL: two real login roles made by ``create_roles`` on a fresh
+schema, each connecting as itself (trust auth). The analyst filters and counts on
+masked addresses, and is refused — with a message naming the role, the columns and
+the exporter role — when it exports contact data or SELECTs addresses itself; the
+exporter's exports succeed and are logged. On SQLite the database's setting decides.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import json
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import PG_URL
+
+import bulkmail_kernel as bm
+from bulkmail_kernel import config
+from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.cli import main
+
+CSV = textwrap.dedent(
+    """\
+    Customer number;First name;Last name;E-mail;Phone;Opt-in;City
+    C1;Jana;Nováková;jana@a.sk;+421 903 111 222;yes;Nitra
+    C2;Peter;Kráľ;peter@b.sk;;yes;Nitra
+    C3;Eva;Malá;eva@c.sk;;no;Žilina
+    """
+)
+
+
+def _import(database: dbmod.Database, tmp_path: Path) -> None:
+    source = tmp_path / "customers.csv"
+    source.write_text(CSV, encoding="utf-8")
+    result = bm.import_contacts(source, db=database, progress=False)
+    assert result.inserted == 3
+
+
+def _as(role: str, owner_url: str) -> str:
+    """Return ``owner_url`` (the test schema's search_path) logging in as ``role``."""
+    url = sa.engine.make_url(owner_url).set(username=role)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def roles(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
+    """Yield (analyst, analyst URL, exporter, exporter URL) on a fresh schema with contacts."""
+    owner = dbmod.open_database(pg_url)
+    _import(owner, tmp_path)
+    tag = uuid.uuid4().hex[:8]
+    analyst, exporter = f"roles_a_{tag}", f"roles_e_{tag}"
+    try:
+        grants = bm.create_roles(analyst=analyst, exporter=exporter, db=owner)
+        hidden = grants[(grants["role"] == analyst) & (grants["table"] == "contact_points")]
+        assert hidden["may_read"].iloc[0] == "all but value, normalized"
+        yield analyst, _as(analyst, pg_url), exporter, _as(exporter, pg_url)
+    finally:
+        dbmod.close_all()
+        admin = sa.create_engine(PG_URL)
+        with admin.begin() as conn:
+            for role in (analyst, exporter):
+                if conn.execute(
+                    sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
+                ).first():
+                    conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+                    conn.execute(sa.text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_the_analyst_filters_on_masked_data_but_cannot_read_or_export_it(
+    roles: tuple[str, str, str, str], tmp_path: Path
+) -> None:
+    analyst, analyst_url, _, _ = roles
+    db = dbmod.open_database(analyst_url)
+    frame = bm.contacts_frame(db)
+    assert frame.attrs["hidden_columns"] == [
+        "contacts.first_name", "contacts.last_name", "contacts.patronymic",
+        "contact_points.value", "contact_points.normalized", "messages.recipient",
+        "message_bodies.body", "suppressions.normalized",
+    ]  # fmt: skip
+    emails = frame[frame["channel"] == "email"]
+    assert sorted(emails["address"]) == ["***@a.sk", "***@b.sk", "***@c.sk"]
+    assert set(frame["first_name"]) == {"***"}
+    assert "jana" not in frame.to_csv()
+    # Filtering and counting work on what the analyst may see.
+    chosen = bm.filter_recipients(
+        frame, bm.FilterSpec(channel="email", mailing_allowed=True, attributes={"city": "Nitra"})
+    )
+    assert len(chosen) == 2
+    # A direct SELECT of the addresses: the server refuses, bulkmail says why and what to do.
+    with pytest.raises(bm.ContactAccessError) as denied, db.engine.connect() as conn:
+        conn.execute(sa.text("SELECT value FROM contact_points"))
+    message = str(denied.value)
+    assert f'database role "{analyst}"' in message
+    assert "contact_points.value" in message
+    assert "ask for the exporter role" in message
+    assert denied.value.fields["columns"] == ["value"]
+    # Exporting contact data is refused (and nothing is written); the refusal is logged.
+    target = tmp_path / "nitra.csv"
+    with pytest.raises(bm.ContactAccessError, match="ask for the exporter role"):
+        bm.export_recipients(chosen, target, ["contact_id", "address"],
+                             include_contact_data=True, segment="nitra", db=db,
+                             progress=False)  # fmt: skip
+    assert not target.exists()
+    with pytest.raises(bm.ContactAccessError, match=rf'"{analyst}".*contact_points.value'):
+        bm.export_contact_data(1, folder=tmp_path, db=db)
+    assert not list(tmp_path.glob("contact-*"))
+    # Columns that are not contact data still export, unlogged.
+    safe = bm.export_recipients(chosen, tmp_path / "ids.csv", ["contact_id", "city"], db=db,
+                                progress=False)  # fmt: skip
+    assert safe.exists()
+    log = bm.export_log(db=db)
+    assert list(log["outcome"]) == ["refused", "refused"]
+    assert set(log["who"]) == {analyst}
+    assert list(log["kind"]) == ["contact", "segment"]
+    assert log["segment"].iloc[1] == "nitra"
+    assert log["columns"].iloc[1] == "address"
+
+
+@pytest.mark.postgres
+def test_the_exporter_exports_and_every_export_is_logged(
+    roles: tuple[str, str, str, str], tmp_path: Path
+) -> None:
+    _, _, exporter, exporter_url = roles
+    db = dbmod.open_database(exporter_url)
+    frame = bm.contacts_frame(db)
+    assert "hidden_columns" not in frame.attrs
+    with db.engine.connect() as conn:
+        values = set(conn.execute(sa.text("SELECT value FROM contact_points")).scalars())
+    assert "jana@a.sk" in values
+    target = tmp_path / "all.csv"
+    bm.export_recipients(frame, target, ["contact_id", "address"], include_contact_data=True,
+                         segment="everyone", db=db, progress=False)  # fmt: skip
+    with target.open(encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"jana@a.sk", "peter@b.sk", "'+421903111222"} <= {r["address"] for r in rows}
+    jana = bm.export_contact_data("jana@a.sk", folder=tmp_path, db=db)
+    assert json.loads(jana.json_path.read_text(encoding="utf-8"))["contact"]["first_name"] == "Jana"
+
+    log = bm.export_log(db=db)
+    assert list(log["outcome"]) == ["exported", "exported"]
+    assert set(log["who"]) == {exporter}
+    contact, segment = log.iloc[0], log.iloc[1]
+    assert (segment["kind"], segment["segment"], segment["rows"]) == ("segment", "everyone", 4)
+    assert (segment["columns"], segment["path"]) == ("address", str(target))
+    assert (contact["kind"], contact["contact_id"], contact["rows"]) == (
+        "contact",
+        jana.contact_id,
+        2,
+    )
+    assert contact["path"] == str(jana.json_path)
+    assert str(log["exported_at"].dt.tz) == str(config.local_timezone())
+
+
+def test_on_sqlite_a_setting_allows_or_refuses_contact_export(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    db = dbmod.open_database(sqlite_url)
+    _import(db, tmp_path)
+    frame = bm.contacts_frame(db)
+    assert "hidden_columns" not in frame.attrs
+    user = getpass.getuser()
+
+    assert bm.allow_contact_export(False, db=db) is False
+    with pytest.raises(bm.ContactAccessError, match="switched off on this database"):
+        bm.export_recipients(frame, tmp_path / "r.xlsx", include_contact_data=True, db=db,
+                             progress=False)  # fmt: skip
+    with pytest.raises(bm.ContactAccessError, match="allow-contact-export yes"):
+        bm.export_contact_data(1, folder=tmp_path, db=db)
+    assert not (tmp_path / "r.xlsx").exists()
+
+    assert bm.allow_contact_export(True, db=db) is True
+    path = bm.export_recipients(frame, tmp_path / "r.xlsx", include_contact_data=True, db=db,
+                                progress=False)  # fmt: skip
+    assert path.exists()
+    log = bm.export_log(db=db)
+    assert list(log["outcome"]) == ["exported", "refused", "refused"]
+    assert set(log["who"]) == {user}
+    assert log["rows"].iloc[0] == 4
+    assert log["columns"].iloc[0] == "address"
+
+
+def test_create_roles_is_postgresql_only(sqlite_url: str) -> None:
+    with pytest.raises(bm.ConfigError, match=r"PostgreSQL only.*allow_contact_export"):
+        bm.create_roles(analyst="roles_x", url=sqlite_url)
+
+
+def test_the_commands_switch_export_off_and_print_the_log(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = dbmod.open_database(sqlite_url)
+    _import(db, tmp_path)
+    assert main(["allow-contact-export", "no", "--db", sqlite_url]) == 0
+    with pytest.raises(bm.ContactAccessError):
+        bm.export_contact_data(1, folder=tmp_path, db=db)
+    capsys.readouterr()
+    assert main(["export-log", "--csv", "--db", sqlite_url]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [(r["outcome"], r["kind"]) for r in rows] == [("refused", "contact")]
