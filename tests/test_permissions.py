@@ -25,6 +25,8 @@ import bulkmail_kernel as bm
 from bulkmail_kernel import config
 from bulkmail_kernel import db as dbmod
 from bulkmail_kernel.cli import main
+from bulkmail_kernel.compose.templates import template_from_html
+from bulkmail_kernel.servers.sink import Sink
 
 CSV = textwrap.dedent(
     """\
@@ -158,6 +160,42 @@ def test_the_exporter_exports_and_every_export_is_logged(
     )
     assert contact["path"] == str(jana.json_path)
     assert str(log["exported_at"].dt.tz) == str(config.local_timezone())
+
+
+@pytest.mark.postgres
+def test_the_analyst_prepares_a_campaign_and_the_owner_sends_it(
+    roles: tuple[str, str, str, str], pg_url: str, sink: Sink
+) -> None:
+    """The analyst segments, creates and previews; registration and sending run as the owner."""
+    _, analyst_url, _, _ = roles
+    owner, db = dbmod.open_database(pg_url), dbmod.open_database(analyst_url)
+    bm.add_sender_account(
+        "sink", kind="smtp", from_email="news@shop.sk",
+        settings={"host": "127.0.0.1", "port": sink.port, "security": "none",
+                  "unsubscribe_url": "https://shop.sk/u?t={token}"},
+        db=owner, check=False,
+    )  # fmt: skip
+    html = '<p>Hi {{ first_name }}</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
+    template = template_from_html(html, "Hello {{ first_name }}", name="hello")
+    frame = bm.contacts_frame(db)
+    spec = bm.FilterSpec(channel="email", attributes={"city": "Nitra"})
+    assert bm.save_segment("nitra", spec, frame, db=db).name == "nitra"
+    assert len(bm.segment_recipients("nitra", frame, db=db)) == 2
+    bm.create_campaign("jar", sender="sink", template=template, segment="nitra", db=db)
+    preview = bm.campaign_preview("jar", db=db)
+    assert preview.subject == "Hello ***"
+    with pytest.raises(bm.SendError, match=r"contact_points\.normalized\b.*masked"):
+        bm.register("jar", db=db)
+    # The analyst's masked frame never reaches the outbox, even through the owner.
+    with pytest.raises(bm.SendError, match="masked"):
+        bm.register("jar", bm.filter_recipients(frame, spec), db=owner)
+    bm.register("jar", db=owner)
+    done = bm.send("jar", rate_per_hour=float("inf"), progress=False, db=owner)
+    assert done.sent == 2
+    assert sorted(r for m in sink.messages for r in m.rcpt_tos) == ["jana@a.sk", "peter@b.sk"]
+    assert any(b"Hi Jana" in m.data for m in sink.messages)
+    # After registration the analyst's preview is still rendered, not the stored body.
+    assert bm.campaign_preview("jar", db=db).registered is False
 
 
 def test_on_sqlite_a_setting_allows_or_refuses_contact_export(

@@ -27,6 +27,7 @@ from bulkmail_kernel.compose.render import Mailbox, RenderedMessage
 from bulkmail_kernel.compose.templates import Attachment, InlineImage
 from bulkmail_kernel.contacts.frame import contacts_frame
 from bulkmail_kernel.db import Database, Message, MessageBody, resolve_database
+from bulkmail_kernel.db.roles import hidden_contact_columns
 from bulkmail_kernel.exceptions import SendError
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
 from bulkmail_kernel.records import CampaignRef
@@ -82,7 +83,8 @@ def campaign_preview(
     """Return the campaign's message for the recipient at position ``index``.
 
     ``recipients`` defaults to the registered recipients, else the campaign's segment.
-    A registered recipient's preview is the stored message; any other is rendered
+    A registered recipient's preview is the stored message (unless the database role
+    may not read it, docs/permissions.md); any other is rendered
     through the campaign (its template with its folder, images and attachments, its
     values, its sender) exactly as ``register`` would, with placeholder tokens.
     """
@@ -91,12 +93,14 @@ def campaign_preview(
     if frame.empty:
         raise SendError(f"preview {campaign!r}: no recipient to preview", campaign=str(campaign))
     row = frame.iloc[index % len(frame)]
+    # A role that may not read the stored bodies (the analyst) sees the message rendered.
+    bodies = "message_bodies.body" not in hidden_contact_columns(database)
     with database.session() as s:
         c = campaign_row(s, campaign)
         renderer = campaign_renderer(c, sender_of(s, c), template)
         stored = None
         point = row.get("contact_point_id")
-        if template is None and point is not None and not pd.isna(point):
+        if bodies and template is None and point is not None and not pd.isna(point):
             stored = s.execute(
                 sa.select(MessageBody.subject, MessageBody.body)
                 .join(Message, Message.id == MessageBody.message_id)

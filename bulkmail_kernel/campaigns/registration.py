@@ -116,6 +116,15 @@ def register(
     )
     link_wanted = renderer.link_wanted
     frame = recipients if recipients is not None else recipients_of(c, database)
+    if frame.attrs.get("hidden_columns"):
+        # Names would be rendered as "***": the analyst's frame never reaches the outbox.
+        raise SendError(
+            f"register {cname!r}: the recipients were read by a database role that cannot see "
+            f"contact data ({', '.join(frame.attrs['hidden_columns'])}), so names and "
+            "addresses are masked; the owner registers with the campaign's segment "
+            "(register(campaign) without recipients), see docs/permissions.md",
+            campaign=cname,
+        )
     # Before anything is queued: a value missing for everyone, an image not found. The
     # frame's columns are what these recipients have (no scan of every contact).
     check_campaign_template(cname, tmpl, values, [str(c) for c in frame.columns])
