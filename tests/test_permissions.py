@@ -78,7 +78,7 @@ def roles(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
 
 @pytest.mark.postgres
 def test_the_analyst_filters_on_masked_data_but_cannot_read_or_export_it(
-    roles: tuple[str, str, str, str], tmp_path: Path
+    roles: tuple[str, str, str, str], pg_url: str, tmp_path: Path
 ) -> None:
     analyst, analyst_url, _, _ = roles
     db = dbmod.open_database(analyst_url)
@@ -125,6 +125,11 @@ def test_the_analyst_filters_on_masked_data_but_cannot_read_or_export_it(
     assert list(log["kind"]) == ["contact", "segment"]
     assert log["segment"].iloc[1] == "nitra"
     assert log["columns"].iloc[1] == "address"
+    # Without the masked view (grants made by hand) the frame says what to run.
+    with dbmod.open_database(pg_url).engine.begin() as conn:
+        conn.execute(sa.text(f'REVOKE SELECT ON contact_points_masked FROM "{analyst}"'))
+    with pytest.raises(bm.ContactAccessError, match="create-roles --analyst"):
+        bm.contacts_frame(db)
 
 
 @pytest.mark.postgres
@@ -216,14 +221,20 @@ def test_on_sqlite_a_setting_allows_or_refuses_contact_export(
     assert not (tmp_path / "r.xlsx").exists()
 
     assert bm.allow_contact_export(True, db=db) is True
-    path = bm.export_recipients(frame, tmp_path / "r.xlsx", include_contact_data=True, db=db,
+    bm.save_segment("nitra", bm.FilterSpec(attributes={"city": "Nitra"}), frame, db=db)
+    chosen = bm.segment_recipients("nitra", frame, db=db)
+    path = bm.export_recipients(chosen, tmp_path / "r.xlsx", include_contact_data=True, db=db,
                                 progress=False)  # fmt: skip
     assert path.exists()
     log = bm.export_log(db=db)
     assert list(log["outcome"]) == ["exported", "refused", "refused"]
     assert set(log["who"]) == {user}
-    assert log["rows"].iloc[0] == 4
+    assert (log["segment"].iloc[0], log["rows"].iloc[0]) == (
+        "nitra",
+        3,
+    )  # Jana by e-mail and phone, Peter
     assert log["columns"].iloc[0] == "address"
+    assert log["path"].iloc[0] == str(path)
 
 
 def test_create_roles_is_postgresql_only(sqlite_url: str) -> None:

@@ -26,6 +26,7 @@ from bulkmail_kernel import config
 from bulkmail_kernel.contacts.values import _cell_text, email_identity, normalize_phone
 from bulkmail_kernel.db import Contact, ContactPoint, Database, resolve_database
 from bulkmail_kernel.db.roles import MASKED_VIEW, hidden_contact_columns
+from bulkmail_kernel.exceptions import ContactAccessError
 
 log = logging.getLogger("bulkmail")
 
@@ -106,7 +107,18 @@ def contacts_frame(
     raw = database.engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute(sql)
+        try:
+            cur.execute(sql)
+        except database.engine.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+            if not hidden:
+                raise
+            # The masked view is missing (roles granted by hand) or not granted.
+            raise ContactAccessError(
+                f"contacts_frame: this database role may not read {', '.join(hidden)} and "
+                f"cannot read the masked view {MASKED_VIEW} either ({exc}); the schema owner "
+                "runs `bulkmail create-roles --analyst NAME` to make and grant it",
+                columns=hidden,
+            ) from exc
         records = cur.fetchall()
         cur.close()
     finally:

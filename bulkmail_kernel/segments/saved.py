@@ -258,12 +258,15 @@ def segment_recipients(
     ``mode="snapshot"`` returns the rows of ``frame`` whose contact point was a member
     when the segment was saved (members deleted since are missing, and logged);
     ``mode="reevaluate"`` applies the saved spec to ``frame`` as of ``today``.
+    The result's ``attrs["segment"]`` names the segment (the export log records it).
     """
     if mode not in ("snapshot", "reevaluate"):
         raise SegmentError(f"mode: expected 'snapshot' or 'reevaluate', got {mode!r}", segment=name)
     spec, info, member_ids = load_segment(name, db=db, url=url)
     if mode == "reevaluate":
-        return filter_recipients(frame, spec, today=today)
+        chosen = filter_recipients(frame, spec, today=today)
+        chosen.attrs["segment"] = name
+        return chosen
     points = _require(frame, "contact_point_id", "segment_recipients")
     mask = points.isin(member_ids).to_numpy()
     missing = len(member_ids) - int(mask.sum())
@@ -275,7 +278,9 @@ def segment_recipients(
             len(member_ids),
             info.snapshot_at,
         )
-    return frame.take(np.flatnonzero(mask))
+    chosen = frame.take(np.flatnonzero(mask))
+    chosen.attrs["segment"] = name
+    return chosen
 
 
 def rename_segment(
