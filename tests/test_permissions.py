@@ -51,6 +51,19 @@ def _as(role: str, owner_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def _drop_roles(*roles: str) -> None:
+    """Close every engine (the roles' sessions), then drop the roles and their grants."""
+    dbmod.close_all()
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        for role in roles:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})
+            if exists.first():
+                conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
+                conn.execute(sa.text(f'DROP ROLE "{role}"'))
+    admin.dispose()
+
+
 @pytest.fixture
 def roles(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
     """Yield (analyst, analyst URL, exporter, exporter URL) on a fresh schema with contacts."""
@@ -64,16 +77,7 @@ def roles(pg_url: str, tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
         assert hidden["may_read"].iloc[0] == "all but value, normalized"
         yield analyst, _as(analyst, pg_url), exporter, _as(exporter, pg_url)
     finally:
-        dbmod.close_all()
-        admin = sa.create_engine(PG_URL)
-        with admin.begin() as conn:
-            for role in (analyst, exporter):
-                if conn.execute(
-                    sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
-                ).first():
-                    conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-                    conn.execute(sa.text(f'DROP ROLE "{role}"'))
-        admin.dispose()
+        _drop_roles(analyst, exporter)
 
 
 @pytest.mark.postgres
@@ -254,3 +258,26 @@ def test_the_commands_switch_export_off_and_print_the_log(
     assert main(["export-log", "--csv", "--db", sqlite_url]) == 0
     rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert [(r["outcome"], r["kind"]) for r in rows] == [("refused", "contact")]
+
+
+@pytest.mark.postgres
+def test_db_roles_from_the_shell_and_the_analysts_refusal_in_the_log(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _import(dbmod.open_database(pg_url), tmp_path)
+    analyst = f"roles_c_{uuid.uuid4().hex[:8]}"
+    try:
+        assert main(["db-roles", "--analyst", analyst, "--csv", "--db", pg_url]) == 0
+        printed = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+        assert {"role": analyst, "kind": "analyst", "table": "contacts",
+                "may_read": "all but first_name, last_name, patronymic"} in printed  # fmt: skip
+        url = _as(analyst, pg_url)
+        assert main(["export-contact-data", "1", "--folder", str(tmp_path), "--db", url]) != 0
+        assert "ask for the exporter role" in capsys.readouterr().err
+        assert main(["export-log", "--csv", "--db", url]) == 0
+        rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+        assert [(r["who"], r["outcome"], r["kind"]) for r in rows] == [
+            (analyst, "refused", "contact")
+        ]
+    finally:
+        _drop_roles(analyst)
