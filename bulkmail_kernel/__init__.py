@@ -16,6 +16,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bulkmail_kernel.campaigns.abreport import ab_report
+    from bulkmail_kernel.campaigns.abtests import ab_test_step, create_ab_test, pick_winner
     from bulkmail_kernel.campaigns.background import BackgroundSend, send_in_background
     from bulkmail_kernel.campaigns.campaigns import (
         cancel,
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
         plot_timeline,
         provider_status,
     )
+    from bulkmail_kernel.campaigns.resend import non_clickers, resend_to_non_clickers
     from bulkmail_kernel.campaigns.samples import test_send
     from bulkmail_kernel.compose.checks import check_template, preview_warnings
     from bulkmail_kernel.compose.mime import build_mime
@@ -128,6 +131,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
     from bulkmail_kernel.transports.eurosms import EuroSmsError
     from bulkmail_kernel.transports.sendpulse import SendPulseError
+    from bulkmail_kernel.widgets.abtest import ab_test_widget
     from bulkmail_kernel.widgets.monitor import outbox_monitor
     from bulkmail_kernel.widgets.preview import preview
     from bulkmail_kernel.widgets.segments import segment_builder
@@ -276,6 +280,13 @@ _WHERE: dict[str, tuple[str, str]] = {
     "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
     "unsubscribe": ("bulkmail_kernel.outbox.suppressions", "unsubscribe"),
     "unsubscribe_address": ("bulkmail_kernel.outbox.suppressions", "unsubscribe_address"),
+    "create_ab_test": ("bulkmail_kernel.campaigns.abtests", "create_ab_test"),
+    "pick_winner": ("bulkmail_kernel.campaigns.abtests", "pick_winner"),
+    "ab_test_step": ("bulkmail_kernel.campaigns.abtests", "ab_test_step"),
+    "ab_report": ("bulkmail_kernel.campaigns.abreport", "ab_report"),
+    "ab_test_widget": ("bulkmail_kernel.widgets.abtest", "ab_test_widget"),
+    "non_clickers": ("bulkmail_kernel.campaigns.resend", "non_clickers"),
+    "resend_to_non_clickers": ("bulkmail_kernel.campaigns.resend", "resend_to_non_clickers"),
 }
 
 __all__ = [
@@ -311,6 +322,9 @@ __all__ = [
     "Sink",
     "Template",
     "TemplateError",
+    "ab_report",
+    "ab_test_step",
+    "ab_test_widget",
     "add_eurosms_account",
     "add_sender_account",
     "add_sendpulse_account",
@@ -327,6 +341,7 @@ __all__ = [
     "classify_message",
     "connect",
     "contacts_frame",
+    "create_ab_test",
     "create_campaign",
     "create_unsubscribe_app",
     "delete_segment",
@@ -353,10 +368,12 @@ __all__ = [
     "live_workers",
     "load_segment",
     "load_template",
+    "non_clickers",
     "open_database",
     "outbox_monitor",
     "parse_bounce",
     "pause",
+    "pick_winner",
     "plan_overlap",
     "plan_per_hour",
     "plot_plan",
@@ -373,6 +390,7 @@ __all__ = [
     "rename_segment",
     "render",
     "requeue",
+    "resend_to_non_clickers",
     "resume",
     "run_worker",
     "save_segment",

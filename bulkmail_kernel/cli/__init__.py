@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from bulkmail_kernel.cli import (
+    abtests,
     campaigns,
     caps,
     compose,
@@ -36,7 +37,18 @@ from bulkmail_kernel.cli.common import Commands
 from bulkmail_kernel.exceptions import BulkmailError
 
 #: The command modules in the order of the analyst's path (and of ``bulkmail --help``).
-STAGES = (contacts, segments, compose, campaigns, caps, sending, providers, deliverability, servers)
+STAGES = (
+    contacts,
+    segments,
+    compose,
+    campaigns,
+    caps,
+    sending,
+    abtests,
+    providers,
+    deliverability,
+    servers,
+)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

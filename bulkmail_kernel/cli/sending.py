@@ -216,7 +216,7 @@ def _report_progress(url: str | None, every_s: float, done: threading.Event) -> 
 
 def cmd_run_worker(args: argparse.Namespace) -> int:
     """Send scheduled and running campaigns until stopped (SIGTERM, Ctrl-C)."""
-    from bulkmail_kernel import run_worker
+    from bulkmail_kernel import ab_test_step, run_worker
 
     logger = logging.getLogger("bulkmail")
     level = logger.level
@@ -241,6 +241,7 @@ def cmd_run_worker(args: argparse.Namespace) -> int:
                 exit_when_idle=args.exit_when_idle,
                 connections=args.connections,
                 stop=stop,
+                steps=[ab_test_step],  # A/B tests whose wait is over are decided by the worker
                 **given(args, "dead_worker_s", "max_lateness_s"),
             )
     finally:
