@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import io
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -389,3 +390,38 @@ def test_the_widget_sets_a_test_up_and_shows_its_arms(sqlite_url: str, sink: Sin
     assert "seed 11" in panel.message.value
     panel.pick.click()  # nothing sent yet: the error is shown, not raised
     assert "not sent yet" in panel.message.value
+
+
+def test_the_commands_run_a_test_on_a_segment(
+    sqlite_url: str, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bulkmail_kernel.cli import main
+
+    database = dbmod.open_database(sqlite_url)
+    people = _people(database, 30)
+    sink_account(database, sink.port)
+    bm.save_segment("all", bm.FilterSpec(), people, db=database)
+    tmpl = bm.template_from_html(HTML, "Jarná zľava", name="jar")
+    bm.create_campaign("jar", sender="sink", template=tmpl, segment="all", db=database)
+    db = ["--db", sqlite_url]
+    assert (
+        main(["create-ab-test", "jar", "Jar A", "Jar B", "--sample", "0.4", "--seed", "5", *db])
+        == 0
+    )
+    assert "holdout" in capsys.readouterr().out
+    assert main(["send", "jar", *db]) == 0
+    assert len(sink.messages) == 12
+    capsys.readouterr()
+    assert main(["pick-winner", "jar", "--winner", "B", *db]) == 0
+    assert "winner: B" in capsys.readouterr().out
+    assert main(["send", "jar", *db]) == 0
+    # 30 recipients: 3 in the holdout, 12 in the test, the 15 others get B from the segment.
+    assert len(sink.messages) == 27
+    assert [_subject(m.data) for m in sink.messages[12:]] == ["Jar B"] * 15
+    capsys.readouterr()
+    assert main(["ab-report", "jar", "--csv", *db]) == 0
+    report = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("arm")
+    assert report.loc["rest", "sent"] == 15
+    assert report.loc["holdout", "sent"] == 0
+    assert main(["non-clickers", "jar", "--csv", *db]) == 0
+    assert len(pd.read_csv(io.StringIO(capsys.readouterr().out))) == 27

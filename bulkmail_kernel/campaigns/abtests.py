@@ -378,7 +378,7 @@ def pick_winner(
     _, frame = assignments(database, cid)
     rest_points = set(frame.loc[frame["arm"] == "rest", "contact_point_id"].astype(int))
     if rest_points:
-        people = contacts_frame(database)
+        people = _audience(database, cid)
         rest = people[people["contact_point_id"].astype(int).isin(rest_points)].reset_index(
             drop=True
         )
@@ -418,6 +418,16 @@ def pick_winner(
         len(rest_points),
     )
     return ab_report(cid, conversions=conversions, db=database)
+
+
+def _audience(database: Database, cid: int) -> pd.DataFrame:
+    """Return who the rest is taken from: the segment's rows (its columns), else every contact."""
+    with database.session() as s:
+        c = campaign_row(s, cid)
+    if c.segment_id is not None:
+        return recipients_of(c, database)
+    # A hand-made frame is not kept: extra columns it had are not there for the rest.
+    return contacts_frame(database)
 
 
 def ab_test_step(database: Database, now: datetime) -> bool:
