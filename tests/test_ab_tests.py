@@ -13,6 +13,7 @@ from __future__ import annotations
 import email
 import email.policy
 import io
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -64,7 +65,9 @@ def _people(database: dbmod.Database, n: int = N) -> pd.DataFrame:
 
 def _campaign(database: dbmod.Database, name: str = "jar") -> None:
     tmpl = bm.template_from_html(HTML, "Jarná zľava", name="jar")
-    bm.create_campaign(name, sender="sink", template=tmpl, db=database)
+    bm.create_campaign(
+        name, sender="sink", template=tmpl, rate_per_hour=360_000, burst=100, db=database
+    )
 
 
 def _arms(database: dbmod.Database, campaign: str) -> dict[int, str]:
@@ -378,7 +381,9 @@ def test_the_widget_sets_a_test_up_and_shows_its_arms(sqlite_url: str, sink: Sin
     assert len(segment_people)
     tmpl = bm.template_from_html(HTML, "Jarná zľava", name="jar")
     bm.save_segment("all", bm.FilterSpec(), segment_people, db=database)
-    bm.create_campaign("jar", sender="sink", template=tmpl, segment="all", db=database)
+    bm.create_campaign(
+        "jar", sender="sink", template=tmpl, segment="all", rate_per_hour=360_000, db=database
+    )
     panel = bm.ab_test_widget("jar", db=database)
     assert "no A/B test" in panel.message.value
     panel.subjects.value = "Jar A\nJar B"
@@ -402,7 +407,9 @@ def test_the_commands_run_a_test_on_a_segment(
     sink_account(database, sink.port)
     bm.save_segment("all", bm.FilterSpec(), people, db=database)
     tmpl = bm.template_from_html(HTML, "Jarná zľava", name="jar")
-    bm.create_campaign("jar", sender="sink", template=tmpl, segment="all", db=database)
+    bm.create_campaign(
+        "jar", sender="sink", template=tmpl, segment="all", rate_per_hour=360_000, db=database
+    )
     db = ["--db", sqlite_url]
     assert (
         main(["create-ab-test", "jar", "Jar A", "Jar B", "--sample", "0.4", "--seed", "5", *db])
@@ -425,3 +432,33 @@ def test_the_commands_run_a_test_on_a_segment(
     assert report.loc["holdout", "sent"] == 0
     assert main(["non-clickers", "jar", "--csv", *db]) == 0
     assert len(pd.read_csv(io.StringIO(capsys.readouterr().out))) == 27
+
+
+def test_two_deciders_at_once_make_one_decision(database: dbmod.Database, sink: Sink) -> None:
+    """Two workers (or a worker and the analyst) deciding together: one wins, one is told."""
+    people = _people(database, 40)
+    sink_account(database, sink.port)
+    _campaign(database)
+    bm.create_ab_test("jar", ["Jar A", "Jar B"], sample=0.5, seed=1, recipients=people, db=database)
+    assert bm.send("jar", db=database, progress=False).sent == 20
+    outcomes: list[str] = []
+
+    def decide(arm: str) -> None:
+        try:
+            bm.pick_winner("jar", winner=arm, db=database)
+            outcomes.append(arm)
+        except bm.SendError as exc:
+            outcomes.append(exc.message)
+
+    threads = [threading.Thread(target=decide, args=(arm,)) for arm in ("A", "B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    winner = bm.ab_report("jar", db=database).attrs["winner"]
+    assert sorted(outcomes, key=len)[0] == winner
+    assert "already won" in sorted(outcomes, key=len)[1]
+    rest = bm.queue("jar", status=["queued"], db=database)
+    assert len(rest) == 16  # 40 - 4 holdout - 20 sent: registered once
+    assert bm.send("jar", db=database, progress=False).sent == 16
+    assert {_subject(m.data) for m in sink.messages[20:]} == {f"Jar {winner}"}

@@ -375,15 +375,7 @@ def pick_winner(
     )
     by = "analyst" if winner is not None else rate
     tmpl = _variant_template(test, chosen)
-    _, frame = assignments(database, cid)
-    rest_points = set(frame.loc[frame["arm"] == "rest", "contact_point_id"].astype(int))
-    if rest_points:
-        people = _audience(database, cid)
-        rest = people[people["contact_point_id"].astype(int).isin(rest_points)].reset_index(
-            drop=True
-        )
-        register(cid, rest, template=tmpl, db=database)
-    test |= {
+    decision = {
         "winner": chosen,
         "winner_subject": tmpl.subject,
         "decided_at": when.isoformat(),
@@ -392,10 +384,21 @@ def pick_winner(
         "error": None,
     }
     if conversions is not None:
-        test["converted_contacts"] = sorted(converted_contacts(cname, conversions))
-    with database.session() as s:
-        c = campaign_row(s, cid)
-        c.ab_test = test
+        decision["converted_contacts"] = sorted(converted_contacts(cname, conversions))
+    _decide(database, cid, cname, decision)
+    _, frame = assignments(database, cid)
+    rest_points = set(frame.loc[frame["arm"] == "rest", "contact_point_id"].astype(int))
+    try:
+        if rest_points:
+            people = _audience(database, cid)
+            rest = people[people["contact_point_id"].astype(int).isin(rest_points)]
+            register(cid, rest.reset_index(drop=True), template=tmpl, db=database)
+    except BaseException:
+        # Undecided again, so the analyst (or the next pass) can try once the cause is fixed.
+        with database.session() as s:
+            c = campaign_row(s, cid)
+            c.ab_test = dict(c.ab_test or {}) | {"winner": None}
+        raise
     add_events(
         database,
         [
@@ -404,7 +407,7 @@ def pick_winner(
                 "campaign_id": cid,
                 "occurred_at": when,
                 "detail": f"variant {chosen} won by {by}",
-                "data": {"winner": chosen, "rates": test["rates"]},
+                "data": {"winner": chosen, "rates": decision["rates"]},
             }
         ],
     )
@@ -418,6 +421,27 @@ def pick_winner(
         len(rest_points),
     )
     return ab_report(cid, conversions=conversions, db=database)
+
+
+def _decide(database: Database, cid: int, cname: str, decision: dict[str, Any]) -> None:
+    """Record the decision unless another worker or analyst has just made one.
+
+    The transaction writes the campaign row first, which locks it (PostgreSQL) or takes
+    the one write lock (SQLite) before the winner is read again: of two workers deciding
+    at once, the second waits, then sees the first's winner and stops. (Reading first
+    would let SQLite's second writer fail with "database is locked" instead.)
+    """
+    with database.session() as s:
+        s.execute(sa.update(Campaign).where(Campaign.id == cid).values(updated_at=utcnow()))
+        c = s.scalars(sa.select(Campaign).where(Campaign.id == cid)).one()
+        test = dict(c.ab_test or {})
+        if test.get("winner"):
+            raise SendError(
+                f"pick_winner {cname!r}: variant {test['winner']!r} already won "
+                f"({test.get('decided_at')}): see ab_report()",
+                campaign=cname,
+            )
+        c.ab_test = test | decision
 
 
 def _audience(database: Database, cid: int) -> pd.DataFrame:
@@ -468,9 +492,11 @@ def ab_test_step(database: Database, now: datetime) -> bool:
         try:
             pick_winner(cid, now=now, db=database)
         except BulkmailError as exc:
-            # Said once and kept: the next pass must not try (and log) it again.
-            log.error("A/B test of %r not decided: %s", name, exc.message)
             with database.session() as s:
                 c = campaign_row(s, cid)
+                if (c.ab_test or {}).get("winner"):
+                    continue  # another worker decided it a moment ago
+                # Said once and kept: the next pass must not try (and log) it again.
+                log.error("A/B test of %r not decided: %s", name, exc.message)
                 c.ab_test = dict(c.ab_test or {}) | {"error": exc.message}
     return waiting
