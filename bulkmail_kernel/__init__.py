@@ -16,6 +16,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bulkmail_kernel.campaigns.abreport import ab_report
+    from bulkmail_kernel.campaigns.abtests import ab_test_step, create_ab_test, pick_winner
     from bulkmail_kernel.campaigns.background import BackgroundSend, send_in_background
     from bulkmail_kernel.campaigns.campaigns import (
         cancel,
@@ -57,7 +59,9 @@ if TYPE_CHECKING:
         plot_timeline,
         provider_status,
     )
+    from bulkmail_kernel.campaigns.resend import non_clickers, resend_to_non_clickers
     from bulkmail_kernel.campaigns.samples import test_send
+    from bulkmail_kernel.campaigns.worker import run_worker
     from bulkmail_kernel.compose.checks import check_template, preview_warnings
     from bulkmail_kernel.compose.mime import build_mime
     from bulkmail_kernel.compose.render import RenderedMessage, render
@@ -81,7 +85,6 @@ if TYPE_CHECKING:
     from bulkmail_kernel.demo.generate import generate_demo
     from bulkmail_kernel.display import readable
     from bulkmail_kernel.engine.loop import RetryPolicy, SendSummary, send
-    from bulkmail_kernel.engine.worker import run_worker
     from bulkmail_kernel.exceptions import (
         BulkmailError,
         ConfigError,
@@ -131,6 +134,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.servers.web import create_app as create_unsubscribe_app
     from bulkmail_kernel.transports.eurosms import EuroSmsError
     from bulkmail_kernel.transports.sendpulse import SendPulseError
+    from bulkmail_kernel.widgets.abtest import ab_test_widget
     from bulkmail_kernel.widgets.monitor import outbox_monitor
     from bulkmail_kernel.widgets.preview import preview
     from bulkmail_kernel.widgets.segments import segment_builder
@@ -244,7 +248,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "render": ("bulkmail_kernel.compose.render", "render"),
     "requeue": ("bulkmail_kernel.outbox.queue", "requeue"),
     "resume": ("bulkmail_kernel.campaigns.campaigns", "resume"),
-    "run_worker": ("bulkmail_kernel.engine.worker", "run_worker"),
+    "run_worker": ("bulkmail_kernel.campaigns.worker", "run_worker"),
     "save_segment": ("bulkmail_kernel.segments.saved", "save_segment"),
     "schedule": ("bulkmail_kernel.campaigns.campaigns", "schedule"),
     "set_send_window": ("bulkmail_kernel.campaigns.campaigns", "set_send_window"),
@@ -283,6 +287,13 @@ _WHERE: dict[str, tuple[str, str]] = {
     "allow_contact_export": ("bulkmail_kernel.segments.audit", "allow_contact_export"),
     "export_log": ("bulkmail_kernel.segments.audit", "export_log"),
     "ContactAccessError": ("bulkmail_kernel.exceptions", "ContactAccessError"),
+    "create_ab_test": ("bulkmail_kernel.campaigns.abtests", "create_ab_test"),
+    "pick_winner": ("bulkmail_kernel.campaigns.abtests", "pick_winner"),
+    "ab_test_step": ("bulkmail_kernel.campaigns.abtests", "ab_test_step"),
+    "ab_report": ("bulkmail_kernel.campaigns.abreport", "ab_report"),
+    "ab_test_widget": ("bulkmail_kernel.widgets.abtest", "ab_test_widget"),
+    "non_clickers": ("bulkmail_kernel.campaigns.resend", "non_clickers"),
+    "resend_to_non_clickers": ("bulkmail_kernel.campaigns.resend", "resend_to_non_clickers"),
 }
 
 __all__ = [
@@ -319,6 +330,9 @@ __all__ = [
     "Sink",
     "Template",
     "TemplateError",
+    "ab_report",
+    "ab_test_step",
+    "ab_test_widget",
     "add_eurosms_account",
     "add_sender_account",
     "add_sendpulse_account",
@@ -336,6 +350,7 @@ __all__ = [
     "classify_message",
     "connect",
     "contacts_frame",
+    "create_ab_test",
     "create_campaign",
     "create_roles",
     "create_unsubscribe_app",
@@ -364,10 +379,12 @@ __all__ = [
     "live_workers",
     "load_segment",
     "load_template",
+    "non_clickers",
     "open_database",
     "outbox_monitor",
     "parse_bounce",
     "pause",
+    "pick_winner",
     "plan_overlap",
     "plan_per_hour",
     "plot_plan",
@@ -384,6 +401,7 @@ __all__ = [
     "rename_segment",
     "render",
     "requeue",
+    "resend_to_non_clickers",
     "resume",
     "run_worker",
     "save_segment",

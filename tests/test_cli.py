@@ -123,6 +123,9 @@ NO_COMMAND = {
     "sms_cost": "a text helper of the composing cell",
     "sms_fit_preview": "a text helper of the composing cell",
     "sms_segments": "a text helper of the composing cell",
+    # A/B tests: the worker's step runs in run-worker; the widget is displayed in a cell.
+    "ab_test_step": "a step of the worker's pass; run-worker runs it",
+    "ab_test_widget": "a notebook widget; ab-report prints what it shows",
 }
 
 #: A required parameter the command fills itself, and the words its help must say instead.

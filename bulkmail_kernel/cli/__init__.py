@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from bulkmail_kernel.cli import (
+    abtests,
     campaigns,
     caps,
     compose,
@@ -45,6 +46,7 @@ STAGES = (
     campaigns,
     caps,
     sending,
+    abtests,
     providers,
     deliverability,
     servers,

@@ -20,6 +20,7 @@ from bulkmail_kernel.db.connection import (
 )
 from bulkmail_kernel.db.schema import (
     NAMING_CONVENTION,
+    AbAssignment,
     Base,
     Campaign,
     CampaignStatus,
@@ -49,6 +50,7 @@ from bulkmail_kernel.db.schema import (
 
 __all__ = [
     "NAMING_CONVENTION",
+    "AbAssignment",
     "Base",
     "Campaign",
     "CampaignStatus",

@@ -294,6 +294,12 @@ class Campaign(Base):
     #: (``campaigns.caps``). A transactional campaign is never capped and never counts.
     frequency_cap: Mapped[str | None] = mapped_column(sa.String(20))
     transactional: Mapped[bool] = mapped_column(server_default="0")
+    #: The campaign this one follows up (a resend to non-clickers, ``campaigns.resend``).
+    #: No foreign key: SQLite could add one only by copying the table (migration 0010).
+    parent_id: Mapped[int | None] = mapped_column()
+    #: An A/B test's set-up and decision (variants, sample, holdout, wait, metric, seed,
+    #: winner); None for an ordinary campaign (``campaigns.abtests``).
+    ab_test: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     registered_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -496,3 +502,25 @@ class ExportLogEntry(Base):
     #: "exported" or "refused".
     outcome: Mapped[str] = mapped_column(sa.String(10), default="exported")
     detail: Mapped[str] = mapped_column(sa.Text, default="")
+
+
+class AbAssignment(Base):
+    """Which arm of a campaign's A/B test a recipient fell in: a variant, the holdout, the rest.
+
+    The holdout is recorded here and nowhere else (it gets no message), so its outcome can
+    be compared with the variants'.
+    """
+
+    __tablename__ = "ab_assignments"
+
+    campaign_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    contact_point_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("contact_points.id", ondelete="CASCADE"), primary_key=True
+    )
+    contact_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
+    #: A variant's name, "holdout" or "rest".
+    arm: Mapped[str] = mapped_column(sa.String(50))

@@ -15,7 +15,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 from bulkmail_kernel import config
@@ -61,6 +62,7 @@ def run_worker(
     connections: int = 1,
     dead_worker_s: float | None = None,
     max_lateness_s: float | None = None,
+    steps: Sequence[Callable[[Database, datetime], bool]] = (),
 ) -> int:
     """Send scheduled and running campaigns until stopped (``bulkmail worker``); return the count.
 
@@ -75,6 +77,12 @@ def run_worker(
     recorded and the rest of its claims back in the queue. Started before its database
     is reachable, it waits for it up to ``BULKMAIL_DB_RETRY_S`` (then logs an error and
     returns 0).
+
+    ``steps`` are called at the start of each pass with the database and the clock's
+    time, before the due campaigns are looked up; one returns True while it still waits
+    for something (then ``exit_when_idle`` does not end the worker). The public
+    ``run_worker`` (``campaigns.worker``) passes ``ab_test_step``, which decides A/B
+    tests whose wait is over.
     """
     if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
         raise ConfigError(
@@ -100,6 +108,7 @@ def run_worker(
         clock,
         transport_factory,
         limits,
+        tuple(steps),
     )
     sent: list[int] = []
 
@@ -125,6 +134,7 @@ def _worker_loop(
     clock: Clock,
     transport_factory: Callable[[SenderInfo], Transport] | None,
     limits: _Limits,
+    steps: tuple[Callable[[Database, datetime], bool], ...] = (),
 ) -> int:
     store = OutboxStore(database, new_worker_id(), clock)
     store.register_worker()
@@ -142,6 +152,7 @@ def _worker_loop(
         while not stop.is_set():
             store.recover(stale_after_s=limits.dead_worker_s)
             _mark_late(store, limits.max_lateness_s)
+            waiting = _run_steps(steps, store)
             worked = False
             for campaign_id in store.due_campaigns():
                 due = store.take_due(campaign_id)
@@ -206,7 +217,7 @@ def _worker_loop(
                 worked = worked or any(run.totals.values())
                 _log_state(name, store.finish_if_done(campaign_id), campaign_id, active)
             if not worked:
-                if exit_when_idle and not store.has_open_work():
+                if exit_when_idle and not waiting and not store.has_open_work():
                     break
                 stop.wait(poll_interval_s) if clock is SYSTEM_CLOCK else clock.sleep(
                     poll_interval_s
@@ -222,6 +233,17 @@ def _worker_loop(
         store.unregister_worker()
         log.info("worker %s stopped after %d messages", store.worker_id, sent)
     return sent
+
+
+def _run_steps(steps: tuple[Callable[[Database, datetime], bool], ...], store: OutboxStore) -> bool:
+    """Run each step of the pass; return whether one still waits. A failing step is logged."""
+    waiting = False
+    for step in steps:
+        try:
+            waiting = bool(step(store.db, store.clock.now())) or waiting
+        except Exception as exc:  # one step's bug must not stop the sending of every campaign
+            log.exception("worker: step %s failed: %s", getattr(step, "__name__", step), exc)
+    return waiting
 
 
 class _Limits(NamedTuple):
