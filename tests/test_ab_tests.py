@@ -204,10 +204,14 @@ def test_an_ab_test_runs_end_to_end_through_the_worker(
     for pid, arm in where.items():
         by_arm.setdefault(arm, []).append(address[pid])
 
-    # 1. The worker sends the variants (nothing else is due) into the real SMTP sink.
+    # 1. A worker without steps (so it does not wait for the decision) sends the variants
+    # (nothing else is due) into the real SMTP sink.
     clock = ManualClock(start=datetime.now(UTC))
     bm.schedule("jar", clock.now(), db=database)
-    assert bm.run_worker(db=database, clock=clock, exit_when_idle=True, poll_interval_s=600.0) == 40
+    sent = bm.run_worker(
+        db=database, clock=clock, exit_when_idle=True, poll_interval_s=600.0, steps=()
+    )
+    assert sent == 40
     subjects = {m.rcpt_tos[0]: _subject(m.data) for m in sink.messages}
     assert {subjects[a] for a in by_arm["A"]} == {"Jar A"}
     assert {subjects[a] for a in by_arm["B"]} == {"Jar B: -20 %"}
