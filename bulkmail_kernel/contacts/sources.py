@@ -131,15 +131,21 @@ def read_csv(
             source=str(path),
         ) from exc
     text = text.removeprefix("\ufeff")
+    del data  # a large file is held once, not twice
     if not text.strip():
         raise ContactImportError(f"{path.name}: the file is empty", source=str(path))
     delim = delimiter or sniff_delimiter(text.split("\n", 1)[0])
     records, broken = _csv_records(path, text, delim)
+    del text
     header = [h.strip() for h in records[0][1]]
     rows: list[SourceRow] = []
     # The row number is the record number, as a spreadsheet shows it (header = row 1),
     # so a quoted line break inside a cell does not shift the numbers that follow.
-    for number, fields in records[1:]:
+    # Records are taken from the list as rows are made, so the two are not both held.
+    records.reverse()
+    records.pop()  # the header
+    while records:
+        number, fields = records.pop()
         if not any(f.strip() for f in fields):
             continue
         if len(fields) > len(header) and not any(f.strip() for f in fields[len(header) :]):
