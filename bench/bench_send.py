@@ -424,8 +424,8 @@ def main() -> None:
     n, rounds, wide = args.messages, args.rounds, args.connections
     widths = (1, wide)
     rows: list[tuple[str, str, str, str, str]] = []
-    #: Each measured row's client CPU a message (µs, the best round's), by the row's label.
-    cpu_col: dict[str, str] = {}
+    #: Each measured row's client CPU a message (µs, the least round's), by the row's index.
+    cpu_col: dict[int, str] = {}
     failed = False
     cli = mailmerge_cli()
     with tempfile.TemporaryDirectory() as tmp:
@@ -493,7 +493,7 @@ def main() -> None:
                         _spread(rates["source"]),
                     )
                 )
-                cpu_col[rows[-1][0]] = _cpu(cpus["source"])
+                cpu_col[len(rows) - 1] = _cpu(cpus["source"])
             for conns in widths:
                 raw = _best(rates[f"raw{conns}"])
                 plural = "s" * (conns > 1)
@@ -506,7 +506,7 @@ def main() -> None:
                         _spread(rates[f"raw{conns}"]),
                     )
                 )
-                cpu_col[rows[-1][0]] = _cpu(cpus[f"raw{conns}"])
+                cpu_col[len(rows) - 1] = _cpu(cpus[f"raw{conns}"])
                 for label, _db in databases:
                     key = f"send{conns}{label}"
                     best = _best(rates[key])
@@ -529,7 +529,7 @@ def main() -> None:
                             f"{_spread(rates[key])}  {goal}",
                         )
                     )
-                    cpu_col[rows[-1][0]] = _cpu(cpus[key])
+                    cpu_col[len(rows) - 1] = _cpu(cpus[key])
                     # The send journal's cost: the same run with journals off, side by side.
                     # Best against best swings +-30 % on a drifting VM: the median of each
                     # round's back-to-back pair is shown.
@@ -546,7 +546,7 @@ def main() -> None:
                             f"{_spread(rates[f'{key}-nojournal'])}  (bench_journal.py judges)",
                         )
                     )
-                    cpu_col[rows[-1][0]] = _cpu(cpus[f"{key}-nojournal"])
+                    cpu_col[len(rows) - 1] = _cpu(cpus[f"{key}-nojournal"])
             if cli is not None:
                 mm = _best(rates["mailmerge"])
                 best = max(
@@ -563,7 +563,7 @@ def main() -> None:
                         _spread(rates["mailmerge"]),
                     )
                 )
-                cpu_col[rows[-1][0]] = _cpu(cpus["mailmerge"])
+                cpu_col[len(rows) - 1] = _cpu(cpus["mailmerge"])
                 verdict = f">= 5x {_verdict(ok)}"
                 rows.append(("  best send() / mailmerge", f"{best / mm:.1f}x", "", "", verdict))
                 # The ceiling: what raw smtplib itself reaches over the same sink.
@@ -599,8 +599,8 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     head = f"{'what':<{width}}  {'result':>12}  {'vs raw':>8}  {'sink saw':>11}  {'us CPU':>7}"
     print(f"{head}  rounds / goal")
-    for what, result, vs, conns, goal in rows:
-        cpu = cpu_col.get(what, "")
+    for i, (what, result, vs, conns, goal) in enumerate(rows):
+        cpu = cpu_col.get(i, "")
         print(f"{what:<{width}}  {result:>12}  {vs:>8}  {conns:>11}  {cpu:>7}  {goal}")
     if failed:
         sys.exit(1)
