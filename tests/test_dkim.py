@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from email.utils import format_datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dkim as dkimpy
 import pytest
@@ -181,3 +183,36 @@ def test_header_set_check_refuses_smuggled_and_duplicate_headers() -> None:
         prepare_outgoing(BODY.replace(b"Message-ID: <abc@shop.sk>\r\n", b""), when=WHEN)
     with pytest.raises(SendError, match="time-zone aware"):
         prepare_outgoing(BODY, when=dt.datetime(2025, 1, 1))
+
+
+def test_a_header_shape_that_passed_is_no_pass_for_a_message_that_differs() -> None:
+    allowed = tuple(check_header_set(b"Date: x\r\n" + BODY))
+    good = prepare_outgoing(BODY, when=WHEN, allowed=allowed)  # its shape is now known
+    assert prepare_outgoing(BODY, when=WHEN, allowed=allowed) == good
+    for bad in (
+        BODY.replace(b"Novinky", b"Novinky\r\nBcc: x@y.sk"),  # a header smuggled in
+        BODY.replace(b"To: jan@a.sk", b"To: jan@a.sk\nBcc: x@y.sk"),  # a bare LF
+        BODY.replace(b"To: jan@a.sk", b"To: jan@a.sk\rBcc: x@y.sk"),  # a bare CR
+        BODY.replace(b"Subject: Novinky", b"Subject: Novinky\r\nTo: eva@a.sk"),  # doubled
+        BODY.replace(b"Subject:", b"Subject;"),  # a line that is no header
+        BODY.replace(b"Message-ID: <abc@shop.sk>\r\n", b""),  # a required one missing
+        BODY.replace(b"\r\n\r\n", b"\r\n"),  # no end to the headers
+    ):
+        with pytest.raises(SendError):
+            prepare_outgoing(bad, when=WHEN, allowed=allowed)
+    # A folded value is a continuation, not a header: the same shape, still sent.
+    folded = BODY.replace(b"Subject: Novinky", b"Subject: Novinky\r\n a dalsie")
+    assert b"Novinky\r\n a dalsie\r\n" in prepare_outgoing(folded, when=WHEN, allowed=allowed)
+
+
+def test_date_is_formatted_once_a_second_in_the_time_zone_given() -> None:
+    def date(when: dt.datetime) -> bytes:
+        return prepare_outgoing(BODY, when=when).partition(b"\r\n")[0]
+
+    first = date(WHEN)
+    assert first == b"Date: " + format_datetime(WHEN).encode()
+    assert date(WHEN + dt.timedelta(milliseconds=999)) == first
+    assert date(WHEN + dt.timedelta(seconds=1)) == b"Date: Mon, 01 Sep 2025 08:30:01 +0000"
+    local = WHEN.astimezone(ZoneInfo("Europe/Bratislava"))
+    assert date(local) == b"Date: Mon, 01 Sep 2025 10:30:00 +0200"
+    assert date(WHEN) == first

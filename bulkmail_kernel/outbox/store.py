@@ -35,11 +35,10 @@ from bulkmail_kernel.db import (
     Database,
     Event,
     Message,
-    MessageBody,
     MessageStatus,
 )
 from bulkmail_kernel.exceptions import SendError
-from bulkmail_kernel.outbox import breaker, domains, reconnect, recovery, runs
+from bulkmail_kernel.outbox import breaker, domains, prepared, reconnect, recovery, runs
 from bulkmail_kernel.outbox.journal import journal_dir
 from bulkmail_kernel.outbox.lookup import campaign_info, campaign_row, sender_of
 from bulkmail_kernel.outbox.parking import not_parked
@@ -213,17 +212,8 @@ class OutboxStore:
                 domains.spend(conn, chosen, keep, now)
                 keep.sort(key=lambda r: r.id)
                 handed = self._mark(conn, [r.id for r in keep[:hand]])
-            bodies = (
-                dict(
-                    conn.execute(
-                        sa.select(MessageBody.message_id, MessageBody.body).where(
-                            MessageBody.message_id.in_([r.id for r in keep])
-                        )
-                    ).all()
-                )
-                if keep
-                else {}
-            )
+            ids = [r.id for r in keep]
+            bodies = dict(conn.execute(prepared.BODIES, {"ids": ids}).all()) if keep else {}
             # Built before the commit: a message the store cannot read is not left claimed.
             return [
                 Claimed(
@@ -274,18 +264,8 @@ class OutboxStore:
     def _mark(self, conn: sa.Connection, ids: list[int]) -> set[int]:
         if not ids:
             return set()
-        return set(
-            conn.execute(
-                sa.update(_M)
-                .where(
-                    _M.c.id.in_(ids),
-                    _M.c.claimed_by == self.worker_id,
-                    _M.c.status == MessageStatus.SENDING.value,
-                )
-                .values(handed_at=self.clock.now())
-                .returning(_M.c.id)
-            ).scalars()
-        )
+        params = {"ids": ids, "worker": self.worker_id, "now": self.clock.now()}
+        return set(conn.execute(prepared.MARK, params).scalars())
 
     # -- outcomes --------------------------------------------------------------
 
@@ -379,21 +359,8 @@ class OutboxStore:
                         in_row[0] = breaker.refusals_in_row(conn, campaign_id)
                     return reconnect.still_held(conn, self.worker_id, hand)
                 for code, ids in sent_by_code.items():
-                    # The claim already counted this attempt: attempts stays as it is.
-                    conn.execute(
-                        sa.update(_M)
-                        .where(_M.c.id.in_(ids), _M.c.claimed_by == self.worker_id)
-                        .values(
-                            status=MessageStatus.SENT.value,
-                            last_code=code,
-                            last_error="",
-                            next_attempt_at=None,
-                            sent_at=now,
-                            provider_message_id=None,
-                            claimed_by=None,
-                            updated_at=now,
-                        )
-                    )
+                    params = {"ids": ids, "worker": self.worker_id, "code": code, "now": now}
+                    conn.execute(prepared.SENT, params)
                 if updates:
                     conn.execute(
                         sa.update(_M)
