@@ -141,7 +141,7 @@ CONTACTS: list[dict[str, Any]] = [
      "language": "sk", "registered_at": BASE,
      "attributes": {"customer_type": "vip", "visits": 3, "spend": 12.5, "vip": True,
                     "since": "2024-01-02", "tags": ["a", "b"], "note": "Ďakujem 😀",
-                    "mixed": 1}},
+                    "mixed": 1, "flag": True, "score": 1}},
     {"external_id": None, "first_name": 'Ann "Q", x\nY', "last_name": "", "gender": None,
      "language": "de", "registered_at": BASE + timedelta(microseconds=123_456),
      "attributes": {}},
@@ -155,7 +155,8 @@ CONTACTS: list[dict[str, Any]] = [
     {"external_id": "C5", "first_name": "Ola", "last_name": "Ñandú", "gender": "f",
      "language": "en", "registered_at": BASE + timedelta(hours=30),
      "attributes": {"customer_type": "new", "visits": 0, "vip": False, "spend": None,
-                    "since": None, "first_name": "shadowed"}},
+                    "since": None, "first_name": "shadowed",
+                    "flag": 0, "score": 2.5}},
 ]  # fmt: skip
 POINTS: list[tuple[int, str, str, str, str, bool, bool]] = [
     # contact, channel, value, type, kind, mailing_allowed, is_preferred

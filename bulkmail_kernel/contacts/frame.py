@@ -159,9 +159,11 @@ def _attribute_columns(texts: pa.ChunkedArray) -> dict[str, pd.Series]:
         del chunk
         for key in set().union(*parsed) - set(FRAME_COLUMNS):
             values = [d.get(key) for d in parsed]
-            seen = {type(v) for v in values} - {type(None)}
+            packed, seen = _packed(values)
             kinds.setdefault(key, set()).update(seen)
-            parts.setdefault(key, []).append((start, _packed(values, seen)))
+            chunks = parts.setdefault(key, [])
+            if seen:  # a chunk where the attribute is always missing is a gap of nulls
+                chunks.append((start, packed))
     return {key: _typed_parts(parts[key], kinds[key], n) for key in sorted(parts)}
 
 
@@ -172,14 +174,28 @@ _ARROW_TYPES: dict[frozenset[type], pa.DataType] = {
 }
 
 
-def _packed(values: list[Any], seen: set[type]) -> pa.Array | list[Any]:
-    arrow_type = _ARROW_TYPES.get(frozenset(seen))
-    if arrow_type is None:
-        return values
+# What Arrow's own type inference makes of a list of JSON values, when it is one kind.
+_INFERRED: dict[pa.DataType, set[type]] = {
+    pa.string(): {str},
+    pa.int64(): {int},
+    pa.bool_(): {bool},
+    pa.null(): set(),
+}
+
+
+def _packed(values: list[Any]) -> tuple[pa.Array | list[Any], set[type]]:
+    """Return the values as an Arrow array when they are of one kind, and their kinds."""
     try:
-        return pa.array(values, type=arrow_type)
-    except (OverflowError, pa.ArrowException):  # a whole number beyond 64 bits
-        return values
+        # Arrow infers in C++ what a set of the values' types would say in Python: an
+        # int beside a str or a bool fails here, and the values stay a list.
+        array = pa.array(values)
+    except (OverflowError, pa.ArrowException):
+        array = None
+    if array is not None and array.type in _INFERRED:
+        seen = _INFERRED[array.type]
+        arrow_type = _ARROW_TYPES.get(frozenset(seen))
+        return (array.cast(arrow_type) if arrow_type else values), seen
+    return values, {type(v) for v in values} - {type(None)}
 
 
 def _typed_parts(
