@@ -20,9 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
+from bulkmail_kernel.contacts.frame_fetch import CHANNELS, GENDERS, KINDS, fetch_tables
 from bulkmail_kernel.contacts.values import _cell_text, email_identity, normalize_phone
 from bulkmail_kernel.db import Contact, ContactPoint, Database, resolve_database
 from bulkmail_kernel.db.roles import MASKED_VIEW, hidden_contact_columns
@@ -49,31 +52,9 @@ FRAME_COLUMNS = (
     "is_preferred",
     "suppressed",
 )
-_FRAME_SQL = """
-SELECT p.id, p.contact_id, c.external_id, c.first_name, c.last_name, c.patronymic,
-       c.gender, c.language, c.registered_at, p.channel,
-       CASE WHEN p.channel = 'email' THEN p.value ELSE p.normalized END, p.type, p.kind,
-       p.mailing_allowed, p.is_preferred,
-       CASE WHEN s.id IS NULL THEN 0 ELSE 1 END, c.attributes
-FROM contact_points p
-JOIN contacts c ON c.id = p.contact_id
-LEFT JOIN suppressions s ON s.channel = p.channel AND s.normalized = p.normalized
-ORDER BY p.id
-"""
-#: What the analyst role reads instead (docs/permissions.md): names as ``MASKED``, the
-#: address masked by the owner's view (``***@domain``, ``***`` and a phone's last digits).
+#: What the analyst role reads instead of names (docs/permissions.md); its addresses come
+#: masked from the owner's view (``***@domain``, ``***`` and a phone's last digits).
 MASKED = "***"
-_MASKED_SQL = f"""
-SELECT p.id, p.contact_id, c.external_id, '{MASKED}', '{MASKED}', '{MASKED}',
-       c.gender, c.language, c.registered_at, p.channel,
-       m.masked_address, p.type, p.kind,
-       p.mailing_allowed, p.is_preferred,
-       CASE WHEN m.suppressed THEN 1 ELSE 0 END, c.attributes
-FROM contact_points p
-JOIN contacts c ON c.id = p.contact_id
-JOIN {MASKED_VIEW} m ON m.id = p.id
-ORDER BY p.id
-"""
 
 
 def contacts_frame(
@@ -91,7 +72,6 @@ def contacts_frame(
     """
     database = resolve_database(db, url)
     hidden = hidden_contact_columns(database)
-    sql = _MASKED_SQL if hidden else _FRAME_SQL
     if hidden:
         log.warning(
             "contacts_frame: this database role may not read %s; names show as %s and "
@@ -100,82 +80,201 @@ def contacts_frame(
             ", ".join(hidden),
             MASKED,
         )
-    if contact_ids is not None:
-        # Whole numbers only, so they can stand in the SQL text of either backend's driver.
-        ids = ",".join(str(int(i)) for i in contact_ids) or "NULL"
-        sql = sql.replace("ORDER BY p.id", f"WHERE p.contact_id IN ({ids})\nORDER BY p.id")
-    raw = database.engine.raw_connection()
     try:
-        cur = raw.cursor()
-        try:
-            cur.execute(sql)
-        except database.engine.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
-            if not hidden:
-                raise
-            # The masked view is missing (roles granted by hand) or not granted.
-            raise ContactAccessError(
-                f"contacts_frame: this database role may not read {', '.join(hidden)} and "
-                f"cannot read the masked view {MASKED_VIEW} either ({exc}); the schema owner "
-                "runs `bulkmail create-roles --analyst NAME` to make and grant it",
-                columns=hidden,
-            ) from exc
-        records = cur.fetchall()
-        cur.close()
-    finally:
-        raw.close()
-    # One C-level transpose into object columns; each is then given its dtype on purpose.
-    table = np.empty((len(records), 17), dtype=object)
-    if records:
-        table[:] = records
-    cols = [table[:, i] for i in range(17)]
-    out = pd.DataFrame(
-        {
-            "contact_point_id": pd.array(cols[0], dtype="int64"),
-            "contact_id": pd.array(cols[1], dtype="int64"),
-            "external_id": pd.array(cols[2], dtype="str"),
-            "first_name": pd.array(cols[3], dtype="str"),
-            "last_name": pd.array(cols[4], dtype="str"),
-            "patronymic": pd.array(cols[5], dtype="str"),
-            "gender": pd.Categorical(cols[6], categories=["m", "f"]),
-            "language": pd.Categorical(cols[7], categories=list(config.SUPPORTED_LANGUAGES)),
-            "registered_at": _utc_datetimes(cols[8]),
-            "channel": pd.Categorical(cols[9], categories=["email", "phone"]),
-            "address": pd.array(cols[10], dtype="str"),
-            "point_type": pd.Categorical(cols[11]),
-            "kind": pd.Categorical(cols[12], categories=["personal", "work"]),
-            "mailing_allowed": pd.array(cols[13], dtype="bool"),
-            "is_preferred": pd.array(cols[14], dtype="bool"),
-            "suppressed": pd.array(cols[15], dtype="bool"),
-        }
+        points, contacts, suppressed = fetch_tables(database, contact_ids, masked=bool(hidden))
+    except database.engine.dialect.dbapi.Error as exc:  # type: ignore[union-attr]
+        if not hidden:
+            raise
+        # The masked view is missing (roles granted by hand) or not granted.
+        raise ContactAccessError(
+            f"contacts_frame: this database role may not read {', '.join(hidden)} and "
+            f"cannot read the masked view {MASKED_VIEW} either ({exc}); the schema owner "
+            "runs `bulkmail create-roles --analyst NAME` to make and grant it",
+            columns=hidden,
+        ) from exc
+    known = pc.is_in(points.column("contact_id"), value_set=contacts.column("id"))
+    if not pc.all(known).as_py():  # as the join did: a point whose contact is gone is no recipient
+        points = points.filter(known)
+    # The contacts that have points, and for each point the position of its contact
+    # among them: a contact's fields are typed once and then spread over its points.
+    used_ids, spread = np.unique(points.column("contact_id").to_numpy(), return_inverse=True)
+    contacts = contacts.take(np.searchsorted(contacts.column("id").to_numpy(), used_ids))
+    del used_ids
+    taken = pa.array(spread)
+    columns: dict[str, Any] = {
+        "contact_point_id": points.column("id").to_numpy(),
+        "contact_id": points.column("contact_id").to_numpy(),
+    }
+    for name in ("external_id", "first_name", "last_name", "patronymic"):
+        columns[name] = _text(contacts.column(name).take(taken))
+    columns["gender"] = _choice(contacts.column("gender"), GENDERS, spread)
+    languages = list(config.SUPPORTED_LANGUAGES)
+    columns["language"] = _choice(contacts.column("language"), languages, spread)
+    columns["registered_at"] = _utc_datetimes(contacts.column("registered_at")).take(spread).array
+    columns["channel"] = _choice(points.column("channel"), CHANNELS)
+    columns["address"] = _text(points.column("address"))
+    columns["point_type"] = _inferred_choice(points.column("point_type")).array
+    columns["kind"] = _choice(points.column("kind"), KINDS)
+    for name in ("mailing_allowed", "is_preferred"):
+        columns[name] = points.column(name).to_numpy().astype(bool)
+    columns["suppressed"] = pc.is_in(points.column("id"), value_set=suppressed).to_numpy(
+        zero_copy_only=False
     )
-    attrs = _attribute_columns(out["contact_id"], cols[16])
-    frame = pd.concat([out, attrs], axis=1) if len(attrs.columns) else out
+    del points
+    attributes = _attribute_columns(contacts.column("attributes"))
+    del contacts
+    for key, per_contact in attributes.items():
+        columns[key] = per_contact.take(spread).array
+    frame = pd.DataFrame(columns, copy=False)
     if hidden:
         frame.attrs["hidden_columns"] = hidden
     return frame
 
 
-def _utc_datetimes(values: Any) -> pd.Series:
-    # SQLite hands back naive UTC text, PostgreSQL aware datetimes; both end as UTC.
-    series = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601")
-    return series.astype("datetime64[us, UTC]")
+def _text(values: pa.ChunkedArray) -> pd.api.extensions.ExtensionArray:
+    return pd.array(values, dtype="str")
 
 
-def _attribute_columns(contact_ids: pd.Series, raw: Any) -> pd.DataFrame:
-    # Parse each contact's JSON once, however many points it has.
-    ids = contact_ids.to_numpy()
-    _, first_pos, codes = np.unique(ids, return_index=True, return_inverse=True)
-    parsed: list[dict[str, Any]] = []
-    for pos in first_pos:
-        value = raw[pos]
-        parsed.append(json.loads(value) if isinstance(value, str) else dict(value or {}))
-    keys = sorted({k for d in parsed for k in d} - set(FRAME_COLUMNS))
-    columns = {}
-    for key in keys:
-        # Type the column once per contact, then spread it over the contact's points.
-        per_contact = _typed_attribute(pd.Series([d.get(key) for d in parsed], dtype=object))
-        columns[key] = per_contact.take(codes).set_axis(contact_ids.index)
-    return pd.DataFrame(columns, index=contact_ids.index)
+def _choice(
+    codes: pa.ChunkedArray, categories: Sequence[str], spread: np.ndarray | None = None
+) -> pd.Categorical:
+    """Return the categorical of codes the SQL computed (-1: missing or not a category)."""
+    numbers = codes.to_numpy()
+    if spread is not None:
+        numbers = numbers[spread]
+    return pd.Categorical.from_codes(numbers, categories=list(categories))
+
+
+def _inferred_choice(values: pa.ChunkedArray) -> pd.Series:
+    """Return ``values`` as a categorical whose categories are its distinct values, sorted."""
+    distinct = pc.drop_null(pc.unique(values)).to_pylist()
+    # Let pandas order and type the categories, exactly as pd.Categorical(values) would.
+    categories = pd.Categorical(np.array(distinct, dtype=object)).categories
+    codes = pc.index_in(values, value_set=pa.array(list(categories), pa.large_string()))
+    numbers = pc.fill_null(codes, -1).to_numpy().astype(np.int32)
+    return pd.Series(pd.Categorical.from_codes(numbers, dtype=pd.CategoricalDtype(categories)))
+
+
+def _utc_datetimes(values: pa.ChunkedArray) -> pd.Series:
+    # SQLite hands back naive UTC text, PostgreSQL microseconds since the epoch.
+    if pa.types.is_integer(values.type):
+        micros = values.to_numpy(zero_copy_only=False)
+        if values.null_count:
+            micros = pc.fill_null(values, np.iinfo(np.int64).min).to_numpy()
+        return pd.Series(micros.view("datetime64[us]")).dt.tz_localize("UTC")
+    try:
+        stamps = pc.cast(values, pa.timestamp("us"))
+    except pa.ArrowInvalid:
+        # Text Arrow does not read (an offset, an odd form): pandas' ISO 8601 parser does.
+        series = pd.to_datetime(
+            pd.Series(values.to_pylist(), dtype=object), utc=True, format="ISO8601"
+        )
+        return series.astype("datetime64[us, UTC]")
+    return pd.Series(stamps.to_numpy(zero_copy_only=False)).dt.tz_localize("UTC")
+
+
+_JSON_CHUNK = 50_000
+
+
+def _attribute_columns(texts: pa.ChunkedArray) -> dict[str, pd.Series]:
+    """Return one typed column per custom attribute, one value per contact, keys sorted.
+
+    The JSON is parsed a chunk of contacts at a time, as one array text (one ``json.loads``
+    call instead of one per contact), and each attribute's values of the chunk are packed
+    into an Arrow array when they are all text, all whole numbers or all yes/no, so a
+    million contacts never sit in memory as Python dicts at once.
+    """
+    parts: dict[str, list[tuple[int, pa.Array | list[Any]]]] = {}
+    kinds: dict[str, set[type]] = {}
+    n = len(texts)
+    for start in range(0, n, _JSON_CHUNK):
+        chunk = texts.slice(start, _JSON_CHUNK).to_pylist()
+        parsed = json.loads("[" + ",".join(t if t is not None else "{}" for t in chunk) + "]")
+        del chunk
+        for key in set().union(*parsed) - set(FRAME_COLUMNS):
+            values = [d.get(key) for d in parsed]
+            packed, seen = _packed(values)
+            kinds.setdefault(key, set()).update(seen)
+            chunks = parts.setdefault(key, [])
+            if seen:  # a chunk where the attribute is always missing is a gap of nulls
+                chunks.append((start, packed))
+    return {key: _typed_parts(parts[key], kinds[key], n) for key in sorted(parts)}
+
+
+_ARROW_TYPES: dict[frozenset[type], pa.DataType] = {
+    frozenset({str}): pa.large_string(),
+    frozenset({int}): pa.int64(),
+    frozenset({bool}): pa.bool_(),
+}
+
+
+# What Arrow's own type inference makes of a list of JSON values, when it is one kind.
+_INFERRED: dict[pa.DataType, set[type]] = {
+    pa.string(): {str},
+    pa.int64(): {int},
+    pa.bool_(): {bool},
+    pa.null(): set(),
+}
+
+
+def _packed(values: list[Any]) -> tuple[pa.Array | list[Any], set[type]]:
+    """Return the values as an Arrow array when they are of one kind, and their kinds."""
+    try:
+        # Arrow infers in C++ what a set of the values' types would say in Python: an
+        # int beside a str or a bool fails here, and the values stay a list.
+        array = pa.array(values)
+    except (OverflowError, pa.ArrowException):
+        array = None
+    if array is not None and array.type in _INFERRED:
+        seen = _INFERRED[array.type]
+        arrow_type = _ARROW_TYPES.get(frozenset(seen))
+        return (array.cast(arrow_type) if arrow_type else values), seen
+    return values, {type(v) for v in values} - {type(None)}
+
+
+def _typed_parts(
+    parts: list[tuple[int, pa.Array | list[Any]]], seen: set[type], n: int
+) -> pd.Series:
+    """Type one attribute's column from its packed chunks (see ``_typed_attribute``)."""
+    arrow_type = _ARROW_TYPES.get(frozenset(seen))
+    if arrow_type is not None and all(isinstance(p, pa.Array) for _, p in parts):
+        arrays: list[pa.Array] = []
+        at = 0
+        for start, part in parts:  # chunks without the attribute are missing values
+            if start > at:
+                arrays.append(pa.nulls(start - at, arrow_type))
+            arrays.append(part)
+            at = start + len(part)
+        if n > at:
+            arrays.append(pa.nulls(n - at, arrow_type))
+        return _typed_arrow(pa.chunked_array(arrays, arrow_type))
+    values: list[Any] = [None] * n
+    for start, part in parts:
+        chunk = part.to_pylist() if isinstance(part, pa.Array) else part
+        values[start : start + len(chunk)] = chunk
+    return _typed_attribute(pd.Series(values, dtype=object))
+
+
+def _typed_arrow(values: pa.ChunkedArray) -> pd.Series:
+    """Type a column of all-text, all-integer or all-yes/no values as ``_typed_attribute``."""
+    missing = values.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_boolean(values.type):
+        filled = pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+        return pd.Series(pd.arrays.BooleanArray(filled, missing))
+    if pa.types.is_integer(values.type):
+        filled = pc.fill_null(values, 0).to_numpy()
+        return pd.Series(pd.arrays.IntegerArray(filled, missing))
+    distinct = pc.drop_null(pc.unique(values)).to_pylist()
+    if distinct and all(_ISO_DATE.match(v) for v in distinct):
+        # Parse each distinct date once, then look every value up.
+        stamps = pd.to_datetime(pd.Series(distinct, dtype=object), format="ISO8601", utc=True)
+        stamps = stamps.astype("datetime64[us, UTC]")
+        codes = pc.fill_null(pc.index_in(values, value_set=pa.array(distinct)), -1)
+        index = codes.to_numpy()
+        result = stamps.take(np.where(index < 0, 0, index)).reset_index(drop=True)
+        result[index < 0] = pd.NaT
+        return result
+    return _inferred_choice(values)
 
 
 _ISO_DATE = re.compile(
