@@ -58,6 +58,9 @@ if TYPE_CHECKING:
         provider_status,
     )
     from bulkmail_kernel.campaigns.samples import test_send
+
+    # Consent records and click tracking (docs/tracking.md).
+    from bulkmail_kernel.campaigns.tracking import clicks, set_tracking
     from bulkmail_kernel.compose.checks import check_template, preview_warnings
     from bulkmail_kernel.compose.mime import build_mime
     from bulkmail_kernel.compose.render import RenderedMessage, render
@@ -68,6 +71,7 @@ if TYPE_CHECKING:
         load_template,
         template_from_html,
     )
+    from bulkmail_kernel.contacts.consents import consents, record_consent
     from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.contacts.importer import import_contacts
     from bulkmail_kernel.contacts.merges import identity_merges
@@ -276,6 +280,11 @@ _WHERE: dict[str, tuple[str, str]] = {
     "unknown_messages": ("bulkmail_kernel.outbox.queue", "unknown_messages"),
     "unsubscribe": ("bulkmail_kernel.outbox.suppressions", "unsubscribe"),
     "unsubscribe_address": ("bulkmail_kernel.outbox.suppressions", "unsubscribe_address"),
+    # Consent records and click tracking (docs/tracking.md).
+    "record_consent": ("bulkmail_kernel.contacts.consents", "record_consent"),
+    "consents": ("bulkmail_kernel.contacts.consents", "consents"),
+    "set_tracking": ("bulkmail_kernel.campaigns.tracking", "set_tracking"),
+    "clicks": ("bulkmail_kernel.campaigns.tracking", "clicks"),
 }
 
 __all__ = [
@@ -325,7 +334,9 @@ __all__ = [
     "check_campaign",
     "check_template",
     "classify_message",
+    "clicks",
     "connect",
+    "consents",
     "contacts_frame",
     "create_campaign",
     "create_unsubscribe_app",
@@ -368,6 +379,8 @@ __all__ = [
     "provider_status",
     "queue",
     "readable",
+    # Consent records and click tracking (docs/tracking.md).
+    "record_consent",
     "register",
     "remove_from_queue",
     "rename_segment",
@@ -388,6 +401,7 @@ __all__ = [
     "set_domain_limits",
     "set_frequency_cap",
     "set_send_window",
+    "set_tracking",
     "sign_message",
     "skipped",
     "sms_cost",

@@ -26,6 +26,7 @@ from bulkmail_kernel.campaigns.preflight import (
     skip_summary,
 )
 from bulkmail_kernel.campaigns.rendering import campaign_renderer, template_source
+from bulkmail_kernel.campaigns.tracking import tracking_for
 from bulkmail_kernel.compose.headers import new_message_id, new_token
 from bulkmail_kernel.compose.render import RunawayGuard
 from bulkmail_kernel.compose.sms import sms_segments
@@ -49,6 +50,7 @@ from bulkmail_kernel.exceptions import (
     SendError,
     TemplateError,
 )
+from bulkmail_kernel.outbox.clicks import store_links
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
 from bulkmail_kernel.outbox.parking import park_campaign
 from bulkmail_kernel.outbox.queue import queue, store_messages
@@ -144,6 +146,7 @@ def register(
         already = set(
             conn.execute(sa.select(Message.recipient).where(Message.campaign_id == cid)).scalars()
         )
+    renderer = tracking_for(renderer, database, {p.contact_id for p in points.values()})
     skipped: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -207,6 +210,7 @@ def register(
                         "subject": subject,
                         "body": data,
                         "timezone": recipient_zone(row, point.channel, point.normalized),
+                        "links": made.links,  # tracked links (docs/tracking.md)
                     }
                 )
         if reason is not None:
@@ -247,6 +251,7 @@ def register(
             "to finish and run register again",
             campaign=cname,
         ) from None
+    store_links(database, messages)
     # Recipients whose send window is closed now wait for it (the send loop parks too).
     park_campaign(database, cid, now)
     capped = cap.skipped if cap is not None else []

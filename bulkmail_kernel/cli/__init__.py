@@ -31,12 +31,16 @@ from bulkmail_kernel.cli import (
     segments,
     sending,
     servers,
+    tracking,
 )
 from bulkmail_kernel.cli.common import Commands
 from bulkmail_kernel.exceptions import BulkmailError
 
 #: The command modules in the order of the analyst's path (and of ``bulkmail --help``).
-STAGES = (contacts, segments, compose, campaigns, caps, sending, providers, deliverability, servers)
+STAGES = (
+    contacts, segments, compose, campaigns, caps, tracking, sending, providers, deliverability,
+    servers,
+)  # fmt: skip
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

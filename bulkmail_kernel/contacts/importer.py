@@ -1,11 +1,10 @@
 """Contacts: import from CSV, Excel, XML or SQL, validate, de-duplicate, and store.
 
-``import_contacts`` reads a source (see :mod:`bulkmail_kernel.contacts.sources`), maps its
-columns to contact fields (:mod:`bulkmail_kernel.contacts.columns`), validates every row
-with the cell readers of :mod:`bulkmail_kernel.contacts.values`, merges duplicates, and
-upserts the result in one transaction. The ``ImportResult`` it returns
-(:mod:`bulkmail_kernel.contacts.report`) says what happened, row by row; reading the
-contacts back is :mod:`bulkmail_kernel.contacts.frame`.
+``import_contacts`` reads a source (see :mod:`bulkmail_kernel.contacts.sources`), maps its columns
+to contact fields (:mod:`bulkmail_kernel.contacts.columns`), validates every row with the cell
+readers of :mod:`bulkmail_kernel.contacts.values`, merges duplicates, and upserts the result in one
+transaction. The ``ImportResult`` it returns (:mod:`bulkmail_kernel.contacts.report`) says what
+happened, row by row; reading the contacts back is :mod:`bulkmail_kernel.contacts.frame`.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.columns import _Plan, _plan_columns
+from bulkmail_kernel.contacts.consents import record_import_consents
 from bulkmail_kernel.contacts.forgotten import drop_forgotten
 from bulkmail_kernel.contacts.report import ImportResult, _Report
 from bulkmail_kernel.contacts.sources import SourceRow, read_source, snake_case
@@ -493,6 +493,7 @@ def import_contacts(
     sheet: str | int | None = None,
     source_name: str | None = None,
     progress: bool = True,
+    consent_text: str | None = None,
 ) -> ImportResult:
     """Import contacts from a file, another database or a DataFrame, all or nothing by default.
 
@@ -516,16 +517,16 @@ def import_contacts(
         sheet: the Excel sheet name or index (default: the first sheet).
         source_name: the name recorded on contacts, points and the import run.
         progress: show a progress bar while validating.
+        consent_text: the wording agreed to, kept on each allowed point's consent row.
 
     Mailing is allowed only on explicit opt-in: a point whose row has no
-    ``mailing_allowed``/``email_allowed``/``phone_allowed`` value gets False, and on
-    re-import an absent value leaves the stored consent alone. Rows sharing an
-    external id, e-mail or phone are one contact; existing contacts are matched the
-    same way and updated only where a value differs, so re-importing a file changes
-    nothing. An e-mail address is matched by its identity (``email_identity``: any
-    case, an IDN domain in either form); another spelling of a known address is
-    reported and merged, and the spelling first stored is kept. A source that cannot
-    be read at all raises ``ContactImportError``.
+    ``mailing_allowed``/``email_allowed``/``phone_allowed`` value gets False, and on re-import an
+    absent value leaves the stored consent alone. Rows sharing an external id, e-mail or phone are
+    one contact; existing contacts are matched the same way and updated only where a value differs,
+    so re-importing a file changes nothing. An e-mail address is matched by its identity
+    (``email_identity``: any case, an IDN domain in either form); another spelling of a known
+    address is reported and merged, and the spelling first stored is kept. A source that cannot be
+    read at all raises ``ContactImportError``.
 
     """
     if on_error not in ("raise", "skip"):
@@ -583,6 +584,7 @@ def import_contacts(
             for chunk in chunks(event_rows, 5000):
                 s.execute(sa.insert(Event), chunk)
             committed = True
+            record_import_consents(s, run.id, run.started_at, consent_text)  # GDPR art. 7(1)
         run.inserted, run.updated = inserted, updated
         run.merged = len(report.merged - report.rejected)
         run.rejected = len(report.rejected)
@@ -593,7 +595,6 @@ def import_contacts(
         source=name, rows=n_rows, inserted=inserted, updated=updated, unchanged=unchanged,
         merged=len(report.merged - report.rejected), rejected=len(report.rejected),
         committed=committed, report=report.frame(), run_id=run_id, encoding=src.encoding,
-        delimiter=src.delimiter, notes=src.notes,
-    )  # fmt: skip
+        delimiter=src.delimiter, notes=src.notes)  # fmt: skip
     log.info("import %s", result.summary())
     return result

@@ -1,0 +1,216 @@
+"""Clicks and opens: the tracked links of each message, and the one writer of click events.
+
+Registration stores the original links of each tracked message (``store_links``); the
+web endpoint asks ``follow_click`` where a token leads, and this module decides whether
+the click counts and writes the event: ``clicked`` (counted) or ``click_flagged``
+(scanner traffic, with ``data["why"]``), and ``opened`` for the open pixel. Security
+scanners (Microsoft Defender Safe Links, Mimecast, Proofpoint, Barracuda ...) fetch every
+link of a message, usually right after delivery and often with HEAD: those are flagged,
+not counted. See docs/tracking.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from bulkmail_kernel.compose.links import OPEN, ClickToken, read_token
+from bulkmail_kernel.db import (
+    Database,
+    Event,
+    Message,
+    MessageLink,
+    Setting,
+    chunks,
+    utcnow,
+)
+
+log = logging.getLogger("bulkmail")
+
+#: The ``settings`` row holding the HMAC key of click tokens (hex), made on first use.
+SECRET_SETTING = "tracking_secret"  # noqa: S105 - the row's name, not a secret
+#: A click this soon after the message was sent is a scanner's (a person needs longer).
+MIN_DELAY_S = 10
+#: Every link of a message followed within this many seconds is a scanner's.
+ALL_AT_ONCE_S = 5
+#: User agents of link scanners and previewers (substrings, case-insensitive): docs/tracking.md.
+SCANNER_AGENTS = (
+    "safelinks", "microsoft office", "ms-office", "msoffice", "mimecast", "proofpoint",
+    "barracuda", "symantec", "messagelabs", "forcepoint", "trendmicro", "fortiguard",
+    "sophos", "cisco", "ironport", "zscaler", "paloalto", "checkpoint", "bitdefender",
+    "googleimageproxy", "yahoomailproxy", "bot", "crawler", "spider", "python-requests",
+    "python-httpx", "curl/", "wget/", "go-http-client", "java/", "okhttp", "headless",
+)  # fmt: skip
+
+_M = cast(sa.Table, Message.__table__)
+_L = cast(sa.Table, MessageLink.__table__)
+_E = cast(sa.Table, Event.__table__)
+
+
+def tracking_secret(s: Session) -> bytes:
+    """Return the key click tokens are signed with: ``BULKMAIL_TRACKING_SECRET``, else the DB's."""
+    env = os.environ.get("BULKMAIL_TRACKING_SECRET")
+    if env:
+        return env.encode("utf-8")
+    row = s.get(Setting, SECRET_SETTING)
+    if row is None:
+        s.add(Setting(name=SECRET_SETTING, value={"secret": secrets.token_hex(32)}))
+        s.flush()
+        row = s.get(Setting, SECRET_SETTING)
+        assert row is not None
+    return bytes.fromhex(row.value["secret"])
+
+
+def store_links(database: Database, messages: Iterable[dict[str, Any]]) -> int:
+    """Store the original links of the just-stored tracked ``messages``; return how many.
+
+    Each message dict has ``message_id`` (its Message-ID header) and ``links`` (the
+    originals by index, empty when not tracked).
+    """
+    wanted = {m["message_id"]: m["links"] for m in messages if m.get("links")}
+    if not wanted:
+        return 0
+    rows: list[dict[str, Any]] = []
+    with database.engine.begin() as conn:
+        for chunk in chunks(list(wanted), 500):
+            for mid, header in conn.execute(
+                sa.select(_M.c.id, _M.c.message_id_header).where(_M.c.message_id_header.in_(chunk))
+            ):
+                rows += [
+                    {"message_id": mid, "link": i, "url": u} for i, u in enumerate(wanted[header])
+                ]
+        for chunk_rows in chunks(rows, 5000):
+            conn.execute(sa.insert(_L), chunk_rows)
+    return len(rows)
+
+
+def _why_flagged(
+    conn: sa.Connection, msg: Any, link: int, method: str, agent: str, now: datetime
+) -> str | None:
+    """Return why a click looks like a scanner's, or None when a person made it."""
+    if method == "HEAD":
+        return "HEAD request"
+    lowered = agent.lower()
+    if not lowered.strip():
+        return "no user agent"
+    scanner = next((a for a in SCANNER_AGENTS if a in lowered), None)
+    if scanner is not None:
+        return f"scanner user agent ({scanner})"
+    if msg.sent_at is None:
+        return "clicked before the message was sent"
+    if now - msg.sent_at < timedelta(seconds=MIN_DELAY_S):
+        return f"clicked within {MIN_DELAY_S} s of delivery"
+    return None
+
+
+def _all_at_once(conn: sa.Connection, msg: Any, link: int, now: datetime) -> bool:
+    """Return whether this click completes every link of the message within a few seconds."""
+    n_links = conn.scalar(sa.select(sa.func.count()).where(_L.c.message_id == msg.id)) or 0
+    if n_links < 2:
+        return False
+    recent = conn.execute(
+        sa.select(_E.c.data).where(
+            _E.c.message_id == msg.id,
+            _E.c.kind.in_(("clicked", "click_flagged")),
+            _E.c.occurred_at >= now - timedelta(seconds=ALL_AT_ONCE_S),
+        )
+    ).scalars()
+    hit = {int((d or {}).get("link", -1)) for d in recent} | {link}
+    return len(hit) >= n_links
+
+
+def follow_click(
+    database: Database, secret: bytes, token: str, *, method: str, agent: str
+) -> str | None:
+    """Record a click on a tracked link; return the original URL, or None (unknown token).
+
+    The URL comes from the stored message, never from the token. A scanner's click
+    (HEAD, a scanner's user agent, too soon after sending, every link at once) is
+    recorded as ``click_flagged`` with why, and still redirected.
+    """
+    found = read_token(secret, token)
+    if found is None or found.link == OPEN:
+        return None
+    link = int(found.link)
+    now = utcnow()
+    with database.engine.begin() as conn:
+        msg = _message(conn, found)
+        if msg is None:
+            return None
+        url = conn.scalar(sa.select(_L.c.url).where(_L.c.message_id == msg.id, _L.c.link == link))
+        if url is None:
+            return None
+        why = _why_flagged(conn, msg, link, method, agent, now)
+        if why is None and _all_at_once(conn, msg, link, now):
+            why = "every link of the message at once"
+            # The earlier clicks of this burst were the same scanner: no longer counted.
+            conn.execute(
+                sa.update(_E)
+                .where(
+                    _E.c.message_id == msg.id,
+                    _E.c.kind == "clicked",
+                    _E.c.occurred_at >= now - timedelta(seconds=ALL_AT_ONCE_S),
+                )
+                .values(kind="click_flagged", data={"why": why})
+            )
+        data: dict[str, Any] = {"url": url, "link": link}
+        if why is not None:
+            data["why"] = why
+        conn.execute(
+            sa.insert(_E).values(
+                kind="clicked" if why is None else "click_flagged",
+                occurred_at=now,
+                campaign_id=msg.campaign_id,
+                message_id=msg.id,
+                contact_id=msg.contact_id,
+                contact_point_id=msg.contact_point_id,
+                detail="" if why is None else why,
+                data=data,
+            )
+        )
+    return str(url)
+
+
+def record_open(database: Database, secret: bytes, token: str, *, agent: str) -> bool:
+    """Record the open pixel of a tracked message being fetched; False for an unknown token."""
+    found = read_token(secret, token)
+    if found is None or found.link != OPEN:
+        return False
+    with database.engine.begin() as conn:
+        msg = _message(conn, found)
+        if msg is None:
+            return False
+        conn.execute(
+            sa.insert(_E).values(
+                kind="opened",
+                occurred_at=utcnow(),
+                campaign_id=msg.campaign_id,
+                message_id=msg.id,
+                contact_id=msg.contact_id,
+                contact_point_id=msg.contact_point_id,
+                detail="",
+                data={"agent": agent[:200]},
+            )
+        )
+    return True
+
+
+def _message(conn: sa.Connection, found: ClickToken) -> Any:
+    return conn.execute(
+        sa.select(
+            _M.c.id, _M.c.campaign_id, _M.c.contact_id, _M.c.contact_point_id, _M.c.sent_at
+        ).where(_M.c.message_id_header == found.message_id_header)
+    ).first()
+
+
+def erase_links(s: Session, message_ids: list[int]) -> None:
+    """Delete the stored links of erased messages (a link may carry the person's data)."""
+    for chunk in chunks(message_ids, 500):
+        s.execute(sa.delete(_L).where(_L.c.message_id.in_(chunk)))
