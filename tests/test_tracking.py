@@ -24,7 +24,8 @@ import sqlalchemy as sa
 import bulkmail_kernel as bm
 from bulkmail_kernel import config
 from bulkmail_kernel import db as dbmod
-from bulkmail_kernel.compose.links import click_token
+from bulkmail_kernel.cli import main
+from bulkmail_kernel.compose.links import click_token, read_token, rewrite_links
 from bulkmail_kernel.compose.templates import template_from_html
 from bulkmail_kernel.db import Consent, Event, Message, MessageBody, MessageLink
 from bulkmail_kernel.outbox.clicks import tracking_secret
@@ -242,6 +243,7 @@ def test_every_link_at_once_is_a_scanner(database: dbmod.Database, sink: Sink, s
     flagged = _events(database, "click_flagged")
     assert len(flagged) == 2
     assert all(e.data["why"] == "every link of the message at once" for e in flagged)
+    assert sorted(e.data["url"] for e in flagged) == sorted(ORIGINALS)
 
 
 def test_open_pixel_only_when_asked_and_consented(
@@ -325,3 +327,41 @@ def test_gdpr_export_has_consents_and_clicks_and_forget_erases_them(
         assert (click.contact_id, click.data) == (None, {})  # counted, no longer anyone's
     # The erased message's link no longer leads anywhere.
     assert httpx.get(f"{server}/c/{token}", headers={"User-Agent": BROWSER}).status_code == 404
+
+
+def test_rewrite_keeps_unsubscribe_mailto_and_unsafe_links_and_tokens_resist_tampering() -> None:
+    page = (
+        "<a href=\"https://a.sk/x\">x</a><AREA HREF='http://a.sk/y'>"
+        '<a href="https://a.sk/u/TOKEN">u</a><a href="mailto:a@a.sk">m</a>'
+        '<a href="https://a.sk/z&#10;Set-Cookie: a=b">z</a>'
+    )
+    out, links = rewrite_links(page, lambda i: f"https://t.sk/c/{i}", keep=lambda u: "/u/" in u)
+    assert links == ("https://a.sk/x", "http://a.sk/y")
+    assert 'href="https://t.sk/c/0"' in out
+    assert "HREF='https://t.sk/c/1'" in out
+    assert 'href="https://a.sk/u/TOKEN"' in out
+    assert 'href="mailto:a@a.sk"' in out
+    assert "a.sk/z&#10;Set-Cookie" in out  # not tracked: a header must not carry it
+    header = "<" + "ab" * 16 + "@shop.sk>"
+    token = click_token(b"k" * 32, header, 3)
+    found = read_token(b"k" * 32, token)
+    assert found is not None
+    assert (found.message_id_header, found.link) == (header, "3")
+    assert read_token(b"other-secret", token) is None
+    assert read_token(b"k" * 32, token.replace(".3.", ".4.", 1)) is None
+
+
+def test_commands_record_consent_and_list_clicks(
+    database: dbmod.Database, sink: Sink, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _setup(database, sink, track=True)
+    olga = int(bm.consents("olga@a.sk", db=database)["contact_id"].iloc[0])
+    args = ["record-consent", str(olga), "--purpose", "tracking", "--method", "analyst"]
+    assert main([*args, "--text", "Áno, po telefóne.", "--db", db_url]) == 0
+    assert "1 tracking consent rows recorded" in capsys.readouterr().out
+    assert main(["consents", "olga@a.sk", "--csv", "--db", db_url]) == 0
+    assert "Áno, po telefóne." in capsys.readouterr().out
+    assert main(["set-tracking", "jar", "--no-clicks", "--db", db_url]) == 0
+    assert "'clicks': False" in capsys.readouterr().out
+    assert main(["clicks", "jar", "--csv", "--db", db_url]) == 0
+    assert capsys.readouterr().out.startswith("clicked_at,message_id,contact_id")

@@ -79,7 +79,9 @@ def rewrite_links(
 
     def swap(m: re.Match[str]) -> str:
         original = html.unescape(m.group(3).strip())
-        if keep(original):
+        # A link with spaces or control characters stays as written: a Location header
+        # must not carry them, and the reader's client decides what such a link means.
+        if keep(original) or any(ord(ch) < 33 or ch == "\x7f" for ch in original):
             return m.group(0)
         originals.append(original)
         new = html.escape(url_of(len(originals) - 1), quote=True)

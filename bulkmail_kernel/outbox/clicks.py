@@ -91,9 +91,7 @@ def store_links(database: Database, messages: Iterable[dict[str, Any]]) -> int:
     return len(rows)
 
 
-def _why_flagged(
-    conn: sa.Connection, msg: Any, link: int, method: str, agent: str, now: datetime
-) -> str | None:
+def _why_flagged(msg: Any, method: str, agent: str, now: datetime) -> str | None:
     """Return why a click looks like a scanner's, or None when a person made it."""
     if method == "HEAD":
         return "HEAD request"
@@ -126,6 +124,23 @@ def _all_at_once(conn: sa.Connection, msg: Any, link: int, now: datetime) -> boo
     return len(hit) >= n_links
 
 
+def _unclick_burst(conn: sa.Connection, message_id: int, now: datetime, why: str) -> None:
+    """Flag the counted clicks of a burst that turned out to be a scanner's (keeping url, link)."""
+    burst = conn.execute(
+        sa.select(_E.c.id, _E.c.data).where(
+            _E.c.message_id == message_id,
+            _E.c.kind == "clicked",
+            _E.c.occurred_at >= now - timedelta(seconds=ALL_AT_ONCE_S),
+        )
+    ).all()
+    for event_id, data in burst:
+        conn.execute(
+            sa.update(_E)
+            .where(_E.c.id == event_id)
+            .values(kind="click_flagged", detail=why, data={**(data or {}), "why": why})
+        )
+
+
 def follow_click(
     database: Database, secret: bytes, token: str, *, method: str, agent: str
 ) -> str | None:
@@ -147,19 +162,10 @@ def follow_click(
         url = conn.scalar(sa.select(_L.c.url).where(_L.c.message_id == msg.id, _L.c.link == link))
         if url is None:
             return None
-        why = _why_flagged(conn, msg, link, method, agent, now)
+        why = _why_flagged(msg, method, agent, now)
         if why is None and _all_at_once(conn, msg, link, now):
             why = "every link of the message at once"
-            # The earlier clicks of this burst were the same scanner: no longer counted.
-            conn.execute(
-                sa.update(_E)
-                .where(
-                    _E.c.message_id == msg.id,
-                    _E.c.kind == "clicked",
-                    _E.c.occurred_at >= now - timedelta(seconds=ALL_AT_ONCE_S),
-                )
-                .values(kind="click_flagged", data={"why": why})
-            )
+            _unclick_burst(conn, msg.id, now, why)
         data: dict[str, Any] = {"url": url, "link": link}
         if why is not None:
             data["why"] = why
