@@ -12,6 +12,7 @@ import email.policy
 import json
 import math
 import re
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,11 +25,13 @@ import sqlalchemy as sa
 import bulkmail_kernel as bm
 from bulkmail_kernel import config
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.campaigns.preview import campaign_preview
 from bulkmail_kernel.cli import main
 from bulkmail_kernel.compose.links import click_token, read_token, rewrite_links
 from bulkmail_kernel.compose.templates import template_from_html
 from bulkmail_kernel.db import Consent, Event, Message, MessageBody, MessageLink
-from bulkmail_kernel.outbox.clicks import tracking_secret
+from bulkmail_kernel.exceptions import ConfigError
+from bulkmail_kernel.outbox.clicks import SECRET_SETTING, safe_target, tracking_secret
 from bulkmail_kernel.servers.sink import Sink
 from bulkmail_kernel.servers.web import create_app, serve_in_thread
 
@@ -53,7 +56,9 @@ def server(database: dbmod.Database) -> Iterator[str]:
     running.stop()
 
 
-def _setup(database: dbmod.Database, sink: Sink, *, track: bool, opens: bool = False) -> None:
+def _setup(
+    database: dbmod.Database, sink: Sink, *, track: bool, opens: bool = False, send: bool = True
+) -> None:
     frame = pd.DataFrame(
         {
             "first_name": ["Ján", "Olga"],
@@ -77,8 +82,9 @@ def _setup(database: dbmod.Database, sink: Sink, *, track: bool, opens: bool = F
     bm.create_campaign("jar", sender="sink", template=template, db=database)
     if track:
         assert bm.set_tracking("jar", clicks=True, opens=opens, db=database)["clicks"]
-    bm.register("jar", people, db=database)
-    bm.send("jar", rate_per_hour=math.inf, progress=False, db=database)
+    if send:
+        bm.register("jar", people, db=database)
+        bm.send("jar", rate_per_hour=math.inf, progress=False, db=database)
 
 
 def _parts(database: dbmod.Database, recipient: str) -> tuple[str, str, str]:
@@ -180,6 +186,7 @@ def test_forged_tokens_are_refused_without_a_redirect(
     token = _tracked(_parts(database, "jan@a.sk")[0])[0]
     with database.session() as s:
         secret = tracking_secret(s)
+        assert secret is not None
         header = s.scalar(
             sa.select(Message.message_id_header).where(Message.recipient == "jan@a.sk")
         )
@@ -365,3 +372,163 @@ def test_commands_record_consent_and_list_clicks(
     assert "'clicks': False" in capsys.readouterr().out
     assert main(["clicks", "jar", "--csv", "--db", db_url]) == 0
     assert capsys.readouterr().out.startswith("clicked_at,message_id,contact_id")
+
+
+def test_rewrite_leaves_comments_scripts_and_other_attributes_and_the_rest_byte_for_byte() -> None:
+    page = (
+        '<!-- <a href="https://c.sk/">c</a> --><script>var s=\'<a href="https://s.sk/">\';</script>'
+        '<a data-href="https://d.sk/" title=\'x href="https://t.sk"\' href="https://a.sk/x">x</a>'
+        "<AREA HREF='http://a.sk/y'/><a href=\"javascript:alert(1)\">j</a>"
+        '<a href="tel:+421900">t</a><a href="#top">#</a><a href=https://u.sk/q>u</a>\r\n'
+        '<a\r\nhref = "HTTPS://b.sk/\u00e9">b</a>'
+    )
+    out, links = rewrite_links(page, lambda i: f"https://t.sk/c/{i}", keep=lambda u: False)
+    assert links == ("https://a.sk/x", "http://a.sk/y", "https://u.sk/q", "HTTPS://b.sk/\u00e9")
+    back = out
+    for i, original in enumerate(links):
+        back = back.replace(f"https://t.sk/c/{i}", original.replace("HTTPS", "HTTPS"), 1)
+    assert back == page  # only the four href values changed
+    assert '<a data-href="https://d.sk/"' in out
+    assert '<!-- <a href="https://c.sk/">c</a> -->' in out
+
+
+def test_odd_tokens_are_refused_not_an_error() -> None:
+    secret = b"k" * 32
+    header = "<" + "ab" * 16 + "@shop.sk>"
+    token = click_token(secret, header, 1)
+    payload, _, sig = token.rpartition(".")
+    key = payload.rpartition(".")[0]
+    for odd in (
+        f"{key}.\u0661.{sig}",  # an Arabic-Indic digit is isdigit() but not ours
+        f"{key}\n.1.{sig}",  # a trailing newline must not pass the key's pattern
+        f"{key}.1.{sig[:-1]}\u00e9",  # non-ASCII signature: no TypeError from compare_digest
+        token + "\n",
+    ):
+        assert read_token(secret, odd) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://shop.sk/a?x=1&y=2#k", "https://shop.sk/a?x=1&y=2#k"),
+        (
+            "https://\u017eilina.sk:8443/\u0161ach?q=\u010d",
+            "https://xn--ilina-tib.sk:8443/%C5%A1ach?q=%C4%8D",
+        ),
+        ("HTTP://shop.sk/%C3%A9", "HTTP://shop.sk/%C3%A9"),
+        ("javascript:alert(1)", None),
+        ("data:text/html,hi", None),
+        ("//evil.example/", None),
+        ("https:\\\\evil.example", None),
+        ("https://shop.sk/\r\nSet-Cookie: a=b", None),
+        ("https://shop.sk/a b", None),
+        ("https://user@evil.example/", None),
+        ("https:///nohost", None),
+    ],
+)
+def test_only_web_urls_make_a_location(url: str, expected: str | None) -> None:
+    assert safe_target(url) == expected
+
+
+def test_a_stored_link_that_is_not_a_web_url_is_refused_and_idn_is_punycode(
+    database: dbmod.Database, sink: Sink, server: str
+) -> None:
+    _setup(database, sink, track=True)
+    _deliver_an_hour_ago(database)
+    first, second = _tracked(_parts(database, "jan@a.sk")[0])
+    with database.engine.begin() as conn:  # as if a row had been written some other way
+        conn.execute(sa.update(MessageLink).where(MessageLink.link == 0).values(
+            url="javascript:alert(document.cookie)"))  # fmt: skip
+        conn.execute(sa.update(MessageLink).where(MessageLink.link == 1).values(
+            url="https://\u017eilina.sk/\u0161ach"))  # fmt: skip
+    response = httpx.get(f"{server}/c/{first}", headers={"User-Agent": BROWSER})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    response = httpx.get(f"{server}/c/{second}", headers={"User-Agent": BROWSER})
+    assert response.status_code == 302
+    assert response.headers["location"] == "https://xn--ilina-tib.sk/%C5%A1ach"
+    non_ascii = second[:-1] + "\u00e9"
+    assert httpx.get(f"{server}/c/{non_ascii}").status_code == 404  # not a server error
+
+
+def test_a_short_secret_is_refused_and_the_web_app_never_makes_one(
+    database: dbmod.Database, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = click_token(b"", "<" + "ab" * 16 + "@shop.sk>", 0)
+    assert httpx.get(f"{server}/c/{token}", headers={"User-Agent": BROWSER}).status_code == 404
+    assert httpx.get(f"{server}/o/{token}").status_code == 200  # the image, nothing recorded
+    with database.session() as s:
+        assert s.get(dbmod.Setting, SECRET_SETTING) is None
+        assert tracking_secret(s, create=False) is None
+    monkeypatch.setenv("BULKMAIL_TRACKING_SECRET", "short")
+    with database.session() as s, pytest.raises(ConfigError, match="at least 32"):
+        tracking_secret(s)
+
+
+def test_two_workers_making_the_secret_at_once_share_one(database: dbmod.Database) -> None:
+    theirs: list[bytes | None] = []
+
+    def other_worker() -> None:
+        with database.session() as s:
+            theirs.append(tracking_secret(s))
+
+    with database.session() as first:
+        mine = tracking_secret(first)  # stored, not committed yet: the other one must wait
+        worker = threading.Thread(target=other_worker)
+        worker.start()
+        worker.join(0.5)  # it is blocked on the row (PG) or the write lock (SQLite)
+    worker.join(60)
+    assert theirs == [mine]
+    with database.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).where(dbmod.Setting.name == SECRET_SETTING)) == 1
+
+
+def test_a_tracked_recipients_preview_is_the_registered_message(
+    database: dbmod.Database, sink: Sink
+) -> None:
+    _setup(database, sink, track=True, send=False)
+    people = bm.contacts_frame(database)
+    previews = {
+        a: campaign_preview("jar", people, i, db=database).data
+        for i, a in enumerate(people["address"])
+    }
+    bm.register("jar", people, db=database)
+    for address, preview in previews.items():
+        with database.session() as s:
+            body = bytes(s.scalar(
+                sa.select(MessageBody.body).join(Message, Message.id == MessageBody.message_id)
+                .where(Message.recipient == address)
+            ))  # fmt: skip
+
+        def html(data: bytes) -> str:
+            msg = email.message_from_bytes(data, policy=email.policy.default)
+            return str(msg.get_body(("html",)).get_content())
+
+        def neutral(data: bytes) -> str:
+            return re.sub(r"/(c|u)/[^\"']+", "/TOKEN", html(data))
+
+        assert neutral(preview) == neutral(body)
+        # Ján consented: both show his tracked links; Olga's show the links as written.
+        tracked = address == "jan@a.sk"
+        assert len(_tracked(html(preview))) == len(_tracked(html(body))) == (2 if tracked else 0)
+
+
+def test_after_withdrawing_consent_a_click_still_leads_on_but_is_not_recorded(
+    database: dbmod.Database, sink: Sink, server: str
+) -> None:
+    _setup(database, sink, track=True, opens=True)
+    _deliver_an_hour_ago(database)
+    html = _parts(database, "jan@a.sk")[0]
+    token = _tracked(html)[0]
+    [pixel] = re.findall(r'src="https://shop\.sk/o/([^"]+)"', html)
+    people = bm.contacts_frame(database)
+    jan = people[people["address"] == "jan@a.sk"]
+    bm.record_consent(jan, "tracking", False, method="form", text="Nesledujte ma.", db=database)
+    response = httpx.get(f"{server}/c/{token}", headers={"User-Agent": BROWSER})
+    assert (response.status_code, response.headers["location"]) == (302, ORIGINALS[0])
+    assert httpx.get(f"{server}/o/{pixel}", headers={"User-Agent": BROWSER}).status_code == 200
+    assert _events(database, "clicked", "click_flagged", "opened") == []
+    # Given again, the latest row wins: the same link counts.
+    bm.record_consent(jan, "tracking", method="form", text=WORDING, db=database)
+    assert httpx.get(f"{server}/c/{token}", headers={"User-Agent": BROWSER}).status_code == 302
+    assert len(_events(database, "clicked")) == 1

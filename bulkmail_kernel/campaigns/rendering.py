@@ -125,7 +125,7 @@ class Tracking:
         """Return ``rendered`` with tracked links (and pixel) if its contact consented."""
         if not rendered.html or pd.isna(contact_id) or int(contact_id) not in self.contacts:
             return rendered, ()
-        if not _TRACKABLE.match(message_key(message_id)):
+        if not _TRACKABLE.fullmatch(message_key(message_id)):
             return rendered, ()  # a Message-ID the click endpoint could not look up
 
         def url_of(link: int | str) -> str:
@@ -142,7 +142,7 @@ class Tracking:
         return dc_replace(rendered, html=new_html), links
 
 
-_TRACKABLE = re.compile(r"^[0-9a-f]{32}~[A-Za-z0-9.-]{1,253}$")
+_TRACKABLE = re.compile(r"[0-9a-f]{32}~[A-Za-z0-9.-]{1,253}")
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ def tracking_for(
     click, opened = tracking_urls(renderer.sender)
     with database.session() as s:
         secret = tracking_secret(s)
+        assert secret is not None  # made on first use
         who = consented(s, contact_ids, "tracking")
     tracking = Tracking(secret, click, opened, bool(values.get("track_opens")), frozenset(who))
     return replace(renderer, tracking=tracking)

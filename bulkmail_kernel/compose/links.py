@@ -18,13 +18,15 @@ import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from html.parser import HTMLParser
 
-#: ``href="http(s)://..."`` in an ``<a>`` or ``<area>`` tag (quoted with " or ').
-_HREF = re.compile(
-    r"""(<(?:a|area)\b[^>]*?\bhref\s*=\s*)(["'])(\s*https?://[^"']*)\2""", re.IGNORECASE
-)
-_KEY = re.compile(r"^[0-9a-f]{32}~[A-Za-z0-9.-]{1,253}$")
+#: One attribute of a start tag as written: name, then an optional = and value.
+_ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
+#: A link that may be tracked: http(s) only (no javascript:, data:, mailto:, tel:, #anchor).
+_WEB = re.compile(r"https?://[^\s/?#]", re.IGNORECASE)
+_KEY = re.compile(r"[0-9a-f]{32}~[A-Za-z0-9.-]{1,253}")
 _SIG_LEN = 22
+_LINK = re.compile(r"[0-9]{1,5}")
 #: The link index the open pixel's token carries.
 OPEN = "o"
 
@@ -55,11 +57,11 @@ def click_token(secret: bytes, message_id_header: str, link: int | str) -> str:
 
 def read_token(secret: bytes, token: str) -> ClickToken | None:
     """Return what a token names if its signature is right, else None (forged, tampered)."""
-    if len(token) > 400:
-        return None
+    if len(token) > 400 or not token.isascii():
+        return None  # a path can carry any character; only ASCII can be ours (and compared)
     payload, _, signature = token.rpartition(".")
     key, _, link = payload.rpartition(".")
-    if not _KEY.match(key) or not (link == OPEN or (link.isdigit() and len(link) < 6)):
+    if not _KEY.fullmatch(key) or not (link == OPEN or _LINK.fullmatch(link)):
         return None
     if len(signature) != _SIG_LEN or not hmac.compare_digest(signature, _sign(secret, payload)):
         return None
@@ -67,27 +69,71 @@ def read_token(secret: bytes, token: str) -> ClickToken | None:
     return ClickToken(f"<{hexpart}@{domain}>", link)
 
 
+class _Anchors(HTMLParser):
+    """Find the ``href`` values of real ``<a>``/``<area>`` start tags: (start, end, raw value).
+
+    Python's HTML parser skips comments, ``<script>``/``<style>`` content and attribute
+    text, so a link that only looks like one there is left alone.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=False)
+        self.found: list[tuple[int, int, str]] = []
+        self._line_at = [0]
+        for m in re.finditer("\n", text):
+            self._line_at.append(m.end())
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in ("a", "area"):
+            return
+        raw = self.get_starttag_text() or ""
+        line, col = self.getpos()
+        at = self._line_at[line - 1] + col
+        # Attributes of the tag as written, after its name; the first href wins (as browsers).
+        pos = 1 + len(tag)
+        while (m := _ATTR.search(raw, pos)) is not None:
+            pos = m.end()
+            if m.group(1).lower() != "href":
+                continue
+            group = next((g for g in (2, 3, 4) if m.group(g) is not None), None)
+            if group is not None:
+                self.found.append((at + m.start(group), at + m.end(group), m.group(group)))
+            return
+
+    handle_startendtag = handle_starttag
+
+
 def rewrite_links(
     html_text: str, url_of: Callable[[int], str], *, keep: Callable[[str], bool]
 ) -> tuple[str, tuple[str, ...]]:
     """Replace each http(s) link of ``html_text`` by ``url_of(index)``; return it and the originals.
 
-    A link for which ``keep(url)`` is true (the unsubscribe link) stays as it is and gets
-    no index. The originals are returned unescaped, as a browser would follow them.
+    Only the ``href`` of real ``<a>``/``<area>`` tags changes (not in comments, scripts,
+    other attributes); the rest of the HTML stays byte for byte. A link for which
+    ``keep(url)`` is true (the unsubscribe link) stays as it is and gets no index. The
+    originals are returned unescaped, as a browser would follow them.
     """
+    parser = _Anchors(html_text)
+    parser.feed(html_text)
+    parser.close()
     originals: list[str] = []
-
-    def swap(m: re.Match[str]) -> str:
-        original = html.unescape(m.group(3).strip())
+    out: list[str] = []
+    done = 0
+    for start, end, raw in parser.found:
+        original = html.unescape(raw).strip()
         # A link with spaces or control characters stays as written: a Location header
         # must not carry them, and the reader's client decides what such a link means.
-        if keep(original) or any(ord(ch) < 33 or ch == "\x7f" for ch in original):
-            return m.group(0)
+        if (
+            not _WEB.match(original)
+            or keep(original)
+            or any(ord(ch) < 33 or ch == "\x7f" for ch in original)
+        ):
+            continue
         originals.append(original)
-        new = html.escape(url_of(len(originals) - 1), quote=True)
-        return f"{m.group(1)}{m.group(2)}{new}{m.group(2)}"
-
-    return _HREF.sub(swap, html_text), tuple(originals)
+        out += [html_text[done:start], html.escape(url_of(len(originals) - 1), quote=True)]
+        done = end
+    out.append(html_text[done:])
+    return "".join(out), tuple(originals)
 
 
 def add_pixel(html_text: str, pixel_url: str) -> str:

@@ -17,11 +17,13 @@ import secrets
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, cast
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bulkmail_kernel.compose.links import OPEN, ClickToken, read_token
+from bulkmail_kernel.contacts.consents import consented
 from bulkmail_kernel.db import (
     Database,
     Event,
@@ -31,6 +33,7 @@ from bulkmail_kernel.db import (
     chunks,
     utcnow,
 )
+from bulkmail_kernel.exceptions import ConfigError
 
 log = logging.getLogger("bulkmail")
 
@@ -54,18 +57,62 @@ _L = cast(sa.Table, MessageLink.__table__)
 _E = cast(sa.Table, Event.__table__)
 
 
-def tracking_secret(s: Session) -> bytes:
-    """Return the key click tokens are signed with: ``BULKMAIL_TRACKING_SECRET``, else the DB's."""
+#: The shortest key accepted from ``BULKMAIL_TRACKING_SECRET`` (bytes): HMAC-SHA256 wants 32.
+MIN_SECRET_BYTES = 32
+
+
+def tracking_secret(s: Session, *, create: bool = True) -> bytes | None:
+    """Return the key click tokens are signed with: ``BULKMAIL_TRACKING_SECRET``, else the DB's.
+
+    The DB's key is made on first use when ``create`` (registration); two workers making
+    it at once both end up with the one that was stored first. The web endpoint passes
+    ``create=False``: with no key nothing was ever tracked, so every token is refused.
+    """
     env = os.environ.get("BULKMAIL_TRACKING_SECRET")
     if env:
-        return env.encode("utf-8")
+        key = env.encode("utf-8")
+        if len(key) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"BULKMAIL_TRACKING_SECRET is {len(key)} bytes long: click tokens need a key "
+                f"of at least {MIN_SECRET_BYTES} random bytes (python -c 'import secrets; "
+                "print(secrets.token_hex(32))'), or unset it to use the database's own"
+            )
+        return key
     row = s.get(Setting, SECRET_SETTING)
+    if row is None and create:
+        try:
+            with s.begin_nested():
+                s.add(Setting(name=SECRET_SETTING, value={"secret": secrets.token_hex(32)}))
+        except sa.exc.IntegrityError:
+            pass  # another worker stored it first: use theirs (read below)
+        row = s.get(Setting, SECRET_SETTING, populate_existing=True)
     if row is None:
-        s.add(Setting(name=SECRET_SETTING, value={"secret": secrets.token_hex(32)}))
-        s.flush()
-        row = s.get(Setting, SECRET_SETTING)
-        assert row is not None
+        return None
     return bytes.fromhex(row.value["secret"])
+
+
+def safe_target(url: str) -> str | None:
+    """Return ``url`` fit for a Location header (IDN host as punycode), or None if it is not.
+
+    Only absolute http(s) URLs with a host, without spaces, control characters or a
+    backslash: the stored link is checked again here, so a row written some other way
+    can never make the endpoint an open door to ``javascript:`` or header injection.
+    """
+    if any(ord(ch) < 33 or ch in "\x7f\\" for ch in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        if parts.scheme.lower() not in ("http", "https") or not host or parts.username:
+            return None
+        if not host.isascii():
+            port = f":{parts.port}" if parts.port is not None else ""
+            netloc = host.encode("idna").decode("ascii") + port
+            url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except (ValueError, UnicodeError):
+        return None
+    # What is left non-ASCII (path, query) is percent-encoded as UTF-8; % stays as written.
+    return quote(url, safe="".join(chr(c) for c in range(33, 127)))
 
 
 def store_links(database: Database, messages: Iterable[dict[str, Any]]) -> int:
@@ -146,7 +193,8 @@ def follow_click(
 ) -> str | None:
     """Record a click on a tracked link; return the original URL, or None (unknown token).
 
-    The URL comes from the stored message, never from the token. A scanner's click
+    The URL comes from the stored message, never from the token. Nothing is recorded
+    once the contact has withdrawn tracking consent (or was erased). A scanner's click
     (HEAD, a scanner's user agent, too soon after sending, every link at once) is
     recorded as ``click_flagged`` with why, and still redirected.
     """
@@ -160,8 +208,13 @@ def follow_click(
         if msg is None:
             return None
         url = conn.scalar(sa.select(_L.c.url).where(_L.c.message_id == msg.id, _L.c.link == link))
-        if url is None:
+        target = None if url is None else safe_target(str(url))
+        if target is None:
+            if url is not None:
+                log.warning("click on link %s of message %s refused: not a web URL", link, msg.id)
             return None
+        if not _still_consents(conn, msg):
+            return target  # the link works; withdrawn consent means nothing is recorded
         why = _why_flagged(msg, method, agent, now)
         if why is None and _all_at_once(conn, msg, link, now):
             why = "every link of the message at once"
@@ -181,7 +234,7 @@ def follow_click(
                 data=data,
             )
         )
-    return str(url)
+    return target
 
 
 def record_open(database: Database, secret: bytes, token: str, *, agent: str) -> bool:
@@ -193,6 +246,8 @@ def record_open(database: Database, secret: bytes, token: str, *, agent: str) ->
         msg = _message(conn, found)
         if msg is None:
             return False
+        if not _still_consents(conn, msg):
+            return True
         conn.execute(
             sa.insert(_E).values(
                 kind="opened",
@@ -206,6 +261,11 @@ def record_open(database: Database, secret: bytes, token: str, *, agent: str) ->
             )
         )
     return True
+
+
+def _still_consents(conn: sa.Connection, msg: Any) -> bool:
+    """Return whether the message's contact still consents to tracking (withdrawn: no record)."""
+    return msg.contact_id is not None and bool(consented(conn, [msg.contact_id], "tracking"))
 
 
 def _message(conn: sa.Connection, found: ClickToken) -> Any:

@@ -197,34 +197,42 @@ def create_app(db: Database | None = None, url: str | None = None) -> Starlette:
         log.info("one-click unsubscribe of %s", _mask(owner.address))
         return _page(owner, "done", form=False)
 
-    def secret() -> bytes:
+    def secret() -> bytes | None:
+        # Never made here: with no key yet nothing was tracked, and every token is refused.
         with database.session() as s:
-            return tracking_secret(s)
+            return tracking_secret(s, create=False)
 
     async def click(request: Request) -> Response:
         # The original URL comes from the stored message: a forged token redirects nowhere.
-        target = await run_in_threadpool(
-            lambda: follow_click(
+        def follow() -> str | None:
+            key = secret()
+            if key is None:
+                return None
+            return follow_click(
                 database,
-                secret(),
+                key,
                 request.path_params["token"],
                 method=request.method,
                 agent=request.headers.get("user-agent", ""),
             )
-        )
+
+        target = await run_in_threadpool(follow)
         if target is None:
             return _not_found()
         return RedirectResponse(target, status_code=302, headers=_REDIRECT_HEADERS)
 
     async def pixel(request: Request) -> Response:
-        await run_in_threadpool(
-            lambda: record_open(
-                database,
-                secret(),
-                request.path_params["token"],
-                agent=request.headers.get("user-agent", ""),
-            )
-        )
+        def opened() -> None:
+            key = secret()
+            if key is not None:
+                record_open(
+                    database,
+                    key,
+                    request.path_params["token"],
+                    agent=request.headers.get("user-agent", ""),
+                )
+
+        await run_in_threadpool(opened)
         # Always the image: a broken image in a message says nothing useful to anyone.
         return Response(_GIF, media_type="image/gif", headers={"Cache-Control": "no-store"})
 
