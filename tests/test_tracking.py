@@ -532,3 +532,22 @@ def test_after_withdrawing_consent_a_click_still_leads_on_but_is_not_recorded(
     bm.record_consent(jan, "tracking", method="form", text=WORDING, db=database)
     assert httpx.get(f"{server}/c/{token}", headers={"User-Agent": BROWSER}).status_code == 302
     assert len(_events(database, "clicked")) == 1
+
+
+def test_a_person_clicking_one_link_twice_or_every_link_slowly_is_counted(
+    database: dbmod.Database, sink: Sink, server: str
+) -> None:
+    # The other side of the scanner rules: they must not swallow a reader's clicks.
+    _setup(database, sink, track=True)
+    _deliver_an_hour_ago(database)
+    first, second = _tracked(_parts(database, "jan@a.sk")[0])
+    for _ in range(2):  # the same link twice at once is not "every link of the message"
+        assert httpx.get(f"{server}/c/{first}", headers={"User-Agent": BROWSER}).status_code == 302
+    assert len(_events(database, "clicked")) == 2
+    with database.engine.begin() as conn:  # a minute later, the other link
+        conn.execute(sa.update(Event).values(occurred_at=dbmod.utcnow() - timedelta(minutes=1)))
+    assert httpx.get(f"{server}/c/{second}", headers={"User-Agent": BROWSER}).status_code == 302
+    assert _events(database, "click_flagged") == []
+    assert sorted(bm.clicks("jar", db=database)["url"]) == sorted(
+        [ORIGINALS[0]] * 2 + [ORIGINALS[1]]
+    )
