@@ -50,7 +50,6 @@ from bulkmail_kernel.exceptions import (
     SendError,
     TemplateError,
 )
-from bulkmail_kernel.outbox.clicks import store_links
 from bulkmail_kernel.outbox.lookup import campaign_row, sender_of
 from bulkmail_kernel.outbox.parking import park_campaign
 from bulkmail_kernel.outbox.queue import queue, store_messages
@@ -251,7 +250,6 @@ def register(
             "to finish and run register again",
             campaign=cname,
         ) from None
-    store_links(database, messages)
     # Recipients whose send window is closed now wait for it (the send loop parks too).
     park_campaign(database, cid, now)
     capped = cap.skipped if cap is not None else []

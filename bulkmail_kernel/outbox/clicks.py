@@ -1,6 +1,6 @@
 """Clicks and opens: the tracked links of each message, and the one writer of click events.
 
-Registration stores the original links of each tracked message (``store_links``); the
+Registration stores the original links of each tracked message with it (``outbox.queue``); the
 web endpoint asks ``follow_click`` where a token leads, and this module decides whether
 the click counts and writes the event: ``clicked`` (counted) or ``click_flagged``
 (scanner traffic, with ``data["why"]``), and ``opened`` for the open pixel. Security
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -113,29 +112,6 @@ def safe_target(url: str) -> str | None:
         return None
     # What is left non-ASCII (path, query) is percent-encoded as UTF-8; % stays as written.
     return quote(url, safe="".join(chr(c) for c in range(33, 127)))
-
-
-def store_links(database: Database, messages: Iterable[dict[str, Any]]) -> int:
-    """Store the original links of the just-stored tracked ``messages``; return how many.
-
-    Each message dict has ``message_id`` (its Message-ID header) and ``links`` (the
-    originals by index, empty when not tracked).
-    """
-    wanted = {m["message_id"]: m["links"] for m in messages if m.get("links")}
-    if not wanted:
-        return 0
-    rows: list[dict[str, Any]] = []
-    with database.engine.begin() as conn:
-        for chunk in chunks(list(wanted), 500):
-            for mid, header in conn.execute(
-                sa.select(_M.c.id, _M.c.message_id_header).where(_M.c.message_id_header.in_(chunk))
-            ):
-                rows += [
-                    {"message_id": mid, "link": i, "url": u} for i, u in enumerate(wanted[header])
-                ]
-        for chunk_rows in chunks(rows, 5000):
-            conn.execute(sa.insert(_L), chunk_rows)
-    return len(rows)
 
 
 def _why_flagged(msg: Any, method: str, agent: str, now: datetime) -> str | None:
