@@ -61,6 +61,9 @@ if TYPE_CHECKING:
     )
     from bulkmail_kernel.campaigns.resend import non_clickers, resend_to_non_clickers
     from bulkmail_kernel.campaigns.samples import test_send
+
+    # Consent records and click tracking (docs/tracking.md).
+    from bulkmail_kernel.campaigns.tracking import clicks, set_tracking
     from bulkmail_kernel.campaigns.worker import run_worker
     from bulkmail_kernel.compose.checks import check_template, preview_warnings
     from bulkmail_kernel.compose.mime import build_mime
@@ -72,6 +75,7 @@ if TYPE_CHECKING:
         load_template,
         template_from_html,
     )
+    from bulkmail_kernel.contacts.consents import consents, record_consent
     from bulkmail_kernel.contacts.frame import contacts_frame
     from bulkmail_kernel.contacts.importer import import_contacts
     from bulkmail_kernel.contacts.merges import identity_merges
@@ -294,6 +298,11 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ab_test_widget": ("bulkmail_kernel.widgets.abtest", "ab_test_widget"),
     "non_clickers": ("bulkmail_kernel.campaigns.resend", "non_clickers"),
     "resend_to_non_clickers": ("bulkmail_kernel.campaigns.resend", "resend_to_non_clickers"),
+    # Consent records and click tracking (docs/tracking.md).
+    "record_consent": ("bulkmail_kernel.contacts.consents", "record_consent"),
+    "consents": ("bulkmail_kernel.contacts.consents", "consents"),
+    "set_tracking": ("bulkmail_kernel.campaigns.tracking", "set_tracking"),
+    "clicks": ("bulkmail_kernel.campaigns.tracking", "clicks"),
 }
 
 __all__ = [
@@ -348,7 +357,9 @@ __all__ = [
     "check_campaign",
     "check_template",
     "classify_message",
+    "clicks",
     "connect",
+    "consents",
     "contacts_frame",
     "create_ab_test",
     "create_campaign",
@@ -396,6 +407,8 @@ __all__ = [
     "provider_status",
     "queue",
     "readable",
+    # Consent records and click tracking (docs/tracking.md).
+    "record_consent",
     "register",
     "remove_from_queue",
     "rename_segment",
@@ -417,6 +430,7 @@ __all__ = [
     "set_domain_limits",
     "set_frequency_cap",
     "set_send_window",
+    "set_tracking",
     "sign_message",
     "skipped",
     "sms_cost",

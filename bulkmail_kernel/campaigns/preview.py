@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from bulkmail_kernel.campaigns.campaigns import recipients_of
 from bulkmail_kernel.campaigns.preflight import check_campaign_template
 from bulkmail_kernel.campaigns.rendering import campaign_renderer
+from bulkmail_kernel.campaigns.tracking import tracking_for
 from bulkmail_kernel.compose.checks import check_template
 from bulkmail_kernel.compose.render import Mailbox, RenderedMessage
 from bulkmail_kernel.compose.templates import Attachment, InlineImage
@@ -34,7 +35,8 @@ from bulkmail_kernel.records import CampaignRef
 
 #: Stand-ins for the per-recipient values registration draws afresh.
 PREVIEW_UNSUBSCRIBE_ID = "preview-not-a-token"
-PREVIEW_MESSAGE_ID = "<preview@bulkmail.invalid>"
+#: Shaped like a real one (32 hex digits) so a tracked preview's links are rewritten too.
+PREVIEW_MESSAGE_ID = "<" + "0" * 32 + "@preview.bulkmail.invalid>"
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ def campaign_preview(
             )  # fmt: skip
             return CampaignPreview(made, subject, data, registered=True)
         return CampaignPreview(read_message(data), subject, data, registered=True)
+    contact = row.get("contact_id")
+    if template is None and contact is not None and not pd.isna(contact):
+        # The links as registration would write them for this recipient (tracked or not).
+        renderer = tracking_for(renderer, database, {int(contact)})
     made_now = renderer.message(row, token=PREVIEW_UNSUBSCRIBE_ID, message_id=PREVIEW_MESSAGE_ID)
     return CampaignPreview(made_now.rendered, made_now.subject, made_now.data, registered=False)
 
@@ -140,6 +146,10 @@ def check_campaign(
         c = campaign_row(s, campaign)
         renderer = campaign_renderer(c, sender_of(s, c))
     values = dict(renderer.values)
+    if "contact_id" in frame.columns:
+        # Checked with the tracked links the consenting recipients get (longer HTML).
+        ids = {int(i) for i in frame["contact_id"].dropna()}
+        renderer = tracking_for(renderer, database, ids)
     check_campaign_template(c.name, renderer.template, values, [str(k) for k in frame.columns])
 
     def one(record: Any) -> object:

@@ -1,7 +1,8 @@
 """A person's rights under the GDPR: a copy of their data (art. 15/20), and erasure (art. 17).
 
 ``export_contact_data(contact)`` gathers everything the database holds about one person
-— the contact, their addresses with consent, the consent and unsubscribe history, the
+— the contact, their addresses with consent, the consent records (with source, date and
+wording) and unsubscribe history, their clicks on tracked links, the
 saved segments they are a member of, their messages, events and suppressions — and
 writes it as JSON (machine-readable, article 20) and as a page a person can read.
 ``forget_contact(contact)`` erases it: the outbox anonymises the history
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bulkmail_kernel import config
+from bulkmail_kernel.contacts.consents import consent_rows, erase_consents
 from bulkmail_kernel.contacts.forgotten import remember_forgotten
 from bulkmail_kernel.contacts.frame import contacts_named
 from bulkmail_kernel.db import (
@@ -150,7 +152,15 @@ def _gather(s: Session, c: Contact) -> dict[str, Any]:
     ).where(sa.or_(sa.false(), *(
         sa.and_(Suppression.channel == ch, Suppression.normalized == n) for ch, n in addresses
     ))))  # fmt: skip
+    consent_log = [{k: _plain(v) for k, v in r._mapping.items()} for r in consent_rows(s, c.id)]
+    clicks = [
+        {"clicked_at": e["occurred_at"], "campaign": e["campaign"], "message_id": e["message_id"],
+         "url": (e["data"] or {}).get("url"), "link": (e["data"] or {}).get("link"),
+         "counted": e["kind"] == "clicked", "why_not": (e["data"] or {}).get("why")}
+        for e in events if e["kind"] in ("clicked", "click_flagged")
+    ]  # fmt: skip
     consent = {
+        "records": consent_log,
         "addresses": [
             {"address": p["value"], "channel": p["channel"],
              "mailing_allowed": p["mailing_allowed"], "source": p["source"],
@@ -165,6 +175,7 @@ def _gather(s: Session, c: Contact) -> dict[str, Any]:
         "points": point_rows,
         "consent": consent,
         "segments": segments,
+        "clicks": clicks,
         "messages": messages,
         "events": events,
         "suppressions": suppressions,
@@ -193,7 +204,9 @@ def _page(data: dict[str, Any]) -> str:
         "Contact": [c],
         "Addresses": data["points"],
         "Consent per address": data["consent"]["addresses"],
+        "Consents recorded (what, when, how, source, wording)": data["consent"]["records"],
         "Consent and unsubscribe history": data["consent"]["history"],
+        "Clicks on tracked links": data["clicks"],
         "Segments": data["segments"],
         "Messages": data["messages"],
         "Events": data["events"],
@@ -304,6 +317,7 @@ def forget_contact(
         addresses = sorted({(p.channel, p.normalized) for p in found.points})
         counts = erase_outbox_history(s, cid, pids, addresses, now)
         remember_forgotten(s, addresses, now)
+        erase_consents(s, cid)  # the proof of consent goes with the person (nothing to prove)
         s.delete(found)
     log.info("contact %s forgotten on request: %s", cid, counts)
     return ForgetResult(contact_id=cid, addresses=len(addresses), forgotten_at=now, **counts)

@@ -26,6 +26,7 @@ from bulkmail_kernel.campaigns.preflight import (
     skip_summary,
 )
 from bulkmail_kernel.campaigns.rendering import campaign_renderer, template_source
+from bulkmail_kernel.campaigns.tracking import tracking_for
 from bulkmail_kernel.compose.headers import new_message_id, new_token
 from bulkmail_kernel.compose.render import RunawayGuard
 from bulkmail_kernel.compose.sms import sms_segments
@@ -153,6 +154,7 @@ def register(
         already = set(
             conn.execute(sa.select(Message.recipient).where(Message.campaign_id == cid)).scalars()
         )
+    renderer = tracking_for(renderer, database, {p.contact_id for p in points.values()})
     skipped: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -216,6 +218,7 @@ def register(
                         "subject": subject,
                         "body": data,
                         "timezone": recipient_zone(row, point.channel, point.normalized),
+                        "links": made.links,  # tracked links (docs/tracking.md)
                     }
                 )
         if reason is not None:

@@ -9,6 +9,7 @@ the Message-ID and the unsubscribe token differ from one rendering to the next.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
@@ -23,6 +24,7 @@ from bulkmail_kernel.compose.headers import (
     unsubscribe_mailto,
     unsubscribe_url,
 )
+from bulkmail_kernel.compose.links import OPEN, add_pixel, click_token, message_key, rewrite_links
 from bulkmail_kernel.compose.mime import build_mime
 from bulkmail_kernel.compose.render import Mailbox, RenderedMessage, render
 from bulkmail_kernel.compose.sms import fit_to_gsm7
@@ -100,6 +102,47 @@ class CampaignMessage:
     subject: str
     #: MIME bytes without Date (added at sending), or the SMS text as UTF-8.
     data: bytes
+    #: The original links of a tracked message, by index (empty: not tracked).
+    links: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """A campaign's click/open tracking, for the contacts who consented to it."""
+
+    secret: bytes
+    #: The click URL pattern with ``{token}`` (the web app's ``/c/{token}``).
+    click_url: str
+    #: The open pixel's URL pattern (``/o/{token}``), used when ``opens``.
+    open_url: str
+    opens: bool
+    #: Contact ids with a current "tracking" consent: only their links are rewritten.
+    contacts: frozenset[int]
+
+    def apply(
+        self, rendered: RenderedMessage, contact_id: Any, message_id: str, unsubscribe: str | None
+    ) -> tuple[RenderedMessage, tuple[str, ...]]:
+        """Return ``rendered`` with tracked links (and pixel) if its contact consented."""
+        if not rendered.html or pd.isna(contact_id) or int(contact_id) not in self.contacts:
+            return rendered, ()
+        if not _TRACKABLE.fullmatch(message_key(message_id)):
+            return rendered, ()  # a Message-ID the click endpoint could not look up
+
+        def url_of(link: int | str) -> str:
+            return self.click_url.replace("{token}", click_token(self.secret, message_id, link))
+
+        def keep(url: str) -> bool:
+            # The unsubscribe link is never rewritten: it must work without our redirect.
+            return bool(unsubscribe) and (url == unsubscribe or url.startswith(unsubscribe or ""))
+
+        new_html, links = rewrite_links(rendered.html, url_of, keep=keep)
+        if self.opens:
+            token = click_token(self.secret, message_id, OPEN)
+            new_html = add_pixel(new_html, self.open_url.replace("{token}", token))
+        return dc_replace(rendered, html=new_html), links
+
+
+_TRACKABLE = re.compile(r"[0-9a-f]{32}~[A-Za-z0-9.-]{1,253}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +155,8 @@ class CampaignRenderer:
     values: Mapping[str, Any]
     sender: SenderInfo
     is_sms: bool
+    #: Click/open tracking (``campaigns.tracking``); None: links stay as written.
+    tracking: Tracking | None = None
 
     @property
     def link_wanted(self) -> bool:
@@ -168,8 +213,12 @@ class CampaignRenderer:
             to=rendered.to if to is None else Mailbox(rendered.to.name, to),
             headers=(*rendered.headers, header),
         )
+        links: tuple[str, ...] = ()
+        if self.tracking is not None:
+            contact_id = row.get("contact_id") if hasattr(row, "get") else None
+            rendered, links = self.tracking.apply(rendered, contact_id, message_id, link)
         return CampaignMessage(
-            rendered, rendered.subject, build_mime(rendered, message_id=message_id)
+            rendered, rendered.subject, build_mime(rendered, message_id=message_id), links
         )
 
 

@@ -184,7 +184,8 @@ def campaign_report(
 ) -> pd.DataFrame:
     """Return the campaign's message count per status (every status, zeros included).
 
-    ``frame.attrs["complaints"]`` is the campaign's
+    ``frame.attrs["clicks"]`` counts tracked clicks (counted, messages clicked, flagged as
+    scanner traffic). ``frame.attrs["complaints"]`` is the campaign's
     :class:`~bulkmail_kernel.campaigns.complaints.ComplaintRate` (complaints ÷ sent,
     with a warning from 0.1 %); ``bulkmail report`` prints its line.
     """
@@ -192,6 +193,11 @@ def campaign_report(
     with database.session() as s:
         cid = campaign_row(s, campaign).id
         complaints = complaints_of(s, cid)
+        tracked = s.execute(
+            sa.select(Event.kind, sa.func.count(), sa.func.count(sa.distinct(Event.message_id)))
+            .where(Event.campaign_id == cid, Event.kind.in_(("clicked", "click_flagged")))
+            .group_by(Event.kind)
+        ).all()
     counts = OutboxStore(database, "report").counts(cid)
     statuses = [m.value for m in MessageStatus]
     frame = pd.DataFrame(
@@ -202,6 +208,13 @@ def campaign_report(
     frame["share"] = frame["messages"] / total if total else 0.0
     rate = ComplaintRate(complaints, counts.get(MessageStatus.SENT.value, 0))
     frame.attrs["complaints"] = rate
+    by_kind = {k: (int(n), int(m)) for k, n, m in tracked}
+    # Tracked campaigns only (docs/tracking.md): counted clicks, messages clicked, scanner hits.
+    frame.attrs["clicks"] = {
+        "clicks": by_kind.get("clicked", (0, 0))[0],
+        "messages_clicked": by_kind.get("clicked", (0, 0))[1],
+        "flagged": by_kind.get("click_flagged", (0, 0))[0],
+    }
     if rate.warning:
         log.warning("campaign %s: %s", campaign, rate.warning)
     return readable(frame)

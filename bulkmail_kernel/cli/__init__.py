@@ -33,6 +33,7 @@ from bulkmail_kernel.cli import (
     segments,
     sending,
     servers,
+    tracking,
 )
 from bulkmail_kernel.cli.common import Commands
 from bulkmail_kernel.exceptions import BulkmailError
@@ -45,6 +46,7 @@ STAGES = (
     compose,
     campaigns,
     caps,
+    tracking,
     sending,
     abtests,
     providers,

@@ -86,6 +86,7 @@ def cmd_import_contacts(args: argparse.Namespace) -> int:
         sheet=args.sheet,
         source_name=args.source_name,
         progress=not args.quiet,
+        consent_text=args.consent_text,
     )
     print(repr(result))
     if len(result.report):
@@ -202,6 +203,9 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--query", help="SQL query to read when SOURCE is a database URL")
     p.add_argument("--sheet", help="worksheet name of an .xlsx file (default: the first)")
     p.add_argument("--source-name", help="name the import is recorded under (default: the file)")
+    p.add_argument(
+        "--consent-text", help="the consent wording the imported people agreed to (kept as proof)"
+    )
     p.add_argument("--report", type=Path, help="also write the import report to this CSV file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_csv(p)

@@ -22,6 +22,7 @@ import pandas as pd
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.checks import _Candidate, validate_rows
 from bulkmail_kernel.contacts.columns import _plan_columns
+from bulkmail_kernel.contacts.consents import record_import_consents
 from bulkmail_kernel.contacts.forgotten import drop_forgotten
 from bulkmail_kernel.contacts.grouping import _merge_within_source, _resolve_against_db
 from bulkmail_kernel.contacts.report import ImportResult, _Report
@@ -48,6 +49,7 @@ def import_contacts(
     sheet: str | int | None = None,
     source_name: str | None = None,
     progress: bool = True,
+    consent_text: str | None = None,
 ) -> ImportResult:
     """Import contacts from a file, another database or a DataFrame, all or nothing by default.
 
@@ -71,16 +73,16 @@ def import_contacts(
         sheet: the Excel sheet name or index (default: the first sheet).
         source_name: the name recorded on contacts, points and the import run.
         progress: show a progress bar while validating.
+        consent_text: the wording agreed to, kept on each allowed point's consent row.
 
     Mailing is allowed only on explicit opt-in: a point whose row has no
-    ``mailing_allowed``/``email_allowed``/``phone_allowed`` value gets False, and on
-    re-import an absent value leaves the stored consent alone. Rows sharing an
-    external id, e-mail or phone are one contact; existing contacts are matched the
-    same way and updated only where a value differs, so re-importing a file changes
-    nothing. An e-mail address is matched by its identity (``email_identity``: any
-    case, an IDN domain in either form); another spelling of a known address is
-    reported and merged, and the spelling first stored is kept. A source that cannot
-    be read at all raises ``ContactImportError``.
+    ``mailing_allowed``/``email_allowed``/``phone_allowed`` value gets False, and on re-import an
+    absent value leaves the stored consent alone. Rows sharing an external id, e-mail or phone are
+    one contact; existing contacts are matched the same way and updated only where a value differs,
+    so re-importing a file changes nothing. An e-mail address is matched by its identity
+    (``email_identity``: any case, an IDN domain in either form); another spelling of a known
+    address is reported and merged, and the spelling first stored is kept. A source that cannot be
+    read at all raises ``ContactImportError``.
 
     """
     if on_error not in ("raise", "skip"):
@@ -132,6 +134,7 @@ def import_contacts(
             )  # fmt: skip
             _insert_events(s, event_rows)
             committed = True
+            record_import_consents(s, run.id, run.started_at, consent_text)  # GDPR art. 7(1)
         run.inserted, run.updated = inserted, updated
         run.merged = len(report.merged - report.rejected)
         run.rejected = len(report.rejected)
@@ -142,7 +145,6 @@ def import_contacts(
         source=name, rows=n_rows, inserted=inserted, updated=updated, unchanged=unchanged,
         merged=len(report.merged - report.rejected), rejected=len(report.rejected),
         committed=committed, report=report.frame(), run_id=run_id, encoding=src.encoding,
-        delimiter=src.delimiter, notes=src.notes,
-    )  # fmt: skip
+        delimiter=src.delimiter, notes=src.notes)  # fmt: skip
     log.info("import %s", result.summary())
     return result

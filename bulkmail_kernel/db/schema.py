@@ -420,6 +420,46 @@ class Event(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class Consent(Base):
+    """One consent given or withdrawn: who, for what, when, how and in which words.
+
+    The current consent of a contact for a purpose is its latest row (``contacts.consents``).
+    """
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"))
+    contact_point_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("contact_points.id", ondelete="SET NULL")
+    )
+    #: "marketing" or "tracking".
+    purpose: Mapped[str] = mapped_column(sa.String(20))
+    granted: Mapped[bool] = mapped_column()
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: "import", "form", "analyst" or "unsubscribe".
+    method: Mapped[str] = mapped_column(sa.String(20))
+    #: The import run, the form's URL, or the analyst's OS and database user.
+    source: Mapped[str] = mapped_column(sa.String(500), default="")
+    #: The consent wording the person was shown.
+    text: Mapped[str] = mapped_column(sa.Text, default="")
+
+    __table_args__ = (sa.Index("ix_consents_contact_purpose", "contact_id", "purpose", "id"),)
+
+
+class MessageLink(Base):
+    """An original link of a tracked message: a click token's redirect goes only here."""
+
+    __tablename__ = "message_links"
+
+    message_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: The link's index in the message's HTML part, from 0.
+    link: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    url: Mapped[str] = mapped_column(sa.Text)
+
+
 class ImportRun(Base):
     """One import of a contact source, with its counts (the report is returned, not stored)."""
 

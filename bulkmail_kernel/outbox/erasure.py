@@ -30,6 +30,7 @@ from bulkmail_kernel.db import (
     UnsubscribeToken,
     chunks,
 )
+from bulkmail_kernel.outbox.clicks import erase_links
 
 _M = cast(sa.Table, Message.__table__)
 _B = cast(sa.Table, MessageBody.__table__)
@@ -83,6 +84,9 @@ def erase_outbox_history(
             .values(status=MessageStatus.REMOVED.value, next_attempt_at=None)
         )
         s.execute(sa.update(_B).where(_B.c.message_id.in_(chunk)).values(subject="", body=b""))
+        erase_links(
+            s, list(chunk)
+        )  # a tracked link may carry their data; the event keeps the count
     conds = [_E.c.contact_id == contact_id]
     if point_ids:
         conds.append(_E.c.contact_point_id.in_(list(point_ids)))

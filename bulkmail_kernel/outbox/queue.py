@@ -24,6 +24,7 @@ from bulkmail_kernel.db import (
     Event,
     Message,
     MessageBody,
+    MessageLink,
     MessageStatus,
     UnsubscribeToken,
     chunks,
@@ -290,6 +291,15 @@ def store_messages(
                     for m in chunk
                 ],
             )
+            # A tracked message's original links, in the same transaction: a worker can
+            # never send a message whose /c/ links lead nowhere (docs/tracking.md).
+            links = [
+                {"message_id": ids[m["point"].normalized], "link": i, "url": url}
+                for m in chunk
+                for i, url in enumerate(m.get("links") or ())
+            ]
+            if links:
+                conn.execute(sa.insert(MessageLink), links)
             tokens = [
                 {
                     "token_hash": hash_token(m["token"]),

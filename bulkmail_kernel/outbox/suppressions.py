@@ -17,6 +17,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bulkmail_kernel.contacts.consents import add_consent, analyst_source
 from bulkmail_kernel.contacts.values import address_identity, email_identity
 from bulkmail_kernel.db import (
     ContactPoint,
@@ -34,6 +35,9 @@ from bulkmail_kernel.outbox.recovery import event_row
 from bulkmail_kernel.records import point_channel
 
 log = logging.getLogger("bulkmail")
+
+#: The wording a withdrawal by the unsubscribe link records (the link's own text varies).
+UNSUBSCRIBE_TEXT = "unsubscribed with the message's unsubscribe link or List-Unsubscribe"
 
 # Declarative models' __table__ is a Table; SQLAlchemy's stubs only say FromClause.
 _M = cast(sa.Table, Message.__table__)
@@ -65,6 +69,9 @@ def unsubscribe(token: str, *, db: Database | None = None, url: str | None = Non
         honour_unsubscribe(
             s, point, campaign_id=row.campaign_id, detail=f"campaign {row.campaign_id}"
         )
+        add_consent(s, point.contact_id, "marketing", False, method="unsubscribe",
+                    source=f"unsubscribe link of campaign {row.campaign_id}",
+                    text=UNSUBSCRIBE_TEXT, contact_point_id=point.id)  # fmt: skip
     return True
 
 
@@ -104,6 +111,9 @@ def unsubscribe_address(
             return False
         for point in points:
             honour_unsubscribe(s, point, campaign_id=None, detail=detail)
+            add_consent(s, point.contact_id, "marketing", False, method="analyst",
+                        source=analyst_source(s), text=detail,
+                        contact_point_id=point.id)  # fmt: skip
     return True
 
 

@@ -1,5 +1,8 @@
 """The one-click unsubscribe endpoint (RFC 8058): a small Starlette app run by uvicorn.
 
+It also answers tracked links: ``GET``/``HEAD /c/{token}`` redirects (302) to the original
+link stored with the message, and ``GET /o/{token}`` is the open pixel (docs/tracking.md).
+
 ``POST /u/{token}`` with the body ``List-Unsubscribe=One-Click`` is what Gmail, Yahoo
 and Outlook send when the reader clicks "Unsubscribe" next to the sender's name: it
 unsubscribes at once and answers 200 (no redirect, no cookie, no login). ``GET /u/{token}``
@@ -25,7 +28,7 @@ from urllib.parse import parse_qs
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from bulkmail_kernel.config import DEFAULT_LANGUAGE
@@ -36,6 +39,7 @@ from bulkmail_kernel.db import (
     UnsubscribeToken,
     resolve_database,
 )
+from bulkmail_kernel.outbox.clicks import follow_click, record_open, tracking_secret
 from bulkmail_kernel.outbox.suppressions import hash_token, unsubscribe
 
 log = logging.getLogger("bulkmail")
@@ -54,6 +58,12 @@ _SECURITY_HEADERS = {
     ),
 }
 _MAX_BODY = 4096
+#: A redirect must not leak the token to the target site (Referer) nor be cached.
+_REDIRECT_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+#: The open pixel: a transparent 1x1 GIF.
+_GIF = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
 
 _TEXTS: dict[str, dict[str, str]] = {
     "sk": {
@@ -158,7 +168,7 @@ def _one_click(body: bytes, content_type: str) -> bool:
 
 
 def create_app(db: Database | None = None, url: str | None = None) -> Starlette:
-    """Return the ASGI app serving ``GET``/``POST /u/{token}`` for database ``db`` (or ``url``)."""
+    """Return the ASGI app serving ``/u/{token}``, ``/c/{token}`` and ``/o/{token}`` for ``db``."""
     database = resolve_database(db, url)
 
     async def confirm_page(request: Request) -> Response:
@@ -187,12 +197,53 @@ def create_app(db: Database | None = None, url: str | None = None) -> Starlette:
         log.info("one-click unsubscribe of %s", _mask(owner.address))
         return _page(owner, "done", form=False)
 
+    def secret() -> bytes | None:
+        # Never made here: with no key yet nothing was tracked, and every token is refused.
+        with database.session() as s:
+            return tracking_secret(s, create=False)
+
+    async def click(request: Request) -> Response:
+        # The original URL comes from the stored message: a forged token redirects nowhere.
+        def follow() -> str | None:
+            key = secret()
+            if key is None:
+                return None
+            return follow_click(
+                database,
+                key,
+                request.path_params["token"],
+                method=request.method,
+                agent=request.headers.get("user-agent", ""),
+            )
+
+        target = await run_in_threadpool(follow)
+        if target is None:
+            return _not_found()
+        return RedirectResponse(target, status_code=302, headers=_REDIRECT_HEADERS)
+
+    async def pixel(request: Request) -> Response:
+        def opened() -> None:
+            key = secret()
+            if key is not None:
+                record_open(
+                    database,
+                    key,
+                    request.path_params["token"],
+                    agent=request.headers.get("user-agent", ""),
+                )
+
+        await run_in_threadpool(opened)
+        # Always the image: a broken image in a message says nothing useful to anyone.
+        return Response(_GIF, media_type="image/gif", headers={"Cache-Control": "no-store"})
+
     async def robots(_request: Request) -> Response:
         return PlainTextResponse("User-agent: *\nDisallow: /\n")
 
     routes = [
         Route("/u/{token}", confirm_page, methods=["GET"]),
         Route("/u/{token}", one_click, methods=["POST"]),
+        Route("/c/{token}", click, methods=["GET", "HEAD"]),
+        Route("/o/{token}", pixel, methods=["GET"]),
         Route("/robots.txt", robots, methods=["GET"]),
     ]
 
