@@ -5,7 +5,8 @@ moved by hand. Clicks: the click-tracking endpoint records each counted click as
 ``events`` row of kind "clicked" (campaign_id, message_id, contact_id,
 contact_point_id, data {"url", "link"}). Here those rows are written through the
 outbox's event writer (``outbox.events.add_events``) as fixture data standing for the
-endpoint; an end-to-end through the real endpoint is added where the two meet.
+endpoint; ``test_clicks_through_the_real_endpoint_pick_the_winner`` clicks the real
+tracked links over HTTP instead.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import email
 import email.policy
 import io
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -41,6 +44,7 @@ from bulkmail_kernel.clock import ManualClock
 from bulkmail_kernel.db import AbAssignment, Campaign
 from bulkmail_kernel.outbox.events import add_events
 from bulkmail_kernel.servers.sink import Sink
+from bulkmail_kernel.servers.web import create_app, serve_in_thread
 
 HTML = (
     "<html><body><p>Dobrý deň {{ first_name }},</p><p>jarná zľava.</p>"
@@ -466,3 +470,79 @@ def test_two_deciders_at_once_make_one_decision(database: dbmod.Database, sink: 
     assert len(rest) == 16  # 40 - 4 holdout - 20 sent: registered once
     assert bm.send("jar", db=database, progress=False).sent == 16
     assert {_subject(m.data) for m in sink.messages[20:]} == {f"Jar {winner}"}
+
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
+
+
+def _tracked_link(data: bytes) -> str:
+    """Return the one tracked link (``/c/{token}``) of a sent message's HTML part."""
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    [link] = re.findall(r'href="(https://shop\.sk/c/[^"]+)"', html)
+    return link
+
+
+def test_clicks_through_the_real_endpoint_pick_the_winner(
+    database: dbmod.Database, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tracked links, real clicks over HTTP (uvicorn), the worker's decision, the rest sent.
+
+    The worker's clock starts two hours back, so the real clicks come well after each
+    message was sent (a click within seconds of delivery is taken for a link scanner).
+    """
+    people = _people(database, 40)
+    sink_account(database, sink.port)
+    monkeypatch.setenv("BULKMAIL_CLICK_URL", "https://shop.sk/c/{token}")
+    assert bm.record_consent(people, "tracking", method="form", text="Súhlasím.", db=database)
+    _campaign(database)
+    bm.set_tracking("jar", clicks=True, db=database)
+    bm.create_ab_test(
+        "jar",
+        ["Jar A", "Jar B"],
+        sample=0.5,
+        holdout=0.25,
+        wait="1h",
+        seed=3,
+        recipients=people,
+        db=database,
+    )
+    where = _arms(database, "jar")
+    address = dict(zip(people["contact_point_id"].astype(int), people["address"], strict=True))
+    by_arm: dict[str, list[str]] = {}
+    for pid, arm in where.items():
+        by_arm.setdefault(arm, []).append(address[pid])
+    assert {arm: len(a) for arm, a in by_arm.items()} == {
+        "A": 10,
+        "B": 10,
+        "holdout": 10,
+        "rest": 10,
+    }
+
+    clock = ManualClock(start=datetime.now(UTC) - timedelta(hours=2))
+    bm.schedule("jar", clock.now(), db=database)
+    assert bm.run_worker(db=database, clock=clock, exit_when_idle=True, steps=()) == 20
+    links = {m.rcpt_tos[0]: _tracked_link(m.data) for m in sink.messages}
+
+    server = serve_in_thread(create_app(db=database))
+    try:
+        with httpx.Client(headers={"User-Agent": BROWSER}) as web:
+            for who in sorted(by_arm["B"])[:6] + sorted(by_arm["A"])[:1]:
+                answer = web.get(links[who].replace("https://shop.sk", server.url))
+                assert answer.status_code == 302
+                assert answer.headers["location"] == "https://shop.sk/sale"
+            # A link scanner's HEAD on four more of A's links is flagged, not counted.
+            for who in sorted(by_arm["A"])[1:5]:
+                web.head(links[who].replace("https://shop.sk", server.url))
+    finally:
+        server.stop()
+
+    sent = bm.run_worker(db=database, clock=clock, exit_when_idle=True, poll_interval_s=600.0)
+    assert sent == 10
+    report = bm.ab_report("jar", db=database).set_index("arm")
+    assert report.attrs["winner"] == "B"
+    assert report.attrs["decided_by"] == "click_rate"
+    assert (report.loc["A", "clickers"], report.loc["B", "clickers"]) == (1, 6)
+    subjects = {m.rcpt_tos[0]: _subject(m.data) for m in sink.messages}
+    assert {subjects[a] for a in by_arm["rest"]} == {"Jar B"}
+    assert not set(by_arm["holdout"]) & set(subjects), "the holdout got nothing"
