@@ -63,6 +63,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_ab_assignments_contact_id"), table_name="ab_assignments")
     op.drop_table("ab_assignments")
-    with op.batch_alter_table("campaigns") as batch:
-        batch.drop_column("ab_test")
-        batch.drop_column("parent_id")
+    # In place, not a batch: a batch copies campaigns and drops the old table, and on
+    # SQLite that drop cascades to every message (SQLite drops such columns itself).
+    op.drop_column("campaigns", "ab_test")
+    op.drop_column("campaigns", "parent_id")
