@@ -1,6 +1,7 @@
 """Benchmark segments on 1,000,000 recipients: filter time, frame memory, widget refresh, export.
 
-Run: ``.venv/bin/python bench/bench_segments.py [--rows N] [--export-rows N]``.
+Run: ``.venv/bin/python bench/bench_segments.py [--rows N] [--export-rows N] [--before DIR]``
+(``--before`` times another checkout's filter against this one's, interleaved, and stops).
 The frame is built in memory with the dtypes of the contacts_frame() contract
 (category for low-cardinality text, bool flags, Arrow-backed str for names and
 addresses) by the same generator the tests use.
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -55,10 +57,47 @@ def median_s(fn: Callable[[], object], runs: int = 15) -> float:
     return statistics.median(times)
 
 
+def _filter_before(checkout: Path) -> Callable[..., pd.DataFrame]:
+    """Return ``filter_recipients`` as another checkout's segments code had it (A/B)."""
+    modules = {}
+    for name in ("rule_masks", "filters"):
+        path = checkout / "bulkmail_kernel/segments" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"before_{name}", path)
+        assert spec is not None
+        assert spec.loader is not None
+        modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    setattr(modules["filters"], "group_mask", modules["rule_masks"].group_mask)  # noqa: B010
+    before: Callable[..., pd.DataFrame] = getattr(modules["filters"], "filter_recipients")  # noqa: B009
+    return before
+
+
+def paired(ours: Callable[[], object], before: Callable[[], object], rounds: int = 8) -> str:
+    """Time both in alternating rounds of 3 runs (order swapped each round): same load."""
+    times: dict[str, list[float]] = {"ours": [], "before": []}
+    for i in range(rounds):
+        pair = [("ours", ours), ("before", before)]
+        for label, fn in pair if i % 2 == 0 else pair[::-1]:
+            fn()
+            for _ in range(3):
+                start = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - start)
+    return "; ".join(
+        f"{label} {statistics.median(t) * 1e3:.1f} ms (best {min(t) * 1e3:.1f})"
+        for label, t in times.items()
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--export-rows", type=int, default=100_000)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout: time its filter against this one's, interleaved, and stop",
+    )
     args = parser.parse_args()
 
     make_frame = _make_frame()
@@ -80,6 +119,15 @@ def main() -> None:
     results.append((name, "<= 30 ms", measured, t <= 0.030))
 
     as_rules = spec.as_rules()
+    if args.before is not None:
+        old = _filter_before(args.before)
+        for label, case in (("four conditions", spec), ("as rules", as_rules)):
+            mine, theirs = (f(frame, case, today=TODAY) for f in (filter_recipients, old))
+            pd.testing.assert_frame_equal(mine, theirs)  # the same answer, or no comparison
+            mine_fn = partial(filter_recipients, frame, case, today=TODAY)
+            print(f"{label}: " + paired(mine_fn, partial(old, frame, case, today=TODAY)))
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        return
     assert len(filter_recipients(frame, as_rules, today=TODAY)) == selected
     t = median_s(lambda: filter_recipients(frame, as_rules, today=TODAY))
     measured = f"{t * 1e3:.1f} ms (best {BEST['last'] * 1e3:.1f})"

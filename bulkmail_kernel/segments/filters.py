@@ -21,6 +21,7 @@ import pandas as pd
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.frame import FRAME_COLUMNS
 from bulkmail_kernel.exceptions import FilterError
+from bulkmail_kernel.segments.column_masks import at_or_after, before, codes_mask, flags
 from bulkmail_kernel.segments.rule_masks import group_mask
 from bulkmail_kernel.segments.spec import (
     AttributeCondition,
@@ -51,26 +52,23 @@ def _require(frame: pd.DataFrame, column: str, why: str) -> pd.Series:
 
 
 def _isin(col: pd.Series, values: Iterable[Any]) -> np.ndarray:
-    """Return where ``col`` is one of ``values``; on categories, look up the codes (fast)."""
+    """Return where ``col`` is one of ``values``; on categories, compare the codes (fast)."""
     values = list(values)
     if isinstance(col.dtype, pd.CategoricalDtype):
-        wanted = np.flatnonzero(col.dtype.categories.isin(values))
-        codes = col.array.codes
-        if len(wanted) <= 4:
-            # A few integer comparisons beat a gather over the whole column.
-            mask = np.zeros(len(col), dtype=bool)
-            for code in wanted:
-                mask |= codes == code
-            return mask
-        # One extra False slot at the end: code -1 (missing) indexes it.
-        lookup = np.zeros(len(col.dtype.categories) + 1, dtype=bool)
-        lookup[wanted] = True
-        return lookup[codes]
+        return codes_mask(col, np.asarray(col.dtype.categories.isin(values)))
     return col.isin(values).to_numpy(dtype=bool, na_value=False)
 
 
 def _bool(col: pd.Series) -> np.ndarray:
-    return col.to_numpy(dtype=bool, na_value=False)
+    return flags(col)
+
+
+def _keep(mask: np.ndarray, part: np.ndarray, *, negate: bool = False) -> None:
+    """AND ``part`` (or NOT ``part``) into ``mask`` in place, without a temporary array."""
+    if negate:
+        np.greater(mask, part, out=mask)  # on booleans, a > b is a AND NOT b
+    else:
+        np.logical_and(mask, part, out=mask)
 
 
 def resolve_today(today: date | datetime | str | None = None, tz: str | None = None) -> date:
@@ -155,10 +153,10 @@ def _attribute_mask(frame: pd.DataFrame, cond: AttributeCondition, zone: ZoneInf
             raise FilterError(f"{where} holds dates: give a range of dates", field="attributes")
         mask = col.notna().to_numpy(copy=True)
         if cond.low is not None:
-            mask &= _bool(col >= _day_start(cond.low, zone, col))  # type: ignore[arg-type]
+            _keep(mask, at_or_after(col, _day_start(cond.low, zone, col)))  # type: ignore[arg-type]
         if cond.high is not None:
             end = _day_start(cond.high, zone, col) + pd.Timedelta(days=1)  # type: ignore[arg-type]
-            mask &= _bool(col < end)
+            _keep(mask, before(col, end))
         return mask
     if is_num:
         if any(isinstance(b, date) for b in bounds):
@@ -217,16 +215,16 @@ def _selected_rows(
                 )
 
     if spec.channel is not None:
-        mask &= _isin(_require(frame, "channel", "channel"), [spec.channel])
+        _keep(mask, _isin(_require(frame, "channel", "channel"), [spec.channel]))
     for name in ("point_type", "kind", "language", "gender"):
         values = getattr(spec, name)
         if values is not None:
-            mask &= _isin(_require(frame, name, name), values)
+            _keep(mask, _isin(_require(frame, name, name), values))
     if spec.mailing_allowed is not None:
         allowed = _bool(_require(frame, "mailing_allowed", "mailing_allowed"))
-        mask &= allowed if spec.mailing_allowed else ~allowed
+        _keep(mask, allowed, negate=not spec.mailing_allowed)
     if spec.exclude_suppressed:
-        mask &= ~_bool(_require(frame, "suppressed", "exclude_suppressed"))
+        _keep(mask, _bool(_require(frame, "suppressed", "exclude_suppressed")), negate=True)
 
     dates = (
         spec.registered_within_days,
@@ -238,26 +236,25 @@ def _selected_rows(
         day = resolve_today(today, tz)
         if spec.registered_within_days is not None:
             first = day - pd.Timedelta(days=spec.registered_within_days)
-            mask &= _bool(col >= _day_start(first, zone, col))
+            _keep(mask, at_or_after(col, _day_start(first, zone, col)))
         if spec.registered_more_than_days_ago is not None:
             cutoff = day - pd.Timedelta(days=spec.registered_more_than_days_ago)
-            mask &= _bool(col < _day_start(cutoff, zone, col))
+            _keep(mask, before(col, _day_start(cutoff, zone, col)))
         if spec.registered_between is not None:
             lo, hi = spec.registered_between
             if lo is not None:
-                mask &= _bool(col >= _day_start(lo, zone, col))
+                _keep(mask, at_or_after(col, _day_start(lo, zone, col)))
             if hi is not None:
-                mask &= _bool(col < _day_start(hi, zone, col) + pd.Timedelta(days=1))
+                _keep(mask, before(col, _day_start(hi, zone, col) + pd.Timedelta(days=1)))
 
     if spec.has_valid_address is not None:
-        valid = _valid_addresses(frame)
-        mask &= valid if spec.has_valid_address else ~valid
+        _keep(mask, _valid_addresses(frame), negate=not spec.has_valid_address)
 
     for cond in _conditions(spec):
-        mask &= _attribute_mask(frame, cond, zone)
+        _keep(mask, _attribute_mask(frame, cond, zone))
 
     if spec.rules is not None:
-        mask &= group_mask(frame, _group(spec), zone=zone, today=resolve_today(today, tz))
+        _keep(mask, group_mask(frame, _group(spec), zone=zone, today=resolve_today(today, tz)))
 
     rows = np.flatnonzero(mask)
     return _one_per_contact(frame, rows) if spec.one_per_contact else rows
@@ -281,7 +278,8 @@ def _one_per_contact(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     """
     if rows.size == 0:
         return rows
-    contact = _require(frame, "contact_id", "one_per_contact").to_numpy()[rows].astype(np.int64)
+    contact = _require(frame, "contact_id", "one_per_contact").to_numpy()[rows]
+    contact = contact.astype(np.int64, copy=False)
     channel = _require(frame, "channel", "one_per_contact")
     if isinstance(channel.dtype, pd.CategoricalDtype):
         chan_codes = channel.array.codes[rows].astype(np.int64) + 1
@@ -291,7 +289,7 @@ def _one_per_contact(frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
         chan_codes = codes.astype(np.int64) + 1
         n_chan = len(uniques) + 1
     point = _require(frame, "contact_point_id", "one_per_contact").to_numpy()[rows]
-    point = point.astype(np.int64)
+    point = point.astype(np.int64, copy=False)
     preferred = _bool(_require(frame, "is_preferred", "one_per_contact"))[rows]
 
     if rows.size > 1 and bool(np.all(contact[1:] >= contact[:-1])):

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bulkmail_kernel.exceptions import FilterError
+from bulkmail_kernel.segments.column_masks import at_or_after, codes_mask
+from bulkmail_kernel.segments.column_masks import before as stamps_before
 from bulkmail_kernel.segments.rules import OPERATORS, Kind, Rule, RuleGroup
 
 _KIND_WORDS = {
@@ -99,7 +101,13 @@ def rule_mask(frame: pd.DataFrame, rule: Rule, *, zone: ZoneInfo, today: date) -
         return _number_mask(col, rule)
     if kind == "bool":
         value = _typed(rule, rule.value, bool)
-        is_value = col.to_numpy(dtype=bool, na_value=not value) == value
+        # A numpy bool column has no missing values: compare its own memory, no conversion.
+        values = (
+            col.to_numpy()
+            if col.dtype == np.bool_
+            else col.to_numpy(dtype=bool, na_value=not value)
+        )
+        is_value = values == value
         return is_value if rule.op == "is" else ~is_value
     return _text_mask(col, rule, kind)
 
@@ -120,9 +128,7 @@ def _missing(col: pd.Series, kind: Kind) -> np.ndarray:
 
 def _codes_in(col: pd.Series, hits: np.ndarray) -> np.ndarray:
     """Return where a category column's value is one of the categories ``hits`` marks."""
-    lookup = np.zeros(len(hits) + 1, dtype=bool)  # code -1 (missing) reads the last slot
-    lookup[: len(hits)] = hits
-    return lookup[col.array.codes]
+    return codes_mask(col, hits)
 
 
 def _text(rule: Rule, value: Any) -> str:
@@ -233,10 +239,10 @@ def _day_start(day: date, zone: ZoneInfo, col: pd.Series) -> pd.Timestamp:
 
 def _date_mask(col: pd.Series, rule: Rule, zone: ZoneInfo, today: date) -> np.ndarray:
     def on_or_after(day: date) -> np.ndarray:
-        return (col >= _day_start(day, zone, col)).to_numpy(dtype=bool, na_value=False)
+        return at_or_after(col, _day_start(day, zone, col))
 
     def before(day: date) -> np.ndarray:
-        return (col < _day_start(day, zone, col)).to_numpy(dtype=bool, na_value=False)
+        return stamps_before(col, _day_start(day, zone, col))
 
     value = rule.value
     if rule.op == "in_last_days":
