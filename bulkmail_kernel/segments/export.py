@@ -53,7 +53,7 @@ def is_contact_column(name: str) -> bool:
 
 
 #: Columns of a printed frame that hold contact data besides ``is_contact_column``'s.
-PRINTED_CONTACT_COLUMNS = ("first_name", "last_name", "patronymic", "recipient", "to", "normalized")
+PRINTED_CONTACT_COLUMNS = ("first_name", "last_name", "patronymic", "recipient", "normalized")
 
 
 def frame_csv(
