@@ -399,3 +399,20 @@ def test_csv_printing_and_the_import_report_are_logged_exports(
         ("import report", "exported"),
         ("csv", "refused"),
     ]
+
+
+@pytest.mark.postgres
+def test_the_analyst_reads_an_ab_report(
+    roles: tuple[str, str, str, str], pg_url: str, sink: Sink, tmp_path: Path
+) -> None:
+    _, analyst_url, _, _ = roles
+    owner, db = dbmod.open_database(pg_url), dbmod.open_database(analyst_url)
+    more = tmp_path / "more.csv"
+    rows = "".join(f"N{i};n{i}@d.sk;yes;Nitra\n" for i in range(6))
+    more.write_text("Customer number;E-mail;Opt-in;City\n" + rows, encoding="utf-8")
+    assert bm.import_contacts(more, db=owner, progress=False).inserted == 6
+    _campaign_for_nitra(owner, db, sink)
+    bm.create_ab_test("jar", ["Jar A", "Jar B"], sample=0.5, holdout=0.0, seed=1, db=owner)
+    mine, theirs = bm.ab_report("jar", db=db), bm.ab_report("jar", db=owner)
+    assert mine["assigned"].sum() == theirs["assigned"].sum() == 8
+    assert mine.equals(theirs)
