@@ -122,7 +122,7 @@ if TYPE_CHECKING:
     from bulkmail_kernel.records import CampaignInfo, SenderInfo
     from bulkmail_kernel.segments.audit import allow_contact_export, export_log
     from bulkmail_kernel.segments.explain import explain_segment
-    from bulkmail_kernel.segments.export import export_recipients
+    from bulkmail_kernel.segments.export import export_recipients, frame_csv
     from bulkmail_kernel.segments.filters import filter_recipients
     from bulkmail_kernel.segments.rules import Rule, RuleGroup
     from bulkmail_kernel.segments.saved import (
@@ -290,6 +290,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "create_roles": ("bulkmail_kernel.db.roles", "create_roles"),
     "allow_contact_export": ("bulkmail_kernel.segments.audit", "allow_contact_export"),
     "export_log": ("bulkmail_kernel.segments.audit", "export_log"),
+    "frame_csv": ("bulkmail_kernel.segments.export", "frame_csv"),
     "ContactAccessError": ("bulkmail_kernel.exceptions", "ContactAccessError"),
     "create_ab_test": ("bulkmail_kernel.campaigns.abtests", "create_ab_test"),
     "pick_winner": ("bulkmail_kernel.campaigns.abtests", "pick_winner"),
@@ -376,6 +377,7 @@ __all__ = [
     "filter_recipients",
     "fit_to_gsm7",
     "forget_contact",
+    "frame_csv",
     "frequency_cap",
     "generate_demo",
     "generate_dkim_key",

@@ -96,6 +96,7 @@ def test_sendpulse_account_with_a_wrong_secret_is_refused(
 #: command line cannot carry, or is a notebook panel. Every other function of ``__all__``
 #: must be ``bulkmail <its name with - for _>``.
 NO_COMMAND = {
+    "frame_csv": "what every command's --csv prints through (checked and logged as an export)",
     # Notebook panels (ipywidgets) and a chart: they are displayed in a cell.
     "segment_builder": "a notebook widget",
     "preview": "a notebook widget",

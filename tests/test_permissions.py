@@ -24,6 +24,7 @@ from conftest import PG_URL
 import bulkmail_kernel as bm
 from bulkmail_kernel import config
 from bulkmail_kernel import db as dbmod
+from bulkmail_kernel.campaigns.monitor import registration_skips
 from bulkmail_kernel.cli import main
 from bulkmail_kernel.compose.templates import template_from_html
 from bulkmail_kernel.servers.sink import Sink
@@ -90,7 +91,9 @@ def test_the_analyst_filters_on_masked_data_but_cannot_read_or_export_it(
     assert frame.attrs["hidden_columns"] == [
         "contacts.first_name", "contacts.last_name", "contacts.patronymic",
         "contact_points.value", "contact_points.normalized", "messages.recipient",
-        "message_bodies.body", "suppressions.normalized",
+        "messages.last_error", "message_bodies.subject", "message_bodies.body",
+        "suppressions.normalized", "suppressions.detail", "events.detail", "events.data",
+        "message_links.url", "forgotten_addresses.address_hash",
     ]  # fmt: skip
     emails = frame[frame["channel"] == "email"]
     assert sorted(emails["address"]) == ["***@a.sk", "***@b.sk", "***@c.sk"]
@@ -171,13 +174,8 @@ def test_the_exporter_exports_and_every_export_is_logged(
     assert str(log["exported_at"].dt.tz) == str(config.local_timezone())
 
 
-@pytest.mark.postgres
-def test_the_analyst_prepares_a_campaign_and_the_owner_sends_it(
-    roles: tuple[str, str, str, str], pg_url: str, sink: Sink
-) -> None:
-    """The analyst segments, creates and previews; registration and sending run as the owner."""
-    _, analyst_url, _, _ = roles
-    owner, db = dbmod.open_database(pg_url), dbmod.open_database(analyst_url)
+def _campaign_for_nitra(owner: dbmod.Database, db: dbmod.Database, sink: Sink) -> None:
+    """Create campaign "jar" for segment "nitra" (Jana, Peter) as ``db``, the owner's account."""
     bm.add_sender_account(
         "sink", kind="smtp", from_email="news@shop.sk",
         settings={"host": "127.0.0.1", "port": sink.port, "security": "none",
@@ -186,11 +184,28 @@ def test_the_analyst_prepares_a_campaign_and_the_owner_sends_it(
     )  # fmt: skip
     html = '<p>Hi {{ first_name }}</p><a href="{{ unsubscribe_url }}">Unsubscribe</a>'
     template = template_from_html(html, "Hello {{ first_name }}", name="hello")
+    spec = bm.FilterSpec(channel="email", attributes={"city": "Nitra"})
+    assert bm.save_segment("nitra", spec, bm.contacts_frame(db), db=db).name == "nitra"
+    bm.create_campaign("jar", sender="sink", template=template, segment="nitra", db=db)
+
+
+def _send_as_owner(owner: dbmod.Database) -> None:
+    bm.register("jar", db=owner)
+    done = bm.send("jar", rate_per_hour=float("inf"), progress=False, db=owner)
+    assert done.sent == 2
+
+
+@pytest.mark.postgres
+def test_the_analyst_prepares_a_campaign_and_the_owner_sends_it(
+    roles: tuple[str, str, str, str], pg_url: str, sink: Sink
+) -> None:
+    """The analyst segments, creates and previews; registration and sending run as the owner."""
+    _, analyst_url, _, _ = roles
+    owner, db = dbmod.open_database(pg_url), dbmod.open_database(analyst_url)
+    _campaign_for_nitra(owner, db, sink)
     frame = bm.contacts_frame(db)
     spec = bm.FilterSpec(channel="email", attributes={"city": "Nitra"})
-    assert bm.save_segment("nitra", spec, frame, db=db).name == "nitra"
     assert len(bm.segment_recipients("nitra", frame, db=db)) == 2
-    bm.create_campaign("jar", sender="sink", template=template, segment="nitra", db=db)
     preview = bm.campaign_preview("jar", db=db)
     assert preview.subject == "Hello ***"
     with pytest.raises(bm.SendError, match=r"contact_points\.normalized\b.*masked"):
@@ -198,9 +213,7 @@ def test_the_analyst_prepares_a_campaign_and_the_owner_sends_it(
     # The analyst's masked frame never reaches the outbox, even through the owner.
     with pytest.raises(bm.SendError, match="masked"):
         bm.register("jar", bm.filter_recipients(frame, spec), db=owner)
-    bm.register("jar", db=owner)
-    done = bm.send("jar", rate_per_hour=float("inf"), progress=False, db=owner)
-    assert done.sent == 2
+    _send_as_owner(owner)
     assert sorted(r for m in sink.messages for r in m.rcpt_tos) == ["jana@a.sk", "peter@b.sk"]
     assert any(b"Hi Jana" in m.data for m in sink.messages)
     # After registration the analyst's preview is still rendered, not the stored body.
@@ -281,3 +294,125 @@ def test_db_roles_from_the_shell_and_the_analysts_refusal_in_the_log(
         ]
     finally:
         _drop_roles(analyst)
+
+
+@pytest.mark.postgres
+def test_the_analyst_reads_campaign_reports_but_not_texts_that_quote_an_address(
+    roles: tuple[str, str, str, str], pg_url: str, sink: Sink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bounce quotes the address in events and messages: hidden, the reports still work."""
+    analyst, analyst_url, _, _ = roles
+    owner, db = dbmod.open_database(pg_url), dbmod.open_database(analyst_url)
+    _campaign_for_nitra(owner, db, sink)
+    _send_as_owner(owner)
+    bounce = "550 5.1.1 <jana@a.sk>: user unknown"
+    with owner.session() as s:
+        cid = s.scalar(sa.select(dbmod.Campaign.id).where(dbmod.Campaign.name == "jar"))
+        jana = s.scalars(
+            sa.select(dbmod.Message).where(dbmod.Message.recipient == "jana@a.sk")
+        ).one()
+        jana.status, jana.last_code, jana.last_error = "failed", "550", f"hard bounce: {bounce}"
+        at = {"campaign_id": cid, "message_id": jana.id, "contact_id": jana.contact_id,
+              "contact_point_id": jana.contact_point_id}  # fmt: skip
+        s.add(dbmod.Event(kind="bounced", detail=bounce,
+                          data={"code": "550", "reporter": "jana@a.sk"}, **at))  # fmt: skip
+        s.add(dbmod.Event(kind="skipped", detail="jana@a.sk: suppressed",
+                          data={"at": "registration", "why": "suppressed"}, **at))  # fmt: skip
+    # The texts are refused to the analyst, each with the column named.
+    texts = [("events", "detail"), ("events", "data"), ("messages", "last_error"),
+             ("message_bodies", "subject"), ("suppressions", "detail"), ("message_links", "url"),
+             ("forgotten_addresses", "address_hash")]  # fmt: skip
+    for table, column in texts:
+        denied = pytest.raises(bm.ContactAccessError, match=rf"{table}\.{column}\b.*exporter")
+        with denied, db.engine.connect() as conn:
+            conn.execute(sa.text(f"SELECT {column} FROM {table}"))
+    # The reports the analyst runs do not need them.
+    assert bm.campaign_report("jar", db=db)["messages"].to_dict() == (
+        bm.campaign_report("jar", db=owner)["messages"].to_dict()
+    )
+    listed, theirs = bm.list_campaigns(db=db), bm.list_campaigns(db=owner)
+    assert listed["rate_per_hour"].iloc[0] == theirs["rate_per_hour"].iloc[0] == float("inf")
+    assert bm.campaign_timeline("jar", db=db)["sent"].sum() == 2
+    progress = bm.campaign_progress("jar", db=db)
+    assert progress.counts["failed"] == 1
+    failed = progress.errors.iloc[0]
+    assert (failed["recipient"], failed["code"], failed["error"]) == (
+        "***@a.sk",
+        "550",
+        "",
+    )
+    assert bm.campaign_progress("jar", db=owner).errors["error"].iloc[0].endswith(bounce)
+    assert "1 suppressed" in registration_skips("jar", db=db)
+    with db.engine.connect() as conn:
+        seen = conn.execute(
+            sa.text("SELECT detail, data FROM events_masked WHERE kind = 'bounced'")
+        )
+        assert seen.one() == ("", {"code": "550"})
+    # What lists people is contact data: the exporter's.
+    for listing in (bm.history, bm.clicks, bm.queue, bm.campaign_failures):
+        arg = jana.contact_id if listing is bm.history else "jar"
+        with pytest.raises(bm.ContactAccessError, match=f'"{analyst}".*exporter'):
+            listing(arg, db=db)  # type: ignore[operator]
+    # The analyst's --csv of its masked frame is no export: printed, not logged.
+    capsys.readouterr()
+    assert main(["contacts-frame", "--csv", "--db", analyst_url]) == 0
+    assert "***@a.sk" in capsys.readouterr().out
+    assert bm.export_log(db=db).empty
+
+
+def test_csv_printing_and_the_import_report_are_logged_exports(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = dbmod.open_database(sqlite_url)
+    source = tmp_path / "customers.csv"
+    source.write_text(CSV + "C4;Ján;Bad;not-an-address;;yes;Nitra\n", encoding="utf-8")
+    report = tmp_path / "report.csv"
+    args = ["import-contacts", str(source), "--on-error", "skip", "--report", str(report)]
+    assert main([*args, "--csv", "--db", sqlite_url]) == 0
+    assert "not-an-address" in report.read_text(encoding="utf-8-sig")
+    capsys.readouterr()
+    assert main(["contacts-frame", "--csv", "--db", sqlite_url]) == 0
+    printed = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert "jana@a.sk" in {r["address"] for r in printed}
+    log = bm.export_log(db=db)
+    assert list(zip(log["kind"], log["path"], log["outcome"], strict=True)) == [
+        ("csv", "stdout", "exported"),
+        ("import report", str(report), "exported"),
+        ("import report", "stdout", "exported"),
+    ]
+    assert log["rows"].iloc[0] == len(printed)
+    assert set(log["columns"].iloc[0].split(",")) >= {"address", "first_name", "last_name"}
+    assert log["columns"].iloc[1] == "value"
+    assert set(log["who"]) == {getpass.getuser()}
+    # Switched off: the --csv of contact data is refused before anything is printed (logged);
+    # the import report still is written and logged: it only repeats the user's own file.
+    bm.allow_contact_export(False, db=db)
+    assert main(["contacts-frame", "--csv", "--db", sqlite_url]) != 0
+    captured = capsys.readouterr()
+    assert "switched off" in captured.err
+    assert "jana" not in captured.out
+    assert main(["list-segments", "--csv", "--db", sqlite_url]) == 0  # no contact columns
+    result = bm.import_contacts(source, db=db, on_error="skip", progress=False)
+    result.save_report(tmp_path / "again.csv")
+    log = bm.export_log(db=db)
+    assert list(zip(log["kind"], log["outcome"], strict=True))[:2] == [
+        ("import report", "exported"),
+        ("csv", "refused"),
+    ]
+
+
+@pytest.mark.postgres
+def test_the_analyst_reads_an_ab_report(
+    roles: tuple[str, str, str, str], pg_url: str, sink: Sink, tmp_path: Path
+) -> None:
+    _, analyst_url, _, _ = roles
+    owner, db = dbmod.open_database(pg_url), dbmod.open_database(analyst_url)
+    more = tmp_path / "more.csv"
+    rows = "".join(f"N{i};n{i}@d.sk;yes;Nitra\n" for i in range(6))
+    more.write_text("Customer number;E-mail;Opt-in;City\n" + rows, encoding="utf-8")
+    assert bm.import_contacts(more, db=owner, progress=False).inserted == 6
+    _campaign_for_nitra(owner, db, sink)
+    bm.create_ab_test("jar", ["Jar A", "Jar B"], sample=0.5, holdout=0.0, seed=1, db=owner)
+    mine, theirs = bm.ab_report("jar", db=db), bm.ab_report("jar", db=owner)
+    assert mine["assigned"].sum() == theirs["assigned"].sum() == 8
+    assert mine.equals(theirs)

@@ -24,12 +24,12 @@ from bulkmail_kernel.db import (
     Campaign,
     CampaignStatus,
     Database,
-    Event,
     Message,
     MessageStatus,
     resolve_database,
     utcnow,
 )
+from bulkmail_kernel.db.roles import MASKED_VIEW, hidden_contact_columns, readable_events
 from bulkmail_kernel.display import readable
 from bulkmail_kernel.outbox.lookup import campaign_row
 from bulkmail_kernel.outbox.parking import waiting_for_window
@@ -190,6 +190,7 @@ def campaign_progress(
     now = utcnow() if now is None else now
     zone = ZoneInfo(config.local_timezone())
     since = now - timedelta(seconds=window_s)
+    recipient, last_error_, errors_from = _error_columns(database)
     with database.session() as s:
         c = campaign_row(s, campaign)
         cid = c.id
@@ -220,12 +221,13 @@ def campaign_progress(
         bad = s.execute(
             sa.select(
                 _M.c.id,
-                _M.c.recipient,
+                recipient,
                 _M.c.status,
                 _M.c.last_code,
-                _M.c.last_error,
+                last_error_,
                 _M.c.updated_at,
             )
+            .select_from(errors_from)
             .where(_M.c.campaign_id == cid, _M.c.status.in_([m.value for m in ERRORED]))
             .order_by(_M.c.updated_at.desc(), _M.c.id.desc())
             .limit(errors)
@@ -263,6 +265,21 @@ def campaign_progress(
         send_window=window,
         waiting_for_window=waiting_for_window(database, [cid], now).get(cid, 0) if window else 0,
     )
+
+
+def _error_columns(database: Database) -> tuple[Any, Any, sa.FromClause]:
+    """Return (recipient, last_error, FROM) for the errors list: masked for the analyst role.
+
+    A role that may not read ``messages.recipient`` and ``last_error`` (a bounce's text
+    quotes the address) sees the masked address of ``contact_points_masked`` and a
+    blank reason; the code (``last_code``) stays.
+    """
+    if "messages.recipient" not in hidden_contact_columns(database):
+        return _M.c.recipient, _M.c.last_error, _M
+    masked = sa.table(MASKED_VIEW, sa.column("id"), sa.column("masked_address"))
+    joined = _M.outerjoin(masked, masked.c.id == _M.c.contact_point_id)
+    recipient = sa.func.coalesce(masked.c.masked_address, "***").label("recipient")
+    return recipient, sa.literal("").label("last_error"), joined
 
 
 def _as_utc(value: datetime | str | None) -> datetime | None:
@@ -344,9 +361,10 @@ def registration_skips(
     database = resolve_database(db, url)
     with database.session() as s:
         c = campaign_row(s, campaign)
+        ev = readable_events(database)  # the analyst's: data["why"], without the address
         rows = s.execute(
-            sa.select(Event.detail, Event.data).where(
-                Event.campaign_id == c.id, Event.kind == "skipped"
+            sa.select(ev.c.detail, ev.c.data).where(
+                ev.c.campaign_id == c.id, ev.c.kind == "skipped"
             )
         ).all()
         name = c.name

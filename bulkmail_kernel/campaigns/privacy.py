@@ -44,9 +44,10 @@ from bulkmail_kernel.db import (
     resolve_database,
     utcnow,
 )
+from bulkmail_kernel.db.exportlog import record_export
 from bulkmail_kernel.exceptions import ContactError
 from bulkmail_kernel.outbox.erasure import erase_outbox_history
-from bulkmail_kernel.segments.audit import check_contact_export, record_export
+from bulkmail_kernel.segments.audit import check_contact_export
 
 log = logging.getLogger("bulkmail")
 

@@ -28,6 +28,7 @@ from bulkmail_kernel.db import (
     resolve_database,
     utcnow,
 )
+from bulkmail_kernel.db.roles import readable_events
 from bulkmail_kernel.display import readable
 from bulkmail_kernel.outbox.handover import REF_FIELDS, ref_frame
 from bulkmail_kernel.outbox.lookup import campaign_row
@@ -352,7 +353,7 @@ class _RunRate:
 
 def _run_rates(database: Database, campaign_id: int | None = None) -> dict[int, _RunRate]:
     """Return per campaign id the rate its last recorded run used and the rate it achieved."""
-    ev = Event.__table__
+    ev = readable_events(database)  # the analyst reads the rate through events_masked
     started = (
         sa.select(ev.c.campaign_id, ev.c.data)
         .where(ev.c.kind == RUN_STARTED)

@@ -196,8 +196,12 @@ def aware_datetime(text: str) -> datetime:
 # --------------------------------------------------------------------------- output
 
 
-def print_frame(frame: object, args: argparse.Namespace | None = None) -> None:
-    """Print a DataFrame as a table (or CSV with ``--csv``); anything else as it prints."""
+def print_frame(frame: object, args: argparse.Namespace | None = None, kind: str = "csv") -> None:
+    """Print a DataFrame as a table (or CSV with ``--csv``); anything else as it prints.
+
+    ``--csv`` of a frame with contact columns is an export (a script keeps what it
+    prints): ``frame_csv`` checks and logs it (``kind`` "csv", or "import report").
+    """
     import pandas as pd
 
     if not isinstance(frame, pd.DataFrame):
@@ -208,7 +212,9 @@ def print_frame(frame: object, args: argparse.Namespace | None = None) -> None:
         # A named index (campaign_report's status) is data: print it as a column.
         table = frame.reset_index()
     if args is not None and getattr(args, "csv", False):
-        print(table.to_csv(index=False), end="")
+        from bulkmail_kernel import frame_csv
+
+        print(frame_csv(table, kind=kind, url=getattr(args, "db", None)), end="")
     else:
         with pd.option_context("display.max_rows", 50, "display.width", 160):
             print(table.to_string(index=False) if len(table) else "(nothing)")

@@ -90,7 +90,7 @@ def cmd_import_contacts(args: argparse.Namespace) -> int:
     )
     print(repr(result))
     if len(result.report):
-        print_frame(result.report, args)
+        print_frame(result.report, args, kind="import report")
         if args.report:
             print(f"report written to {result.save_report(args.report)}")
     return 0 if result.committed else 1

@@ -145,6 +145,6 @@ def import_contacts(
         source=name, rows=n_rows, inserted=inserted, updated=updated, unchanged=unchanged,
         merged=len(report.merged - report.rejected), rejected=len(report.rejected),
         committed=committed, report=report.frame(), run_id=run_id, encoding=src.encoding,
-        delimiter=src.delimiter, notes=src.notes)  # fmt: skip
+        delimiter=src.delimiter, notes=src.notes, database=database)  # fmt: skip
     log.info("import %s", result.summary())
     return result

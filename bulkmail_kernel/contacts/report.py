@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import html
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import pandas as pd
 
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.values import _cell_text, neutralise
+from bulkmail_kernel.db import Database
+from bulkmail_kernel.db.exportlog import IMPORT_REPORT, export_user, record_export
 from bulkmail_kernel.display import readable
 
 REPORT_COLUMNS = ("row", "action", "column", "value", "reason")
@@ -49,6 +51,8 @@ class ImportResult:
     delimiter: str | None = None
     #: How the source was read, when the user should know (a workbook named .csv).
     notes: tuple[str, ...] = ()
+    #: The database imported into: ``save_report`` logs the report there as an export.
+    database: Database | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> str:
         """Return a one-line summary of the counts."""
@@ -66,7 +70,10 @@ class ImportResult:
 
         None means ``data/exports/import-report-<source name>.csv`` (ignored by git).
         Text that Excel would run as a formula (a rejected ``=cmd|...`` cell) gets an
-        apostrophe in front: a .csv has no cell types to keep it text.
+        apostrophe in front: a .csv has no cell types to keep it text. Its ``value``
+        column repeats cells of the source (addresses, names), so the file is written to
+        the export log (kind "import report"); it is not refused, since it only gives back
+        what the importing user supplied (docs/permissions.md).
         """
         if path is None:
             # A source may be a SQL URL or a query: keep a file-name-safe part of it.
@@ -81,6 +88,10 @@ class ImportResult:
             writer.writerow(REPORT_COLUMNS)
             for row in self.report.itertuples(index=False):
                 writer.writerow([row[0], *(neutralise(str(v)) for v in row[1:])])
+        if self.database is not None and len(self.report):
+            record_export(self.database, who=export_user(self.database), kind=IMPORT_REPORT,
+                          columns=["value"], rows=len(self.report), path=target,
+                          detail=f"rows of {self.source} as supplied")  # fmt: skip
         return target
 
     def __repr__(self) -> str:

@@ -14,12 +14,19 @@ from typing import Any
 from bulkmail_kernel.exceptions import ContactAccessError
 
 #: The columns that hold contact data: the analyst role may not read them.
+#: Texts that can quote an address or a name count too: a bounce's reply ("550 <jana@a.sk>
+#: unknown") in events.detail / messages.last_error / suppressions.detail, a click's URL
+#: (a rendered link may carry the address) in events.data / message_links.url, a subject
+#: rendered with the first name, and the salted hash of a forgotten address.
 CONTACT_COLUMNS: dict[str, tuple[str, ...]] = {
     "contacts": ("first_name", "last_name", "patronymic"),
     "contact_points": ("value", "normalized"),
-    "messages": ("recipient",),
-    "message_bodies": ("body",),
-    "suppressions": ("normalized",),
+    "messages": ("recipient", "last_error"),
+    "message_bodies": ("subject", "body"),
+    "suppressions": ("normalized", "detail"),
+    "events": ("detail", "data"),
+    "message_links": ("url",),
+    "forgotten_addresses": ("address_hash",),
 }
 _DENIED_TABLE = re.compile(r'permission denied for (?:table|relation|view) "?([\w.]+)"?')
 ASK = "ask for the exporter role (bulkmail db-roles --exporter NAME, run by the schema owner)"

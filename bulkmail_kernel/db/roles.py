@@ -7,7 +7,8 @@ runs the worker) creates two kinds of login role and grants them the tables:
   ``CONTACT_COLUMNS`` (names, addresses, phone numbers, message recipients and bodies):
   column privileges leave those out. ``contacts_frame`` notices and reads the view
   ``contact_points_masked`` instead (``***@domain``, the last digits of a phone), so
-  filters, counts and previews still work;
+  filters, counts and previews still work; its reports read events through the view
+  ``events_masked`` (``readable_events``: no bounce text, only ``SAFE_EVENT_KEYS`` of data);
 - the **exporter** may read everything, so it can export contact data.
 
 A statement the server refuses for lack of privilege (``InsufficientPrivilege``) is
@@ -38,6 +39,19 @@ SELECT p.id,
        EXISTS (SELECT 1 FROM suppressions s
                WHERE s.channel = p.channel AND s.normalized = p.normalized) AS suppressed
 FROM contact_points p
+"""
+#: The view the analyst's reports read events through: no ``detail`` (a bounce's text can
+#: quote the address), and of ``data`` only the keys that hold no contact data.
+EVENTS_VIEW = "events_masked"
+SAFE_EVENT_KEYS = ("rate_per_hour", "at", "why", "link", "winner", "rates", "code", "category")
+_EVENTS_VIEW_SQL = f"""
+CREATE OR REPLACE VIEW {EVENTS_VIEW} AS
+SELECT e.id, e.occurred_at, e.kind, e.contact_id, e.contact_point_id, e.campaign_id,
+       e.message_id, '' AS detail,
+       (SELECT coalesce(jsonb_object_agg(k.key, k.value), '{{}}'::jsonb)
+        FROM jsonb_each(e.data) k
+        WHERE k.key IN ({", ".join(f"'{k}'" for k in SAFE_EVENT_KEYS)})) AS data
+FROM events e
 """
 _ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -116,6 +130,7 @@ def create_roles(
             tables = [t.name for t in Base.metadata.sorted_tables if t.name in present]
             tables += ["alembic_version"] if "alembic_version" in present else []
             conn.execute(sa.text(_MASKED_VIEW_SQL))
+            conn.execute(sa.text(_EVENTS_VIEW_SQL))
             for role, kind in quoted:
                 exists = conn.execute(
                     sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role.strip('"')}
@@ -138,7 +153,7 @@ def create_roles(
                     readable = ", ".join(f'"{c}"' for c in columns if c not in hidden)
                     what = f"SELECT ({readable})" if hidden else "SELECT"
                     conn.execute(sa.text(f'GRANT {what} ON "{table}" TO {role}'))
-                conn.execute(sa.text(f"GRANT SELECT ON {MASKED_VIEW} TO {role}"))
+                conn.execute(sa.text(f"GRANT SELECT ON {MASKED_VIEW}, {EVENTS_VIEW} TO {role}"))
                 out += _privileges(role, kind, tables)
     except sa.exc.ProgrammingError as exc:
         raise ConfigError(
@@ -167,3 +182,18 @@ def current_role(database: Database) -> str:
         return ""
     with database.engine.connect() as conn:
         return str(conn.execute(sa.text("SELECT current_user")).scalar_one())
+
+
+def readable_events(database: Database) -> sa.FromClause:
+    """Return the events table, or for a role that may not read its texts, ``events_masked``.
+
+    The view (made by ``create_roles``) has the same columns, ``detail`` empty and ``data``
+    cut to ``SAFE_EVENT_KEYS``, so a report the analyst runs (a campaign's rates, its
+    skip reasons) reads the same query either way.
+    """
+    events = Base.metadata.tables["events"]
+    if "events.data" not in hidden_contact_columns(database):
+        return events
+    return sa.table(EVENTS_VIEW, *(sa.column(c.name, c.type) for c in events.columns)).alias(
+        "events"
+    )

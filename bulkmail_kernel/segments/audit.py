@@ -12,7 +12,6 @@ names the database user on PostgreSQL and the OS user on SQLite. See docs/permis
 
 from __future__ import annotations
 
-import getpass
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +20,10 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bulkmail_kernel import config
-from bulkmail_kernel.db import Database, ExportLogEntry, Setting, resolve_database, utcnow
+from bulkmail_kernel.db import Database, ExportLogEntry, Setting, resolve_database
 from bulkmail_kernel.db.denied import ASK
-from bulkmail_kernel.db.roles import current_role, hidden_contact_columns
+from bulkmail_kernel.db.exportlog import export_user, record_export
+from bulkmail_kernel.db.roles import hidden_contact_columns
 from bulkmail_kernel.exceptions import ContactAccessError
 
 log = logging.getLogger("bulkmail")
@@ -34,16 +34,6 @@ EXPORT_LOG_COLUMNS = [
     "exported_at", "who", "outcome", "kind", "segment", "contact_id", "columns", "rows",
     "path", "detail",
 ]  # fmt: skip
-
-
-def export_user(database: Database) -> str:
-    """Return who exports: the database user on PostgreSQL, the OS user on SQLite."""
-    if database.dialect == "postgresql":
-        return current_role(database)
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name in a bare container
-        return "unknown"
 
 
 def contact_export_allowed(database: Database) -> bool:
@@ -71,37 +61,6 @@ def allow_contact_export(
             row.value = {"allowed": bool(allowed)}
     log.info("contact-data export %s on %s", "allowed" if allowed else "refused", database.url)
     return bool(allowed)
-
-
-def record_export(
-    database: Database,
-    *,
-    who: str,
-    kind: str,
-    columns: Sequence[str],
-    rows: int,
-    path: str | Path = "",
-    segment: str | None = None,
-    contact_id: int | None = None,
-    outcome: str = "exported",
-    detail: str = "",
-) -> None:
-    """Write one row of the export log (its own transaction, so a refusal is kept too)."""
-    with database.session() as s:
-        s.add(
-            ExportLogEntry(
-                exported_at=utcnow(),
-                who=who,
-                kind=kind,
-                segment=segment,
-                contact_id=contact_id,
-                columns=",".join(map(str, columns)),
-                rows=int(rows),
-                path=str(path),
-                outcome=outcome,
-                detail=detail[:2000],
-            )
-        )
 
 
 def check_contact_export(

@@ -27,8 +27,10 @@ from tqdm.auto import tqdm
 from bulkmail_kernel import config
 from bulkmail_kernel.contacts.values import neutralise
 from bulkmail_kernel.db import Database, resolve_database
+from bulkmail_kernel.db.exportlog import IMPORT_REPORT, export_user, record_export
+from bulkmail_kernel.db.roles import hidden_contact_columns
 from bulkmail_kernel.exceptions import ExportError
-from bulkmail_kernel.segments.audit import check_contact_export, record_export
+from bulkmail_kernel.segments.audit import check_contact_export
 
 __all__ = ["export_recipients", "export_target", "is_contact_column", "neutralise"]
 
@@ -48,6 +50,49 @@ def is_contact_column(name: str) -> bool:
     """Return True if column ``name`` holds e-mail addresses, phone numbers or postal addresses."""
     lowered = str(name).lower()
     return lowered in CONTACT_COLUMNS or any(word in lowered for word in _CONTACT_WORDS)
+
+
+#: Columns of a printed frame that hold contact data besides ``is_contact_column``'s.
+PRINTED_CONTACT_COLUMNS = ("first_name", "last_name", "patronymic", "recipient", "normalized")
+
+
+def frame_csv(
+    frame: pd.DataFrame,
+    *,
+    kind: str = "csv",
+    db: Database | None = None,
+    url: str | None = None,
+) -> str:
+    """Return ``frame`` as CSV text (what ``--csv`` prints); with contact data it is an export.
+
+    A script keeps what a command prints, so a frame with contact columns (addresses,
+    phones, names, recipients) is checked like ``export_recipients`` — refused, and the
+    refusal logged, when the role or the setting forbids it — and logged with path
+    ``stdout``. ``kind="import report"`` is logged, never refused: the report only gives
+    back what the importing user supplied. A frame the database masked (the analyst
+    role's) holds no contact data: neither checked nor logged.
+    """
+    text = frame.to_csv(index=False)
+    contact = [
+        str(c)
+        for c in frame.columns
+        if is_contact_column(c)
+        or c in PRINTED_CONTACT_COLUMNS
+        or (kind == IMPORT_REPORT and c == "value")
+    ]
+    if not contact or frame.empty or frame.attrs.get("hidden_columns"):
+        return text
+    database = resolve_database(db, url)
+    if hidden_contact_columns(database):  # this role reads masked values only
+        return text
+    segment = frame.attrs.get("segment")
+    if kind == IMPORT_REPORT:
+        who = export_user(database)
+    else:
+        who = check_contact_export(database, contact, kind=kind, segment=segment, path="stdout")
+    record_export(database, who=who, kind=kind, columns=contact, rows=len(frame),
+                  path="stdout", segment=segment)  # fmt: skip
+    return text
 
 
 def _text_cells(col: pd.Series, *, neutralised: bool) -> list[Any]:
